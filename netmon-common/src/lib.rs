@@ -1,0 +1,230 @@
+//! Wire types shared by netmon's eBPF programs and its userspace: the events that
+//! cross the ring buffer, the keys and values of shared maps, and the map names.
+//!
+//! Everything here is `#[repr(C)]`, `Copy`, has explicit padding, and uses no `bool`,
+//! Rust enum or `Option`: the kernel side writes raw bytes, userspace reads them back.
+//! A `kind: u32` plus constants replaces enums; userspace converts with `TryFrom`.
+//! Compile-time asserts pin every size so a layout change cannot slip through.
+#![no_std]
+
+/// Map names, kept beside the types they carry so both sides agree.
+pub mod maps {
+    /// `BPF_MAP_TYPE_RINGBUF`: every event.
+    pub const EVENTS: &str = "EVENTS";
+    /// `PERCPU_ARRAY<u64>` indexed by event kind: ring-buffer reservations that failed.
+    pub const LOST: &str = "LOST";
+    /// `ARRAY<KernelConfig>` with one entry: struct offsets resolved from BTF by userspace.
+    pub const CONFIG: &str = "CONFIG";
+    /// `LRU_HASH<u64 sock ptr, Process>`: TCP sockets between `connect()` and the handshake's end.
+    pub const CONNECTING: &str = "CONNECTING";
+    /// `LRU_HASH<u64 sock ptr, FlowStart>`: established TCP flows netmon saw begin.
+    pub const TCP_FLOWS: &str = "TCP_FLOWS";
+    /// `HASH<ListenerKey, Process>`: who owns each listening TCP port.
+    pub const LISTENERS: &str = "LISTENERS";
+    /// `LRU_HASH<u64 socket cookie, Process>`: the last process that used a UDP socket.
+    pub const SOCKET_OWNERS: &str = "SOCKET_OWNERS";
+    /// `LRU_HASH<UdpPeerKey, UdpPeerStats>`: UDP peers already reported, with counters.
+    pub const UDP_PEERS: &str = "UDP_PEERS";
+}
+
+/// Event kinds (`EventHeader::kind`).
+pub mod kind {
+    pub const CONNECT: u32 = 1;
+    pub const ACCEPT: u32 = 2;
+    pub const UDP: u32 = 3;
+    pub const LISTEN: u32 = 4;
+    pub const CLOSE: u32 = 5;
+    /// One past the largest kind: the length of the `LOST` array.
+    pub const COUNT: u32 = 6;
+}
+
+/// Which hook family produced an event (`EventHeader::backend`).
+pub mod backend {
+    pub const TRACEPOINT: u32 = 1;
+    pub const KPROBE: u32 = 2;
+    pub const FENTRY: u32 = 3;
+}
+
+/// Bits of `ConnEvent::flags`.
+pub mod flags {
+    /// The flow was initiated by the remote side (`accept`, or `close` of an accepted flow).
+    pub const INBOUND: u32 = 1 << 0;
+    /// The kernel could not attribute the event to a process; `process` fields are zero.
+    pub const PROCESS_UNKNOWN: u32 = 1 << 1;
+    /// `bytes_sent` / `bytes_received` hold real counters.
+    pub const BYTES_KNOWN: u32 = 1 << 2;
+    /// `duration_ns` is real (netmon saw the flow start).
+    pub const DURATION_KNOWN: u32 = 1 << 3;
+    /// netmon did not see the flow start, so which side initiated it is unknown;
+    /// `src` is the local side.
+    pub const DIRECTION_UNKNOWN: u32 = 1 << 4;
+    /// A TCP connect that never reached ESTABLISHED (refused, timed out, reset).
+    pub const CONNECT_FAILED: u32 = 1 << 5;
+}
+
+/// `AF_INET` / `AF_INET6` as the kernel numbers them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+pub const IPPROTO_UDP: u16 = 17;
+pub const COMM_LEN: usize = 16;
+
+/// The process an event belongs to, as the kernel saw it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Process {
+    /// Thread-group id (what userspace calls the pid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// cgroup v2 id of the task (`bpf_get_current_cgroup_id`).
+    pub cgroup_id: u64,
+    /// `task->comm`, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+impl Process {
+    pub const EMPTY: Process = Process {
+        pid: 0,
+        tid: 0,
+        uid: 0,
+        gid: 0,
+        cgroup_id: 0,
+        comm: [0; COMM_LEN],
+    };
+}
+
+/// First field of every event, so the decoder can read it before it knows the kind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// One of [`kind`].
+    pub kind: u32,
+    /// One of [`backend`].
+    pub backend: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ktime_ns: u64,
+    pub process: Process,
+}
+
+/// A connection event: connect, accept, udp, listen or close.
+///
+/// `src` is the initiator and `dst` the responder (for `accept`, `src` is the remote
+/// client); the kernel side does the swap so userspace never has to guess.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnEvent {
+    pub header: EventHeader,
+    /// Network byte order. IPv4 uses the first 4 bytes; the rest are zero.
+    pub src_addr: [u8; 16],
+    /// Network byte order, as `src_addr`.
+    pub dst_addr: [u8; 16],
+    /// Host byte order.
+    pub src_port: u16,
+    /// Host byte order.
+    pub dst_port: u16,
+    /// [`AF_INET`] or [`AF_INET6`] (v4-mapped IPv6 is normalised by userspace).
+    pub family: u16,
+    /// [`IPPROTO_TCP`] or [`IPPROTO_UDP`].
+    pub protocol: u16,
+    /// Bits of [`flags`].
+    pub flags: u32,
+    /// Inode number of the socket's network namespace, 0 when unknown.
+    pub netns: u32,
+    /// For `close`: time since the flow was established.
+    pub duration_ns: u64,
+    /// For `close`: payload bytes sent and acknowledged by the peer (SYN and FIN taken
+    /// out), see [`flags::BYTES_KNOWN`].
+    /// For `udp`: bytes of the first datagram.
+    pub bytes_sent: u64,
+    /// For `close`: payload bytes received.
+    pub bytes_received: u64,
+}
+
+/// Struct offsets resolved from the running kernel's BTF by userspace and handed to the
+/// programs, so no offset from one kernel's headers is ever compiled in. An offset of
+/// zero means "unknown on this kernel": the program then leaves the field out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelConfig {
+    /// `offsetof(struct tcp_sock, bytes_acked)`.
+    pub tcp_sock_bytes_acked: u32,
+    /// `offsetof(struct tcp_sock, bytes_received)`.
+    pub tcp_sock_bytes_received: u32,
+    /// `offsetof(struct sock, __sk_common.skc_net)`.
+    pub sock_net: u32,
+    /// `offsetof(struct net, ns.inum)`.
+    pub net_ns_inum: u32,
+    /// Pid of netmon itself: its own sockets are not reported.
+    pub self_pid: u32,
+    pub _pad: u32,
+}
+
+/// State stored for an established TCP flow, keyed by the kernel socket address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FlowStart {
+    pub ktime_ns: u64,
+    /// [`flags::INBOUND`] or 0.
+    pub flags: u32,
+    pub _pad: u32,
+    pub process: Process,
+}
+
+/// Key of the listener registry: a port inside one network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerKey {
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Key of the UDP peer table: one process talking to one remote endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UdpPeerKey {
+    pub pid: u32,
+    pub family: u16,
+    /// Host byte order.
+    pub dst_port: u16,
+    /// Network byte order.
+    pub dst_addr: [u8; 16],
+}
+
+/// Counters of one UDP peer, updated for every datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UdpPeerStats {
+    pub first_ktime_ns: u64,
+    pub last_ktime_ns: u64,
+    pub datagrams: u64,
+    /// IP payload bytes (UDP header included).
+    pub bytes: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Process>() == 40);
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 56);
+const _: () = assert!(core::mem::size_of::<ConnEvent>() == 128);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<FlowStart>() == 56);
+const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
+const _: () = assert!(core::mem::size_of::<UdpPeerKey>() == 24);
+const _: () = assert!(core::mem::size_of::<UdpPeerStats>() == 32);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are `repr(C)`, `Copy`, with explicit padding and no
+    // invalid bit patterns, which is what `Pod` requires.
+    unsafe impl aya::Pod for Process {}
+    unsafe impl aya::Pod for EventHeader {}
+    unsafe impl aya::Pod for ConnEvent {}
+    unsafe impl aya::Pod for KernelConfig {}
+    unsafe impl aya::Pod for FlowStart {}
+    unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for UdpPeerKey {}
+    unsafe impl aya::Pod for UdpPeerStats {}
+}

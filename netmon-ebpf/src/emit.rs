@@ -1,0 +1,108 @@
+//! Helpers every program shares: who is running, the BTF-derived config, and
+//! pushing an event into the ring buffer (counting it in `LOST` when it is full).
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
+    generated::bpf_get_current_cgroup_id,
+};
+use netmon_common::{ConnEvent, EventHeader, KernelConfig, Process};
+
+use crate::maps::{CONFIG, EVENTS, LOST};
+
+/// The task on this CPU. Only meaningful in process context (syscalls, not softirq).
+#[inline(always)]
+pub fn current_process() -> Process {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    Process {
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        // SAFETY: a helper call without arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+#[inline(always)]
+pub fn config() -> KernelConfig {
+    match CONFIG.get(0) {
+        Some(c) => *c,
+        None => KernelConfig::default(),
+    }
+}
+
+#[inline(always)]
+pub fn is_self(cfg: &KernelConfig, process: &Process) -> bool {
+    cfg.self_pid != 0 && process.pid == cfg.self_pid
+}
+
+#[inline(always)]
+pub fn ktime_ns() -> u64 {
+    // SAFETY: a helper call without arguments.
+    unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() }
+}
+
+/// Reads a `T` at `base + offset` in kernel memory; `None` when the offset is unknown
+/// (zero) or the read faults.
+#[inline(always)]
+pub fn read_kernel_at<T>(base: u64, offset: u32) -> Option<T> {
+    if offset == 0 || base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address and fails cleanly.
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+}
+
+/// Network-namespace inode of a `struct sock *`, 0 when the offsets are unknown.
+#[inline(always)]
+pub fn sock_netns(cfg: &KernelConfig, sk: u64) -> u32 {
+    match read_kernel_at::<u64>(sk, cfg.sock_net) {
+        Some(net) => read_kernel_at::<u32>(net, cfg.net_ns_inum).unwrap_or(0),
+        None => 0,
+    }
+}
+
+/// A zeroed connection event with its header filled in.
+#[inline(always)]
+pub fn new_event(kind: u32, backend: u32, process: Process) -> ConnEvent {
+    ConnEvent {
+        header: EventHeader {
+            kind,
+            backend,
+            ktime_ns: ktime_ns(),
+            process,
+        },
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        src_port: 0,
+        dst_port: 0,
+        family: 0,
+        protocol: 0,
+        flags: 0,
+        netns: 0,
+        duration_ns: 0,
+        bytes_sent: 0,
+        bytes_received: 0,
+    }
+}
+
+/// Sends `event` to userspace, or counts it as lost when the ring buffer is full.
+#[inline(always)]
+pub fn submit(event: &ConnEvent) {
+    match EVENTS.reserve::<ConnEvent>(0) {
+        Some(mut entry) => {
+            entry.write(*event);
+            entry.submit(0);
+        }
+        None => count_lost(event.header.kind),
+    }
+}
+
+#[inline(always)]
+fn count_lost(kind: u32) {
+    if let Some(counter) = LOST.get_ptr_mut(kind) {
+        // SAFETY: per-CPU slot, so no other CPU writes it concurrently.
+        unsafe { *counter += 1 };
+    }
+}

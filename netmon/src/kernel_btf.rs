@@ -1,0 +1,136 @@
+//! Struct offsets read from the running kernel's BTF (`/sys/kernel/btf/vmlinux`).
+//!
+//! aya's Rust eBPF programs cannot carry CO-RE relocations, so netmon resolves the few
+//! offsets its programs need here, at start, and hands them over in the `CONFIG` map.
+//! No offset from one kernel's headers is compiled in, so the same object reads
+//! `struct sock` correctly on 5.10 and on 6.18. A field this kernel lacks stays 0 and
+//! the programs leave the matching event field out.
+use btf_rs::{Btf, Type};
+use netmon_common::KernelConfig;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// The offsets plus a note for each one that could not be found.
+#[derive(Debug, Default)]
+pub struct ResolvedOffsets {
+    pub config: KernelConfig,
+    pub missing: Vec<String>,
+}
+
+/// Reads the kernel's BTF and resolves every offset netmon uses.
+pub fn resolve() -> Result<ResolvedOffsets, btf_rs::Error> {
+    let btf = Btf::from_file(VMLINUX_BTF)?;
+    Ok(resolve_from(&btf))
+}
+
+pub fn resolve_from(btf: &Btf) -> ResolvedOffsets {
+    let mut out = ResolvedOffsets::default();
+    let mut get = |name: &str, path: &[&str]| -> u32 {
+        match member_offset(btf, name, path) {
+            Some(off) => off,
+            None => {
+                out.missing
+                    .push(format!("struct {name}.{}", path.join(".")));
+                0
+            }
+        }
+    };
+    let config = KernelConfig {
+        tcp_sock_bytes_acked: get("tcp_sock", &["bytes_acked"]),
+        tcp_sock_bytes_received: get("tcp_sock", &["bytes_received"]),
+        sock_net: get("sock", &["__sk_common", "skc_net"]),
+        net_ns_inum: get("net", &["ns", "inum"]),
+        self_pid: 0,
+        _pad: 0,
+    };
+    out.config = config;
+    out
+}
+
+/// Byte offset of `path` (member names, outermost first) inside `struct name`.
+/// Members of anonymous structs and unions are found as if they were direct members,
+/// as C lets code name them.
+pub fn member_offset(btf: &Btf, name: &str, path: &[&str]) -> Option<u32> {
+    let types = btf.resolve_types_by_name(name).ok()?;
+    let root = types.into_iter().find_map(|t| match t {
+        Type::Struct(s) if !s.members.is_empty() => Some(s),
+        _ => None,
+    })?;
+    let mut current = root;
+    let mut bits = 0u32;
+    for (i, field) in path.iter().enumerate() {
+        let (offset, member_type) = find_member(btf, &current, field)?;
+        bits += offset;
+        if i + 1 < path.len() {
+            current = match strip_modifiers(btf, member_type)? {
+                Type::Struct(s) | Type::Union(s) => s,
+                _ => return None,
+            };
+        }
+    }
+    (bits % 8 == 0).then_some(bits / 8)
+}
+
+/// Bit offset and type of member `field`, searching anonymous members too.
+fn find_member(btf: &Btf, s: &btf_rs::Struct, field: &str) -> Option<(u32, Type)> {
+    for m in &s.members {
+        let name = btf.resolve_name(m).unwrap_or_default();
+        let ty = btf.resolve_chained_type(m).ok()?;
+        if name == field {
+            return Some((m.bit_offset(), ty));
+        }
+        if name.is_empty()
+            && let Some(Type::Struct(inner) | Type::Union(inner)) = strip_modifiers(btf, ty)
+            && let Some((off, t)) = find_member(btf, &inner, field)
+        {
+            return Some((m.bit_offset() + off, t));
+        }
+    }
+    None
+}
+
+/// Follows typedefs and qualifiers to the underlying type.
+fn strip_modifiers(btf: &Btf, mut ty: Type) -> Option<Type> {
+    for _ in 0..16 {
+        match ty {
+            Type::Typedef(_) | Type::Volatile(_) | Type::Const(_) | Type::Restrict(_) => {
+                let t = ty.as_btf_type()?;
+                ty = btf.resolve_chained_type(t).ok()?;
+            }
+            other => return Some(other),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs against the host kernel's BTF when it has one (every kernel netmon supports).
+    #[test]
+    fn resolves_offsets_on_this_kernel() {
+        if !std::path::Path::new(VMLINUX_BTF).exists() {
+            eprintln!("skipped: {VMLINUX_BTF} absent");
+            return;
+        }
+        let r = resolve().unwrap();
+        assert!(r.missing.is_empty(), "missing: {:?}", r.missing);
+        let c = r.config;
+        // Plausibility, not exact values: those differ per kernel, which is the point.
+        assert!(c.tcp_sock_bytes_acked > 1000 && c.tcp_sock_bytes_acked < 4096);
+        assert!(c.tcp_sock_bytes_received > 1000 && c.tcp_sock_bytes_received < 4096);
+        assert!(c.sock_net > 0 && c.sock_net < 256);
+        assert!(c.net_ns_inum > 0 && c.net_ns_inum < 1024);
+    }
+
+    #[test]
+    fn unknown_members_are_none() {
+        if !std::path::Path::new(VMLINUX_BTF).exists() {
+            return;
+        }
+        let btf = Btf::from_file(VMLINUX_BTF).unwrap();
+        assert_eq!(member_offset(&btf, "tcp_sock", &["no_such_field"]), None);
+        assert_eq!(member_offset(&btf, "no_such_struct", &["x"]), None);
+    }
+}

@@ -1,0 +1,13 @@
+//! netmon: a Linux network monitor on eBPF.
+//!
+//! Pure modules (`event`, `decode`, `clock`, `output`) take plain values and return
+//! plain values; only `probe` (loading and attaching) and `cli::run` (the ring-buffer
+//! loop) touch aya and the kernel.
+pub mod cli;
+pub mod clock;
+pub mod decode;
+pub mod event;
+pub mod kernel_btf;
+pub mod output;
+pub mod probe;
+pub mod system;

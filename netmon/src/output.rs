@@ -1,0 +1,228 @@
+//! Renders events for people (`text`) and for log shippers (`json`: JSON Lines, one
+//! object per line, the contract in `event.rs` and `docs/events.md`), and writes them to
+//! stdout or a file. Knows nothing of where events come from.
+use std::{
+    fmt::Write as _,
+    fs::OpenOptions,
+    io::{self, BufWriter, Write},
+    path::Path,
+};
+
+use chrono::SecondsFormat;
+
+use crate::event::{Connection, Event, EventBody};
+
+/// `--format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// JSON Lines: one JSON object per line (for log shippers and `jq`).
+    Json,
+    /// One readable line per event.
+    Text,
+}
+
+/// Where rendered events go; flushed after every batch so a pipe sees them promptly.
+pub struct Sink {
+    format: Format,
+    out: BufWriter<Box<dyn Write + Send>>,
+    line: String,
+}
+
+impl Sink {
+    pub fn stdout(format: Format) -> Sink {
+        Sink::new(format, Box::new(io::stdout()))
+    }
+
+    /// Appends to `path`, creating it if needed.
+    pub fn append_to(format: Format, path: &Path) -> io::Result<Sink> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Sink::new(format, Box::new(file)))
+    }
+
+    pub fn new(format: Format, out: Box<dyn Write + Send>) -> Sink {
+        Sink {
+            format,
+            out: BufWriter::with_capacity(64 * 1024, out),
+            line: String::with_capacity(512),
+        }
+    }
+
+    /// Writes one event. Errors are the underlying writer's (e.g. a broken pipe).
+    pub fn write(&mut self, event: &Event) -> io::Result<()> {
+        match self.format {
+            Format::Json => {
+                serde_json::to_writer(&mut self.out, event)?;
+                self.out.write_all(b"\n")
+            }
+            Format::Text => {
+                self.line.clear();
+                render_text(event, &mut self.line);
+                self.line.push('\n');
+                self.out.write_all(self.line.as_bytes())
+            }
+        }
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// One line for people: time, type, addresses, process.
+pub fn render_text(event: &Event, out: &mut String) {
+    let ts = event.ts.to_rfc3339_opts(SecondsFormat::Millis, true);
+    let kind = event.body.type_name();
+    let _ = write!(out, "{ts} {kind:<7} ");
+    match &event.body {
+        EventBody::Connect(c) | EventBody::Accept(c) | EventBody::Udp(c) => {
+            conn_text(c, out);
+            if c.failed {
+                out.push_str(" (failed)");
+            }
+        }
+        EventBody::Listen(c) => {
+            let _ = write!(out, "{} {}", proto(c), endpoint(&c.dst.ip, c.dst.port));
+            process_text(c, out);
+        }
+        EventBody::Close(c) => {
+            conn_text(&c.conn, out);
+            match c.duration_ms {
+                Some(ms) => {
+                    let _ = write!(out, " after {ms:.1} ms");
+                }
+                None => out.push_str(" (began before netmon)"),
+            }
+            if let (Some(s), Some(r)) = (c.bytes_sent, c.bytes_received) {
+                let _ = write!(out, ", {s} B sent, {r} B received");
+            }
+        }
+        EventBody::Stats(s) => {
+            let total: u64 = s.events.values().sum();
+            let _ = write!(
+                out,
+                "{total} events, {} lost, {} malformed after {:.0} s",
+                s.lost, s.malformed, s.uptime_s
+            );
+            for (k, v) in &s.events {
+                let _ = write!(out, " {k}={v}");
+            }
+        }
+        EventBody::Probe(p) => {
+            let _ = write!(out, "requested={} kernel={}", p.requested, p.kernel);
+            for c in &p.capabilities {
+                let backend = c.backend.as_deref().unwrap_or("none");
+                let _ = write!(out, " {}={backend}", c.capability);
+            }
+        }
+    }
+}
+
+fn proto(c: &Connection) -> &'static str {
+    match c.proto {
+        crate::event::Proto::Tcp => "tcp",
+        crate::event::Proto::Udp => "udp",
+    }
+}
+
+fn endpoint(ip: &std::net::IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(*ip, port).to_string()
+}
+
+fn conn_text(c: &Connection, out: &mut String) {
+    let src = c
+        .src
+        .as_ref()
+        .map(|s| endpoint(&s.ip, s.port))
+        .unwrap_or_default();
+    let _ = write!(
+        out,
+        "{} {src} -> {}",
+        proto(c),
+        endpoint(&c.dst.ip, c.dst.port)
+    );
+    process_text(c, out);
+}
+
+fn process_text(c: &Connection, out: &mut String) {
+    match &c.process {
+        Some(p) => {
+            let _ = write!(out, " {}[{}] uid={}", p.comm, p.pid, p.uid);
+        }
+        None => out.push_str(" [process unknown]"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+
+    use super::*;
+    use crate::event::{Direction, Endpoint, Family, ProcessInfo, Proto};
+
+    fn accept() -> Event {
+        Event {
+            ts: DateTime::from_timestamp(0, 0).unwrap(),
+            host: "h".into(),
+            body: EventBody::Accept(Connection {
+                proto: Proto::Tcp,
+                family: Family::Ipv6,
+                direction: Some(Direction::Inbound),
+                src: Some(Endpoint {
+                    ip: "::1".parse().unwrap(),
+                    port: 5000,
+                }),
+                dst: Endpoint {
+                    ip: "::1".parse().unwrap(),
+                    port: 80,
+                },
+                process: Some(ProcessInfo {
+                    pid: 1,
+                    tid: 1,
+                    comm: "nginx".into(),
+                    uid: 0,
+                    gid: 0,
+                    cgroup_id: 0,
+                }),
+                backend: "tracepoint".into(),
+                netns: None,
+                failed: false,
+                bytes: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn text_is_one_readable_line() {
+        let mut s = String::new();
+        render_text(&accept(), &mut s);
+        assert_eq!(
+            s,
+            "1970-01-01T00:00:00.000Z accept  tcp [::1]:5000 -> [::1]:80 nginx[1] uid=0"
+        );
+    }
+
+    #[test]
+    fn json_sink_writes_one_parseable_object_per_line() {
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().write(b)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut sink = Sink::new(Format::Json, Box::new(Shared(buf.clone())));
+        sink.write(&accept()).unwrap();
+        sink.write(&accept()).unwrap();
+        sink.flush().unwrap();
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        for line in lines {
+            let back: Event = serde_json::from_str(line).unwrap();
+            assert_eq!(back, accept());
+        }
+    }
+}

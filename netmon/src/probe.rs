@@ -1,0 +1,678 @@
+//! Loads netmon's eBPF object and attaches, for each capability (TCP connect, accept,
+//! listen, close; UDP send), the best hook the running kernel accepts.
+//!
+//! This is the only module, with `reader.rs`, that touches aya. Which hooks make up a
+//! backend is data (`hook_groups`); the choice is made by really loading and attaching,
+//! because a kernel's version says little about what it allows (6.18 here refuses
+//! fentry). Every link is owned by the returned [`Tracer`]: dropping it, or the process
+//! exiting for any reason, detaches everything.
+use std::{collections::BTreeSet, fs, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, TracePoint,
+    },
+};
+use netmon_common::{KernelConfig, kind, maps};
+
+use crate::{
+    event::{CapabilityReport, ProbeReport, SkippedBackend},
+    kernel_btf, system,
+};
+
+/// The compiled eBPF object, built by `build.rs` from `netmon-ebpf` on every build.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netmon"));
+
+/// `--backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// For each capability the best hook that attaches: fentry, then kprobe, then tracepoint.
+    Auto,
+    /// fentry/fexit programs (BPF trampolines); fails if the kernel refuses them.
+    Fentry,
+    /// kprobes/kretprobes; fails if the kernel has no kprobes.
+    Kprobe,
+    /// The `sock:inet_sock_set_state` tracepoint and cgroup socket hooks.
+    Tracepoint,
+}
+
+impl BackendChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Fentry => "fentry",
+            BackendChoice::Kprobe => "kprobe",
+            BackendChoice::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// What netmon observes; each is provided by one backend at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Capability {
+    TcpConnect,
+    TcpAccept,
+    TcpListen,
+    TcpClose,
+    UdpSend,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 5] = [
+        Capability::TcpConnect,
+        Capability::TcpAccept,
+        Capability::TcpListen,
+        Capability::TcpClose,
+        Capability::UdpSend,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::TcpConnect => "tcp_connect",
+            Capability::TcpAccept => "tcp_accept",
+            Capability::TcpListen => "tcp_listen",
+            Capability::TcpClose => "tcp_close",
+            Capability::UdpSend => "udp_send",
+        }
+    }
+}
+
+/// How one program attaches.
+#[derive(Clone, Copy, Debug)]
+enum Attach {
+    TracePoint {
+        category: &'static str,
+        name: &'static str,
+    },
+    CgroupSockAddr,
+    CgroupSkbEgress,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Hook {
+    program: &'static str,
+    attach: Attach,
+}
+
+impl Hook {
+    fn describe(&self) -> String {
+        match self.attach {
+            Attach::TracePoint { category, name } => format!("tracepoint:{category}:{name}"),
+            Attach::CgroupSockAddr | Attach::CgroupSkbEgress => format!("cgroup:{}", self.program),
+        }
+    }
+}
+
+/// Programs that attach together and together provide some capabilities.
+struct HookGroup {
+    backend: BackendChoice,
+    capabilities: &'static [Capability],
+    hooks: &'static [Hook],
+}
+
+/// Every way netmon knows to observe each capability, best first.
+fn hook_groups() -> &'static [HookGroup] {
+    use Capability::*;
+    &[
+        HookGroup {
+            backend: BackendChoice::Tracepoint,
+            capabilities: &[TcpConnect, TcpAccept, TcpListen, TcpClose],
+            hooks: &[Hook {
+                program: "inet_sock_set_state",
+                attach: Attach::TracePoint {
+                    category: "sock",
+                    name: "inet_sock_set_state",
+                },
+            }],
+        },
+        HookGroup {
+            backend: BackendChoice::Tracepoint,
+            capabilities: &[UdpSend],
+            hooks: &[
+                Hook {
+                    program: "udp_connect4",
+                    attach: Attach::CgroupSockAddr,
+                },
+                Hook {
+                    program: "udp_connect6",
+                    attach: Attach::CgroupSockAddr,
+                },
+                Hook {
+                    program: "udp_sendmsg4",
+                    attach: Attach::CgroupSockAddr,
+                },
+                Hook {
+                    program: "udp_sendmsg6",
+                    attach: Attach::CgroupSockAddr,
+                },
+                Hook {
+                    program: "udp_egress",
+                    attach: Attach::CgroupSkbEgress,
+                },
+            ],
+        },
+    ]
+}
+
+/// Errors of loading and attaching; each says what failed and what the user can do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    System(#[from] system::SystemError),
+    #[error(
+        "this netmon binary was built without its eBPF object (AYA_BUILD_SKIP was set): rebuild it with `cargo xtask build`"
+    )]
+    NoObject,
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("map {name} is missing from the eBPF object")]
+    MissingMap { name: &'static str },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error(
+        "--backend {backend} cannot provide {capability} on this kernel: {reason}. Run `netmon doctor` to see what this kernel supports, or use --backend auto"
+    )]
+    BackendRefused {
+        backend: &'static str,
+        capability: &'static str,
+        reason: String,
+    },
+    #[error(
+        "no capability could be attached on this kernel ({reasons}). Run `netmon doctor` for the missing pieces and how to fix them"
+    )]
+    NothingAttached { reasons: String },
+}
+
+/// Options of [`Tracer::start`].
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub backend: BackendChoice,
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    pub ring_buffer_bytes: u32,
+}
+
+/// The loaded object with everything attached. Drop it to detach.
+pub struct Tracer {
+    ebpf: Ebpf,
+    pub report: ProbeReport,
+}
+
+impl Tracer {
+    /// Checks the host, loads the object, attaches the chosen hooks.
+    pub fn start(opts: &LoadOptions) -> Result<Tracer, Error> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(Error::NoObject);
+        }
+        system::check_privileges()?;
+        let mut warnings = Vec::new();
+        if let Err(e) = system::raise_memlock()
+            && system::memlock_charges_bpf()
+        {
+            warnings.push(format!(
+                "could not raise RLIMIT_MEMLOCK ({e}); map creation may fail on kernels before 5.11"
+            ));
+        }
+        let offsets = match kernel_btf::resolve() {
+            Ok(r) => {
+                for m in &r.missing {
+                    warnings.push(format!(
+                        "{m} not found in kernel BTF; the field that needs it is left out"
+                    ));
+                }
+                r.config
+            }
+            Err(e) => {
+                warnings.push(format!(
+                    "cannot read {} ({e}); byte counts and network namespaces are left out",
+                    kernel_btf::VMLINUX_BTF
+                ));
+                KernelConfig::default()
+            }
+        };
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::EVENTS, opts.ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|e| Error::Load(Box::new(e)))?;
+        let config = KernelConfig {
+            self_pid: std::process::id(),
+            ..offsets
+        };
+        let map = ebpf
+            .map_mut(maps::CONFIG)
+            .ok_or(Error::MissingMap { name: maps::CONFIG })?;
+        let mut array: Array<&mut MapData, KernelConfig> =
+            Array::try_from(map).map_err(|source| Error::Map {
+                name: maps::CONFIG,
+                source,
+            })?;
+        array.set(0, config, 0).map_err(|source| Error::Map {
+            name: maps::CONFIG,
+            source,
+        })?;
+
+        let report = attach_all(&mut ebpf, opts.backend, warnings)?;
+        Ok(Tracer { ebpf, report })
+    }
+
+    /// Takes the ring buffer out of the object (once) for the reader.
+    pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, Error> {
+        let map = self
+            .ebpf
+            .take_map(maps::EVENTS)
+            .ok_or(Error::MissingMap { name: maps::EVENTS })?;
+        RingBuf::try_from(map).map_err(|source| Error::Map {
+            name: maps::EVENTS,
+            source,
+        })
+    }
+
+    /// A handle that reads the kernel's per-kind loss counters.
+    pub fn take_loss_counters(&mut self) -> Result<LossCounters, Error> {
+        let map = self
+            .ebpf
+            .take_map(maps::LOST)
+            .ok_or(Error::MissingMap { name: maps::LOST })?;
+        let array = PerCpuArray::try_from(map).map_err(|source| Error::Map {
+            name: maps::LOST,
+            source,
+        })?;
+        Ok(LossCounters { array })
+    }
+}
+
+/// Reads `LOST`: events the kernel could not reserve ring-buffer space for.
+pub struct LossCounters {
+    array: PerCpuArray<MapData, u64>,
+}
+
+impl LossCounters {
+    /// Per event kind, summed over CPUs.
+    pub fn read(&self) -> Vec<(u32, u64)> {
+        (1..kind::COUNT)
+            .map(|k| {
+                let n = self
+                    .array
+                    .get(&k, 0)
+                    .map(|values| values.iter().sum())
+                    .unwrap_or(0);
+                (k, n)
+            })
+            .collect()
+    }
+}
+
+/// Attaches, per capability, the first group (in preference order) that works.
+fn attach_all(
+    ebpf: &mut Ebpf,
+    choice: BackendChoice,
+    mut warnings: Vec<String>,
+) -> Result<ProbeReport, Error> {
+    let order: &[BackendChoice] = match choice {
+        BackendChoice::Auto => &[
+            BackendChoice::Fentry,
+            BackendChoice::Kprobe,
+            BackendChoice::Tracepoint,
+        ],
+        BackendChoice::Fentry => &[BackendChoice::Fentry],
+        BackendChoice::Kprobe => &[BackendChoice::Kprobe],
+        BackendChoice::Tracepoint => &[BackendChoice::Tracepoint],
+    };
+    let mut reports: Vec<CapabilityReport> = Capability::ALL
+        .iter()
+        .map(|c| CapabilityReport {
+            capability: c.name().into(),
+            backend: None,
+            hooks: Vec::new(),
+            skipped: Vec::new(),
+        })
+        .collect();
+    let mut covered: BTreeSet<Capability> = BTreeSet::new();
+    let mut attached_programs: BTreeSet<&'static str> = BTreeSet::new();
+
+    for &backend in order {
+        let groups: Vec<&HookGroup> = hook_groups()
+            .iter()
+            .filter(|g| g.backend == backend)
+            .collect();
+        let missing: Vec<Capability> = Capability::ALL
+            .into_iter()
+            .filter(|c| !covered.contains(c))
+            .collect();
+        for cap in &missing {
+            if !groups.iter().any(|g| g.capabilities.contains(cap)) {
+                let reason = format!("netmon has no {} hook for {}", backend.name(), cap.name());
+                skip(&mut reports, *cap, backend, reason);
+            }
+        }
+        for group in groups {
+            let wanted: Vec<Capability> = group
+                .capabilities
+                .iter()
+                .copied()
+                .filter(|c| !covered.contains(c))
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            match attach_group(ebpf, group, &mut attached_programs) {
+                Ok(hooks) => {
+                    for cap in wanted {
+                        covered.insert(cap);
+                        let r = &mut reports[cap as usize];
+                        r.backend = Some(backend.name().into());
+                        r.hooks = hooks.clone();
+                    }
+                }
+                Err(reason) => {
+                    for cap in wanted {
+                        skip(&mut reports, cap, backend, reason.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    for r in &reports {
+        if r.backend.is_none() {
+            let reasons: Vec<String> = r
+                .skipped
+                .iter()
+                .map(|s| format!("{}: {}", s.backend, s.reason))
+                .collect();
+            if choice != BackendChoice::Auto {
+                return Err(Error::BackendRefused {
+                    backend: choice.name(),
+                    capability: Capability::ALL[reports.iter().position(|x| x == r).unwrap_or(0)]
+                        .name(),
+                    reason: reasons.join("; "),
+                });
+            }
+            warnings.push(format!(
+                "{} is not observed: {}",
+                r.capability,
+                reasons.join("; ")
+            ));
+        }
+    }
+    if covered.is_empty() {
+        let reasons = reports
+            .iter()
+            .flat_map(|r| {
+                r.skipped
+                    .iter()
+                    .map(move |s| format!("{} via {}: {}", r.capability, s.backend, s.reason))
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(Error::NothingAttached { reasons });
+    }
+    Ok(ProbeReport {
+        requested: choice.name().into(),
+        kernel: system::kernel_release(),
+        capabilities: reports,
+        warnings,
+    })
+}
+
+fn skip(reports: &mut [CapabilityReport], cap: Capability, backend: BackendChoice, reason: String) {
+    reports[cap as usize].skipped.push(SkippedBackend {
+        backend: backend.name().into(),
+        reason,
+    });
+}
+
+/// Loads and attaches every program of `group`; on failure detaches what it attached.
+fn attach_group(
+    ebpf: &mut Ebpf,
+    group: &HookGroup,
+    attached_programs: &mut BTreeSet<&'static str>,
+) -> Result<Vec<String>, String> {
+    let mut done: Vec<&'static str> = Vec::new();
+    let mut described = Vec::new();
+    for hook in group.hooks {
+        if attached_programs.contains(hook.program) {
+            described.push(hook.describe());
+            continue;
+        }
+        match attach_hook(ebpf, hook) {
+            Ok(()) => {
+                done.push(hook.program);
+                described.push(hook.describe());
+            }
+            Err(reason) => {
+                for hook in group.hooks.iter().filter(|h| done.contains(&h.program)) {
+                    unload(ebpf, hook);
+                }
+                return Err(format!("{}: {reason}", hook.describe()));
+            }
+        }
+    }
+    attached_programs.extend(done);
+    Ok(described)
+}
+
+/// Detaches and unloads one program of a group that could not attach whole.
+fn unload(ebpf: &mut Ebpf, hook: &Hook) {
+    let Some(program) = ebpf.program_mut(hook.program) else {
+        return;
+    };
+    let _ = match hook.attach {
+        Attach::TracePoint { .. } => <&mut TracePoint>::try_from(program).map(|p| p.unload()),
+        Attach::CgroupSockAddr => <&mut CgroupSockAddr>::try_from(program).map(|p| p.unload()),
+        Attach::CgroupSkbEgress => <&mut CgroupSkb>::try_from(program).map(|p| p.unload()),
+    };
+}
+
+fn attach_hook(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), String> {
+    let program = ebpf
+        .program_mut(hook.program)
+        .ok_or_else(|| format!("program {} missing from the object", hook.program))?;
+    match hook.attach {
+        Attach::TracePoint { category, name } => {
+            let tracefs = system::ensure_tracefs().map_err(|e| e.to_string())?;
+            if category == "sock" && name == "inet_sock_set_state" {
+                check_inet_sock_set_state_format(&tracefs)?;
+            }
+            let tp: &mut TracePoint = program.try_into().map_err(explain)?;
+            tp.load().map_err(explain)?;
+            tp.attach(category, name).map_err(explain)?;
+        }
+        // `Single` means "no flags": on 5.7+ aya attaches through a bpf_link, which
+        // already coexists with other programs, and the kernel rejects link flags
+        // (EINVAL). Before 5.7 it is a plain exclusive attach.
+        Attach::CgroupSockAddr => {
+            let cgroup = cgroup_root()?;
+            let p: &mut CgroupSockAddr = program.try_into().map_err(explain)?;
+            p.load().map_err(explain)?;
+            p.attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(explain)?;
+        }
+        Attach::CgroupSkbEgress => {
+            let cgroup = cgroup_root()?;
+            let p: &mut CgroupSkb = program.try_into().map_err(explain)?;
+            p.load().map_err(explain)?;
+            p.attach(
+                &cgroup,
+                CgroupSkbAttachType::Egress,
+                CgroupAttachMode::Single,
+            )
+            .map_err(explain)?;
+        }
+    }
+    Ok(())
+}
+
+fn cgroup_root() -> Result<fs::File, String> {
+    let path = system::cgroup2_mount().map_err(|e| e.to_string())?;
+    fs::File::open(&path).map_err(|e| format!("cannot open cgroup v2 root {}: {e}", path.display()))
+}
+
+/// A short reason from an aya error: the kernel's errno name where there is one, plus
+/// the first line of the verifier log.
+fn explain(e: ProgramError) -> String {
+    use std::error::Error as _;
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    if let Some(errno) = errno_in(&text) {
+        return format!("{errno} ({})", first_line(&text));
+    }
+    first_line(&text)
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or(s).chars().take(300).collect()
+}
+
+/// `EPERM` etc. for the OS error codes aya embeds as "(os error N)".
+fn errno_in(text: &str) -> Option<&'static str> {
+    let start = text.find("os error ")? + "os error ".len();
+    let code: i32 = text[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    Some(match code {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EACCES => "EACCES",
+        libc::EINVAL => "EINVAL",
+        libc::ENOTSUPP_LINUX => "ENOTSUPP",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ESRCH => "ESRCH",
+        libc::E2BIG => "E2BIG",
+        libc::EBUSY => "EBUSY",
+        _ => return None,
+    })
+}
+
+mod libc {
+    pub use ::libc::*;
+    /// The kernel-internal ENOTSUPP (524) that BPF returns for unsupported attach types.
+    pub const ENOTSUPP_LINUX: i32 = 524;
+}
+
+/// The programs read the tracepoint record at fixed offsets; check them against the
+/// kernel's own description before attaching, so a changed layout is refused, not misread.
+fn check_inet_sock_set_state_format(tracefs: &Path) -> Result<(), String> {
+    let path = tracefs.join("events/sock/inet_sock_set_state/format");
+    let text =
+        fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    verify_format(&text, INET_SOCK_SET_STATE_FIELDS)
+        .map_err(|field| format!("unexpected layout of sock:inet_sock_set_state ({field})"))
+}
+
+/// Field name and offset the program uses.
+const INET_SOCK_SET_STATE_FIELDS: &[(&str, usize)] = &[
+    ("skaddr", 8),
+    ("oldstate", 16),
+    ("newstate", 20),
+    ("sport", 24),
+    ("dport", 26),
+    ("family", 28),
+    ("protocol", 30),
+    ("saddr", 32),
+    ("daddr", 36),
+    ("saddr_v6", 40),
+    ("daddr_v6", 56),
+];
+
+/// Checks `expected` (name, offset) pairs against a tracefs `format` text; the error
+/// names the first field that differs.
+pub fn verify_format(format: &str, expected: &[(&str, usize)]) -> Result<(), String> {
+    for (name, offset) in expected {
+        let found = format.lines().find_map(|line| {
+            let decl = line.trim().strip_prefix("field:")?;
+            let (decl, rest) = decl.split_once(';')?;
+            let field_name = decl
+                .split_whitespace()
+                .last()?
+                .split('[')
+                .next()?
+                .trim_start_matches('*');
+            if field_name != *name {
+                return None;
+            }
+            let off = rest
+                .split("offset:")
+                .nth(1)?
+                .split(';')
+                .next()?
+                .trim()
+                .parse::<usize>()
+                .ok()?;
+            Some(off)
+        });
+        match found {
+            Some(o) if o == *offset => {}
+            Some(o) => return Err(format!("{name} at offset {o}, expected {offset}")),
+            None => return Err(format!("{name} missing")),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FORMAT_6_X: &str = "name: inet_sock_set_state
+ID: 1442
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
+\tfield:int newstate;\toffset:20;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:26;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 protocol;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:36;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;
+";
+
+    #[test]
+    fn accepts_the_known_layout() {
+        assert_eq!(
+            verify_format(FORMAT_6_X, INET_SOCK_SET_STATE_FIELDS),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn refuses_a_moved_field() {
+        let moved = FORMAT_6_X.replace("sport;\toffset:24", "sport;\toffset:44");
+        let err = verify_format(&moved, INET_SOCK_SET_STATE_FIELDS).unwrap_err();
+        assert_eq!(err, "sport at offset 44, expected 24");
+        let missing = FORMAT_6_X.replace("protocol", "proto_x");
+        assert_eq!(
+            verify_format(&missing, INET_SOCK_SET_STATE_FIELDS).unwrap_err(),
+            "protocol missing"
+        );
+    }
+
+    #[test]
+    fn names_the_errno_in_aya_errors() {
+        assert_eq!(
+            errno_in("bpf_prog_load failed: Operation not permitted (os error 1)"),
+            Some("EPERM")
+        );
+        assert_eq!(errno_in("no errno here"), None);
+    }
+}

@@ -1,0 +1,1 @@
+//! Integration-test helpers: network namespaces and a netmon child process.
