@@ -1,1 +1,51 @@
-fn main() {}
+//! netmon's developer tasks, `cargo xtask <task>`: one module per task, a shared
+//! `exec` helper that names the command that failed.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod build;
+mod exec;
+mod integration;
+mod setup;
+mod test;
+mod vm;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "netmon developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing needs (nightly rust-src, bpf-linker, Debian
+    /// packages). Quick when everything is there.
+    Setup,
+    /// Build the eBPF object (bpfel-unknown-none) into target/bpfel-unknown-none/release.
+    BuildEbpf,
+    /// Set up, build, lint and run every test: unit, CLI, root integration (local and
+    /// in VMs on real kernels). Ends with a `N passed, N failed` line.
+    Test(test::TestArgs),
+    /// Root integration tests (real sockets, real netmon) on this host or in VMs.
+    #[command(subcommand)]
+    IntegrationTest(integration::Where),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::setup(),
+        Task::BuildEbpf => setup::setup().and_then(|()| build::build_ebpf()),
+        Task::Test(args) => test::test(args),
+        Task::IntegrationTest(w) => setup::setup().and_then(|()| integration::run(w)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

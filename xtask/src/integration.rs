@@ -1,0 +1,54 @@
+//! `cargo xtask integration-test local|vm`: the root-only suite in `tests/`, run against
+//! a real `netmon` binary, once per backend, on this host or inside VMs on real kernels.
+use std::process::Command;
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+
+use crate::{build, exec, vm};
+
+#[derive(Debug, Subcommand)]
+pub enum Where {
+    /// On this host (needs root).
+    Local(LocalArgs),
+    /// Inside QEMU on Debian's 5.10, 6.1 and 6.12 kernels.
+    Vm(vm::VmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// Backends to run the suite with (`auto`, `fentry`, `kprobe`, `tracepoint`).
+    #[arg(long, value_delimiter = ',', default_value = "auto")]
+    pub backends: Vec<String>,
+}
+
+pub fn run(w: Where) -> Result<()> {
+    match w {
+        Where::Local(args) => local(&args),
+        Where::Vm(args) => vm::run(&args),
+    }
+}
+
+pub fn local(args: &LocalArgs) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("the integration tests need root (they load eBPF programs and create network namespaces): run as root");
+    }
+    let netmon = build::netmon_binary()?;
+    for backend in &args.backends {
+        eprintln!("integration-test local: backend {backend}");
+        exec::run(
+            Command::new("cargo")
+                .args(["test", "--release", "-p", "netmon-tests", "--", "--test-threads=1"])
+                .env("NETMON_BIN", &netmon)
+                .env("NETMON_BACKEND", backend)
+                .current_dir(build::workspace_root()),
+        )?;
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}

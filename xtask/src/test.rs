@@ -1,0 +1,77 @@
+//! `cargo xtask test`: everything the README promises, in order, ending with one
+//! `N passed, N failed` line (counting steps) that CI reads.
+use std::process::Command;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use crate::{build, exec, integration, setup, vm};
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Skip the VM tests (they boot three kernels under emulation).
+    #[arg(long)]
+    pub no_vm: bool,
+}
+
+pub fn test(args: TestArgs) -> Result<()> {
+    setup::setup()?;
+    let root = build::workspace_root();
+    let mut steps: Vec<(&str, Result<()>)> = Vec::new();
+    let cargo = |a: &[&str]| {
+        let mut c = Command::new("cargo");
+        c.args(a).current_dir(&root);
+        c
+    };
+    steps.push(("fmt", exec::run(&mut cargo(&["fmt", "--all", "--", "--check"]))));
+    steps.push((
+        "clippy",
+        exec::run(&mut cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])),
+    ));
+    steps.push((
+        "clippy (eBPF)",
+        exec::run(&mut cargo(&[
+            "+nightly",
+            "clippy",
+            "-p",
+            "netmon-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])),
+    ));
+    steps.push((
+        "unit and CLI tests",
+        exec::run(&mut cargo(&["test", "--workspace", "--exclude", "netmon-tests"])),
+    ));
+    steps.push((
+        "integration (local)",
+        integration::local(&integration::LocalArgs {
+            backends: vec!["auto".into(), "tracepoint".into()],
+        }),
+    ));
+    if !args.no_vm {
+        steps.push(("integration (VMs)", vm::run(&vm::VmArgs { kernels: Vec::new() })));
+    }
+    let failed: Vec<&str> = steps
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(n, _)| *n)
+        .collect();
+    for (name, r) in &steps {
+        match r {
+            Ok(()) => eprintln!("ok      {name}"),
+            Err(e) => eprintln!("FAILED  {name}: {e:#}"),
+        }
+    }
+    println!("steps: {} passed, {} failed", steps.len() - failed.len(), failed.len());
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
