@@ -159,7 +159,8 @@ pub struct KernelConfig {
     pub net_ns_inum: u32,
     /// Pid of netmon itself: its own sockets are not reported.
     pub self_pid: u32,
-    pub _pad: u32,
+    /// `offsetof(struct sock, sk_flags)`: bit `SOCK_DONE` says the peer's FIN arrived.
+    pub sock_flags: u32,
 }
 
 /// State stored for an established TCP flow, keyed by the kernel socket address.

@@ -45,6 +45,9 @@ const TCP_LAST_ACK: i32 = 9;
 const TCP_LISTEN: i32 = 10;
 const TCP_CLOSING: i32 = 11;
 
+/// Bit of `sock->sk_flags` (enum sock_flags: SOCK_DEAD, SOCK_DONE, …), stable since 2.6.
+const SOCK_DONE: u64 = 1;
+
 /// `FlowStart::flags` bit: the flow belongs to netmon itself and is not reported.
 const FLOW_IGNORED: u32 = 1 << 31;
 
@@ -202,13 +205,14 @@ fn on_close(ctx: &TracePointContext, cfg: &KernelConfig, sk: u64, old: i32) -> R
         // `bytes_acked` and `bytes_received` count TCP sequence space (RFC 4898), in
         // which SYN and FIN take one byte each. Payload is what users mean, so the
         // control bytes come out: the active opener's SYN is acked into its count (the
-        // passive side's child socket starts at 0), and the state the flow leaves says
-        // whether our FIN was acked and the peer's FIN counted. Leaving FIN_WAIT2, the
-        // tracepoint fires inside `tcp_fin()`, before the peer's FIN moves `rcv_nxt`
-        // (measured on 6.18; the VM tests check 5.10, 6.1 and 6.12).
+        // passive side's child socket starts at 0); our FIN was acked if the flow
+        // leaves a state only reachable that way; the peer's FIN was counted if
+        // `tcp_fin()` set SOCK_DONE. (The state alone cannot say: an orphaned socket
+        // leaves FIN_WAIT2 for time-wait before the peer's FIN arrives.)
         let syn = (event.flags & (flags::INBOUND | flags::DIRECTION_UNKNOWN) == 0) as u64;
         let fin_acked = matches!(old, TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING) as u64;
-        let fin_received = matches!(old, TCP_LAST_ACK | TCP_CLOSING | TCP_CLOSE_WAIT) as u64;
+        let sk_flags = read_kernel_at::<u64>(sk, cfg.sock_flags).unwrap_or(0);
+        let fin_received = (sk_flags >> SOCK_DONE) & 1;
         event.bytes_sent = acked.saturating_sub(syn + fin_acked);
         event.bytes_received = received.saturating_sub(fin_received);
         event.flags |= flags::BYTES_KNOWN;

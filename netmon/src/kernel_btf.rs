@@ -25,23 +25,25 @@ pub fn resolve() -> Result<ResolvedOffsets, btf_rs::Error> {
 
 pub fn resolve_from(btf: &Btf) -> ResolvedOffsets {
     let mut out = ResolvedOffsets::default();
-    let mut get = |name: &str, path: &[&str]| -> u32 {
-        match member_offset(btf, name, path) {
+    // Each field with the paths it has had across kernels, newest layout first.
+    let mut get = |name: &str, paths: &[&[&str]]| -> u32 {
+        match paths.iter().find_map(|p| member_offset(btf, name, p)) {
             Some(off) => off,
             None => {
                 out.missing
-                    .push(format!("struct {name}.{}", path.join(".")));
+                    .push(format!("struct {name}.{}", paths[0].join(".")));
                 0
             }
         }
     };
     let config = KernelConfig {
-        tcp_sock_bytes_acked: get("tcp_sock", &["bytes_acked"]),
-        tcp_sock_bytes_received: get("tcp_sock", &["bytes_received"]),
-        sock_net: get("sock", &["__sk_common", "skc_net"]),
-        net_ns_inum: get("net", &["ns", "inum"]),
+        tcp_sock_bytes_acked: get("tcp_sock", &[&["bytes_acked"][..]]),
+        tcp_sock_bytes_received: get("tcp_sock", &[&["bytes_received"][..]]),
+        sock_net: get("sock", &[&["__sk_common", "skc_net"][..]]),
+        net_ns_inum: get("net", &[&["ns", "inum"][..]]),
         self_pid: 0,
-        _pad: 0,
+        // Moved into sock_common as skc_flags in 6.18.
+        sock_flags: get("sock", &[&["__sk_common", "skc_flags"][..], &["sk_flags"]]),
     };
     out.config = config;
     out
@@ -122,6 +124,7 @@ mod tests {
         assert!(c.tcp_sock_bytes_received > 1000 && c.tcp_sock_bytes_received < 4096);
         assert!(c.sock_net > 0 && c.sock_net < 256);
         assert!(c.net_ns_inum > 0 && c.net_ns_inum < 1024);
+        assert!(c.sock_flags > 0 && c.sock_flags < 1024);
     }
 
     #[test]

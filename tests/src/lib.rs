@@ -1,1 +1,415 @@
-//! Integration-test helpers: network namespaces and a netmon child process.
+//! Helpers for netmon's root-only integration tests: a private network namespace per
+//! test (restored on drop), a real `netmon run` child whose JSON lines are parsed back
+//! with serde, and the `netmon-testpeer` process that plays the other side.
+//!
+//! Environment: `NETMON_BIN` (the netmon binary; default: `netmon` beside the test's
+//! target directory), `NETMON_BACKEND` (`auto` by default), `NETMON_EXPECT_AUTO` (the
+//! backend `auto` must pick on this kernel, when the runner knows it).
+use std::{
+    ffi::CString,
+    fs::File,
+    io::{BufRead, BufReader},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc::{Receiver, RecvTimeoutError, channel},
+    thread,
+    time::{Duration, Instant},
+};
+
+use netmon::event::{Event, EventBody};
+
+/// True when running as root; tests print why they skip otherwise.
+pub fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Skips (returns from) the calling test with a printed reason unless root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::is_root() {
+            eprintln!("skipped: needs root (loads eBPF programs, creates network namespaces)");
+            return;
+        }
+    };
+}
+
+pub fn backend() -> String {
+    std::env::var("NETMON_BACKEND").unwrap_or_else(|_| "auto".into())
+}
+
+/// The netmon binary under test.
+pub fn netmon_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NETMON_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test> -> target/<profile>/netmon
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("netmon"))
+        .expect("test binary lives in target/<profile>/deps")
+}
+
+/// The peer binary built from this package.
+pub fn testpeer_bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_netmon-testpeer") {
+        let p = PathBuf::from(p);
+        if p.exists() {
+            return p;
+        }
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("netmon-testpeer"))
+        .expect("test binary lives in target/<profile>/deps")
+}
+
+/// A fresh network namespace for the calling thread, with `lo` up. Sockets and child
+/// processes created by this thread live in it; dropping the guard returns the thread
+/// to the namespace it had.
+pub struct NetNs {
+    old: File,
+    /// Inode of the new namespace, as netmon reports it in `netns`.
+    pub inode: u32,
+}
+
+impl NetNs {
+    pub fn new() -> NetNs {
+        let old = File::open("/proc/thread-self/ns/net").expect("open current netns");
+        // SAFETY: unshare only affects the calling thread's namespace.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
+        set_lo_up();
+        let inode = netns_inode();
+        NetNs { old, inode }
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // SAFETY: a valid netns fd.
+        unsafe { libc::setns(self.old.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
+impl Default for NetNs {
+    fn default() -> Self {
+        NetNs::new()
+    }
+}
+
+/// Inode of the calling thread's network namespace.
+pub fn netns_inode() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .expect("stat netns")
+        .ino() as u32
+}
+
+fn set_lo_up() {
+    // SAFETY: plain socket + ioctl on a zeroed, NUL-terminated ifreq.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(fd >= 0);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        let name = CString::new("lo").unwrap();
+        for (i, b) in name.as_bytes_with_nul().iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req), 0);
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        assert_eq!(
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut req),
+            0,
+            "bring lo up"
+        );
+        libc::close(fd);
+    }
+}
+
+/// The name the kernel gives the calling thread (`comm`).
+pub fn thread_comm() -> String {
+    std::fs::read_to_string("/proc/thread-self/comm")
+        .expect("read comm")
+        .trim_end()
+        .to_owned()
+}
+
+pub fn gettid() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { libc::gettid() as u32 }
+}
+
+/// A running `netmon run --format json`, its events parsed as they arrive.
+pub struct Netmon {
+    child: Child,
+    events: Receiver<Event>,
+    /// Every event received so far, in order.
+    pub seen: Vec<Event>,
+    /// Lines that did not parse as events (must stay empty).
+    pub bad_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Netmon {
+    /// Starts netmon with the backend under test and waits for its `probe` line.
+    pub fn start(extra: &[&str]) -> Netmon {
+        let backend = backend();
+        let mut args = vec!["run", "--format", "json", "--backend", backend.as_str()];
+        args.extend_from_slice(extra);
+        let mut child = Command::new(netmon_bin())
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", netmon_bin().display()));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        let bad_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let bad = bad_lines.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<Event>(&line) {
+                    Ok(ev) => {
+                        if tx.send(ev).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => bad.lock().unwrap().push(format!("{e}: {line}")),
+                }
+            }
+        });
+        let mut netmon = Netmon {
+            child,
+            events: rx,
+            seen: Vec::new(),
+            bad_lines,
+        };
+        let probe = netmon
+            .wait_for(Duration::from_secs(60), |e| {
+                matches!(e.body, EventBody::Probe(_))
+            })
+            .expect("netmon printed no probe line within 60 s");
+        let EventBody::Probe(report) = &probe.body else {
+            unreachable!()
+        };
+        check_probe(report, &backend);
+        netmon
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The first event (already seen or arriving within `timeout`) matching `pred`.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Event) -> bool) -> Option<Event> {
+        if let Some(e) = self.seen.iter().find(|e| pred(e)) {
+            return Some(e.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(ev) => {
+                    let hit = pred(&ev);
+                    self.seen.push(ev.clone());
+                    if hit {
+                        return Some(ev);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Collects events for `dur` (for checking that something does *not* happen).
+    pub fn collect_for(&mut self, dur: Duration) {
+        let _ = self.wait_for(dur, |_| false);
+    }
+
+    /// SIGTERM, then all remaining output and the exit status.
+    pub fn stop(mut self) -> (std::process::ExitStatus, Vec<Event>) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait netmon") {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "netmon did not exit within 30 s of SIGTERM"
+            );
+            thread::sleep(Duration::from_millis(20));
+        };
+        while let Ok(ev) = self.events.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(ev);
+        }
+        let bad = self.bad_lines.lock().unwrap().clone();
+        assert!(
+            bad.is_empty(),
+            "netmon wrote lines that are not events: {bad:?}"
+        );
+        (status, std::mem::take(&mut self.seen))
+    }
+}
+
+impl Drop for Netmon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The probe line must show the requested backend on every capability it covers, and
+/// `auto` must pick what the runner expects on this kernel.
+fn check_probe(report: &netmon::event::ProbeReport, backend: &str) {
+    let expect = match backend {
+        "auto" => std::env::var("NETMON_EXPECT_AUTO").ok(),
+        other => Some(other.to_owned()),
+    };
+    for cap in &report.capabilities {
+        let used = cap.backend.as_deref();
+        assert!(
+            used.is_some(),
+            "capability {} not attached: {:?}",
+            cap.capability,
+            cap.skipped
+        );
+        if let Some(want) = &expect {
+            assert_eq!(
+                used,
+                Some(want.as_str()),
+                "capability {}: {:?}",
+                cap.capability,
+                cap
+            );
+        }
+    }
+}
+
+/// A running `netmon-testpeer` child.
+pub struct Peer {
+    pub child: Child,
+    lines: Receiver<String>,
+}
+
+impl Peer {
+    /// Spawns `netmon-testpeer ARGS…` (in the calling thread's network namespace).
+    pub fn spawn(args: &[&str]) -> Peer {
+        let mut child = Command::new(testpeer_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", testpeer_bin().display()));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Peer { child, lines: rx }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next line the peer prints (within 30 s).
+    pub fn line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("testpeer printed nothing within 30 s")
+    }
+
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait testpeer")
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Program and link ids netmon holds, read from its fdinfo while it runs.
+pub fn bpf_ids_held_by(pid: u32) -> (Vec<u32>, Vec<u32>) {
+    let mut progs = Vec::new();
+    let mut links = Vec::new();
+    let dir = format!("/proc/{pid}/fdinfo");
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("prog_id:") {
+                progs.extend(v.trim().parse::<u32>().ok());
+            }
+            if let Some(v) = line.strip_prefix("link_id:") {
+                links.extend(v.trim().parse::<u32>().ok());
+            }
+        }
+    }
+    progs.sort();
+    progs.dedup();
+    links.sort();
+    links.dedup();
+    (progs, links)
+}
+
+/// Whether a BPF program with this id is still loaded in the kernel.
+pub fn bpf_prog_exists(id: u32) -> bool {
+    bpf_obj_get_fd_by_id(BPF_PROG_GET_FD_BY_ID, id)
+}
+
+/// Whether a BPF link with this id still exists.
+pub fn bpf_link_exists(id: u32) -> bool {
+    bpf_obj_get_fd_by_id(BPF_LINK_GET_FD_BY_ID, id)
+}
+
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+
+fn bpf_obj_get_fd_by_id(cmd: libc::c_long, id: u32) -> bool {
+    // union bpf_attr for *_GET_FD_BY_ID starts with the u32 id.
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&id.to_ne_bytes());
+    // SAFETY: a valid attr buffer of the size passed.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len() as u32) };
+    if fd >= 0 {
+        // SAFETY: we own the fd just returned.
+        unsafe { libc::close(fd as i32) };
+        true
+    } else {
+        false
+    }
+}
+
+/// Filters: connection events of one type inside one network namespace.
+pub fn conn_events<'a>(
+    events: &'a [Event],
+    kind: &'a str,
+    netns: u32,
+) -> impl Iterator<Item = &'a netmon::event::Connection> + 'a {
+    events.iter().filter_map(move |e| {
+        let c = e.body.connection()?;
+        (e.body.type_name() == kind && c.netns == Some(netns)).then_some(c)
+    })
+}

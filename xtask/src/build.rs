@@ -31,7 +31,9 @@ pub fn build_ebpf() -> Result<()> {
     )?;
     eprintln!(
         "built {}",
-        workspace_root().join("target/bpfel-unknown-none/release/netmon").display()
+        workspace_root()
+            .join("target/bpfel-unknown-none/release/netmon")
+            .display()
     );
     Ok(())
 }

@@ -32,14 +32,23 @@ pub fn run(w: Where) -> Result<()> {
 pub fn local(args: &LocalArgs) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc_geteuid() } != 0 {
-        bail!("the integration tests need root (they load eBPF programs and create network namespaces): run as root");
+        bail!(
+            "the integration tests need root (they load eBPF programs and create network namespaces): run as root"
+        );
     }
     let netmon = build::netmon_binary()?;
     for backend in &args.backends {
         eprintln!("integration-test local: backend {backend}");
         exec::run(
             Command::new("cargo")
-                .args(["test", "--release", "-p", "netmon-tests", "--", "--test-threads=1"])
+                .args([
+                    "test",
+                    "--release",
+                    "-p",
+                    "netmon-tests",
+                    "--",
+                    "--test-threads=1",
+                ])
                 .env("NETMON_BIN", &netmon)
                 .env("NETMON_BACKEND", backend)
                 .current_dir(build::workspace_root()),

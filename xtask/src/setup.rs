@@ -41,7 +41,10 @@ pub fn setup() -> Result<()> {
 
 fn ensure_nightly() -> Result<()> {
     let toolchains = exec::output(Command::new("rustup").args(["toolchain", "list"]))?;
-    if !toolchains.lines().any(|l| l.starts_with("nightly-") || l.starts_with("nightly ")) {
+    if !toolchains
+        .lines()
+        .any(|l| l.starts_with("nightly-") || l.starts_with("nightly "))
+    {
         eprintln!("setup: installing the nightly toolchain");
         exec::run(Command::new("rustup").args([
             "toolchain",
@@ -75,11 +78,8 @@ fn ensure_nightly() -> Result<()> {
 fn nightly_llvm() -> Result<(PathBuf, u32)> {
     let vv = exec::output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "-vV"]))?;
     let major = llvm_major(&vv).context("`rustc +nightly -vV` printed no LLVM version")?;
-    let sysroot = exec::output(Command::new("rustc").args([
-        &format!("+{NIGHTLY}"),
-        "--print",
-        "sysroot",
-    ]))?;
+    let sysroot =
+        exec::output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))?;
     Ok((PathBuf::from(sysroot.trim()), major))
 }
 
@@ -116,11 +116,15 @@ fn ensure_bpf_linker() -> Result<()> {
     if linker.is_file() && fs::read_to_string(&stamp_path).is_ok_and(|s| s.trim() == want) {
         return Ok(());
     }
-    eprintln!("setup: building bpf-linker against {} (LLVM {major}); this takes a few minutes", lib.display());
+    eprintln!(
+        "setup: building bpf-linker against {} (LLVM {major}); this takes a few minutes",
+        lib.display()
+    );
     // bpf-linker's build finds LLVM through LLVM_PREFIX/lib/libLLVM.so.
     let prefix = home().join(format!(".cache/netmon/llvm-{major}"));
     let prefix_lib = prefix.join("lib");
-    fs::create_dir_all(&prefix_lib).with_context(|| format!("creating {}", prefix_lib.display()))?;
+    fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
     let file_name = lib.file_name().context("libLLVM path has no file name")?;
     for name in [Path::new("libLLVM.so"), Path::new(file_name)] {
         let link = prefix_lib.join(name);
@@ -154,7 +158,10 @@ fn find_libllvm(dir: &Path, major: u32) -> Result<PathBuf> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| {
-            let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let n = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             n.starts_with(&prefix) || n.starts_with(&alt)
         })
         .collect();

@@ -23,10 +23,20 @@ pub fn test(args: TestArgs) -> Result<()> {
         c.args(a).current_dir(&root);
         c
     };
-    steps.push(("fmt", exec::run(&mut cargo(&["fmt", "--all", "--", "--check"]))));
+    steps.push((
+        "fmt",
+        exec::run(&mut cargo(&["fmt", "--all", "--", "--check"])),
+    ));
     steps.push((
         "clippy",
-        exec::run(&mut cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])),
+        exec::run(&mut cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])),
     ));
     steps.push((
         "clippy (eBPF)",
@@ -47,7 +57,12 @@ pub fn test(args: TestArgs) -> Result<()> {
     ));
     steps.push((
         "unit and CLI tests",
-        exec::run(&mut cargo(&["test", "--workspace", "--exclude", "netmon-tests"])),
+        exec::run(&mut cargo(&[
+            "test",
+            "--workspace",
+            "--exclude",
+            "netmon-tests",
+        ])),
     ));
     steps.push((
         "integration (local)",
@@ -56,7 +71,12 @@ pub fn test(args: TestArgs) -> Result<()> {
         }),
     ));
     if !args.no_vm {
-        steps.push(("integration (VMs)", vm::run(&vm::VmArgs { kernels: Vec::new() })));
+        steps.push((
+            "integration (VMs)",
+            vm::run(&vm::VmArgs {
+                kernels: Vec::new(),
+            }),
+        ));
     }
     let failed: Vec<&str> = steps
         .iter()
@@ -69,7 +89,11 @@ pub fn test(args: TestArgs) -> Result<()> {
             Err(e) => eprintln!("FAILED  {name}: {e:#}"),
         }
     }
-    println!("steps: {} passed, {} failed", steps.len() - failed.len(), failed.len());
+    println!(
+        "steps: {} passed, {} failed",
+        steps.len() - failed.len(),
+        failed.len()
+    );
     if !failed.is_empty() {
         bail!("failed: {}", failed.join(", "));
     }
