@@ -88,7 +88,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         (TCP_LISTEN, TCP_CLOSE) => {
             let tuple = read_tuple(ctx)?;
             let key = listener_key(&cfg, sk, tuple.local_port);
-            let _ = LISTENERS.remove(&key);
+            let _ = LISTENERS.remove(key);
         }
         (TCP_SYN_RECV, TCP_ESTABLISHED) => on_accept(ctx, &cfg, sk)?,
         (
@@ -105,10 +105,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
 #[inline(always)]
 fn on_connect_done(ctx: &TracePointContext, cfg: &KernelConfig, sk: u64, new: i32) {
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(process) = (unsafe { CONNECTING.get(&sk) }).copied() else {
+    let Some(process) = (unsafe { CONNECTING.get(sk) }).copied() else {
         return; // connect() began before netmon started
     };
-    let _ = CONNECTING.remove(&sk);
+    let _ = CONNECTING.remove(sk);
     let Ok(tuple) = read_tuple(ctx) else {
         return;
     };
@@ -135,7 +135,7 @@ fn on_listen(ctx: &TracePointContext, cfg: &KernelConfig, sk: u64) -> Result<(),
     let process = current_process();
     let tuple = read_tuple(ctx)?;
     let key = listener_key(cfg, sk, tuple.local_port);
-    let _ = LISTENERS.insert(&key, &process, 0);
+    let _ = LISTENERS.insert(key, process, 0);
     if is_self(cfg, &process) {
         return Ok(());
     }
@@ -155,7 +155,7 @@ fn on_accept(ctx: &TracePointContext, cfg: &KernelConfig, sk: u64) -> Result<(),
     let tuple = read_tuple(ctx)?;
     let key = listener_key(cfg, sk, tuple.local_port);
     // SAFETY: copied out immediately.
-    let owner = unsafe { LISTENERS.get(&key) }.copied();
+    let owner = unsafe { LISTENERS.get(key) }.copied();
     let (process, unknown) = match owner {
         Some(p) => (p, 0),
         None => (Process::EMPTY, flags::PROCESS_UNKNOWN),
@@ -176,8 +176,8 @@ fn on_accept(ctx: &TracePointContext, cfg: &KernelConfig, sk: u64) -> Result<(),
 #[inline(always)]
 fn on_close(ctx: &TracePointContext, cfg: &KernelConfig, sk: u64, old: i32) -> Result<(), i64> {
     // SAFETY: copied out before the entry is removed.
-    let start = unsafe { TCP_FLOWS.get(&sk) }.copied();
-    let _ = TCP_FLOWS.remove(&sk);
+    let start = unsafe { TCP_FLOWS.get(sk) }.copied();
+    let _ = TCP_FLOWS.remove(sk);
     let tuple = read_tuple(ctx)?;
     let mut event;
     match start {
@@ -230,7 +230,7 @@ fn remember_flow(sk: u64, flow_flags: u32, process: Process) {
         _pad: 0,
         process,
     };
-    let _ = TCP_FLOWS.insert(&sk, &start, 0);
+    let _ = TCP_FLOWS.insert(sk, start, 0);
 }
 
 #[inline(always)]

@@ -63,7 +63,7 @@ fn remember_owner(ctx: &SockAddrContext) {
     // SAFETY: a helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let process = current_process();
-    let _ = SOCKET_OWNERS.insert(&cookie, &process, 0);
+    let _ = SOCKET_OWNERS.insert(cookie, process, 0);
 }
 
 #[cgroup_skb(egress)]
@@ -91,7 +91,7 @@ fn try_udp_egress(ctx: &SkBuffContext) -> Result<(), i64> {
     // SAFETY: a helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
     // SAFETY: copied out immediately.
-    let owner = unsafe { SOCKET_OWNERS.get(&cookie) }.copied();
+    let owner = unsafe { SOCKET_OWNERS.get(cookie) }.copied();
     let cfg = config();
     let (process, unknown) = match owner {
         Some(p) => (p, 0),
@@ -107,7 +107,7 @@ fn try_udp_egress(ctx: &SkBuffContext) -> Result<(), i64> {
         dst_addr: datagram.dst_addr,
     };
     let now = ktime_ns();
-    if let Some(stats) = UDP_PEERS.get_ptr_mut(&key) {
+    if let Some(stats) = UDP_PEERS.get_ptr_mut(key) {
         // SAFETY: a valid map value. Two CPUs may send to the same peer at once, so
         // the counters use BPF's atomic add (`core`'s atomics are not available on
         // the bpf target because it has no compare-and-swap before v3).
@@ -128,7 +128,7 @@ fn try_udp_egress(ctx: &SkBuffContext) -> Result<(), i64> {
         bytes: datagram.udp_len,
     };
     // Only the CPU whose insert wins reports the new peer.
-    if UDP_PEERS.insert(&key, &stats, BPF_NOEXIST as u64).is_err() {
+    if UDP_PEERS.insert(key, stats, BPF_NOEXIST as u64).is_err() {
         return Ok(());
     }
     let mut event = new_event(kind::UDP, backend::TRACEPOINT, process);
