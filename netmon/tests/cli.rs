@@ -21,7 +21,13 @@ fn help_explains_the_commands() {
     assert!(text.contains("run"), "{text}");
     let out = netmon(&["run", "--help"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--format", "--output", "--backend", "--stats-interval", "--ring-buffer-kib"] {
+    for flag in [
+        "--format",
+        "--output",
+        "--backend",
+        "--stats-interval",
+        "--ring-buffer-kib",
+    ] {
         assert!(text.contains(flag), "run --help lacks {flag}: {text}");
     }
 }
@@ -60,7 +66,12 @@ fn without_privileges_exits_2_saying_what_to_do() {
     let is_root = unsafe { libc_geteuid() } == 0;
     let out = if is_root {
         let Ok(out) = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
             .arg(env!("CARGO_BIN_EXE_netmon"))
             .args(["run"])
             .output()
