@@ -686,7 +686,7 @@ fn explain(e: ProgramError) -> String {
         // "the BPF_PROG_LOAD syscall returned Operation not permitted (os error 1). Verifier
         // output: …" says little more than the errno; keep the call and the errno.
         Some(errno) => match line.split(" returned ").next() {
-            Some(call) if call != line => format!("{errno} ({call})"),
+            Some(call) if call != line => format!("{errno} ({call} failed)"),
             _ => format!("{errno} ({line})"),
         },
         None => line,
@@ -694,7 +694,8 @@ fn explain(e: ProgramError) -> String {
 }
 
 fn first_line(s: &str) -> String {
-    if std::env::var_os("NETMON_DEBUG_VERIFIER").is_some() {
+    // The whole verifier log, for whoever debugs a program the kernel refuses.
+    if std::env::var_os("NETMON_VERIFIER_LOG").is_some() {
         eprintln!("{s}");
     }
     s.lines().next().unwrap_or(s).chars().take(300).collect()
