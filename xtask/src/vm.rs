@@ -10,6 +10,9 @@ pub struct VmArgs {
     pub kernels: Vec<String>,
 }
 
+/// Whether this build of xtask can run VM tests at all.
+pub const AVAILABLE: bool = false;
+
 pub fn run(_args: &VmArgs) -> Result<()> {
     bail!("VM tests are not implemented yet")
 }
