@@ -56,7 +56,7 @@ pub fn test(args: TestArgs) -> Result<()> {
         }),
     ));
     if !args.no_vm {
-        steps.push(("integration (VMs)", vm::run(&vm::VmArgs { kernels: Vec::new() })));
+        steps.push(("integration (VMs)", vm::run(&vm::VmArgs::default())));
     }
     let failed: Vec<&str> = steps
         .iter()
