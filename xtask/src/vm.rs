@@ -45,7 +45,8 @@ pub struct VmArgs {
     /// How many VMs run at the same time.
     #[arg(long, default_value_t = VmArgs::default().jobs, value_parser = clap::value_parser!(u32).range(1..=8))]
     pub jobs: u32,
-    /// Seconds one VM may take, boot and every test included, before it is killed.
+    /// Seconds one VM may take, boot and every test included, before it is killed. (A VM
+    /// that has not started /init after 120 s is killed sooner.)
     #[arg(long, value_name = "SECONDS", default_value_t = VmArgs::default().timeout)]
     pub timeout: u64,
     /// Seconds one test binary may take inside the VM before it is killed (the rest
@@ -63,8 +64,8 @@ impl Default for VmArgs {
             kernels: Vec::new(),
             backends: Vec::new(),
             jobs: 2,
-            timeout: 300,
-            test_timeout: 120,
+            timeout: 600,
+            test_timeout: 300,
             verbose: false,
         }
     }
@@ -387,6 +388,10 @@ fn pack(suite: &Suite, backends: &[String], test_timeout: u64, out: &Path) -> Re
     fs.write_gz(out)
 }
 
+/// How long a VM may take to start /init: 5 to 25 s seen under TCG on a busy 2-core
+/// machine.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// One VM's verdict, and its console for showing what failed.
 struct Judged {
     row: Row,
@@ -415,6 +420,8 @@ fn boot_and_judge(
             vmlinuz: &image.vmlinuz,
             initrd,
             cmdline_extra: format!("netmon_kernel={name} netmon_expect_auto={}", k.expect_auto),
+            ready: &format!("{}BOOTED", report::MARK),
+            boot_timeout: BOOT_TIMEOUT,
             timeout: Duration::from_secs(args.timeout),
             log: log.clone(),
         },
@@ -446,11 +453,19 @@ fn boot_and_judge(
     )?;
     let console = report::read_console(&outcome.lines);
     let mut problems = Vec::new();
-    if outcome.timed_out {
-        problems.push(format!("VM killed after the {} s timeout", args.timeout));
+    match outcome.killed {
+        Some(qemu::Killed::Boot) => problems.push(format!(
+            "VM killed: /init had not started after {} s",
+            BOOT_TIMEOUT.as_secs()
+        )),
+        Some(qemu::Killed::Run) => problems.push(format!(
+            "VM killed after the {} s timeout (--timeout)",
+            args.timeout
+        )),
+        None => {}
     }
     match (&console.booted, console.done) {
-        (None, _) => {
+        (None, _) if outcome.killed != Some(qemu::Killed::Boot) => {
             let why = outcome.stderr.lines().next().unwrap_or("").trim();
             problems.push(format!(
                 "/init never started (no BOOTED marker){}",
@@ -461,7 +476,7 @@ fn boot_and_judge(
                 }
             ));
         }
-        (Some(_), None) if !outcome.timed_out => {
+        (Some(_), None) if outcome.killed.is_none() => {
             problems.push("/init stopped before the end (no DONE marker)".into());
         }
         _ => {}

@@ -189,14 +189,14 @@ impl Cell {
 /// Judges `backend` on one console: every binary of `tests` must have run and exited 0.
 pub fn cell(console: &Console, backend: &str, tests: &[String]) -> Cell {
     let mut cell = Cell::default();
+    let mut missing = Vec::new();
     for test in tests {
         let Some(run) = console
             .runs
             .iter()
             .find(|r| r.backend == backend && &r.test == test)
         else {
-            cell.problems
-                .push(format!("{test}: never ran (no RUN marker)"));
+            missing.push(test.as_str());
             continue;
         };
         if let Some(s) = run.summary {
@@ -214,6 +214,11 @@ pub fn cell(console: &Console, backend: &str, tests: &[String]) -> Cell {
                 .problems
                 .push(format!("{test}: did not finish (no RESULT marker)")),
         }
+    }
+    if !missing.is_empty() {
+        // One line, not one per binary: when a VM dies, every binary is missing.
+        cell.problems
+            .push(format!("never ran (no RUN marker): {}", missing.join(", ")));
     }
     cell
 }
@@ -403,7 +408,7 @@ running 2 tests
         );
         let fentry = cell(&c, "fentry", &tests);
         assert_eq!(fentry.text(), "FAIL 0/0");
-        assert_eq!(fentry.problems, ["probe: never ran (no RUN marker)"]);
+        assert_eq!(fentry.problems, ["never ran (no RUN marker): probe"]);
     }
 
     #[test]
