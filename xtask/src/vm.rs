@@ -108,7 +108,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
             "vm: kernel {}: {} ({})",
             k.name,
             image.package,
-            image.vmlinuz.display()
+            image.image.display()
         );
         images.push(image);
     }
@@ -417,7 +417,7 @@ fn boot_and_judge(
     );
     let outcome = qemu::boot(
         &qemu::Boot {
-            vmlinuz: &image.vmlinuz,
+            kernel: &image.image,
             initrd,
             cmdline_extra: format!("netmon_kernel={name} netmon_expect_auto={}", k.expect_auto),
             ready: &format!("{}BOOTED", report::MARK),

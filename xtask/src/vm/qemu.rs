@@ -20,7 +20,8 @@ use super::report::Line;
 use crate::exec;
 
 pub struct Boot<'a> {
-    pub vmlinuz: &'a Path,
+    /// A bzImage, or an ELF vmlinux with a PVH note.
+    pub kernel: &'a Path,
     pub initrd: &'a Path,
     /// Appended to the fixed kernel command line.
     pub cmdline_extra: String,
@@ -59,7 +60,7 @@ pub fn boot(b: &Boot, mut on_line: impl FnMut(&Line)) -> Result<Outcome> {
     cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1536", "-smp", "2"])
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
-        .arg(b.vmlinuz)
+        .arg(b.kernel)
         .arg("-initrd")
         .arg(b.initrd)
         // panic=-1: a panic (or /init exiting) reboots at once, and -no-reboot turns
