@@ -73,7 +73,7 @@ impl Default for VmArgs {
 
 pub fn run(args: &VmArgs) -> Result<()> {
     let started = Instant::now();
-    let kernels: Vec<&kernel::Kernel> = if args.kernels.is_empty() {
+    let mut kernels: Vec<&kernel::Kernel> = if args.kernels.is_empty() {
         kernel::KERNELS.iter().collect()
     } else {
         args.kernels
@@ -81,6 +81,13 @@ pub fn run(args: &VmArgs) -> Result<()> {
             .map(|k| kernel::by_name(k))
             .collect::<Result<_>>()?
     };
+    // Each kernel has one log file: booting it twice would interleave them.
+    let mut seen = Vec::new();
+    kernels.retain(|k| {
+        let first = !seen.contains(&k.name);
+        seen.push(k.name);
+        first
+    });
     let backends: Vec<String> = if args.backends.is_empty() {
         BACKENDS.iter().map(|b| (*b).to_owned()).collect()
     } else {
