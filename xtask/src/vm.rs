@@ -73,34 +73,7 @@ impl Default for VmArgs {
 
 pub fn run(args: &VmArgs) -> Result<()> {
     let started = Instant::now();
-    let mut kernels: Vec<&kernel::Kernel> = if args.kernels.is_empty() {
-        kernel::KERNELS.iter().collect()
-    } else {
-        args.kernels
-            .iter()
-            .map(|k| kernel::by_name(k))
-            .collect::<Result<_>>()?
-    };
-    // Each kernel has one log file: booting it twice would interleave them.
-    let mut seen = Vec::new();
-    kernels.retain(|k| {
-        let first = !seen.contains(&k.name);
-        seen.push(k.name);
-        first
-    });
-    let backends: Vec<String> = if args.backends.is_empty() {
-        BACKENDS.iter().map(|b| (*b).to_owned()).collect()
-    } else {
-        for b in &args.backends {
-            if !BACKENDS.contains(&b.as_str()) {
-                bail!(
-                    "unknown backend `{b}`: choose among {}",
-                    BACKENDS.join(", ")
-                );
-            }
-        }
-        args.backends.clone()
-    };
+    let (kernels, backends) = selection(args)?;
     let root = build::workspace_root();
 
     let suite = build_suite(&root)?;
@@ -137,35 +110,20 @@ pub fn run(args: &VmArgs) -> Result<()> {
         suite.bins.len()
     );
 
-    let tests: Vec<String> = suite.tests.iter().map(|(n, _)| n.clone()).collect();
-    let jobs = (args.jobs as usize).min(kernels.len()).max(1);
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<Judged>>>> =
-        Mutex::new((0..kernels.len()).map(|_| None).collect());
-    thread::scope(|s| {
-        for _ in 0..jobs {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let (Some(k), Some(image)) = (kernels.get(i), images.get(i)) else {
-                        break;
-                    };
-                    let r = boot_and_judge(k, image, &initrd, &logs, &backends, &tests, args);
-                    results.lock().expect("no worker panics holding it")[i] = Some(r);
-                }
-            });
-        }
-    });
+    let plan = Plan {
+        initrd: &initrd,
+        logs: &logs,
+        backends: &backends,
+        tests: suite.tests.iter().map(|(n, _)| n.clone()).collect(),
+        args,
+    };
+    let jobs = (args.jobs as usize).clamp(1, kernels.len().max(1));
+    let results = boot_all(&plan, &kernels, &images, jobs);
     let booted = Instant::now();
 
     let mut rows = Vec::new();
-    for (k, r) in kernels
-        .iter()
-        .zip(results.into_inner().expect("workers are done"))
-    {
-        let judged = r
-            .context("a VM worker stopped without a result")?
-            .with_context(|| format!("booting kernel {}", k.name))?;
+    for (k, r) in kernels.iter().zip(results) {
+        let judged = r.with_context(|| format!("booting kernel {}", k.name))?;
         print_failures(&judged, &backends);
         rows.push(judged.row);
     }
@@ -179,15 +137,98 @@ pub fn run(args: &VmArgs) -> Result<()> {
         (booted - packed).as_secs_f64(),
         logs.display()
     );
-    let failed = rows.iter().filter(|r| !r.ok()).count();
-    if failed > 0 {
+    let cells = rows.len() * backends.len();
+    let failed_cells: usize = rows
+        .iter()
+        .map(|r| r.cells.iter().filter(|c| !c.ok()).count())
+        .sum();
+    let failed_vms = rows.iter().filter(|r| !r.problems.is_empty()).count();
+    if failed_cells > 0 || failed_vms > 0 {
         bail!(
-            "integration tests failed on {failed} of {} kernels (see the matrix above and {})",
+            "VM integration tests failed: {failed_cells} of {cells} kernel × backend runs, \
+             {failed_vms} of {} VMs (see the matrix above and {})",
             rows.len(),
             logs.display()
         );
     }
     Ok(())
+}
+
+/// The kernels and backends `args` asks for, checked, each once, in the order given.
+fn selection(args: &VmArgs) -> Result<(Vec<&'static kernel::Kernel>, Vec<String>)> {
+    let mut kernels: Vec<&kernel::Kernel> = if args.kernels.is_empty() {
+        kernel::KERNELS.iter().collect()
+    } else {
+        args.kernels
+            .iter()
+            .map(|k| kernel::by_name(k))
+            .collect::<Result<_>>()?
+    };
+    // Each kernel has one log file: booting it twice would interleave them.
+    let mut seen = Vec::new();
+    kernels.retain(|k| {
+        let first = !seen.contains(&k.name);
+        seen.push(k.name);
+        first
+    });
+    let mut backends: Vec<String> = Vec::new();
+    for b in &args.backends {
+        if !BACKENDS.contains(&b.as_str()) {
+            bail!(
+                "unknown backend `{b}`: choose among {}",
+                BACKENDS.join(", ")
+            );
+        }
+        if !backends.contains(b) {
+            backends.push(b.clone());
+        }
+    }
+    if backends.is_empty() {
+        backends = BACKENDS.iter().map(|b| (*b).to_owned()).collect();
+    }
+    Ok((kernels, backends))
+}
+
+/// What every VM runs and where its log goes.
+struct Plan<'a> {
+    initrd: &'a Path,
+    logs: &'a Path,
+    backends: &'a [String],
+    /// Marker names of the test binaries.
+    tests: Vec<String>,
+    args: &'a VmArgs,
+}
+
+/// Boots `kernels`, `jobs` at a time, and returns their verdicts in the same order.
+fn boot_all(
+    plan: &Plan,
+    kernels: &[&kernel::Kernel],
+    images: &[kernel::Cached],
+    jobs: usize,
+) -> Vec<Result<Judged>> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<Judged>>>> =
+        Mutex::new(kernels.iter().map(|_| None).collect());
+    thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let (Some(k), Some(image)) = (kernels.get(i), images.get(i)) else {
+                        break;
+                    };
+                    let r = boot_and_judge(plan, k, image);
+                    results.lock().expect("no worker panics holding it")[i] = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .expect("the workers are done")
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("no VM worker took it"))))
+        .collect()
 }
 
 /// The binaries the guest runs, at their host paths.
@@ -406,16 +447,9 @@ struct Judged {
     log: PathBuf,
 }
 
-fn boot_and_judge(
-    k: &kernel::Kernel,
-    image: &kernel::Cached,
-    initrd: &Path,
-    logs: &Path,
-    backends: &[String],
-    tests: &[String],
-    args: &VmArgs,
-) -> Result<Judged> {
-    let log = logs.join(format!("{}.log", k.name));
+fn boot_and_judge(plan: &Plan, k: &kernel::Kernel, image: &kernel::Cached) -> Result<Judged> {
+    let (args, backends, tests) = (plan.args, plan.backends, &plan.tests);
+    let log = plan.logs.join(format!("{}.log", k.name));
     let name = k.name;
     eprintln!(
         "vm {name}: booting {} (log {})",
@@ -425,7 +459,7 @@ fn boot_and_judge(
     let outcome = qemu::boot(
         &qemu::Boot {
             kernel: &image.image,
-            initrd,
+            initrd: plan.initrd,
             cmdline_extra: format!("netmon_kernel={name} netmon_expect_auto={}", k.expect_auto),
             ready: &format!("{}BOOTED", report::MARK),
             boot_timeout: BOOT_TIMEOUT,
