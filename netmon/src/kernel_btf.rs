@@ -19,7 +19,9 @@ pub struct ResolvedOffsets {
 
 /// Reads the kernel's BTF and resolves every offset netmon uses.
 pub fn resolve() -> Result<ResolvedOffsets, btf_rs::Error> {
-    let btf = Btf::from_file(VMLINUX_BTF)?;
+    // Mmap: only the few types netmon asks for get parsed (the Cache backend parses all
+    // of vmlinux, which was most of netmon's start-up time).
+    let btf = Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap)?;
     Ok(resolve_from(&btf))
 }
 

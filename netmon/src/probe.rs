@@ -344,7 +344,10 @@ impl Tracer {
                 KernelConfig::UNKNOWN
             }
         };
+        // One parse of the kernel's BTF serves the loader and every fentry attach.
+        let btf = aya::Btf::from_sys_fs().ok();
         let mut ebpf = EbpfLoader::new()
+            .btf(btf.as_ref())
             .map_max_entries(maps::EVENTS, opts.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
@@ -352,7 +355,7 @@ impl Tracer {
             self_pid: std::process::id(),
             ..offsets
         };
-        let (report, owners) = attach_all(&mut ebpf, opts.backend, warnings)?;
+        let (report, owners) = attach_all(&mut ebpf, opts.backend, warnings, btf.as_ref())?;
         // Programs stay silent until they learn which capabilities they own, so two
         // backends attached for different capabilities never report the same thing.
         for (cap, backend) in owners {
@@ -431,6 +434,7 @@ fn attach_all(
     ebpf: &mut Ebpf,
     choice: BackendChoice,
     mut warnings: Vec<String>,
+    btf: Option<&aya::Btf>,
 ) -> Result<(ProbeReport, Owners), Error> {
     let order: &[BackendChoice] = match choice {
         BackendChoice::Auto => &[
@@ -453,7 +457,6 @@ fn attach_all(
         .collect();
     let mut covered: BTreeSet<Capability> = BTreeSet::new();
     let mut owners: Owners = Vec::new();
-    let btf = aya::Btf::from_sys_fs().ok();
     let mut attached_programs: BTreeSet<&'static str> = BTreeSet::new();
 
     for &backend in order {
@@ -481,7 +484,7 @@ fn attach_all(
             if wanted.is_empty() {
                 continue;
             }
-            match attach_group(ebpf, group, &mut attached_programs, btf.as_ref()) {
+            match attach_group(ebpf, group, &mut attached_programs, btf) {
                 Ok(hooks) => {
                     for cap in wanted {
                         covered.insert(cap);
