@@ -26,7 +26,8 @@ use netmon_common::{KernelConfig, backend, cap};
 use crate::{
     emit::{config, current_process, read_kernel_at},
     tcp::{
-        emit_accept, on_listen, on_transition, owns, remember_connecting, sock_state, tuple_of_sock,
+        SockTuple, emit_accept, on_listen, on_transition, owns, remember_connecting, sock_state,
+        tuple_of_sock,
     },
     udp,
 };
@@ -47,7 +48,7 @@ fn on_tcp_set_state(backend: u32, sk: u64, new: i32) {
     let Some(old) = sock_state(&cfg, sk) else {
         return;
     };
-    on_transition(&cfg, backend, sk, old, new, || tuple_of_sock(&cfg, sk));
+    on_transition(&cfg, backend, sk, old, new, &SockTuple { cfg: &cfg, sk });
 }
 
 #[inline(always)]
