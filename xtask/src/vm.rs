@@ -33,13 +33,19 @@ use report::{Marker, Row};
 
 pub const BACKENDS: &[&str] = &["auto", "fentry", "kprobe", "tracepoint"];
 
+/// The default set. These kernels all allow fentry and the suite asserts that `auto`
+/// picks fentry for every capability (`NETMON_EXPECT_AUTO`), so the `auto` run is the
+/// fentry run; a separate `--backend fentry` pass would repeat it and push the VM step
+/// past its 10-minute budget on two cores. `--backends fentry` still runs it on demand.
+pub const DEFAULT_BACKENDS: &[&str] = &["auto", "kprobe", "tracepoint"];
+
 #[derive(Debug, Clone, Args)]
 pub struct VmArgs {
     /// Kernels to boot (`5.10`, `6.1`, `6.12`); all by default.
     #[arg(long, value_delimiter = ',')]
     pub kernels: Vec<String>,
-    /// Backends to run the suite with (`auto`, `fentry`, `kprobe`, `tracepoint`); all by
-    /// default.
+    /// Backends to run the suite with (`auto`, `fentry`, `kprobe`, `tracepoint`);
+    /// default `auto,kprobe,tracepoint` (`auto` is asserted to be fentry there).
     #[arg(long, value_delimiter = ',')]
     pub backends: Vec<String>,
     /// How many VMs run at the same time.
@@ -184,7 +190,7 @@ fn selection(args: &VmArgs) -> Result<(Vec<&'static kernel::Kernel>, Vec<String>
         }
     }
     if backends.is_empty() {
-        backends = BACKENDS.iter().map(|b| (*b).to_owned()).collect();
+        backends = DEFAULT_BACKENDS.iter().map(|b| (*b).to_owned()).collect();
     }
     Ok((kernels, backends))
 }
