@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod hosts;
 pub mod run;
+pub mod scan;
 
 /// Linux network monitor: traces every TCP and UDP connection with eBPF and tells you
 /// which process made it.
@@ -23,6 +25,13 @@ pub enum Command {
     /// Needs root. Stops on SIGINT/SIGTERM, detaching every program and writing a
     /// final `stats` line.
     Run(run::RunArgs),
+    /// Discover hosts, scan their ports and name their services (an nmap-like scanner).
+    ///
+    /// Refuses public addresses unless --allow-public. Needs no privilege; as root it
+    /// uses raw sockets for ICMP discovery and a SYN scan.
+    Scan(scan::ScanArgs),
+    /// Print the host inventory that the scanner in `netmon run` keeps.
+    Hosts(hosts::HostsArgs),
 }
 
 /// Exit code for errors: bad flags, missing privileges, unusable kernel.
@@ -32,6 +41,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Scan(args) => scan::run(args),
+        Command::Hosts(args) => hosts::run(args),
     };
     match result {
         Ok(code) => code,
