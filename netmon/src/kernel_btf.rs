@@ -68,7 +68,7 @@ pub fn member_offset(btf: &Btf, name: &str, path: &[&str]) -> Option<u32> {
             };
         }
     }
-    (bits % 8 == 0).then_some(bits / 8)
+    bits.is_multiple_of(8).then_some(bits / 8)
 }
 
 /// Bit offset and type of member `field`, searching anonymous members too.
