@@ -295,7 +295,14 @@ pub async fn run_with_limiter(
             );
             false
         }
-        Method::Auto => false,
+        Method::Auto => {
+            if !opts.ports.tcp.is_empty() {
+                outcome.warnings.push(
+                    "no CAP_NET_RAW: using a connect scan (run as root for a SYN scan)".into(),
+                );
+            }
+            false
+        }
     };
     outcome.method = if use_syn { "syn" } else { "connect" };
     let tcp_jobs: Vec<SocketAddr> = live

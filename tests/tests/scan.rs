@@ -509,7 +509,7 @@ fn lab_nmap(lab: &Lab, target: &str) -> BTreeSet<u16> {
 }
 
 #[test]
-fn udp_probes_tell_open_from_closed() {
+fn udp_probes_and_traceroute() {
     require_lab!();
     let mut lab = Lab::new(13, 1);
     // A UDP service that answers anything (as a DNS server answers a query).
@@ -557,6 +557,33 @@ fn udp_probes_tell_open_from_closed() {
         .collect();
     // 5354 answers with a port unreachable: closed, so not listed.
     assert_eq!(states, [(5353, "open".to_owned())]);
+
+    // The host is on the scanner's link: the route is one hop, the host itself.
+    let out = lab.netmon(&[
+        "scan",
+        &target,
+        "-p",
+        "22",
+        "--traceroute",
+        "-n",
+        "--format",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = events(&out)
+        .into_iter()
+        .find_map(|e| match e.body {
+            EventBody::Host(h) => h.trace,
+            _ => None,
+        })
+        .expect("a trace");
+    assert_eq!(trace.len(), 1, "{trace:?}");
+    assert_eq!(trace[0].ttl, 1);
+    assert_eq!(trace[0].addr.map(|a| a.to_string()), Some(target.clone()));
 }
 
 #[test]
@@ -611,7 +638,7 @@ fn monitor_reports_closed_ports_and_hosts_that_go_away() {
     let ups: BTreeSet<String> = kinds(&first, "host_up").into_iter().collect();
     assert_eq!(
         ups,
-        [lab.addr(0), lab.addr(1), format!("10.200.14.1")]
+        [lab.addr(0), lab.addr(1), "10.200.14.1".to_string()]
             .into_iter()
             .collect()
     );

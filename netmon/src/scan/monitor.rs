@@ -287,18 +287,29 @@ impl Monitor {
             let sweep = discover::sweep(&all, &opts, self.rate.clone()).await;
             self.counters.pings += all.len() as u64;
             let macs = neigh::table().unwrap_or_default();
+            // Names for live hosts that have none yet, looked up side by side.
+            let mut names: HashMap<IpAddr, String> = HashMap::new();
+            if cfg.reverse_dns {
+                let mut set = tokio::task::JoinSet::new();
+                for a in sweep.alive.keys().copied() {
+                    if self.inventory.get(&a).is_none_or(|h| h.name.is_none()) {
+                        set.spawn(
+                            async move { (a, rdns::lookup(a, Duration::from_secs(2)).await) },
+                        );
+                    }
+                }
+                while let Some(Ok((a, n))) = set.join_next().await {
+                    if let Some(n) = n {
+                        names.insert(a, n);
+                    }
+                }
+            }
             let stamp = Utc::now();
             for &a in &all {
                 self.schedule.probed(a, now);
                 match sweep.alive.get(&a) {
                     Some(alive) => {
-                        let name = if cfg.reverse_dns
-                            && self.inventory.get(&a).is_none_or(|h| h.name.is_none())
-                        {
-                            rdns::lookup(a, Duration::from_secs(2)).await
-                        } else {
-                            None
-                        };
+                        let name = names.remove(&a);
                         let local = alive.reason == "localhost";
                         let s = Sighting {
                             reason: alive.reason.clone(),

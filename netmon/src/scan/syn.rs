@@ -238,8 +238,8 @@ pub async fn scan(
         progress.done.fetch_add(1, Ordering::Relaxed);
     }
     for &dst in jobs {
-        if !states.contains_key(&dst) {
-            states.insert(dst, PortState::Filtered);
+        if let std::collections::hash_map::Entry::Vacant(e) = states.entry(dst) {
+            e.insert(PortState::Filtered);
             progress.done.fetch_add(1, Ordering::Relaxed);
         }
     }
