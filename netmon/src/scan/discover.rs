@@ -152,8 +152,12 @@ pub async fn sweep(addrs: &[IpAddr], opts: &DiscoveryOptions, rate: Arc<RateLimi
             let _ = sock.send_to(&pkt, a).await;
             sent_at.push((a, Instant::now()));
         }
-        // Give fast repliers a moment before knocking on TCP ports.
-        tokio::time::sleep(opts.timeout.min(Duration::from_millis(150))).await;
+        // Give fast repliers a moment before knocking on TCP ports (no longer than
+        // it takes them all to answer).
+        let until = Instant::now() + opts.timeout.min(Duration::from_millis(150));
+        while Instant::now() < until && alive.lock().unwrap().len() < addrs.len() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     // TCP probes for the hosts that have not answered yet.

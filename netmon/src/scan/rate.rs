@@ -68,6 +68,18 @@ impl RateLimiter {
         RateLimiter { bucket: None }
     }
 
+    /// Takes a token; returns how long the caller must wait before sending (for
+    /// callers on a thread of their own that sleep instead of awaiting).
+    pub fn reserve(&self) -> Duration {
+        match &self.bucket {
+            None => Duration::ZERO,
+            Some(b) => b
+                .lock()
+                .expect("rate limiter poisoned")
+                .take(Instant::now()),
+        }
+    }
+
     /// Waits until one more packet may be sent.
     pub async fn acquire(&self) {
         let Some(bucket) = &self.bucket else { return };
