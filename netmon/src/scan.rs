@@ -452,7 +452,10 @@ pub async fn run_with_limiter(
     }
     let mut traces: HashMap<IpAddr, Vec<report::TraceHop>> = HashMap::new();
     if opts.traceroute {
-        for &a in &live {
+        for &a in live
+            .iter()
+            .filter(|a| alive.get(a).is_none_or(|al| al.reason != "localhost"))
+        {
             match traceroute::trace(a, 30, opts.timeout, &rate).await {
                 Ok(hops) => {
                     traces.insert(a, hops);

@@ -188,10 +188,11 @@ pub async fn scan(
             receive(sock, v6, port, key, pending, shared, progress).await
         }));
     }
-    let mut sources: HashMap<IpAddr, IpAddr> = HashMap::new();
+    let mut sources: HashMap<IpAddr, Option<IpAddr>> = HashMap::new();
     let mut own_port_jobs = Vec::new();
     for attempt in 0..2 {
         let mut last_send = Instant::now();
+        let mut unroutable = 0usize;
         for &dst in jobs {
             if shared.lock().unwrap().0.contains_key(&dst) {
                 continue;
@@ -201,11 +202,22 @@ pub async fn scan(
                 .find(|f| f.v6 == dst.is_ipv6())
                 .expect("a socket per family");
             let src_ip = match sources.get(&dst.ip()) {
-                Some(s) => *s,
+                Some(Some(s)) => *s,
+                // No route: the port reads filtered, as with a connect scan.
+                Some(None) => {
+                    unroutable += 1;
+                    continue;
+                }
                 None => {
-                    let s = net::source_for(dst.ip())?;
+                    let s = net::source_for(dst.ip()).ok();
                     sources.insert(dst.ip(), s);
-                    s
+                    match s {
+                        Some(s) => s,
+                        None => {
+                            unroutable += 1;
+                            continue;
+                        }
+                    }
                 }
             };
             if dst.port() == f.port && net::is_local(dst.ip()) {
@@ -222,7 +234,7 @@ pub async fn scan(
         // Wait for answers until `timeout` after the last SYN, or until all came.
         let deadline = last_send + timeout;
         while Instant::now() < deadline {
-            if shared.lock().unwrap().0.len() + own_port_jobs.len() >= jobs.len() {
+            if shared.lock().unwrap().0.len() + own_port_jobs.len() + unroutable >= jobs.len() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -22,13 +22,15 @@ pub async fn trace(
     rate: &RateLimiter,
 ) -> io::Result<Vec<TraceHop>> {
     let v6 = dst.is_ipv6();
-    let sock = IcmpSocket::open(v6)?;
-    if sock.mode != IcmpMode::Raw {
+    let sock = IcmpSocket::open(v6)
+        .ok()
+        .filter(|s| s.mode == IcmpMode::Raw);
+    let Some(sock) = sock else {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
-            "traceroute needs a raw ICMP socket (CAP_NET_RAW)",
+            "traceroute needs a raw ICMP socket (CAP_NET_RAW): run as root",
         ));
-    }
+    };
     let ident = (std::process::id() as u16) ^ 0x7472;
     let mut hops = Vec::new();
     let mut silent = 0;
