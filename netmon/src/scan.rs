@@ -250,6 +250,15 @@ pub async fn run_with_limiter(
     });
     let nofile = net::raise_nofile();
     let concurrency = net::concurrency_for(nofile);
+    // NETMON_SCAN_TIMING=1 prints how long each phase took (for benchmarking).
+    let timing = std::env::var_os("NETMON_SCAN_TIMING").is_some();
+    let mut phase_start = Instant::now();
+    let mut phase_done = |name: &str| {
+        if timing {
+            eprintln!("netmon scan: {name} took {:.3} s", phase_start.elapsed().as_secs_f64());
+        }
+        phase_start = Instant::now();
+    };
 
     // 1. Discovery.
     let addrs: Vec<IpAddr> = planned.iter().map(|p| p.addr).collect();
@@ -282,6 +291,7 @@ pub async fn run_with_limiter(
         .copied()
         .filter(|a| alive.contains_key(a))
         .collect();
+    phase_done("discovery");
 
     // 2. TCP ports.
     let mut states: HashMap<IpAddr, BTreeMap<(Proto, u16), PortState>> = HashMap::new();
@@ -362,6 +372,7 @@ pub async fn run_with_limiter(
             .or_default()
             .insert((Proto::Tcp, sa.port()), st);
     }
+    phase_done("tcp scan");
 
     // 3. UDP ports.
     let mut udp_services: HashMap<(IpAddr, u16), ServiceInfo> = HashMap::new();
@@ -435,6 +446,7 @@ pub async fn run_with_limiter(
         }
     }
 
+    phase_done("udp scan and services");
     // 5. Names, MACs, hints, routes.
     progress.start_phase("host details", live.len() as u64);
     let macs = neigh::table().unwrap_or_default();
@@ -470,6 +482,7 @@ pub async fn run_with_limiter(
         }
     }
 
+    phase_done("host details");
     for p in planned {
         let Some(al) = alive.get(&p.addr) else {
             outcome.down += 1;

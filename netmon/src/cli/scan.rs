@@ -264,3 +264,45 @@ fn write_host_text(out: &mut impl std::io::Write, h: &scan::HostResult) -> std::
     }
     writeln!(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    fn args(argv: &[&str]) -> super::ScanArgs {
+        let mut full = vec!["netmon", "scan"];
+        full.extend_from_slice(argv);
+        match Cli::try_parse_from(full).unwrap().command {
+            Command::Scan(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn nmap_style_flags() {
+        let o = args(&["10.0.0.1", "-p-"]).options().unwrap();
+        assert_eq!(o.ports.tcp.len(), 65535);
+        let o = args(&["10.0.0.1", "-p", "22,U:53"]).options().unwrap();
+        assert_eq!((o.ports.tcp.as_slice(), o.ports.udp.as_slice()), (&[22][..], &[53][..]));
+        let o = args(&["10.0.0.1", "--top-ports", "10", "--top-udp-ports", "3"]).options().unwrap();
+        assert_eq!((o.ports.tcp.len(), o.ports.udp.len()), (10, 3));
+        let o = args(&["10.0.0.1"]).options().unwrap();
+        assert_eq!(o.ports.tcp.len(), 1000);
+        assert_eq!(o.rate_pps, crate::scan::DEFAULT_RATE_PPS);
+        let o = args(&["10.0.0.1", "--sn", "--timeout", "250ms", "-n"]).options().unwrap();
+        assert!(o.ports.is_empty() && !o.reverse_dns);
+        assert_eq!(o.timeout, std::time::Duration::from_millis(250));
+        assert!(!args(&["10.0.0.1", "--Pn"]).options().unwrap().discovery);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Cli::try_parse_from(["netmon", "scan"]).is_err(), "a target is required");
+        assert!(Cli::try_parse_from(["netmon", "scan", "x", "--top-ports", "0"]).is_err());
+        assert!(Cli::try_parse_from(["netmon", "scan", "x", "--timeout", "2h"]).is_err());
+        let err = args(&["10.0.0.1", "-p", "1,2,x"]).options().unwrap_err().to_string();
+        assert!(err.contains("`x`"), "{err}");
+    }
+}

@@ -46,7 +46,9 @@ impl Default for DiscoveryOptions {
             timeout: Duration::from_millis(1000),
             tcp_ports: DEFAULT_TCP_PING_PORTS.to_vec(),
             icmp: true,
-            concurrency: 512,
+            // Dead hosts hold their probe for the whole timeout; the rate limit, not
+            // this, is what paces the sweep.
+            concurrency: 4096,
         }
     }
 }
