@@ -28,6 +28,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "dnsutils",
     "socat",
     "jq",
+    // The scanner's tests and benchmark: real listeners (`python3 -m http.server`, a TLS
+    // listener from `openssl s_server`).
+    "python3",
+    "openssl",
 ];
 
 pub const NIGHTLY: &str = "nightly";
