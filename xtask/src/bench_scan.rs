@@ -121,10 +121,42 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn timed(cmd: &mut Command) -> Result<(f64, String)> {
+/// CPU seconds (user + system) used by finished children so far.
+fn children_cpu() -> f64 {
+    #[repr(C)]
+    struct Timeval {
+        sec: i64,
+        usec: i64,
+    }
+    #[repr(C)]
+    struct Rusage {
+        utime: Timeval,
+        stime: Timeval,
+        rest: [i64; 14],
+    }
+    unsafe extern "C" {
+        fn getrusage(who: i32, usage: *mut Rusage) -> i32;
+    }
+    const RUSAGE_CHILDREN: i32 = -1;
+    let mut r = Rusage {
+        utime: Timeval { sec: 0, usec: 0 },
+        stime: Timeval { sec: 0, usec: 0 },
+        rest: [0; 14],
+    };
+    // SAFETY: a valid out-pointer to a struct of the kernel's `struct rusage` layout
+    // (x86_64 and aarch64 Linux).
+    unsafe { getrusage(RUSAGE_CHILDREN, &mut r) };
+    let t = |tv: &Timeval| tv.sec as f64 + tv.usec as f64 / 1e6;
+    t(&r.utime) + t(&r.stime)
+}
+
+/// Runs a command; returns wall seconds, CPU seconds and stdout.
+fn timed(cmd: &mut Command) -> Result<(f64, f64, String)> {
+    let cpu0 = children_cpu();
     let t = Instant::now();
     let out = exec::capture(cmd)?;
     let secs = t.elapsed().as_secs_f64();
+    let cpu = children_cpu() - cpu0;
     if !out.status.success() {
         bail!(
             "{} failed: {}",
@@ -132,7 +164,7 @@ fn timed(cmd: &mut Command) -> Result<(f64, String)> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok((secs, String::from_utf8_lossy(&out.stdout).into_owned()))
+    Ok((secs, cpu, String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
 fn in_ns(ns: &str, program: &Path, args: &[&str]) -> Command {
@@ -246,11 +278,13 @@ pub fn bench_scan(args: BenchScanArgs) -> Result<()> {
     ];
     let mut ours: Vec<Vec<f64>> = vec![Vec::new(); scans.len()];
     let mut theirs: Vec<Vec<f64>> = vec![Vec::new(); scans.len()];
+    let mut ours_cpu: Vec<Vec<f64>> = vec![Vec::new(); scans.len()];
+    let mut theirs_cpu: Vec<Vec<f64>> = vec![Vec::new(); scans.len()];
     let (mut d_ours, mut d_theirs) = (Vec::new(), Vec::new());
     for round in 1..=args.rounds {
         let mut line = format!("round {round}:");
         for (k, (label, target)) in scans.iter().enumerate() {
-            let (t, out) = timed(&mut in_ns(
+            let (t, c, out) = timed(&mut in_ns(
                 &scanner,
                 &netmon,
                 &[
@@ -273,7 +307,8 @@ pub fn bench_scan(args: BenchScanArgs) -> Result<()> {
                 "round {round}, {label}: netmon found {found:?}, expected {expected_ports:?}"
             );
             ours[k].push(t);
-            let (t2, out) = timed(&mut in_ns(
+            ours_cpu[k].push(c);
+            let (t2, c2, out) = timed(&mut in_ns(
                 &scanner,
                 &nmap,
                 &["-sT", "-p-", "-T4", "-n", "-oG", "-", target],
@@ -284,10 +319,11 @@ pub fn bench_scan(args: BenchScanArgs) -> Result<()> {
                 "round {round}, {label}: nmap found {found:?}, expected {expected_ports:?}"
             );
             theirs[k].push(t2);
+            theirs_cpu[k].push(c2);
             line.push_str(&format!(" {target} netmon {t:.2} s nmap {t2:.2} s;"));
         }
 
-        let (t, out) = timed(&mut in_ns(
+        let (t, _, out) = timed(&mut in_ns(
             &scanner,
             &netmon,
             &[
@@ -305,7 +341,7 @@ pub fn bench_scan(args: BenchScanArgs) -> Result<()> {
             "round {round}: netmon discovery found {up:?}, expected {expected_hosts:?}"
         );
         d_ours.push(t);
-        let (t2, out) = timed(&mut in_ns(
+        let (t2, _, out) = timed(&mut in_ns(
             &scanner,
             &nmap,
             &["-sn", "-T4", "-n", "-oG", "-", "10.202.0.0/24"],
@@ -334,6 +370,11 @@ pub fn bench_scan(args: BenchScanArgs) -> Result<()> {
             OPEN_PORTS.len(),
             m_theirs / m_ours,
             verdict(ok)
+        );
+        let (c_ours, c_theirs) = (median(&mut ours_cpu[k]), median(&mut theirs_cpu[k]));
+        println!(
+            "| ↳ CPU time (user + system) of that scan | {c_ours:.2} s | {c_theirs:.2} s | {:.1}x | (not a target: independent of other load) | |",
+            c_theirs / c_ours
         );
     }
     let (d_m_ours, d_m_theirs) = (median(&mut d_ours), median(&mut d_theirs));
