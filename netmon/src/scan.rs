@@ -255,7 +255,10 @@ pub async fn run_with_limiter(
     let mut phase_start = Instant::now();
     let mut phase_done = |name: &str| {
         if timing {
-            eprintln!("netmon scan: {name} took {:.3} s", phase_start.elapsed().as_secs_f64());
+            eprintln!(
+                "netmon scan: {name} took {:.3} s",
+                phase_start.elapsed().as_secs_f64()
+            );
         }
         phase_start = Instant::now();
     };

@@ -285,13 +285,20 @@ mod tests {
         let o = args(&["10.0.0.1", "-p-"]).options().unwrap();
         assert_eq!(o.ports.tcp.len(), 65535);
         let o = args(&["10.0.0.1", "-p", "22,U:53"]).options().unwrap();
-        assert_eq!((o.ports.tcp.as_slice(), o.ports.udp.as_slice()), (&[22][..], &[53][..]));
-        let o = args(&["10.0.0.1", "--top-ports", "10", "--top-udp-ports", "3"]).options().unwrap();
+        assert_eq!(
+            (o.ports.tcp.as_slice(), o.ports.udp.as_slice()),
+            (&[22][..], &[53][..])
+        );
+        let o = args(&["10.0.0.1", "--top-ports", "10", "--top-udp-ports", "3"])
+            .options()
+            .unwrap();
         assert_eq!((o.ports.tcp.len(), o.ports.udp.len()), (10, 3));
         let o = args(&["10.0.0.1"]).options().unwrap();
         assert_eq!(o.ports.tcp.len(), 1000);
         assert_eq!(o.rate_pps, crate::scan::DEFAULT_RATE_PPS);
-        let o = args(&["10.0.0.1", "--sn", "--timeout", "250ms", "-n"]).options().unwrap();
+        let o = args(&["10.0.0.1", "--sn", "--timeout", "250ms", "-n"])
+            .options()
+            .unwrap();
         assert!(o.ports.is_empty() && !o.reverse_dns);
         assert_eq!(o.timeout, std::time::Duration::from_millis(250));
         assert!(!args(&["10.0.0.1", "--Pn"]).options().unwrap().discovery);
@@ -299,10 +306,16 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused() {
-        assert!(Cli::try_parse_from(["netmon", "scan"]).is_err(), "a target is required");
+        assert!(
+            Cli::try_parse_from(["netmon", "scan"]).is_err(),
+            "a target is required"
+        );
         assert!(Cli::try_parse_from(["netmon", "scan", "x", "--top-ports", "0"]).is_err());
         assert!(Cli::try_parse_from(["netmon", "scan", "x", "--timeout", "2h"]).is_err());
-        let err = args(&["10.0.0.1", "-p", "1,2,x"]).options().unwrap_err().to_string();
+        let err = args(&["10.0.0.1", "-p", "1,2,x"])
+            .options()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`x`"), "{err}");
     }
 }

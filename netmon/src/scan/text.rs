@@ -103,3 +103,66 @@ pub fn render(body: &EventBody, out: &mut String) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+
+    use super::super::{
+        PortState,
+        report::{PortChange, ScanPort, ServiceChange},
+    };
+    use crate::{
+        event::{Event, EventBody, Proto},
+        output::render_text,
+    };
+
+    fn line(body: EventBody) -> String {
+        let mut s = String::new();
+        render_text(
+            &Event {
+                ts: DateTime::from_timestamp(0, 0).unwrap(),
+                host: "h".into(),
+                body,
+            },
+            &mut s,
+        );
+        s
+    }
+
+    #[test]
+    fn scanner_events_render_as_one_line() {
+        let port = EventBody::Port(ScanPort {
+            addr: "10.0.0.2".parse().unwrap(),
+            port: 22,
+            proto: Proto::Tcp,
+            state: PortState::Open,
+            service: Some("ssh".into()),
+            version: Some("OpenSSH_9.2p1".into()),
+            banner: None,
+            service_guessed: false,
+        });
+        assert_eq!(
+            line(port),
+            "1970-01-01T00:00:00.000Z port    10.0.0.2 22/tcp open ssh OpenSSH_9.2p1"
+        );
+        let closed = EventBody::PortClosed(PortChange {
+            addr: "10.0.0.2".parse().unwrap(),
+            port: 80,
+            proto: Proto::Tcp,
+            service: Some("http".into()),
+            version: None,
+        });
+        assert!(line(closed).ends_with("port_closed 10.0.0.2 80/tcp http"));
+        let changed = EventBody::ServiceChanged(ServiceChange {
+            addr: "10.0.0.2".parse().unwrap(),
+            port: 22,
+            proto: Proto::Tcp,
+            old_service: Some("ssh".into()),
+            old_version: Some("a".into()),
+            service: Some("ssh".into()),
+            version: Some("b".into()),
+        });
+        assert!(line(changed).ends_with("10.0.0.2 22/tcp ssh a -> ssh b"));
+    }
+}
