@@ -10,4 +10,5 @@ pub mod event;
 pub mod kernel_btf;
 pub mod output;
 pub mod probe;
+pub mod scan;
 pub mod system;
