@@ -529,7 +529,9 @@ fn udp_probes_and_traceroute() {
             .spawn()
             .unwrap(),
     );
-    thread::sleep(Duration::from_millis(300));
+    // socat forks a shell per datagram: on a loaded machine its answer can take well
+    // over half a second, so the probe waits long enough for a slow but real reply.
+    thread::sleep(Duration::from_millis(1000));
     let target = lab.addr(0);
     let out = lab.netmon(&[
         "scan",
@@ -540,7 +542,7 @@ fn udp_probes_and_traceroute() {
         "--format",
         "json",
         "--timeout",
-        "500ms",
+        "3s",
     ]);
     assert!(
         out.status.success(),
