@@ -8,6 +8,7 @@
 
 mod emit;
 mod maps;
+mod process_exit;
 mod tcp_state;
 mod udp_cgroup;
 

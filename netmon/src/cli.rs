@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod run;
+pub mod snapshot;
 
 /// Linux network monitor: traces every TCP and UDP connection with eBPF and tells you
 /// which process made it.
@@ -23,6 +24,10 @@ pub enum Command {
     /// Needs root. Stops on SIGINT/SIGTERM, detaching every program and writing a
     /// final `stats` line.
     Run(run::RunArgs),
+    /// One-shot report of every current TCP/UDP socket and listener with its processes.
+    ///
+    /// Exit code 0 when no rule raised a high or critical alert, 1 when one did, 2 on error.
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 /// Exit code for errors: bad flags, missing privileges, unusable kernel.
@@ -32,6 +37,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Snapshot(args) => snapshot::snapshot(args),
     };
     match result {
         Ok(code) => code,

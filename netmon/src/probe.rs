@@ -15,7 +15,7 @@ use aya::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, TracePoint,
     },
 };
-use netmon_common::{KernelConfig, kind, maps};
+use netmon_common::{KernelConfig, UdpPeerKey, UdpPeerStats, kind, maps};
 
 use crate::{
     event::{CapabilityReport, ProbeReport, SkippedBackend},
@@ -156,6 +156,20 @@ fn hook_groups() -> &'static [HookGroup] {
     ]
 }
 
+/// Hooks outside the backends: attached whatever `--backend` says (tracepoints every
+/// supported kernel has). A failure is a warning: netmon works on, with less.
+const OPTIONAL_HOOKS: &[(&str, Hook)] = &[(
+    // Evicts the per-pid process-context cache (see `process.rs`).
+    "process_exit",
+    Hook {
+        program: "sched_process_exit",
+        attach: Attach::TracePoint {
+            category: "sched",
+            name: "sched_process_exit",
+        },
+    },
+)];
+
 /// Errors of loading and attaching; each says what failed and what the user can do.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -201,6 +215,8 @@ pub struct LoadOptions {
 pub struct Tracer {
     ebpf: Ebpf,
     pub report: ProbeReport,
+    /// Whether events carry the network namespace (the BTF offsets were found).
+    pub netns_known: bool,
 }
 
 impl Tracer {
@@ -256,8 +272,27 @@ impl Tracer {
             source,
         })?;
 
-        let report = attach_all(&mut ebpf, opts.backend, warnings)?;
-        Ok(Tracer { ebpf, report })
+        let mut report = attach_all(&mut ebpf, opts.backend, warnings)?;
+        for (capability, hook) in OPTIONAL_HOOKS {
+            match attach_hook(&mut ebpf, hook) {
+                Ok(()) => report.capabilities.push(CapabilityReport {
+                    capability: (*capability).into(),
+                    backend: Some(BackendChoice::Tracepoint.name().into()),
+                    hooks: vec![hook.describe()],
+                    skipped: Vec::new(),
+                }),
+                Err(reason) => report.warnings.push(format!(
+                    "optional {capability} not observed ({}: {reason})",
+                    hook.describe()
+                )),
+            }
+        }
+        let netns_known = config.sock_net != 0 && config.net_ns_inum != 0;
+        Ok(Tracer {
+            ebpf,
+            report,
+            netns_known,
+        })
     }
 
     /// Takes the ring buffer out of the object (once) for the reader.
@@ -283,6 +318,40 @@ impl Tracer {
             source,
         })?;
         Ok(LossCounters { array })
+    }
+}
+
+impl Tracer {
+    /// A handle on `UDP_PEERS`, the kernel's per-(process, peer) UDP counters.
+    pub fn take_udp_peers(&mut self) -> Result<UdpPeers, Error> {
+        let map = self
+            .ebpf
+            .take_map(maps::UDP_PEERS)
+            .ok_or(Error::MissingMap {
+                name: maps::UDP_PEERS,
+            })?;
+        let map = aya::maps::HashMap::try_from(map).map_err(|source| Error::Map {
+            name: maps::UDP_PEERS,
+            source,
+        })?;
+        Ok(UdpPeers { map })
+    }
+}
+
+/// Reads and prunes `UDP_PEERS` (LRU hash of [`UdpPeerKey`] → [`UdpPeerStats`]).
+pub struct UdpPeers {
+    map: aya::maps::HashMap<MapData, UdpPeerKey, UdpPeerStats>,
+}
+
+impl UdpPeers {
+    /// Every entry now. Entries the kernel evicts meanwhile are skipped.
+    pub fn read_all(&self) -> Vec<(UdpPeerKey, UdpPeerStats)> {
+        self.map.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Forgets a peer, so the kernel reports its next datagram as a new `udp` event.
+    pub fn remove(&mut self, key: &UdpPeerKey) {
+        let _ = self.map.remove(key);
     }
 }
 

@@ -25,10 +25,14 @@ use crate::{
     clock::BootClock,
     decode::{self, kind_name},
     event::{Event, EventBody, Stats},
+    flow::{FlowConfig, NS_PER_S},
     output::{Format, Sink},
     probe::{BackendChoice, LoadOptions, LossCounters, Tracer},
-    system,
+    process, system,
 };
+
+mod tracker;
+use tracker::Tracker;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -47,6 +51,16 @@ pub struct RunArgs {
     /// Ring buffer size in KiB: a power of two, at least 4. Bigger absorbs longer bursts.
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,
+    /// Seconds between `flow` summaries of long-lived flows (bytes so far).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub flow_interval: u64,
+    /// Seconds without a datagram after which a UDP flow is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub udp_timeout: u64,
+    /// Most flows tracked at once; beyond it the flows idle the longest are dropped
+    /// (and counted in `stats`).
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_flows: u64,
 }
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {
@@ -78,6 +92,33 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let ring = tracer.take_ring_buffer()?;
     let losses = tracer.take_loss_counters()?;
     let host = system::hostname();
+    let udp_peers = match tracer.take_udp_peers() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            eprintln!("netmon: warning: UDP byte counters and idle expiry are off: {e}");
+            None
+        }
+    };
+    let backend_of = |cap: &str| {
+        tracer
+            .report
+            .capabilities
+            .iter()
+            .find(|c| c.capability == cap)
+            .and_then(|c| c.backend.clone())
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let tracker = Tracker::new(
+        FlowConfig {
+            cap: args.max_flows as usize,
+            udp_idle_ns: args.udp_timeout * NS_PER_S,
+            summary_interval_ns: args.flow_interval * NS_PER_S,
+        },
+        udp_peers,
+        tracer.netns_known,
+        (backend_of("tcp_close"), backend_of("udp_send")),
+        host.clone(),
+    );
     let probe = Event {
         ts: Utc::now(),
         host: host.clone(),
@@ -95,11 +136,32 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         malformed: 0,
         losses,
         started: Instant::now(),
+        tracker,
     };
     if !pump.write(&probe)? {
         return Ok(ExitCode::SUCCESS);
     }
-    let outcome = runtime.block_on(pump.event_loop(ring, Duration::from_secs(args.stats_interval)));
+    // Sockets that were open before netmon: seeded after attaching, so a flow that
+    // begins in between is in both the dump and the ring buffer, and the kernel's
+    // report (processed next) wins.
+    let seeded = pump
+        .tracker
+        .seed(BootClock::monotonic_now_ns(), &pump.clock);
+    for event in &seeded {
+        if !pump.write_unflushed(event)? {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    if !pump.flush()? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let intervals = Intervals {
+        stats: Duration::from_secs(args.stats_interval),
+        flow: Duration::from_secs(args.flow_interval),
+        // Often enough that a UDP flow closes within a quarter of its timeout.
+        udp: Duration::from_secs((args.udp_timeout / 4).clamp(1, 15)),
+    };
+    let outcome = runtime.block_on(pump.event_loop(ring, intervals));
     // `tracer` (and every link it owns) is dropped here: all programs are detached.
     drop(tracer);
     outcome.map(|()| ExitCode::SUCCESS)
@@ -114,10 +176,20 @@ struct Pump {
     malformed: u64,
     losses: LossCounters,
     started: Instant,
+    /// Flows and process context (see `tracker.rs`).
+    tracker: Tracker,
+}
+
+/// Timers of the event loop.
+struct Intervals {
+    stats: Duration,
+    flow: Duration,
+    udp: Duration,
 }
 
 impl Pump {
-    async fn event_loop(&mut self, ring: RingBuf<MapData>, interval: Duration) -> Result<()> {
+    async fn event_loop(&mut self, ring: RingBuf<MapData>, intervals: Intervals) -> Result<()> {
+        let interval = intervals.stats;
         // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as
         // long as the AsyncFd holds it.
         let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -126,6 +198,9 @@ impl Pump {
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let start = tokio::time::Instant::now();
+        let mut flow_ticker = tokio::time::interval_at(start + intervals.flow, intervals.flow);
+        let mut udp_ticker = tokio::time::interval_at(start + intervals.udp, intervals.udp);
         loop {
             tokio::select! {
                 guard = ring.readable_mut() => {
@@ -138,6 +213,18 @@ impl Pump {
                 _ = ticker.tick() => {
                     self.clock = BootClock::sample();
                     if !self.write_stats(false)? {
+                        return Ok(());
+                    }
+                }
+                _ = udp_ticker.tick() => {
+                    let closes = self.tracker.udp_tick(BootClock::monotonic_now_ns());
+                    if !self.write_all(&closes)? {
+                        return Ok(());
+                    }
+                }
+                _ = flow_ticker.tick() => {
+                    let summaries = self.tracker.summary_tick(BootClock::monotonic_now_ns(), &self.clock);
+                    if !self.write_all(&summaries)? {
                         return Ok(());
                     }
                 }
@@ -154,10 +241,16 @@ impl Pump {
 
     /// Writes every record in the ring buffer. `false` when the output is closed.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<bool> {
+        let now_ns = BootClock::monotonic_now_ns();
         while let Some(record) = ring.next() {
+            if let Some(pid) = process::exit_pid(&record) {
+                self.tracker.process_exited(pid);
+                continue;
+            }
             match decode::decode(&record, &self.clock, &self.host) {
-                Ok(event) => {
+                Ok(mut event) => {
                     *self.counts.entry(event.body.type_name()).or_default() += 1;
+                    self.tracker.on_event(&mut event, now_ns);
                     if !self.write_unflushed(&event)? {
                         return Ok(false);
                     }
@@ -199,9 +292,21 @@ impl Pump {
                 lost_by_type,
                 malformed: self.malformed,
                 r#final: last,
+                flows: Some(self.tracker.flow_stats()),
+                processes: Some(self.tracker.process_stats()),
             }),
         };
         self.write(&stats)
+    }
+
+    /// Writes and flushes events; `false` when the output is closed.
+    fn write_all(&mut self, events: &[Event]) -> Result<bool> {
+        for event in events {
+            if !self.write_unflushed(event)? {
+                return Ok(false);
+            }
+        }
+        self.flush()
     }
 
     /// Writes and flushes one event; `false` when the output is closed.
