@@ -7,9 +7,12 @@
 #![allow(internal_features)]
 
 mod emit;
+mod kfuncs;
 mod maps;
 mod process_exit;
+mod tcp;
 mod tcp_state;
+mod udp;
 mod udp_cgroup;
 
 #[cfg(not(test))]
