@@ -251,7 +251,11 @@ fn raise_nofile(n: u64) {
         }
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
     }
-    assert!(lim.rlim_cur >= 10_100, "RLIMIT_NOFILE stuck at {}", lim.rlim_cur);
+    assert!(
+        lim.rlim_cur >= 10_100,
+        "RLIMIT_NOFILE stuck at {}",
+        lim.rlim_cur
+    );
 }
 
 fn is_flow(e: &Event, local_port: u16, existing: bool) -> bool {
@@ -492,17 +496,37 @@ fn connection_events_carry_process_context() {
         .unwrap()
         .parse()
         .unwrap();
-    let client = Peer::spawn(&["tcp-client", &format!("127.0.0.1:{port}"), "10"]);
-    let client_pid = client.pid();
-    assert!(client.wait().success());
-    let ev = netmon
+    // Both ends stay alive until their events are read: a process that is gone before
+    // netmon looks at /proc keeps only the kernel's fields (checked in unit tests).
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let connect = netmon
         .wait_for(
             WAIT,
             |e| matches!(&e.body, EventBody::Connect(c) if c.dst.port == port),
         )
         .expect("no connect");
-    let p = ev.body.connection().unwrap().process.clone().unwrap();
-    assert_eq!(p.pid, client_pid);
+    let accept = netmon
+        .wait_for(
+            WAIT,
+            |e| matches!(&e.body, EventBody::Accept(c) if c.dst.port == port),
+        )
+        .expect("no accept");
+    let p = connect.body.connection().unwrap().process.clone().unwrap();
+    assert_eq!(p.pid, std::process::id());
+    let d = &p.detail;
+    let me = std::env::current_exe().unwrap();
+    assert_eq!(d.exe.as_deref(), Some(me.to_str().unwrap()), "{d:?}");
+    assert!(
+        d.cmdline
+            .as_deref()
+            .is_some_and(|c| c.starts_with(me.to_str().unwrap())),
+        "{d:?}"
+    );
+    assert_eq!(d.user.as_deref(), Some("root"));
+    // SAFETY: no preconditions.
+    assert_eq!(d.ppid, Some(unsafe { libc::getppid() } as u32));
+    let p = accept.body.connection().unwrap().process.clone().unwrap();
+    assert_eq!(p.pid, server.pid());
     let d = &p.detail;
     assert!(
         d.exe
@@ -513,12 +537,17 @@ fn connection_events_carry_process_context() {
     assert!(
         d.cmdline
             .as_deref()
-            .is_some_and(|c| c.contains(&format!("tcp-client 127.0.0.1:{port} 10"))),
+            .is_some_and(|c| c.ends_with("tcp-server 127.0.0.1:0 10")),
         "{d:?}"
     );
-    assert_eq!(d.user.as_deref(), Some("root"));
     assert_eq!(d.ppid, Some(std::process::id()));
-    // The exit of the short-lived client is seen (the cache forgets it).
+
+    // The server's exit is seen (its cache entry is dropped).
+    conn.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).unwrap();
+    assert!(server.wait().success());
+    netmon.collect_for(Duration::from_millis(500));
     let (status, events) = netmon.stop();
     assert!(status.success());
     let EventBody::Stats(s) = &events.last().unwrap().body else {
