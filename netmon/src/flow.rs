@@ -20,6 +20,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::Arc,
 };
 
 use crate::event::{Connection, Direction, Endpoint, Family, FlowStats, ProcessInfo, Proto};
@@ -145,13 +146,53 @@ pub struct Counters {
     pub packets_received: Option<u64>,
 }
 
+/// [`Counters`] as stored in a flow: four values and a bit per known value (33 bytes
+/// instead of 64; a flow is paid for 100,000 times).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Packed {
+    values: [u64; 4],
+    known: u8,
+}
+
+impl Packed {
+    fn of(c: Counters) -> Packed {
+        let mut p = Packed::default();
+        for (i, v) in [
+            c.bytes_sent,
+            c.bytes_received,
+            c.packets_sent,
+            c.packets_received,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if let Some(v) = v {
+                p.values[i] = v;
+                p.known |= 1 << i;
+            }
+        }
+        p
+    }
+
+    fn get(&self) -> Counters {
+        let v = |i: usize| (self.known & (1 << i) != 0).then_some(self.values[i]);
+        Counters {
+            bytes_sent: v(0),
+            bytes_received: v(1),
+            packets_sent: v(2),
+            packets_received: v(3),
+        }
+    }
+}
+
 /// One flow.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Flow {
     pub key: FlowKey,
     /// Null when netmon knows neither who initiated nor a listener to infer it from.
     pub direction: Option<Direction>,
-    pub process: Option<ProcessInfo>,
+    /// Shared between the flows of one process (8 bytes per flow, not a copy).
+    pub process: Option<Arc<ProcessInfo>>,
     /// Open before netmon started (seeded from sock_diag).
     pub existing: bool,
     /// When netmon saw it begin (for existing flows: when netmon found it).
@@ -159,10 +200,15 @@ pub struct Flow {
     /// Last sign of life: start, a datagram, counters that moved.
     pub last_active_ns: u64,
     pub state: FlowState,
-    pub counters: Counters,
+    counters: Packed,
 }
 
 impl Flow {
+    /// Bytes and packets each way, as far as known.
+    pub fn counters(&self) -> Counters {
+        self.counters.get()
+    }
+
     /// The flow as the connection part of an event: `src` is the initiator.
     pub fn connection(&self, backend: &str) -> Connection {
         let local = self.key.local();
@@ -183,7 +229,7 @@ impl Flow {
                 ip: dst.ip(),
                 port: dst.port(),
             },
-            process: self.process.clone(),
+            process: self.process.as_deref().cloned(),
             backend: backend.to_owned(),
             netns: (self.key.netns != 0).then_some(self.key.netns),
             failed: false,
@@ -209,7 +255,7 @@ fn proto_index(p: Proto) -> usize {
 pub struct Open {
     pub key: FlowKey,
     pub direction: Option<Direction>,
-    pub process: Option<ProcessInfo>,
+    pub process: Option<Arc<ProcessInfo>>,
     pub existing: bool,
     pub now_ns: u64,
 }
@@ -220,27 +266,26 @@ pub struct FlowTable {
     slots: Vec<Option<Flow>>,
     free: Vec<u32>,
     index: HashMap<FlowKey, u32>,
-    /// UDP flows by (pid, remote endpoint): the key of the kernel's `UDP_PEERS` map.
-    udp_peers: HashMap<(u32, FlowPeer), u32>,
+    /// UDP flows by (pid, remote endpoint), the key of the kernel's `UDP_PEERS` map,
+    /// hashed to 64 bits (16 bytes a bucket instead of 32); a hit is checked against
+    /// the flow itself, so a collision can only miss, never mix flows up.
+    udp_peers: HashMap<u64, u32>,
     /// Per protocol, slots ordered by last activity (oldest first).
     idle: [BTreeSet<(u64, u32)>; 2],
     stats: FlowStats,
 }
 
-/// The remote side of a UDP flow, compact.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct FlowPeer {
-    ip: [u8; 16],
-    port: u16,
-}
-
-impl FlowPeer {
-    fn of(addr: SocketAddr) -> FlowPeer {
-        FlowPeer {
-            ip: ip_bytes(addr.ip()),
-            port: addr.port(),
-        }
-    }
+/// The `udp_peers` key of a process and a remote endpoint.
+fn peer_id(pid: u32, remote: SocketAddr) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    // A fixed-key hasher: ids must be stable for the table's life.
+    let mut h =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .build_hasher();
+    pid.hash(&mut h);
+    ip_bytes(remote.ip()).hash(&mut h);
+    remote.port().hash(&mut h);
+    h.finish()
 }
 
 /// What happened to an [`Open`].
@@ -318,6 +363,7 @@ impl FlowTable {
         if let Some(&slot) = self.index.get(&open.key) {
             let flow = self.slots[slot as usize].as_mut().expect("indexed slot");
             let old_active = flow.last_active_ns;
+            let old_pid = flow.process.as_ref().map(|p| p.pid);
             match open.key.proto {
                 Proto::Udp => {
                     if open.process.is_some() {
@@ -334,7 +380,7 @@ impl FlowTable {
                     if !open.existing {
                         flow.existing = false;
                         flow.start_ns = open.now_ns;
-                        flow.counters = Counters::default();
+                        flow.counters = Packed::default();
                         flow.state = FlowState::Established;
                     }
                 }
@@ -345,9 +391,14 @@ impl FlowTable {
             let proto = flow.proto_index();
             self.reindex_idle(proto, slot, old_active, new_active);
             if open.key.proto == Proto::Udp {
+                let remote = open.key.remote();
+                if let Some(old) = old_pid.filter(|&o| Some(o) != pid)
+                    && self.udp_peers.get(&peer_id(old, remote)) == Some(&slot)
+                {
+                    self.udp_peers.remove(&peer_id(old, remote));
+                }
                 if let Some(pid) = pid {
-                    self.udp_peers
-                        .insert((pid, FlowPeer::of(open.key.remote())), slot);
+                    self.udp_peers.insert(peer_id(pid, remote), slot);
                 }
             }
             return Opened {
@@ -370,7 +421,7 @@ impl FlowTable {
                 Proto::Tcp => FlowState::Established,
                 Proto::Udp => FlowState::Active,
             },
-            counters: Counters::default(),
+            counters: Packed::default(),
             process: open.process,
         };
         let pid = flow.process.as_ref().map(|p| p.pid);
@@ -388,8 +439,7 @@ impl FlowTable {
         self.idle[proto_index(open.key.proto)].insert((open.now_ns, slot));
         if open.key.proto == Proto::Udp {
             if let Some(pid) = pid {
-                self.udp_peers
-                    .insert((pid, FlowPeer::of(open.key.remote())), slot);
+                self.udp_peers.insert(peer_id(pid, open.key.remote()), slot);
             }
         }
         self.stats.opened += 1;
@@ -418,15 +468,20 @@ impl FlowTable {
         datagrams: u64,
         bytes: u64,
     ) -> bool {
-        let Some(&slot) = self.udp_peers.get(&(pid, FlowPeer::of(remote))) else {
+        let Some(&slot) = self.udp_peers.get(&peer_id(pid, remote)) else {
             return false;
         };
         let Some(flow) = self.slots[slot as usize].as_mut() else {
             return false;
         };
-        flow.counters.packets_sent = Some(datagrams);
+        if flow.key.remote() != remote || flow.process.as_ref().map(|p| p.pid) != Some(pid) {
+            return false; // a 64-bit hash collision
+        }
+        let mut c = flow.counters.get();
+        c.packets_sent = Some(datagrams);
         // Payload, as for TCP: the 8-byte UDP header of each datagram comes out.
-        flow.counters.bytes_sent = Some(bytes.saturating_sub(8 * datagrams));
+        c.bytes_sent = Some(bytes.saturating_sub(8 * datagrams));
+        flow.counters = Packed::of(c);
         let old = flow.last_active_ns;
         if last_ns > old {
             flow.last_active_ns = last_ns;
@@ -450,6 +505,7 @@ impl FlowTable {
         let Some(flow) = self.slots[slot as usize].as_mut() else {
             return false;
         };
+        let counters = Packed::of(counters);
         let moved = flow.counters != counters;
         flow.counters = counters;
         flow.state = state;
@@ -505,7 +561,7 @@ impl FlowTable {
         self.idle[flow.proto_index()].remove(&(flow.last_active_ns, slot));
         if flow.key.proto == Proto::Udp {
             if let Some(p) = &flow.process {
-                let peer = (p.pid, FlowPeer::of(flow.key.remote()));
+                let peer = peer_id(p.pid, flow.key.remote());
                 if self.udp_peers.get(&peer) == Some(&slot) {
                     self.udp_peers.remove(&peer);
                 }
@@ -547,7 +603,7 @@ mod tests {
         Open {
             key,
             direction: Some(Direction::Outbound),
-            process: Some(proc_(pid, "curl")),
+            process: Some(Arc::new(proc_(pid, "curl"))),
             existing: false,
             now_ns: now_s * NS_PER_S,
         }
@@ -678,7 +734,7 @@ mod tests {
         assert!(t.get(&busy).is_some());
         let ended = t.expire_udp(110 * NS_PER_S);
         assert_eq!(ended.len(), 1);
-        let c = ended[0].counters;
+        let c = ended[0].counters();
         assert_eq!((c.packets_sent, c.bytes_sent), (Some(3), Some(300)));
         // TCP flows never expire, however idle.
         assert!(t.expire_udp(10_000 * NS_PER_S).is_empty());
@@ -774,5 +830,10 @@ mod tests {
         assert!(c.existing);
         assert_eq!(c.netns, Some(7));
         assert_eq!(c.process.unwrap().comm, "curl");
+        assert!(
+            std::mem::size_of::<Flow>() <= 144,
+            "{}",
+            std::mem::size_of::<Flow>()
+        );
     }
 }

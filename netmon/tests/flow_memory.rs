@@ -24,7 +24,7 @@ fn rss_kib() -> u64 {
 fn a_hundred_thousand_flows_fit_in_the_memory_budget() {
     const FLOWS: usize = 100_000;
     // 500 processes with realistic context, shared by their flows as in `netmon run`.
-    let processes: Vec<ProcessInfo> = (0..500u32)
+    let processes: Vec<Arc<ProcessInfo>> = (0..500u32)
         .map(|i| {
             let mut p = ProcessInfo::kernel(
                 10_000 + i,
@@ -49,7 +49,7 @@ fn a_hundred_thousand_flows_fit_in_the_memory_budget() {
                     pod_uid: Some("8a1b2c3d-4e5f-6789-abcd-ef0123456789".into()),
                 }),
             });
-            p
+            Arc::new(p)
         })
         .collect();
     let before = rss_kib();

@@ -565,3 +565,82 @@ fn connection_events_carry_process_context() {
         "{probe:?}"
     );
 }
+
+/// Resident memory of netmon itself, from `/proc/<pid>/status`.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kib as f64 / 1024.0
+}
+
+#[test]
+fn a_hundred_thousand_live_flows_fit_in_50_mb_of_netmon() {
+    require_root!();
+    let _ns = NetNs::new();
+    // No summaries or expiry during the measurement: only the table grows.
+    let mut netmon = Netmon::start(&[
+        "--udp-timeout",
+        "3600",
+        "--flow-interval",
+        "3600",
+        "--stats-interval",
+        "1",
+    ]);
+    let idle_rss = rss_mib(netmon.pid());
+    // 100,000 UDP peers (two loopback addresses × 50,000 ports), one datagram each,
+    // paced: 100,000 flows in netmon's table.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let started = Instant::now();
+    for i in 0..100_000u32 {
+        let ip = if i % 2 == 0 { "127.0.0.2" } else { "127.0.0.3" };
+        let port = 10_000 + (i / 2) as u16;
+        let _ = sock.send_to(b"x", (ip, port));
+        if i % 2_000 == 1_999 {
+            std::thread::sleep(Duration::from_millis(40));
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // Wait until the table holds them all, or stops growing (the machine is shared:
+    // other load can fill the ring buffer, and a lost `udp` event is a flow not seen).
+    let mut last_active = 0;
+    let mut stats = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let Some(ev) = netmon.wait_for(Duration::from_secs(5), |e| {
+            matches!(&e.body, EventBody::Stats(s) if s.flows.as_ref().is_some_and(|f| f.active > 0))
+        }) else {
+            break;
+        };
+        netmon.seen.clear();
+        let EventBody::Stats(s) = &ev.body else {
+            unreachable!()
+        };
+        let active = s.flows.as_ref().unwrap().active;
+        stats = Some(s.clone());
+        if active >= 100_000 || (active == last_active && active > 0) {
+            break;
+        }
+        last_active = active;
+    }
+    let s = stats.expect("no stats line");
+    let flows = s.flows.as_ref().unwrap();
+    let rss = rss_mib(netmon.pid());
+    // Per-flow cost from this run, applied to 100,000 flows.
+    let at_100k = idle_rss + (rss - idle_rss) * 100_000.0 / flows.active as f64;
+    eprintln!(
+        "netmon RSS: {idle_rss:.1} MiB idle, {rss:.1} MiB with {} flows ({} events lost to other load); {at_100k:.1} MiB at 100,000 flows",
+        flows.active, s.lost
+    );
+    assert!(flows.active >= 50_000, "too few flows to measure: {s:?}");
+    assert_eq!(flows.evicted, 0);
+    assert!(
+        at_100k * 1.048_576 < 50.0,
+        "netmon would hold {at_100k:.1} MiB with 100,000 flows"
+    );
+    let (status, _) = netmon.stop();
+    assert!(status.success());
+}

@@ -9,6 +9,7 @@ use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use chrono::{DateTime, Utc};
@@ -40,6 +41,8 @@ pub struct Tracker {
     tcp_backend: String,
     udp_backend: String,
     host: String,
+    /// The last process seen per pid, shared by its flows so each flow costs a pointer.
+    interned: HashMap<u32, Arc<ProcessInfo>>,
 }
 
 impl Tracker {
@@ -60,6 +63,7 @@ impl Tracker {
             tcp_backend: backends.0,
             udp_backend: backends.1,
             host,
+            interned: HashMap::new(),
         }
     }
 
@@ -75,6 +79,7 @@ impl Tracker {
             tcp_backend: "tracepoint".into(),
             udp_backend: "tracepoint".into(),
             host: "h".into(),
+            interned: HashMap::new(),
         }
     }
 
@@ -88,6 +93,19 @@ impl Tracker {
 
     pub fn process_exited(&mut self, pid: u32) {
         self.procs.exited(pid);
+        self.interned.remove(&pid);
+    }
+
+    /// One shared copy per process (its flows keep theirs after it exits).
+    fn intern(&mut self, p: &ProcessInfo) -> Arc<ProcessInfo> {
+        match self.interned.get(&p.pid) {
+            Some(a) if **a == *p => a.clone(),
+            _ => {
+                let a = Arc::new(p.clone());
+                self.interned.insert(p.pid, a.clone());
+                a
+            }
+        }
     }
 
     /// Seeds the table with the TCP connections and connected UDP sockets that exist
@@ -131,6 +149,7 @@ impl Tracker {
                 Proto::Tcp => Some(Direction::Outbound),
             };
             let key = FlowKey::new(s.proto, self.seed_netns(), s.local, s.remote);
+            let process = process.map(|p| self.intern(&p));
             let opened = self.flows.open(Open {
                 key,
                 direction,
@@ -182,7 +201,7 @@ impl Tracker {
                     return;
                 };
                 if conn.process.is_none() {
-                    conn.process = flow.process.clone();
+                    conn.process = flow.process.as_deref().cloned();
                 }
                 let mut outbound_fixed = false;
                 if conn.direction.is_none() && flow.direction.is_some() {
@@ -212,10 +231,11 @@ impl Tracker {
                 if conn.failed {
                     return;
                 }
+                let process = conn.process.as_ref().map(|p| self.intern(p));
                 let opened = self.flows.open(Open {
                     key,
                     direction: conn.direction,
-                    process: conn.process.clone(),
+                    process,
                     existing: false,
                     now_ns,
                 });
@@ -321,7 +341,7 @@ impl Tracker {
     fn summary_event(&self, flow: &Flow, now_ns: u64, clock: &BootClock) -> Event {
         let backend = self.backend_of(flow);
         let start: DateTime<Utc> = clock.to_wall(flow.start_ns);
-        let c = flow.counters;
+        let c = flow.counters();
         Event {
             ts: Utc::now(),
             host: self.host.clone(),
@@ -339,7 +359,7 @@ impl Tracker {
     }
 
     fn idle_close(&self, flow: &Flow) -> Event {
-        let c = flow.counters;
+        let c = flow.counters();
         Event {
             ts: Utc::now(),
             host: self.host.clone(),
@@ -533,7 +553,14 @@ mod tests {
         t.flows.open(Open {
             key,
             direction: Some(Direction::Inbound),
-            process: Some(ProcessInfo::kernel(812, 812, "sshd".into(), 0, 0, 0)),
+            process: Some(Arc::new(ProcessInfo::kernel(
+                812,
+                812,
+                "sshd".into(),
+                0,
+                0,
+                0,
+            ))),
             existing: true,
             now_ns: 1,
         });
