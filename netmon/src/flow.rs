@@ -437,10 +437,10 @@ impl FlowTable {
         };
         self.index.insert(open.key, slot);
         self.idle[proto_index(open.key.proto)].insert((open.now_ns, slot));
-        if open.key.proto == Proto::Udp {
-            if let Some(pid) = pid {
-                self.udp_peers.insert(peer_id(pid, open.key.remote()), slot);
-            }
+        if open.key.proto == Proto::Udp
+            && let Some(pid) = pid
+        {
+            self.udp_peers.insert(peer_id(pid, open.key.remote()), slot);
         }
         self.stats.opened += 1;
         if open.existing {
@@ -559,12 +559,12 @@ impl FlowTable {
         let flow = self.slots[slot as usize].take().expect("indexed slot");
         self.index.remove(&flow.key);
         self.idle[flow.proto_index()].remove(&(flow.last_active_ns, slot));
-        if flow.key.proto == Proto::Udp {
-            if let Some(p) = &flow.process {
-                let peer = peer_id(p.pid, flow.key.remote());
-                if self.udp_peers.get(&peer) == Some(&slot) {
-                    self.udp_peers.remove(&peer);
-                }
+        if flow.key.proto == Proto::Udp
+            && let Some(p) = &flow.process
+        {
+            let peer = peer_id(p.pid, flow.key.remote());
+            if self.udp_peers.get(&peer) == Some(&slot) {
+                self.udp_peers.remove(&peer);
             }
         }
         self.free.push(slot);

@@ -613,7 +613,7 @@ mod tests {
 
     fn owners(inode: u32) -> Vec<ProcessInfo> {
         match inode {
-            1 | 2 | 3 => vec![p(812, "sshd")],
+            1..=3 => vec![p(812, "sshd")],
             4 => vec![p(900, "curl")],
             5 | 6 => vec![p(500, "resolved")],
             7 => vec![p(1000, "nginx"), p(1001, "nginx")],

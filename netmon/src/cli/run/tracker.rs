@@ -386,10 +386,10 @@ impl Tracker {
     /// A UDP flow left the table (evicted): forget the kernel's entry too, so the next
     /// datagram to that peer is reported and the flow comes back.
     fn forget_evicted(&mut self, evicted: Option<Flow>) {
-        if let Some(flow) = evicted {
-            if flow.key.proto == Proto::Udp {
-                self.forget_udp_peer(&flow);
-            }
+        if let Some(flow) = evicted
+            && flow.key.proto == Proto::Udp
+        {
+            self.forget_udp_peer(&flow);
         }
     }
 
