@@ -518,12 +518,15 @@ impl FlowTable {
         true
     }
 
-    /// Ends every UDP flow idle for at least the timeout; they are returned so the
-    /// caller writes their `close` (and forgets the kernel's entry for them, so the next
-    /// datagram to that peer is reported as a new flow).
-    pub fn expire_udp(&mut self, now_ns: u64) -> Vec<Flow> {
+    /// Ends up to `limit` UDP flows idle for at least the timeout, oldest first; they
+    /// are returned so the caller writes their `close` (and forgets the kernel's entry
+    /// for them, so the next datagram to that peer is reported as a new flow). Call
+    /// again until it returns nothing: batches keep memory flat when many expire.
+    pub fn expire_udp(&mut self, now_ns: u64, limit: usize) -> Vec<Flow> {
         let mut ended = Vec::new();
-        while let Some(&(last, slot)) = self.idle[1].first() {
+        while ended.len() < limit
+            && let Some(&(last, slot)) = self.idle[1].first()
+        {
             if last.saturating_add(self.cfg.udp_idle_ns) > now_ns {
                 break;
             }
@@ -727,22 +730,41 @@ mod tests {
         // The busy peer sends at 50 s: 3 datagrams of 100 payload bytes each.
         assert!(t.observe_udp(11, addr("127.0.0.1:443"), 50 * NS_PER_S, 3, 324));
         assert!(!t.observe_udp(99, addr("127.0.0.1:443"), 50 * NS_PER_S, 1, 9));
-        assert!(t.expire_udp(59 * NS_PER_S).is_empty());
-        let ended = t.expire_udp(60 * NS_PER_S);
+        assert!(t.expire_udp(59 * NS_PER_S, 100).is_empty());
+        let ended = t.expire_udp(60 * NS_PER_S, 100);
         assert_eq!(ended.len(), 1);
         assert_eq!(ended[0].key, quiet);
         assert!(t.get(&busy).is_some());
-        let ended = t.expire_udp(110 * NS_PER_S);
+        let ended = t.expire_udp(110 * NS_PER_S, 100);
         assert_eq!(ended.len(), 1);
         let c = ended[0].counters();
         assert_eq!((c.packets_sent, c.bytes_sent), (Some(3), Some(300)));
         // TCP flows never expire, however idle.
-        assert!(t.expire_udp(10_000 * NS_PER_S).is_empty());
+        assert!(t.expire_udp(10_000 * NS_PER_S, 100).is_empty());
         assert!(t.get(&tcp_flow).is_some());
         let s = t.stats();
         assert_eq!((s.udp_expired, s.closed, s.active), (2, 2, 1));
         // The peer index is gone with the flow.
         assert!(!t.observe_udp(11, addr("127.0.0.1:443"), 200 * NS_PER_S, 4, 400));
+    }
+
+    #[test]
+    fn expiry_comes_in_batches_oldest_first() {
+        let mut t = table(100);
+        for i in 0..10u16 {
+            t.open(open(
+                udp(&format!("127.0.0.1:{}", 5000 + i), "127.0.0.53:53"),
+                10 + i as u32,
+                i as u64,
+            ));
+        }
+        let first = t.expire_udp(1000 * NS_PER_S, 4);
+        let ports: Vec<u16> = first.iter().map(|f| f.key.local_port).collect();
+        assert_eq!(ports, vec![5000, 5001, 5002, 5003]);
+        assert_eq!(t.expire_udp(1000 * NS_PER_S, 4).len(), 4);
+        assert_eq!(t.expire_udp(1000 * NS_PER_S, 4).len(), 2);
+        assert!(t.expire_udp(1000 * NS_PER_S, 4).is_empty());
+        assert_eq!(t.stats().udp_expired, 10);
     }
 
     #[test]

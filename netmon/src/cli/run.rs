@@ -32,7 +32,7 @@ use crate::{
 };
 
 mod tracker;
-use tracker::Tracker;
+use tracker::{Summaries, Tracker};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -139,21 +139,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         started: Instant::now(),
         tracker,
     };
-    if !pump.write(&probe)? {
-        return Ok(ExitCode::SUCCESS);
-    }
-    // Sockets that were open before netmon: seeded after attaching, so a flow that
-    // begins in between is in both the dump and the ring buffer, and the kernel's
-    // report (processed next) wins.
-    let seeded = pump
-        .tracker
-        .seed(BootClock::monotonic_now_ns(), &pump.clock);
-    for event in &seeded {
-        if !pump.write_unflushed(event)? {
-            return Ok(ExitCode::SUCCESS);
+    // Signal handlers before the first line: whoever reads it may stop netmon at once.
+    let signals = {
+        let _context = runtime.enter();
+        Signals {
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
         }
-    }
-    if !pump.flush()? {
+    };
+    if !pump.write(&probe)? {
         return Ok(ExitCode::SUCCESS);
     }
     let intervals = Intervals {
@@ -162,7 +156,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         // Often enough that a UDP flow closes within a quarter of its timeout.
         udp: Duration::from_secs((args.udp_timeout / 4).clamp(1, 15)),
     };
-    let outcome = runtime.block_on(pump.event_loop(ring, intervals));
+    let outcome = runtime.block_on(pump.event_loop(ring, intervals, signals));
     // `tracer` (and every link it owns) is dropped here: all programs are detached.
     drop(tracer);
     outcome.map(|()| ExitCode::SUCCESS)
@@ -181,6 +175,12 @@ struct Pump {
     tracker: Tracker,
 }
 
+/// SIGINT and SIGTERM, registered before netmon writes anything.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
 /// Timers of the event loop.
 struct Intervals {
     stats: Duration,
@@ -189,15 +189,30 @@ struct Intervals {
 }
 
 impl Pump {
-    async fn event_loop(&mut self, ring: RingBuf<MapData>, intervals: Intervals) -> Result<()> {
+    async fn event_loop(
+        &mut self,
+        ring: RingBuf<MapData>,
+        intervals: Intervals,
+        signals: Signals,
+    ) -> Result<()> {
         let interval = intervals.stats;
         // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as
         // long as the AsyncFd holds it.
         let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| e.into_parts().1)
             .context("cannot poll the ring buffer")?;
-        let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-        let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let Signals {
+            int: mut sigint,
+            term: mut sigterm,
+        } = signals;
+        // Sockets that were open before netmon: seeded after attaching, so a flow that
+        // begins in between is in both the dump and the ring buffer, and the kernel's
+        // report (processed next) wins. After the signal handlers, so a SIGTERM during
+        // a long seed still ends netmon cleanly.
+        self.tracker.seed(BootClock::monotonic_now_ns());
+        if !self.write_summaries(Summaries::Existing)? {
+            return Ok(());
+        }
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         let start = tokio::time::Instant::now();
         let mut flow_ticker = tokio::time::interval_at(start + intervals.flow, intervals.flow);
@@ -221,14 +236,21 @@ impl Pump {
                     }
                 }
                 _ = udp_ticker.tick() => {
-                    let closes = self.tracker.udp_tick(BootClock::monotonic_now_ns());
-                    if !self.write_all(&closes)? {
-                        return Ok(());
+                    self.tracker.read_udp_counters();
+                    let now_ns = BootClock::monotonic_now_ns();
+                    loop {
+                        let closes = self.tracker.expire_udp(now_ns, 4096);
+                        if closes.is_empty() {
+                            break;
+                        }
+                        if !self.write_all(&closes)? {
+                            return Ok(());
+                        }
                     }
                 }
                 _ = flow_ticker.tick() => {
-                    let summaries = self.tracker.summary_tick(BootClock::monotonic_now_ns(), &self.clock);
-                    if !self.write_all(&summaries)? {
+                    self.tracker.refresh_tcp_counters(BootClock::monotonic_now_ns());
+                    if !self.write_summaries(Summaries::LongLived)? {
                         return Ok(());
                     }
                 }
@@ -301,6 +323,20 @@ impl Pump {
             }),
         };
         self.write(&stats)
+    }
+
+    /// Writes `flow` summaries as they are made; `false` when the output is closed.
+    fn write_summaries(&mut self, which: Summaries) -> Result<bool> {
+        let now_ns = BootClock::monotonic_now_ns();
+        let mut written = 0;
+        for event in self.tracker.summaries(which, now_ns, &self.clock) {
+            if !output_result(self.sink.write(&event))? {
+                return Ok(false);
+            }
+            written += 1;
+        }
+        self.tracker.count_summaries(written);
+        self.flush()
     }
 
     /// Writes and flushes events; `false` when the output is closed.

@@ -27,6 +27,15 @@ use crate::{
     sockets::{self, DumpOptions, SocketInfo, TCP_LISTEN},
 };
 
+/// Which flows get a `flow` summary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Summaries {
+    /// Every interval: flows at least one interval old.
+    LongLived,
+    /// At start: flows that were open before netmon.
+    Existing,
+}
+
 /// Flow tracking state of `netmon run`.
 pub struct Tracker {
     flows: FlowTable,
@@ -109,10 +118,11 @@ impl Tracker {
     }
 
     /// Seeds the table with the TCP connections and connected UDP sockets that exist
-    /// now, marked `existing`, and returns a `flow` event for each so they are visible
-    /// at once. Listeners decide the direction of seeded TCP flows: a socket whose
-    /// local port is a listener's was accepted (inbound), any other was connected.
-    pub fn seed(&mut self, now_ns: u64, clock: &BootClock) -> Vec<Event> {
+    /// now, marked `existing` (the caller then writes a `flow` event for each, see
+    /// [`Tracker::summaries`], so they are visible at once). Listeners decide the
+    /// direction of seeded TCP flows: a socket whose local port is a listener's was
+    /// accepted (inbound), any other was connected.
+    pub fn seed(&mut self, now_ns: u64) {
         let (found, errors) = sockets::dump_partial(DumpOptions::ALL);
         for e in &errors {
             eprintln!("netmon: warning: sockets open before start are partly unknown: {e}");
@@ -121,7 +131,6 @@ impl Tracker {
         let inodes: HashSet<u32> = found.iter().map(|s| s.inode).filter(|&i| i != 0).collect();
         let owners = sockets::socket_owners(Path::new("/proc"), Some(&inodes));
         let mut by_pid: HashMap<u32, Option<ProcessInfo>> = HashMap::new();
-        let mut out = Vec::new();
         let listeners = listener_ports(&found);
         for s in &found {
             let Some(state) = seed_state(s) else {
@@ -162,12 +171,7 @@ impl Tracker {
                 let counters = tcp_counters(tcp, direction, s.state);
                 self.flows.set_counters(&key, counters, state, now_ns);
             }
-            if let Some(flow) = self.flows.get(&key) {
-                out.push(self.summary_event(flow, now_ns, clock));
-            }
         }
-        self.flows.count_summaries(out.len() as u64);
-        out
     }
 
     fn seed_netns(&self) -> u32 {
@@ -249,9 +253,9 @@ impl Tracker {
         }
     }
 
-    /// Reads the kernel's UDP counters into the table and closes UDP flows idle past
-    /// the timeout. Returns their `close` events.
-    pub fn udp_tick(&mut self, now_ns: u64) -> Vec<Event> {
+    /// Reads the kernel's UDP counters (`UDP_PEERS`) into the table: bytes so far and
+    /// the last datagram's time, which decides expiry.
+    pub fn read_udp_counters(&mut self) {
         let entries: Vec<(UdpPeerKey, UdpPeerStats)> = self
             .udp_peers
             .as_ref()
@@ -268,7 +272,11 @@ impl Tracker {
                 );
             }
         }
-        let ended = self.flows.expire_udp(now_ns);
+    }
+
+    /// Closes up to `limit` UDP flows idle past the timeout: their `close` events.
+    pub fn expire_udp(&mut self, now_ns: u64, limit: usize) -> Vec<Event> {
+        let ended = self.flows.expire_udp(now_ns, limit);
         let mut out = Vec::with_capacity(ended.len());
         for flow in ended {
             self.forget_udp_peer(&flow);
@@ -277,20 +285,29 @@ impl Tracker {
         out
     }
 
-    /// Refreshes TCP byte counters (sock_diag `tcp_info`, per network namespace that has
-    /// flows) and returns a `flow` summary for every flow older than the interval.
-    pub fn summary_tick(&mut self, now_ns: u64, clock: &BootClock) -> Vec<Event> {
-        self.refresh_tcp_counters(now_ns);
-        let out: Vec<Event> = self
-            .flows
-            .long_lived(now_ns)
-            .map(|f| self.summary_event(f, now_ns, clock))
-            .collect();
-        self.flows.count_summaries(out.len() as u64);
-        out
+    /// `flow` summaries, made one at a time so 100,000 of them never sit in memory
+    /// together: of flows at least one interval old, or of the flows found at start.
+    pub fn summaries<'a>(
+        &'a self,
+        which: Summaries,
+        now_ns: u64,
+        clock: &'a BootClock,
+    ) -> impl Iterator<Item = Event> + 'a {
+        let flows: Box<dyn Iterator<Item = &Flow>> = match which {
+            Summaries::LongLived => Box::new(self.flows.long_lived(now_ns)),
+            Summaries::Existing => Box::new(self.flows.iter().filter(|f| f.existing)),
+        };
+        flows.map(move |f| self.summary_event(f, now_ns, clock))
     }
 
-    fn refresh_tcp_counters(&mut self, now_ns: u64) {
+    /// Counts summaries written (for `stats.flows.summaries`).
+    pub fn count_summaries(&mut self, n: u64) {
+        self.flows.count_summaries(n);
+    }
+
+    /// Refreshes TCP byte counters from sock_diag's `tcp_info`, in every network
+    /// namespace that has flows, before summaries are written.
+    pub fn refresh_tcp_counters(&mut self, now_ns: u64) {
         let own = self.seed_netns();
         // One pid per other namespace, to enter it for the dump.
         let mut others: HashMap<u32, u32> = HashMap::new();
