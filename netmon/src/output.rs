@@ -156,6 +156,9 @@ fn conn_text(c: &Connection, out: &mut String) {
         endpoint(&c.dst.ip, c.dst.port)
     );
     process_text(c, out);
+    if c.existing {
+        out.push_str(" (existing)");
+    }
 }
 
 fn process_text(c: &Connection, out: &mut String) {

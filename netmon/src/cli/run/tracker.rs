@@ -157,7 +157,13 @@ impl Tracker {
                 }
                 Proto::Tcp => Some(Direction::Outbound),
             };
-            let key = FlowKey::new(s.proto, self.seed_netns(), s.local, s.remote);
+            // UDP events carry no netns (no backend reads it for UDP), so neither do
+            // UDP flows, or a seeded flow would never meet its socket's events.
+            let netns = match s.proto {
+                Proto::Tcp => self.seed_netns(),
+                Proto::Udp => 0,
+            };
+            let key = FlowKey::new(s.proto, netns, s.local, s.remote);
             let process = process.map(|p| self.intern(&p));
             let opened = self.flows.open(Open {
                 key,
