@@ -17,6 +17,40 @@ use netmon_tests::{NetNs, Netmon, Peer, netmon_bin, require_root};
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// Inside `cargo xtask integration-test vm` (the kernel command line's `netmon_kernel`
+/// reaches init's environment): a TCG-emulated CPU, a busybox userland.
+fn in_test_vm() -> bool {
+    std::env::var_os("netmon_kernel").is_some()
+}
+
+/// Skips (returns from) the calling test inside the test VMs, with the reason.
+macro_rules! skip_in_vm {
+    ($why:literal) => {
+        if in_test_vm() {
+            eprintln!(concat!("skipped in the test VM: ", $why));
+            return;
+        }
+    };
+}
+
+/// What `user` must say for uid 0: `root` where `/etc/passwd` names it (the VMs have
+/// no passwd file, so null there).
+fn root_name() -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd
+        .lines()
+        .find(|l| l.split(':').nth(2) == Some("0"))
+        .and_then(|l| l.split(':').next())
+        .map(str::to_owned)
+}
+
+fn have_ss() -> bool {
+    Command::new("ss")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// `netmon snapshot ARGS` from this thread (so in its network namespace).
 fn snapshot(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     let out = Command::new(netmon_bin())
@@ -150,8 +184,12 @@ fn snapshot_matches_ss_socket_for_socket_and_process_for_process() {
     assert!(status.success(), "exit {status}: {stderr}");
     let report: Report = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     let ours = snapshot_sockets(&report);
-    let reference = ss_sockets();
-    assert_eq!(ours, reference, "netmon snapshot and ss -tuanp disagree");
+    if have_ss() {
+        let reference = ss_sockets();
+        assert_eq!(ours, reference, "netmon snapshot and ss -tuanp disagree");
+    } else {
+        eprintln!("ss (iproute2) not installed: comparing with what this test opened only");
+    }
     // And the content is what this test opened: 3 + 1 listeners, 4 pairs, 3 UDP.
     assert_eq!(report.summary.by_protocol["tcp"], 4 + 8);
     assert_eq!(report.summary.by_protocol["udp"], 3);
@@ -197,6 +235,7 @@ fn snapshot_plan_touches_nothing_and_exits_zero() {
 #[test]
 fn snapshot_of_10000_sockets_takes_under_a_second() {
     require_root!();
+    skip_in_vm!("the 1 s budget is for real CPUs, not TCG emulation");
     let _ns = NetNs::new();
     raise_nofile(30_000);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -522,7 +561,7 @@ fn connection_events_carry_process_context() {
             .is_some_and(|c| c.starts_with(me.to_str().unwrap())),
         "{d:?}"
     );
-    assert_eq!(d.user.as_deref(), Some("root"));
+    assert_eq!(d.user, root_name());
     // SAFETY: no preconditions.
     assert_eq!(d.ppid, Some(unsafe { libc::getppid() } as u32));
     let p = accept.body.connection().unwrap().process.clone().unwrap();
@@ -580,6 +619,7 @@ fn rss_mib(pid: u32) -> f64 {
 #[test]
 fn a_hundred_thousand_live_flows_fit_in_50_mb_of_netmon() {
     require_root!();
+    skip_in_vm!("100,000 flows take minutes under TCG emulation");
     let _ns = NetNs::new();
     // No summaries or expiry during the measurement: only the table grows.
     let mut netmon = Netmon::start(&[
