@@ -8,8 +8,8 @@
 //!   and the child's SYN_RECV (those use `inet_sk_state_store`); the handshake's end
 //!   and the close are reported from here, with `sk_state` read before the change.
 //! - `inet_csk_accept(struct sock *sk, …)` return: the accepted child socket, in the
-//!   process that called accept(). Its arguments changed in 6.10 (4 → 2), so the
-//!   fexit return slot comes from BTF (`KernelConfig::accept_ret_index`).
+//!   process that called accept(). Its arguments changed in 6.10 (4 → 2), so there is
+//!   one fexit program per prototype and the loader picks by BTF.
 //! - `inet_csk_listen_start(struct sock *sk, …)`: listen(), process context.
 //! - `ip_send_skb(struct net *net, struct sk_buff *skb)` and
 //!   `ip6_send_skb(struct sk_buff *skb)`: every UDP datagram a socket sends, fully
@@ -26,7 +26,8 @@ use netmon_common::{KernelConfig, backend, cap};
 use crate::{
     emit::{config, current_process, read_kernel_at},
     tcp::{
-        emit_accept, on_listen, on_transition, owns, remember_connecting, sock_state, tuple_of_sock,
+        SockTuple, emit_accept, on_listen, on_transition, owns, remember_connecting, sock_state,
+        tuple_of_sock,
     },
     udp,
 };
@@ -47,7 +48,7 @@ fn on_tcp_set_state(backend: u32, sk: u64, new: i32) {
     let Some(old) = sock_state(&cfg, sk) else {
         return;
     };
-    on_transition(&cfg, backend, sk, old, new, || tuple_of_sock(&cfg, sk));
+    on_transition(&cfg, backend, sk, old, new, &SockTuple { cfg: &cfg, sk });
 }
 
 #[inline(always)]
@@ -120,14 +121,23 @@ pub fn fentry_tcp_set_state(ctx: FEntryContext) -> u32 {
     0
 }
 
+// Two programs for the two prototypes: the return value follows the arguments in the
+// fexit context, and the verifier refuses both a context read at a computed offset and
+// one past the function's arguments, so each program reads one fixed slot and the
+// loader picks the one matching the kernel's BTF.
+
+/// `struct sock *inet_csk_accept(struct sock *sk, int flags, int *err, bool kern)`
+/// (before 6.10).
 #[fexit(function = "inet_csk_accept")]
-pub fn fexit_inet_csk_accept(ctx: FExitContext) -> u32 {
-    let newsk = match config().accept_ret_index {
-        2 => ctx.arg::<u64>(2),
-        4 => ctx.arg::<u64>(4),
-        _ => 0,
-    };
-    on_accept_return(backend::FENTRY, newsk);
+pub fn fexit_inet_csk_accept_4args(ctx: FExitContext) -> u32 {
+    on_accept_return(backend::FENTRY, ctx.arg::<u64>(4));
+    0
+}
+
+/// `struct sock *inet_csk_accept(struct sock *sk, struct proto_accept_arg *arg)` (6.10+).
+#[fexit(function = "inet_csk_accept")]
+pub fn fexit_inet_csk_accept_2args(ctx: FExitContext) -> u32 {
+    on_accept_return(backend::FENTRY, ctx.arg::<u64>(2));
     0
 }
 

@@ -42,13 +42,20 @@ pub struct Tuple {
     pub remote_port: u16,
 }
 
+/// Where a transition's tuple comes from, read only when an event needs it. A trait
+/// rather than a closure so the read is always inlined: the verifier refuses a BPF
+/// function that returns a struct through a pointer to its caller's stack.
+pub trait TupleSource {
+    fn tuple(&self) -> Option<Tuple>;
+}
+
 #[inline(always)]
 pub fn owns(cfg: &KernelConfig, capability: usize, backend: u32) -> bool {
     cfg.cap_backend[capability] as u32 == backend
 }
 
 /// A state change of socket `sk`, as the tracepoint or `tcp_set_state()` sees it.
-/// `tuple` is only read when needed.
+/// The tuple is only read when needed.
 #[inline(always)]
 pub fn on_transition(
     cfg: &KernelConfig,
@@ -56,7 +63,7 @@ pub fn on_transition(
     sk: u64,
     old: i32,
     new: i32,
-    tuple: impl Fn() -> Option<Tuple>,
+    source: &impl TupleSource,
 ) {
     match (old, new) {
         (TCP_CLOSE, TCP_SYN_SENT) => {
@@ -69,29 +76,32 @@ pub fn on_transition(
         }
         (TCP_SYN_SENT, _) => {
             if owns(cfg, cap::TCP_CONNECT, backend)
-                && let Some(t) = tuple()
+                && let Some(t) = source.tuple()
             {
                 on_connect_done(cfg, backend, sk, new, &t);
             }
         }
         (_, TCP_LISTEN) => {
             if owns(cfg, cap::TCP_LISTEN, backend)
-                && let Some(t) = tuple()
+                && let Some(t) = source.tuple()
             {
                 on_listen(cfg, backend, sk, &t);
             }
         }
         (TCP_LISTEN, TCP_CLOSE) => {
             if owns(cfg, cap::TCP_LISTEN, backend)
-                && let Some(t) = tuple()
+                && let Some(t) = source.tuple()
             {
                 let key = listener_key(cfg, sk, t.local_port);
                 let _ = LISTENERS.remove(key);
             }
         }
         (TCP_SYN_RECV, TCP_ESTABLISHED) => {
+            // The fentry/kprobe backends report accepts from inet_csk_accept(), in the
+            // accepting process; only the tracepoint needs the listener's owner.
             if owns(cfg, cap::TCP_ACCEPT, backend)
-                && let Some(t) = tuple()
+                && backend == netmon_common::backend::TRACEPOINT
+                && let Some(t) = source.tuple()
             {
                 on_passive_open(cfg, backend, sk, &t);
             }
@@ -102,7 +112,7 @@ pub fn on_transition(
             TCP_CLOSE,
         ) => {
             if owns(cfg, cap::TCP_CLOSE, backend)
-                && let Some(t) = tuple()
+                && let Some(t) = source.tuple()
             {
                 on_close(cfg, backend, sk, old, &t);
             }
@@ -284,8 +294,21 @@ fn fill_inbound(event: &mut ConnEvent, t: &Tuple) {
     event.dst_port = t.local_port;
 }
 
-/// The tuple of `sk` read from `struct sock_common` with BTF offsets (fentry/kprobe
-/// backends; the tracepoint hands it over in its record instead).
+/// A socket whose tuple is read from `struct sock_common` with BTF offsets
+/// (fentry/kprobe backends; the tracepoint hands it over in its record instead).
+pub struct SockTuple<'a> {
+    pub cfg: &'a KernelConfig,
+    pub sk: u64,
+}
+
+impl TupleSource for SockTuple<'_> {
+    #[inline(always)]
+    fn tuple(&self) -> Option<Tuple> {
+        tuple_of_sock(self.cfg, self.sk)
+    }
+}
+
+/// The tuple of `sk` read from `struct sock_common` with BTF offsets.
 #[inline(always)]
 pub fn tuple_of_sock(cfg: &KernelConfig, sk: u64) -> Option<Tuple> {
     let family = read_kernel_at::<u16>(sk, cfg.skc_family)?;

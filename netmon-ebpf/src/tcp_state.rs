@@ -11,7 +11,7 @@ use netmon_common::{AF_INET, AF_INET6, IPPROTO_TCP, backend};
 
 use crate::{
     emit::config,
-    tcp::{Tuple, on_transition},
+    tcp::{Tuple, TupleSource, on_transition},
 };
 
 // Field offsets of the tracepoint record. The layout has been stable since 4.16;
@@ -45,8 +45,18 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     let old: i32 = unsafe { ctx.read_at(OLDSTATE) }.map_err(|e| e as i64)?;
     let new: i32 = unsafe { ctx.read_at(NEWSTATE) }.map_err(|e| e as i64)?;
     let cfg = config();
-    on_transition(&cfg, backend::TRACEPOINT, sk, old, new, || read_tuple(ctx));
+    on_transition(&cfg, backend::TRACEPOINT, sk, old, new, &RecordTuple(ctx));
     Ok(())
+}
+
+/// The tuple as the tracepoint record carries it.
+struct RecordTuple<'a>(&'a TracePointContext);
+
+impl TupleSource for RecordTuple<'_> {
+    #[inline(always)]
+    fn tuple(&self) -> Option<Tuple> {
+        read_tuple(self.0)
+    }
 }
 
 #[inline(always)]

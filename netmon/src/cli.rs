@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod doctor;
 pub mod run;
 pub mod snapshot;
 
@@ -28,6 +29,11 @@ pub enum Command {
     ///
     /// Exit code 0 when no rule raised a high or critical alert, 1 when one did, 2 on error.
     Snapshot(snapshot::SnapshotArgs),
+    /// Check what this kernel offers netmon (BTF, kprobes, fentry, tracepoints, cgroup
+    /// v2, …), which hooks `auto` would pick, and how to fix what is missing.
+    ///
+    /// Exits 0 when netmon can run, 1 when it cannot.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Exit code for errors: bad flags, missing privileges, unusable kernel.
@@ -38,6 +44,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Snapshot(args) => snapshot::snapshot(args),
+        Command::Doctor(args) => doctor::run(args),
     };
     match result {
         Ok(code) => code,

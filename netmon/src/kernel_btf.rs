@@ -19,7 +19,11 @@ pub struct ResolvedOffsets {
 
 /// Reads the kernel's BTF and resolves every offset netmon uses.
 pub fn resolve() -> Result<ResolvedOffsets, btf_rs::Error> {
-    let btf = Btf::from_file(VMLINUX_BTF)?;
+    // Mmap parses only the few types netmon asks for (parsing all of vmlinux was most
+    // of netmon's start-up time), but sysfs only supports mmap of this file since 6.16:
+    // older kernels answer ENODEV, and then the whole file is read and parsed.
+    let btf = Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap)
+        .or_else(|_| Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Cache))?;
     Ok(resolve_from(&btf))
 }
 

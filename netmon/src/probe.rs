@@ -360,7 +360,10 @@ impl Tracer {
                 KernelConfig::UNKNOWN
             }
         };
+        // One parse of the kernel's BTF serves the loader and every fentry attach.
+        let btf = aya::Btf::from_sys_fs().ok();
         let mut ebpf = EbpfLoader::new()
+            .btf(btf.as_ref())
             .map_max_entries(maps::EVENTS, opts.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
@@ -368,7 +371,8 @@ impl Tracer {
             self_pid: std::process::id(),
             ..offsets
         };
-        let (mut report, owners) = attach_all(&mut ebpf, opts.backend, warnings)?;
+        let (mut report, owners) =
+            attach_all(&mut ebpf, opts.backend, warnings, btf.as_ref(), &config)?;
         // Programs stay silent until they learn which capabilities they own, so two
         // backends attached for different capabilities never report the same thing.
         for (cap, backend) in owners {
@@ -376,7 +380,7 @@ impl Tracer {
         }
         write_config(&mut ebpf, config)?;
         for (capability, hook) in OPTIONAL_HOOKS {
-            match attach_hook(&mut ebpf, hook, None) {
+            match attach_hook(&mut ebpf, hook, btf.as_ref(), &config) {
                 Ok(()) => report.capabilities.push(CapabilityReport {
                     capability: (*capability).into(),
                     backend: Some(BackendChoice::Tracepoint.name().into()),
@@ -501,6 +505,8 @@ fn attach_all(
     ebpf: &mut Ebpf,
     choice: BackendChoice,
     mut warnings: Vec<String>,
+    btf: Option<&aya::Btf>,
+    offsets: &KernelConfig,
 ) -> Result<(ProbeReport, Owners), Error> {
     let order: &[BackendChoice] = match choice {
         BackendChoice::Auto => &[
@@ -523,7 +529,6 @@ fn attach_all(
         .collect();
     let mut covered: BTreeSet<Capability> = BTreeSet::new();
     let mut owners: Owners = Vec::new();
-    let btf = aya::Btf::from_sys_fs().ok();
     let mut attached_programs: BTreeSet<&'static str> = BTreeSet::new();
 
     for &backend in order {
@@ -551,7 +556,7 @@ fn attach_all(
             if wanted.is_empty() {
                 continue;
             }
-            match attach_group(ebpf, group, &mut attached_programs, btf.as_ref()) {
+            match attach_group(ebpf, group, &mut attached_programs, btf, offsets) {
                 Ok(hooks) => {
                     for cap in wanted {
                         covered.insert(cap);
@@ -626,7 +631,11 @@ fn attach_group(
     group: &HookGroup,
     attached_programs: &mut BTreeSet<&'static str>,
     btf: Option<&aya::Btf>,
+    offsets: &KernelConfig,
 ) -> Result<Vec<String>, String> {
+    if matches!(group.backend, BackendChoice::Fentry | BackendChoice::Kprobe) {
+        kfunc_offsets_known(offsets)?;
+    }
     let mut done: Vec<&'static str> = Vec::new();
     let mut described = Vec::new();
     for hook in group.hooks {
@@ -634,14 +643,14 @@ fn attach_group(
             described.push(hook.describe());
             continue;
         }
-        match attach_hook(ebpf, hook, btf) {
+        match attach_hook(ebpf, hook, btf, offsets) {
             Ok(()) => {
                 done.push(hook.program);
                 described.push(hook.describe());
             }
             Err(reason) => {
                 for hook in group.hooks.iter().filter(|h| done.contains(&h.program)) {
-                    unload(ebpf, hook);
+                    unload(ebpf, hook, offsets);
                 }
                 return Err(format!("{}: {reason}", hook.describe()));
             }
@@ -652,8 +661,11 @@ fn attach_group(
 }
 
 /// Detaches and unloads one program of a group that could not attach whole.
-fn unload(ebpf: &mut Ebpf, hook: &Hook) {
-    let Some(program) = ebpf.program_mut(hook.program) else {
+fn unload(ebpf: &mut Ebpf, hook: &Hook, offsets: &KernelConfig) {
+    let Ok(name) = program_for(hook, offsets) else {
+        return;
+    };
+    let Some(program) = ebpf.program_mut(name) else {
         return;
     };
     let _ = match hook.attach {
@@ -668,10 +680,16 @@ fn unload(ebpf: &mut Ebpf, hook: &Hook) {
     };
 }
 
-fn attach_hook(ebpf: &mut Ebpf, hook: &Hook, btf: Option<&aya::Btf>) -> Result<(), String> {
+fn attach_hook(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+    btf: Option<&aya::Btf>,
+    offsets: &KernelConfig,
+) -> Result<(), String> {
+    let name = program_for(hook, offsets)?;
     let program = ebpf
-        .program_mut(hook.program)
-        .ok_or_else(|| format!("program {} missing from the object", hook.program))?;
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the object"))?;
     match hook.attach {
         Attach::TracePoint { category, name } => {
             let tracefs = system::ensure_tracefs().map_err(|e| e.to_string())?;
@@ -728,6 +746,66 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &Hook, btf: Option<&aya::Btf>) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Programs that exist once per kernel prototype of their function: (hook name, the
+/// function's argument count in BTF, program to load).
+const PROTOTYPE_VARIANTS: &[(&str, u32, &str)] = &[
+    ("fexit_inet_csk_accept", 4, "fexit_inet_csk_accept_4args"),
+    ("fexit_inet_csk_accept", 2, "fexit_inet_csk_accept_2args"),
+];
+
+/// The program that implements `hook` on this kernel.
+fn program_for(hook: &Hook, offsets: &KernelConfig) -> Result<&'static str, String> {
+    let variants: Vec<_> = PROTOTYPE_VARIANTS
+        .iter()
+        .filter(|(h, _, _)| *h == hook.program)
+        .collect();
+    if variants.is_empty() {
+        return Ok(hook.program);
+    }
+    let args = offsets.accept_ret_index;
+    variants
+        .iter()
+        .find(|(_, n, _)| *n == args)
+        .map(|(_, _, p)| *p)
+        .ok_or_else(|| {
+            format!(
+                "this kernel's {} takes {args} arguments, a prototype netmon does not know",
+                hook.describe()
+            )
+        })
+}
+
+/// fentry and kprobe programs read the socket tuple and the datagram through struct
+/// offsets from BTF; without them they would attach and see nothing.
+fn kfunc_offsets_known(c: &KernelConfig) -> Result<(), String> {
+    use netmon_common::NO_OFFSET;
+    let needed = [
+        ("sock_common.skc_family", c.skc_family),
+        ("sock_common.skc_state", c.skc_state),
+        ("sock_common.skc_daddr", c.skc_daddr),
+        ("sock_common.skc_rcv_saddr", c.skc_rcv_saddr),
+        ("sock_common.skc_dport", c.skc_dport),
+        ("sock_common.skc_num", c.skc_num),
+        ("sock_common.skc_v6_daddr", c.skc_v6_daddr),
+        ("sock_common.skc_v6_rcv_saddr", c.skc_v6_rcv_saddr),
+        ("sk_buff.head", c.skb_head),
+        ("sk_buff.network_header", c.skb_network_header),
+    ];
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(_, off)| *off == NO_OFFSET)
+        .map(|(name, _)| *name)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "kernel BTF offsets unavailable ({})",
+            missing.join(", ")
+        ))
+    }
 }
 
 /// Whether the kernel has kprobes (the PMU aya attaches through).

@@ -139,24 +139,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         started: Instant::now(),
         tracker,
     };
-    // Signal handlers before the first line: whoever reads it may stop netmon at once.
-    let signals = {
-        let _context = runtime.enter();
-        Signals {
-            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
-            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
-        }
-    };
-    if !pump.write(&probe)? {
-        return Ok(ExitCode::SUCCESS);
-    }
     let intervals = Intervals {
         stats: Duration::from_secs(args.stats_interval),
         flow: Duration::from_secs(args.flow_interval),
         // Often enough that a UDP flow closes within a quarter of its timeout.
         udp: Duration::from_secs((args.udp_timeout / 4).clamp(1, 15)),
     };
-    let outcome = runtime.block_on(pump.event_loop(ring, intervals, signals));
+    let outcome = runtime.block_on(pump.event_loop(ring, probe, intervals));
     // `tracer` (and every link it owns) is dropped here: all programs are detached.
     drop(tracer);
     outcome.map(|()| ExitCode::SUCCESS)
@@ -175,12 +164,6 @@ struct Pump {
     tracker: Tracker,
 }
 
-/// SIGINT and SIGTERM, registered before netmon writes anything.
-struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-}
-
 /// Timers of the event loop.
 struct Intervals {
     stats: Duration,
@@ -192,8 +175,8 @@ impl Pump {
     async fn event_loop(
         &mut self,
         ring: RingBuf<MapData>,
+        probe: Event,
         intervals: Intervals,
-        signals: Signals,
     ) -> Result<()> {
         let interval = intervals.stats;
         // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as
@@ -201,14 +184,16 @@ impl Pump {
         let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| e.into_parts().1)
             .context("cannot poll the ring buffer")?;
-        let Signals {
-            int: mut sigint,
-            term: mut sigterm,
-        } = signals;
+        let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        // Announce only once signals are handled: whoever reacts to the probe line by
+        // stopping netmon must get the orderly shutdown and the final stats.
+        if !self.write(&probe)? {
+            return Ok(());
+        }
         // Sockets that were open before netmon: seeded after attaching, so a flow that
         // begins in between is in both the dump and the ring buffer, and the kernel's
-        // report (processed next) wins. After the signal handlers, so a SIGTERM during
-        // a long seed still ends netmon cleanly.
+        // report (processed next) wins.
         self.tracker.seed(BootClock::monotonic_now_ns());
         if !self.write_summaries(Summaries::Existing)? {
             return Ok(());
