@@ -234,8 +234,13 @@ impl Pump {
                     }
                 }
                 _ = flow_ticker.tick() => {
-                    self.tracker.refresh_tcp_counters(BootClock::monotonic_now_ns());
-                    if !self.write_summaries(Summaries::LongLived)? {
+                    let seen = self.tracker.refresh_tcp_counters(BootClock::monotonic_now_ns());
+                    // Closes reported before the dump are handled before the sweep.
+                    if !self.drain(ring.get_mut())? {
+                        return Ok(());
+                    }
+                    let missed = self.tracker.sweep_missed(seen, BootClock::monotonic_now_ns());
+                    if !self.write_all(&missed)? || !self.write_summaries(Summaries::LongLived)? {
                         return Ok(());
                     }
                 }

@@ -27,6 +27,12 @@ use crate::{
     sockets::{self, DumpOptions, SocketInfo, TCP_LISTEN},
 };
 
+/// The TCP sockets a dump found, and in which network namespaces it looked.
+pub struct TcpSeen {
+    seen: HashSet<FlowKey>,
+    dumped: HashSet<u32>,
+}
+
 /// Which flows get a `flow` summary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Summaries {
@@ -312,8 +318,9 @@ impl Tracker {
     }
 
     /// Refreshes TCP byte counters from sock_diag's `tcp_info`, in every network
-    /// namespace that has flows, before summaries are written.
-    pub fn refresh_tcp_counters(&mut self, now_ns: u64) {
+    /// namespace that has flows, before summaries are written. Returns which sockets
+    /// exist, for [`Tracker::sweep_missed`].
+    pub fn refresh_tcp_counters(&mut self, now_ns: u64) -> TcpSeen {
         let own = self.seed_netns();
         // One pid per other namespace, to enter it for the dump.
         let mut others: HashMap<u32, u32> = HashMap::new();
@@ -347,10 +354,13 @@ impl Tracker {
                 Err(_) => self.flows.count_sock_diag_error(),
             }
         }
+        let mut seen: HashSet<FlowKey> = HashSet::new();
+        let dumped: HashSet<u32> = dumps.iter().map(|(n, _)| *n).collect();
         for (netns, socks) in dumps {
             for s in socks {
-                let Some(tcp) = s.tcp else { continue };
                 let key = FlowKey::new(Proto::Tcp, netns, s.local, s.remote);
+                seen.insert(key);
+                let Some(tcp) = s.tcp else { continue };
                 let Some(flow) = self.flows.get(&key) else {
                     continue;
                 };
@@ -358,6 +368,58 @@ impl Tracker {
                 let state = seed_state(&s).unwrap_or(FlowState::Closing);
                 self.flows.set_counters(&key, counters, state, now_ns);
             }
+        }
+        TcpSeen { seen, dumped }
+    }
+
+    /// A TCP flow at least one interval old whose socket was not in the dump ended
+    /// without netmon seeing its `close` (lost to a full ring buffer): it leaves the
+    /// table and its `close` (`reason: "missed"`, last known counters) is returned.
+    /// The caller drains the ring buffer between the dump and this call: the kernel
+    /// reports a close before the socket leaves its tables, so every close of a socket
+    /// missing from the dump has been handled by then, unless it was lost.
+    pub fn sweep_missed(&mut self, seen: TcpSeen, now_ns: u64) -> Vec<Event> {
+        if !self.netns_known {
+            // Keys carry no namespace: a flow missing here may live in another one.
+            return Vec::new();
+        }
+        let min_age = self.flows.config().summary_interval_ns;
+        let vanished: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter(|f| {
+                f.key.proto == Proto::Tcp
+                    && seen.dumped.contains(&f.key.netns)
+                    && now_ns.saturating_sub(f.start_ns) >= min_age
+                    && !seen.seen.contains(&f.key)
+            })
+            .map(|f| f.key)
+            .collect();
+        let mut out = Vec::with_capacity(vanished.len());
+        for key in vanished {
+            if let Some(flow) = self.flows.close(&key) {
+                out.push(self.missed_close(&flow, now_ns));
+            }
+        }
+        out
+    }
+
+    fn missed_close(&self, flow: &Flow, now_ns: u64) -> Event {
+        let c = flow.counters();
+        Event {
+            ts: Utc::now(),
+            host: self.host.clone(),
+            body: EventBody::Close(Close {
+                conn: flow.connection(self.backend_of(flow)),
+                // An upper bound: the socket went away since the last look.
+                duration_ms: (!flow.existing)
+                    .then(|| now_ns.saturating_sub(flow.start_ns) as f64 / 1e6),
+                bytes_sent: c.bytes_sent,
+                bytes_received: c.bytes_received,
+                packets_sent: c.packets_sent,
+                packets_received: c.packets_received,
+                reason: Some("missed".into()),
+            }),
         }
     }
 
