@@ -709,6 +709,44 @@ mod tests {
     }
 
     #[test]
+    fn flows_whose_socket_vanished_without_a_close_are_swept() {
+        let mut t = tracker();
+        let key = |port: u16, netns: u32| {
+            FlowKey::new(
+                Proto::Tcp,
+                netns,
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                "127.0.0.1:80".parse().unwrap(),
+            )
+        };
+        let interval = t.flows.config().summary_interval_ns;
+        for (port, netns, start) in [(1, 7, 0), (2, 7, 0), (3, 7, interval), (4, 8, 0)] {
+            t.flows.open(Open {
+                key: key(port, netns),
+                direction: Some(Direction::Outbound),
+                process: Some(Arc::new(ProcessInfo::kernel(9, 9, "c".into(), 0, 0, 0))),
+                existing: false,
+                now_ns: start,
+            });
+        }
+        // The dump looked in namespace 7 and found only port 1's socket.
+        let seen = TcpSeen {
+            seen: [key(1, 7)].into_iter().collect(),
+            dumped: [7].into_iter().collect(),
+        };
+        let closes = t.sweep_missed(seen, interval + 1);
+        assert_eq!(closes.len(), 1, "{closes:?}");
+        let EventBody::Close(c) = &closes[0].body else {
+            panic!()
+        };
+        assert_eq!(c.conn.src.as_ref().unwrap().port, 2);
+        assert_eq!(c.reason.as_deref(), Some("missed"));
+        assert_eq!(c.conn.process.as_ref().unwrap().pid, 9);
+        // Port 1 (seen), port 3 (too young to judge), port 4 (namespace not dumped) stay.
+        assert_eq!(t.flows.len(), 3);
+    }
+
+    #[test]
     fn payload_counters_leave_syn_and_fin_out() {
         let tcp = sockets::TcpCounters {
             bytes_acked: 1001,
