@@ -44,6 +44,8 @@ pub struct SocketInfo {
     pub uid: u32,
     /// TCP counters, when they were asked for.
     pub tcp: Option<TcpCounters>,
+    /// Network namespace inode, when the caller knows it (dumps do not say).
+    pub netns: Option<u32>,
 }
 
 pub const TCP_ESTABLISHED: u8 = 1;
@@ -256,6 +258,30 @@ pub fn own_netns() -> Option<u32> {
         .map(|m| m.ino() as u32)
 }
 
+/// One process in each network namespace, from `<proc>/*/ns/net` (inode → lowest pid).
+/// Namespaces no process is in (kept by a bind mount only) are not found.
+pub fn namespaces(proc_root: &Path) -> BTreeMap<u32, u32> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = BTreeMap::new();
+    let Ok(dir) = fs::read_dir(proc_root) else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(m) = fs::metadata(entry.path().join("ns/net")) {
+            let e = found.entry(m.ino() as u32).or_insert(pid);
+            *e = (*e).min(pid);
+        }
+    }
+    found
+}
+
 /// Inode of the network namespace of `pid`.
 pub fn netns_of(pid: u32) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
@@ -380,6 +406,7 @@ fn socket_of(r: &InetResponse, proto: Proto) -> SocketInfo {
         inode: h.inode,
         uid: h.uid,
         tcp,
+        netns: None,
     }
 }
 
@@ -606,6 +633,14 @@ mod tests {
         // A 4.2-era tcp_info: byte counters, no data_segs.
         let c = parse_tcp_info(&tcp_info(5, 6)[..136]).unwrap();
         assert_eq!((c.bytes_acked, c.bytes_received, c.data_segs_in), (5, 6, 0));
+    }
+
+    #[test]
+    fn finds_this_network_namespace_and_a_process_in_it() {
+        let ns = namespaces(Path::new("/proc"));
+        let own = own_netns().unwrap();
+        let pid = ns.get(&own).copied().expect("own namespace listed");
+        assert_eq!(netns_of(pid), Some(own));
     }
 
     #[test]

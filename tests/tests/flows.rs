@@ -223,6 +223,41 @@ fn snapshot_matches_ss_socket_for_socket_and_process_for_process() {
 }
 
 #[test]
+fn snapshot_all_netns_finds_sockets_of_other_namespaces_with_their_processes() {
+    require_root!();
+    // A listener in a namespace of its own, held by another process...
+    let ns = NetNs::new();
+    let server = Peer::spawn(&["tcp-server", "127.0.0.1:0", "0"]);
+    let port: u16 = server
+        .line()
+        .strip_prefix("port ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let inode = ns.inode;
+    drop(ns);
+    // ...seen from this thread's namespace (another one, the test's own).
+    let _here = NetNs::new();
+    let (status, stdout, stderr) = snapshot(&["--format", "json", "--show-all", "--all-netns"]);
+    assert!(status.success(), "{stderr}");
+    let report: Report = serde_json::from_str(&stdout).unwrap();
+    let found = report
+        .sockets
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|s| s.netns == Some(inode) && s.local.port == port)
+        .unwrap_or_else(|| panic!("listener of netns {inode} port {port} missing"));
+    assert_eq!(found.state, "listen");
+    assert_eq!(found.processes[0].pid, server.pid());
+    // Without --all-netns only this namespace (which has no sockets) is read.
+    let (status, stdout, _) = snapshot(&["--format", "json", "--show-all"]);
+    assert!(status.success());
+    let report: Report = serde_json::from_str(&stdout).unwrap();
+    assert!(report.sockets.unwrap().is_empty());
+}
+
+#[test]
 fn snapshot_plan_touches_nothing_and_exits_zero() {
     let (status, text, _) = snapshot(&["--plan", "--format", "json"]);
     assert!(status.success());

@@ -44,6 +44,10 @@ pub struct SnapshotArgs {
     /// Processes listed under "top processes".
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,
+    /// Also read every other network namespace a process is in (containers); needs
+    /// root. Each socket then says its `netns`.
+    #[arg(long)]
+    pub all_netns: bool,
 }
 
 /// How bad a finding is.
@@ -139,6 +143,9 @@ pub struct SocketEntry {
     pub remote: Option<Endpoint>,
     pub inode: u32,
     pub uid: u32,
+    /// Inode of the socket's network namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
     /// Every process holding a descriptor to the socket (empty for TIME_WAIT sockets,
     /// and for sockets of processes whose `/proc/<pid>/fd` could not be read).
     pub processes: Vec<ProcessInfo>,
@@ -182,7 +189,26 @@ pub fn snapshot(args: SnapshotArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let started = Instant::now();
-    let (sockets, errors) = sockets::dump_partial(DumpOptions::ALL);
+    let own = sockets::own_netns();
+    let (mut sockets, mut errors) = sockets::dump_partial(DumpOptions::ALL);
+    for s in &mut sockets {
+        s.netns = own;
+    }
+    if args.all_netns {
+        for (netns, pid) in sockets::namespaces(Path::new("/proc")) {
+            if Some(netns) == own {
+                continue;
+            }
+            match sockets::dump_in_netns_of(pid, DumpOptions::ALL) {
+                Ok(found) => sockets.extend(found.into_iter().map(|mut s| {
+                    s.netns = Some(netns);
+                    s
+                })),
+                // The process left or exited meanwhile: nothing is lost but its sockets.
+                Err(e) => errors.push(e),
+            }
+        }
+    }
     let inodes: HashSet<u32> = sockets
         .iter()
         .map(|s| s.inode)
@@ -216,7 +242,7 @@ pub fn snapshot(args: SnapshotArgs) -> Result<ExitCode> {
         args.top,
     );
     report.host = system::hostname();
-    report.netns = sockets::own_netns();
+    report.netns = own;
     report.unreadable.proc_fd = owners.unreadable;
     report.unreadable.process = cache.stats().unreadable;
     report.unreadable.sock_diag = errors.iter().map(|e| format!("{e:#}")).collect();
@@ -264,7 +290,12 @@ fn plan_text(args: &SnapshotArgs, rules: &[Box<dyn SnapshotRule>]) -> String {
     let _ = writeln!(s, "netmon snapshot would read, changing nothing:");
     let _ = writeln!(
         s,
-        "  - netlink sock_diag (NETLINK_SOCK_DIAG) dumps of TCP and UDP sockets, IPv4 and IPv6, all states, in this network namespace"
+        "  - netlink sock_diag (NETLINK_SOCK_DIAG) dumps of TCP and UDP sockets, IPv4 and IPv6, all states, in this network namespace{}",
+        if args.all_netns {
+            " and in every other one a process is in (found through /proc/*/ns/net)"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         s,
@@ -368,6 +399,7 @@ pub fn build(
             }),
             inode: s.inode,
             uid: s.uid,
+            netns: s.netns,
             processes,
         };
         if listener {
@@ -585,6 +617,7 @@ mod tests {
             inode,
             uid: 0,
             tcp: None,
+            netns: None,
         }
     }
 
@@ -715,9 +748,11 @@ mod tests {
             show_all: true,
             plan: true,
             top: 10,
+            all_netns: true,
         };
         let none = plan_text(&args, &[]);
         assert!(none.contains("sock_diag"));
+        assert!(none.contains("every other one"));
         assert!(none.contains("none registered"));
         let rules: Vec<Box<dyn SnapshotRule>> = vec![Box::new(Always(Severity::High))];
         assert!(plan_text(&args, &rules).contains("always: fires on every snapshot"));
