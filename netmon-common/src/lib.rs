@@ -34,8 +34,12 @@ pub mod kind {
     pub const UDP: u32 = 3;
     pub const LISTEN: u32 = 4;
     pub const CLOSE: u32 = 5;
+    /// A process exited (`sched:sched_process_exit`, thread-group leader only): a bare
+    /// [`EventHeader`](super::EventHeader) whose `process` is the exiting process.
+    /// Userspace evicts its per-pid context cache; it is not written as an event.
+    pub const EXIT: u32 = 6;
     /// One past the largest kind: the length of the `LOST` array.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Which hook family produced an event (`EventHeader::backend`).

@@ -9,6 +9,7 @@
 mod emit;
 mod kfuncs;
 mod maps;
+mod process_exit;
 mod tcp;
 mod tcp_state;
 mod udp;

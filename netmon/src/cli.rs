@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod hosts;
 pub mod run;
 pub mod scan;
+pub mod snapshot;
 
 /// Linux network monitor: traces every TCP and UDP connection with eBPF and tells you
 /// which process made it.
@@ -26,6 +27,10 @@ pub enum Command {
     /// Needs root. Stops on SIGINT/SIGTERM, detaching every program and writing a
     /// final `stats` line.
     Run(run::RunArgs),
+    /// One-shot report of every current TCP/UDP socket and listener with its processes.
+    ///
+    /// Exit code 0 when no rule raised a high or critical alert, 1 when one did, 2 on error.
+    Snapshot(snapshot::SnapshotArgs),
     /// Check what this kernel offers netmon (BTF, kprobes, fentry, tracepoints, cgroup
     /// v2, …), which hooks `auto` would pick, and how to fix what is missing.
     ///
@@ -47,6 +52,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Snapshot(args) => snapshot::snapshot(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Scan(args) => scan::run(args),
         Command::Hosts(args) => hosts::run(args),

@@ -56,6 +56,7 @@ pub fn kind_name(kind: u32) -> Option<&'static str> {
         kind::UDP => "udp",
         kind::LISTEN => "listen",
         kind::CLOSE => "close",
+        kind::EXIT => "exit",
         _ => return None,
     })
 }
@@ -102,6 +103,7 @@ fn connection_body(raw: &ConnEvent) -> Result<EventBody, DecodeError> {
         netns: (raw.netns != 0).then_some(raw.netns),
         failed: raw.flags & flags::CONNECT_FAILED != 0,
         bytes: (raw.header.kind == kind::UDP).then_some(raw.bytes_sent),
+        existing: false,
     };
     Ok(match raw.header.kind {
         kind::CONNECT => EventBody::Connect(conn),
@@ -116,6 +118,9 @@ fn connection_body(raw: &ConnEvent) -> Result<EventBody, DecodeError> {
                     .then(|| raw.duration_ns as f64 / 1e6),
                 bytes_sent: bytes_known.then_some(raw.bytes_sent),
                 bytes_received: bytes_known.then_some(raw.bytes_received),
+                packets_sent: None,
+                packets_received: None,
+                reason: None,
             })
         }
     })
@@ -124,14 +129,14 @@ fn connection_body(raw: &ConnEvent) -> Result<EventBody, DecodeError> {
 fn process_of(raw: &ConnEvent) -> ProcessInfo {
     let p = &raw.header.process;
     let end = p.comm.iter().position(|&b| b == 0).unwrap_or(p.comm.len());
-    ProcessInfo {
-        pid: p.pid,
-        tid: p.tid,
-        comm: String::from_utf8_lossy(&p.comm[..end]).into_owned(),
-        uid: p.uid,
-        gid: p.gid,
-        cgroup_id: p.cgroup_id,
-    }
+    ProcessInfo::kernel(
+        p.pid,
+        p.tid,
+        String::from_utf8_lossy(&p.comm[..end]).into_owned(),
+        p.uid,
+        p.gid,
+        p.cgroup_id,
+    )
 }
 
 /// The address of `family`; a v4-mapped IPv6 address becomes the IPv4 address.

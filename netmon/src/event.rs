@@ -3,7 +3,7 @@
 //! Every line has `ts` (RFC 3339, UTC, nanoseconds), `type` and `host`. These types are
 //! plain data with serde derives; they know nothing of the kernel or of aya. Later work
 //! adds types and optional fields; it never renames or removes one.
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -30,8 +30,10 @@ pub enum EventBody {
     Udp(Connection),
     /// A TCP socket started listening (`dst` is the local address).
     Listen(Connection),
-    /// A TCP flow ended.
+    /// A TCP flow ended, or a UDP flow went idle (see `flow.rs`).
     Close(Close),
+    /// Periodic summary of a long-lived flow: bytes so far (see `flow.rs`).
+    Flow(FlowSummary),
     /// Periodic and final counters.
     Stats(Stats),
     /// What the loader attached, first line of `netmon run`.
@@ -61,6 +63,7 @@ impl EventBody {
             EventBody::Udp(_) => "udp",
             EventBody::Listen(_) => "listen",
             EventBody::Close(_) => "close",
+            EventBody::Flow(_) => "flow",
             EventBody::Stats(_) => "stats",
             EventBody::Probe(_) => "probe",
             EventBody::Host(_) => "host",
@@ -81,6 +84,20 @@ impl EventBody {
             | EventBody::Udp(c)
             | EventBody::Listen(c) => Some(c),
             EventBody::Close(c) => Some(&c.conn),
+            EventBody::Flow(f) => Some(&f.conn),
+            _ => None,
+        }
+    }
+
+    /// The connection part of connection events, mutable (for enrichment).
+    pub fn connection_mut(&mut self) -> Option<&mut Connection> {
+        match self {
+            EventBody::Connect(c)
+            | EventBody::Accept(c)
+            | EventBody::Udp(c)
+            | EventBody::Listen(c) => Some(c),
+            EventBody::Close(c) => Some(&mut c.conn),
+            EventBody::Flow(f) => Some(&mut f.conn),
             _ => None,
         }
     }
@@ -132,6 +149,61 @@ pub struct ProcessInfo {
     pub uid: u32,
     pub gid: u32,
     pub cgroup_id: u64,
+    /// What userspace read from `/proc/<pid>` (`exe`, `cmdline`, `user`, `ppid`,
+    /// `container`), flattened into the `process` object; each field is null when it
+    /// could not be read (the process was gone, or permission). Shared between every
+    /// event and flow of one process, hence the `Arc`.
+    #[serde(flatten, default)]
+    pub detail: Arc<ProcessDetail>,
+}
+
+impl ProcessInfo {
+    /// A process known only by the kernel's fields.
+    pub fn kernel(pid: u32, tid: u32, comm: String, uid: u32, gid: u32, cgroup_id: u64) -> Self {
+        ProcessInfo {
+            pid,
+            tid,
+            comm,
+            uid,
+            gid,
+            cgroup_id,
+            detail: Arc::default(),
+        }
+    }
+}
+
+/// Process context read from `/proc` (see `process.rs`). Every field is optional:
+/// short-lived processes are often gone before userspace looks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessDetail {
+    /// `/proc/<pid>/exe` (may end in ` (deleted)`).
+    #[serde(default)]
+    pub exe: Option<String>,
+    /// `/proc/<pid>/cmdline`, arguments joined by spaces (truncated at 4 KiB).
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// Name of `uid` in the host's `/etc/passwd`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Parent pid (`PPid:` of `/proc/<pid>/status`).
+    #[serde(default)]
+    pub ppid: Option<u32>,
+    /// The container the process runs in, from its cgroup path; null outside containers.
+    #[serde(default)]
+    pub container: Option<Container>,
+}
+
+/// A container recognised from a cgroup path.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    /// Container id (64 hex digits for docker, containerd, cri-o and podman).
+    pub id: Option<String>,
+    /// `docker`, `containerd`, `cri-o` or `podman`; null when the path does not say
+    /// (a bare id under a cgroupfs `kubepods` tree).
+    pub runtime: Option<String>,
+    /// Kubernetes pod UID, when the cgroup path has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
 }
 
 /// `connect`, `accept`, `udp` and `listen` events, and the common part of `close`.
@@ -159,6 +231,10 @@ pub struct Connection {
     /// `udp` only: size of the first datagram (UDP header included).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// True when the flow was already open when netmon started (seeded from
+    /// sock_diag): netmon did not see it begin.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub existing: bool,
 }
 
 /// A `close` event: a connection plus how long it lived and what it carried.
@@ -173,6 +249,37 @@ pub struct Close {
     pub bytes_sent: Option<u64>,
     /// Payload bytes received (SYN and FIN not counted).
     pub bytes_received: Option<u64>,
+    /// Packets (UDP datagrams) sent, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets_sent: Option<u64>,
+    /// Packets received, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets_received: Option<u64>,
+    /// Why the flow ended when netmon, not the kernel, decided: `udp_idle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A `flow` event: the state of a long-lived flow, every `--flow-interval`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowSummary {
+    #[serde(flatten)]
+    pub conn: Connection,
+    /// `established` for TCP (or the TCP state sock_diag reported), `active` for UDP.
+    pub state: String,
+    /// When netmon saw the flow begin (for `existing` flows: when netmon started).
+    #[serde(serialize_with = "ser_ts", deserialize_with = "de_ts")]
+    pub start: DateTime<Utc>,
+    /// Milliseconds since `start`.
+    pub duration_ms: f64,
+    /// Payload bytes so far (TCP: from the socket's `tcp_info`; UDP: UDP payload
+    /// counted by the kernel); null when netmon cannot read them.
+    pub bytes_sent: Option<u64>,
+    pub bytes_received: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets_sent: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets_received: Option<u64>,
 }
 
 /// `stats`: counters since netmon started.
@@ -191,6 +298,49 @@ pub struct Stats {
     /// True on the last line netmon writes before it exits.
     #[serde(default, skip_serializing_if = "is_false")]
     pub r#final: bool,
+    /// The flow table's counters (see `flow.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows: Option<FlowStats>,
+    /// The process-context cache's counters (see `process.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<ProcessStats>,
+}
+
+/// `stats.flows`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowStats {
+    /// Flows in the table now.
+    pub active: u64,
+    /// The table's cap (`--max-flows`).
+    pub cap: u64,
+    /// Flows seeded at start from sockets that already existed.
+    pub existing: u64,
+    /// Flows opened since start (seeded ones included).
+    pub opened: u64,
+    /// Flows that ended with a `close` (TCP close from the kernel, UDP idle expiry).
+    pub closed: u64,
+    /// UDP flows closed after `--udp-timeout` without a datagram.
+    pub udp_expired: u64,
+    /// Flows dropped from the table to stay under the cap (oldest idle first); their
+    /// later `close`, if any, carries only what the kernel knows.
+    pub evicted: u64,
+    /// `flow` summaries written.
+    pub summaries: u64,
+    /// Socket dumps (sock_diag) that failed, for seeding or for byte counters.
+    #[serde(default)]
+    pub sock_diag_errors: u64,
+}
+
+/// `stats.processes`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessStats {
+    /// Processes whose context is cached now.
+    pub cached: u64,
+    /// Process exits seen (each evicts its cache entry).
+    pub exits: u64,
+    /// `/proc/<pid>` reads that failed, by reason: `gone` (the process exited
+    /// first), `permission`, `other`.
+    pub unreadable: BTreeMap<String, u64>,
 }
 
 /// `probe`: per capability, the hook that was attached and why others were skipped.
@@ -258,18 +408,19 @@ mod tests {
                     ip: "10.0.0.9".parse().unwrap(),
                     port: 443,
                 },
-                process: Some(ProcessInfo {
-                    pid: 1234,
-                    tid: 1234,
-                    comm: "curl".into(),
-                    uid: 1000,
-                    gid: 1000,
-                    cgroup_id: 4242,
-                }),
+                process: Some(ProcessInfo::kernel(
+                    1234,
+                    1234,
+                    "curl".into(),
+                    1000,
+                    1000,
+                    4242,
+                )),
                 backend: "tracepoint".into(),
                 netns: None,
                 failed: false,
                 bytes: None,
+                existing: false,
             }),
         }
     }
@@ -313,6 +464,9 @@ mod tests {
                 duration_ms: Some(1.5),
                 bytes_sent: None,
                 bytes_received: None,
+                packets_sent: None,
+                packets_received: None,
+                reason: None,
             }),
         };
         let json = serde_json::to_value(&close).unwrap();

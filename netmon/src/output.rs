@@ -94,6 +94,21 @@ pub fn render_text(event: &Event, out: &mut String) {
             }
             if let (Some(s), Some(r)) = (c.bytes_sent, c.bytes_received) {
                 let _ = write!(out, ", {s} B sent, {r} B received");
+            } else if let Some(s) = c.bytes_sent {
+                let _ = write!(out, ", {s} B sent");
+            }
+            if let Some(reason) = &c.reason {
+                let _ = write!(out, " ({reason})");
+            }
+        }
+        EventBody::Flow(f) => {
+            conn_text(&f.conn, out);
+            let _ = write!(out, " {} for {:.0} s", f.state, f.duration_ms / 1000.0);
+            if let Some(s) = f.bytes_sent {
+                let _ = write!(out, ", {s} B sent");
+            }
+            if let Some(r) = f.bytes_received {
+                let _ = write!(out, ", {r} B received");
             }
         }
         EventBody::Stats(s) => {
@@ -148,6 +163,9 @@ fn conn_text(c: &Connection, out: &mut String) {
         endpoint(&c.dst.ip, c.dst.port)
     );
     process_text(c, out);
+    if c.existing {
+        out.push_str(" (existing)");
+    }
 }
 
 fn process_text(c: &Connection, out: &mut String) {
@@ -182,18 +200,12 @@ mod tests {
                     ip: "::1".parse().unwrap(),
                     port: 80,
                 },
-                process: Some(ProcessInfo {
-                    pid: 1,
-                    tid: 1,
-                    comm: "nginx".into(),
-                    uid: 0,
-                    gid: 0,
-                    cgroup_id: 0,
-                }),
+                process: Some(ProcessInfo::kernel(1, 1, "nginx".into(), 0, 0, 0)),
                 backend: "tracepoint".into(),
                 netns: None,
                 failed: false,
                 bytes: None,
+                existing: false,
             }),
         }
     }

@@ -16,7 +16,7 @@ use aya::{
         ProgramError, TracePoint,
     },
 };
-use netmon_common::{KernelConfig, kind, maps};
+use netmon_common::{KernelConfig, UdpPeerKey, UdpPeerStats, kind, maps};
 
 use crate::{
     event::{CapabilityReport, ProbeReport, SkippedBackend},
@@ -145,6 +145,20 @@ struct HookGroup {
 const fn hook(program: &'static str, attach: Attach) -> Hook {
     Hook { program, attach }
 }
+
+/// Hooks outside the backends: attached whatever `--backend` says (tracepoints every
+/// supported kernel has). A failure is a warning: netmon works on, with less.
+const OPTIONAL_HOOKS: &[(&str, Hook)] = &[(
+    // Evicts the per-pid process-context cache (see `process.rs`).
+    "process_exit",
+    Hook {
+        program: "sched_process_exit",
+        attach: Attach::TracePoint {
+            category: "sched",
+            name: "sched_process_exit",
+        },
+    },
+)];
 
 /// Every way netmon knows to observe each capability. The order of backends to try
 /// is `fentry`, `kprobe`, `tracepoint` (see `attach_all`).
@@ -310,6 +324,8 @@ pub struct LoadOptions {
 pub struct Tracer {
     ebpf: Ebpf,
     pub report: ProbeReport,
+    /// Whether events carry the network namespace (the BTF offsets were found).
+    pub netns_known: bool,
 }
 
 impl Tracer {
@@ -355,7 +371,7 @@ impl Tracer {
             self_pid: std::process::id(),
             ..offsets
         };
-        let (report, owners) =
+        let (mut report, owners) =
             attach_all(&mut ebpf, opts.backend, warnings, btf.as_ref(), &config)?;
         // Programs stay silent until they learn which capabilities they own, so two
         // backends attached for different capabilities never report the same thing.
@@ -363,7 +379,27 @@ impl Tracer {
             config.cap_backend[cap.wire_index()] = backend.wire_id();
         }
         write_config(&mut ebpf, config)?;
-        Ok(Tracer { ebpf, report })
+        for (capability, hook) in OPTIONAL_HOOKS {
+            match attach_hook(&mut ebpf, hook, btf.as_ref(), &config) {
+                Ok(()) => report.capabilities.push(CapabilityReport {
+                    capability: (*capability).into(),
+                    backend: Some(BackendChoice::Tracepoint.name().into()),
+                    hooks: vec![hook.describe()],
+                    skipped: Vec::new(),
+                }),
+                Err(reason) => report.warnings.push(format!(
+                    "optional {capability} not observed ({}: {reason})",
+                    hook.describe()
+                )),
+            }
+        }
+        let netns_known = config.sock_net != netmon_common::NO_OFFSET
+            && config.net_ns_inum != netmon_common::NO_OFFSET;
+        Ok(Tracer {
+            ebpf,
+            report,
+            netns_known,
+        })
     }
 
     /// Takes the ring buffer out of the object (once) for the reader.
@@ -389,6 +425,40 @@ impl Tracer {
             source,
         })?;
         Ok(LossCounters { array })
+    }
+}
+
+impl Tracer {
+    /// A handle on `UDP_PEERS`, the kernel's per-(process, peer) UDP counters.
+    pub fn take_udp_peers(&mut self) -> Result<UdpPeers, Error> {
+        let map = self
+            .ebpf
+            .take_map(maps::UDP_PEERS)
+            .ok_or(Error::MissingMap {
+                name: maps::UDP_PEERS,
+            })?;
+        let map = aya::maps::HashMap::try_from(map).map_err(|source| Error::Map {
+            name: maps::UDP_PEERS,
+            source,
+        })?;
+        Ok(UdpPeers { map })
+    }
+}
+
+/// Reads and prunes `UDP_PEERS` (LRU hash of [`UdpPeerKey`] → [`UdpPeerStats`]).
+pub struct UdpPeers {
+    map: aya::maps::HashMap<MapData, UdpPeerKey, UdpPeerStats>,
+}
+
+impl UdpPeers {
+    /// Every entry now. Entries the kernel evicts meanwhile are skipped.
+    pub fn read_all(&self) -> Vec<(UdpPeerKey, UdpPeerStats)> {
+        self.map.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Forgets a peer, so the kernel reports its next datagram as a new `udp` event.
+    pub fn remove(&mut self, key: &UdpPeerKey) {
+        let _ = self.map.remove(key);
     }
 }
 

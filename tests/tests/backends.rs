@@ -321,7 +321,8 @@ fn doctor_agrees_with_run() {
             )
         })
         .collect();
-    assert_eq!(doctor.len(), 5);
+    // The five backend capabilities plus the optional `process_exit` hook.
+    assert_eq!(doctor.len(), 6);
     if let Ok(want) = std::env::var("NETMON_EXPECT_AUTO") {
         assert!(doctor.iter().all(|(_, b)| *b == want), "{doctor:?}");
     }

@@ -1,0 +1,771 @@
+//! The flow side of `netmon run`: routes decoded events through the flow table and the
+//! process-context cache, and produces what they add to the stream (the `close` of
+//! every ended flow with its process filled in, UDP idle closes, `flow` summaries).
+//!
+//! Owned by the single event loop (`Pump`), like everything there: no locks. It reads
+//! `/proc`, sock_diag and the kernel's `UDP_PEERS` map; the decisions themselves are
+//! the pure [`FlowTable`]'s.
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use chrono::{DateTime, Utc};
+use netmon_common::{AF_INET, AF_INET6, UdpPeerKey, UdpPeerStats};
+
+use crate::{
+    clock::BootClock,
+    event::{
+        Close, Direction, Event, EventBody, FlowStats, FlowSummary, ProcessInfo, ProcessStats,
+        Proto,
+    },
+    flow::{Counters, Flow, FlowConfig, FlowKey, FlowState, FlowTable, Open},
+    probe::UdpPeers,
+    process::ProcessCache,
+    sockets::{self, DumpOptions, SocketInfo, TCP_LISTEN},
+};
+
+/// The TCP sockets a dump found, and in which network namespaces it looked.
+pub struct TcpSeen {
+    seen: HashSet<FlowKey>,
+    dumped: HashSet<u32>,
+}
+
+/// Which flows get a `flow` summary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Summaries {
+    /// Every interval: flows at least one interval old.
+    LongLived,
+    /// At start: flows that were open before netmon.
+    Existing,
+}
+
+/// Flow tracking state of `netmon run`.
+pub struct Tracker {
+    flows: FlowTable,
+    procs: ProcessCache,
+    udp_peers: Option<UdpPeers>,
+    /// This process's network namespace: the one plain sock_diag dumps read.
+    own_netns: Option<u32>,
+    /// Whether events carry `netns`; when not, flows are keyed with netns 0.
+    netns_known: bool,
+    cgroup2: Option<PathBuf>,
+    /// Backend names for events netmon makes itself (`close` of an idle UDP flow, `flow`).
+    tcp_backend: String,
+    udp_backend: String,
+    host: String,
+    /// The last process seen per pid, shared by its flows so each flow costs a pointer.
+    interned: HashMap<u32, Arc<ProcessInfo>>,
+}
+
+impl Tracker {
+    pub fn new(
+        cfg: FlowConfig,
+        udp_peers: Option<UdpPeers>,
+        netns_known: bool,
+        backends: (String, String),
+        host: String,
+    ) -> Tracker {
+        Tracker {
+            flows: FlowTable::new(cfg),
+            procs: ProcessCache::default(),
+            udp_peers,
+            own_netns: sockets::own_netns(),
+            netns_known,
+            cgroup2: crate::system::cgroup2_mount().ok(),
+            tcp_backend: backends.0,
+            udp_backend: backends.1,
+            host,
+            interned: HashMap::new(),
+        }
+    }
+
+    #[cfg(test)]
+    fn with_cache(cfg: FlowConfig, procs: ProcessCache) -> Tracker {
+        Tracker {
+            flows: FlowTable::new(cfg),
+            procs,
+            udp_peers: None,
+            own_netns: Some(7),
+            netns_known: true,
+            cgroup2: None,
+            tcp_backend: "tracepoint".into(),
+            udp_backend: "tracepoint".into(),
+            host: "h".into(),
+            interned: HashMap::new(),
+        }
+    }
+
+    pub fn flow_stats(&self) -> FlowStats {
+        self.flows.stats()
+    }
+
+    pub fn process_stats(&self) -> ProcessStats {
+        self.procs.stats()
+    }
+
+    pub fn process_exited(&mut self, pid: u32) {
+        self.procs.exited(pid);
+        self.interned.remove(&pid);
+    }
+
+    /// One shared copy per process (its flows keep theirs after it exits).
+    fn intern(&mut self, p: &ProcessInfo) -> Arc<ProcessInfo> {
+        match self.interned.get(&p.pid) {
+            Some(a) if **a == *p => a.clone(),
+            _ => {
+                let a = Arc::new(p.clone());
+                self.interned.insert(p.pid, a.clone());
+                a
+            }
+        }
+    }
+
+    /// Seeds the table with the TCP connections and connected UDP sockets that exist
+    /// now, marked `existing` (the caller then writes a `flow` event for each, see
+    /// [`Tracker::summaries`], so they are visible at once). Listeners decide the
+    /// direction of seeded TCP flows: a socket whose local port is a listener's was
+    /// accepted (inbound), any other was connected.
+    pub fn seed(&mut self, now_ns: u64) {
+        let (found, errors) = sockets::dump_partial(DumpOptions::ALL);
+        for e in &errors {
+            eprintln!("netmon: warning: sockets open before start are partly unknown: {e}");
+            self.flows.count_sock_diag_error();
+        }
+        let inodes: HashSet<u32> = found.iter().map(|s| s.inode).filter(|&i| i != 0).collect();
+        let owners = sockets::socket_owners(Path::new("/proc"), Some(&inodes));
+        let mut by_pid: HashMap<u32, Option<ProcessInfo>> = HashMap::new();
+        let listeners = listener_ports(&found);
+        for s in &found {
+            let Some(state) = seed_state(s) else {
+                continue;
+            };
+            let process = owners
+                .by_inode
+                .get(&s.inode)
+                .and_then(|pids| pids.first())
+                .and_then(|&pid| {
+                    by_pid
+                        .entry(pid)
+                        .or_insert_with(|| self.procs.from_proc(pid, self.cgroup2.as_deref()))
+                        .clone()
+                });
+            let direction = match s.proto {
+                Proto::Udp => Some(Direction::Outbound),
+                Proto::Tcp
+                    if listeners.contains(&(s.local.ip(), s.local.port()))
+                        || listeners.contains(&(unspecified(s.local.ip()), s.local.port()))
+                        || listeners.contains(&(IpAddr::from([0u16; 8]), s.local.port())) =>
+                {
+                    Some(Direction::Inbound)
+                }
+                Proto::Tcp => Some(Direction::Outbound),
+            };
+            // UDP events carry no netns (no backend reads it for UDP), so neither do
+            // UDP flows, or a seeded flow would never meet its socket's events.
+            let netns = match s.proto {
+                Proto::Tcp => self.seed_netns(),
+                Proto::Udp => 0,
+            };
+            let key = FlowKey::new(s.proto, netns, s.local, s.remote);
+            let process = process.map(|p| self.intern(&p));
+            let opened = self.flows.open(Open {
+                key,
+                direction,
+                process,
+                existing: true,
+                now_ns,
+            });
+            self.forget_evicted(opened.evicted);
+            if let Some(tcp) = s.tcp {
+                let counters = tcp_counters(tcp, direction, s.state);
+                self.flows.set_counters(&key, counters, state, now_ns);
+            }
+        }
+    }
+
+    fn seed_netns(&self) -> u32 {
+        if self.netns_known {
+            self.own_netns.unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
+    /// Routes one decoded event: enriches its process, opens or closes its flow, and
+    /// fills in what the kernel did not know (the process and direction of a flow that
+    /// began before netmon, the context of a process already gone).
+    pub fn on_event(&mut self, event: &mut Event, now_ns: u64) {
+        let kind = event.body.type_name();
+        let Some(conn) = event.body.connection_mut() else {
+            return;
+        };
+        let key = FlowKey::of_connection(conn);
+        match (kind, key) {
+            ("close", Some(key)) => {
+                let flow = self.flows.close(&key);
+                if let Some(p) = conn.process.as_mut() {
+                    match flow.as_ref().and_then(|f| f.process.as_ref()) {
+                        // The context read when the flow began (the process may be gone).
+                        Some(fp) if fp.pid == p.pid => p.detail = fp.detail.clone(),
+                        _ => self.procs.enrich(p),
+                    }
+                }
+                let Some(flow) = flow else {
+                    return;
+                };
+                if conn.process.is_none() {
+                    conn.process = flow.process.as_deref().cloned();
+                }
+                let mut outbound_fixed = false;
+                if conn.direction.is_none() && flow.direction.is_some() {
+                    // The kernel put the local side in `src`; the contract wants the
+                    // initiator there.
+                    conn.direction = flow.direction;
+                    match flow.direction {
+                        Some(Direction::Inbound) => {
+                            if let Some(src) = conn.src.take() {
+                                conn.src = Some(std::mem::replace(&mut conn.dst, src));
+                            }
+                        }
+                        _ => outbound_fixed = true,
+                    }
+                }
+                conn.existing = flow.existing;
+                // Not knowing the direction, the kernel left the active opener's SYN
+                // in `bytes_sent` (it is acknowledged like a byte); now it is known.
+                if outbound_fixed && let EventBody::Close(c) = &mut event.body {
+                    c.bytes_sent = c.bytes_sent.map(|n| n.saturating_sub(1));
+                }
+            }
+            ("connect" | "accept" | "udp", Some(key)) => {
+                if let Some(p) = conn.process.as_mut() {
+                    self.procs.enrich(p);
+                }
+                if conn.failed {
+                    return;
+                }
+                let process = conn.process.as_ref().map(|p| self.intern(p));
+                let opened = self.flows.open(Open {
+                    key,
+                    direction: conn.direction,
+                    process,
+                    existing: false,
+                    now_ns,
+                });
+                self.forget_evicted(opened.evicted);
+            }
+            _ => {
+                if let Some(p) = conn.process.as_mut() {
+                    self.procs.enrich(p);
+                }
+            }
+        }
+    }
+
+    /// Reads the kernel's UDP counters (`UDP_PEERS`) into the table: bytes so far and
+    /// the last datagram's time, which decides expiry.
+    pub fn read_udp_counters(&mut self) {
+        let entries: Vec<(UdpPeerKey, UdpPeerStats)> = self
+            .udp_peers
+            .as_ref()
+            .map(UdpPeers::read_all)
+            .unwrap_or_default();
+        for (key, stats) in &entries {
+            if let Some(remote) = peer_addr(key) {
+                self.flows.observe_udp(
+                    key.pid,
+                    remote,
+                    stats.last_ktime_ns,
+                    stats.datagrams,
+                    stats.bytes,
+                );
+            }
+        }
+    }
+
+    /// Closes up to `limit` UDP flows idle past the timeout: their `close` events.
+    pub fn expire_udp(&mut self, now_ns: u64, limit: usize) -> Vec<Event> {
+        let ended = self.flows.expire_udp(now_ns, limit);
+        let mut out = Vec::with_capacity(ended.len());
+        for flow in ended {
+            self.forget_udp_peer(&flow);
+            out.push(self.idle_close(&flow));
+        }
+        out
+    }
+
+    /// `flow` summaries, made one at a time so 100,000 of them never sit in memory
+    /// together: of flows at least one interval old, or of the flows found at start.
+    pub fn summaries<'a>(
+        &'a self,
+        which: Summaries,
+        now_ns: u64,
+        clock: &'a BootClock,
+    ) -> impl Iterator<Item = Event> + 'a {
+        let flows: Box<dyn Iterator<Item = &Flow>> = match which {
+            Summaries::LongLived => Box::new(self.flows.long_lived(now_ns)),
+            Summaries::Existing => Box::new(self.flows.iter().filter(|f| f.existing)),
+        };
+        flows.map(move |f| self.summary_event(f, now_ns, clock))
+    }
+
+    /// Counts summaries written (for `stats.flows.summaries`).
+    pub fn count_summaries(&mut self, n: u64) {
+        self.flows.count_summaries(n);
+    }
+
+    /// Refreshes TCP byte counters from sock_diag's `tcp_info`, in every network
+    /// namespace that has flows, before summaries are written. Returns which sockets
+    /// exist, for [`Tracker::sweep_missed`].
+    pub fn refresh_tcp_counters(&mut self, now_ns: u64) -> TcpSeen {
+        let own = self.seed_netns();
+        // One pid per other namespace, to enter it for the dump.
+        let mut others: HashMap<u32, u32> = HashMap::new();
+        let mut any_own = false;
+        for f in self.flows.iter().filter(|f| f.key.proto == Proto::Tcp) {
+            if f.key.netns == own || !self.netns_known {
+                any_own = true;
+            } else if let Some(p) = &f.process {
+                others.entry(f.key.netns).or_insert(p.pid);
+            }
+        }
+        let opts = DumpOptions {
+            tcp_info: true,
+            tcp: true,
+            udp: false,
+        };
+        let mut dumps: Vec<(u32, Vec<SocketInfo>)> = Vec::new();
+        if any_own {
+            match sockets::dump(opts) {
+                Ok(s) => dumps.push((own, s)),
+                Err(_) => self.flows.count_sock_diag_error(),
+            }
+        }
+        for (netns, pid) in others {
+            // The pid may have left that namespace or exited: check before trusting.
+            if sockets::netns_of(pid) != Some(netns) {
+                continue;
+            }
+            match sockets::dump_in_netns_of(pid, opts) {
+                Ok(s) => dumps.push((netns, s)),
+                Err(_) => self.flows.count_sock_diag_error(),
+            }
+        }
+        let mut seen: HashSet<FlowKey> = HashSet::new();
+        let dumped: HashSet<u32> = dumps.iter().map(|(n, _)| *n).collect();
+        for (netns, socks) in dumps {
+            for s in socks {
+                let key = FlowKey::new(Proto::Tcp, netns, s.local, s.remote);
+                seen.insert(key);
+                let Some(tcp) = s.tcp else { continue };
+                let Some(flow) = self.flows.get(&key) else {
+                    continue;
+                };
+                let counters = tcp_counters(tcp, flow.direction, s.state);
+                let state = seed_state(&s).unwrap_or(FlowState::Closing);
+                self.flows.set_counters(&key, counters, state, now_ns);
+            }
+        }
+        TcpSeen { seen, dumped }
+    }
+
+    /// A TCP flow at least one interval old whose socket was not in the dump ended
+    /// without netmon seeing its `close` (lost to a full ring buffer): it leaves the
+    /// table and its `close` (`reason: "missed"`, last known counters) is returned.
+    /// The caller drains the ring buffer between the dump and this call: the kernel
+    /// reports a close before the socket leaves its tables, so every close of a socket
+    /// missing from the dump has been handled by then, unless it was lost.
+    pub fn sweep_missed(&mut self, seen: TcpSeen, now_ns: u64) -> Vec<Event> {
+        if !self.netns_known {
+            // Keys carry no namespace: a flow missing here may live in another one.
+            return Vec::new();
+        }
+        let min_age = self.flows.config().summary_interval_ns;
+        let vanished: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter(|f| {
+                f.key.proto == Proto::Tcp
+                    && seen.dumped.contains(&f.key.netns)
+                    && now_ns.saturating_sub(f.start_ns) >= min_age
+                    && !seen.seen.contains(&f.key)
+            })
+            .map(|f| f.key)
+            .collect();
+        let mut out = Vec::with_capacity(vanished.len());
+        for key in vanished {
+            if let Some(flow) = self.flows.close(&key) {
+                out.push(self.missed_close(&flow, now_ns));
+            }
+        }
+        out
+    }
+
+    fn missed_close(&self, flow: &Flow, now_ns: u64) -> Event {
+        let c = flow.counters();
+        Event {
+            ts: Utc::now(),
+            host: self.host.clone(),
+            body: EventBody::Close(Close {
+                conn: flow.connection(self.backend_of(flow)),
+                // An upper bound: the socket went away since the last look.
+                duration_ms: (!flow.existing)
+                    .then(|| now_ns.saturating_sub(flow.start_ns) as f64 / 1e6),
+                bytes_sent: c.bytes_sent,
+                bytes_received: c.bytes_received,
+                packets_sent: c.packets_sent,
+                packets_received: c.packets_received,
+                reason: Some("missed".into()),
+            }),
+        }
+    }
+
+    fn summary_event(&self, flow: &Flow, now_ns: u64, clock: &BootClock) -> Event {
+        let backend = self.backend_of(flow);
+        let start: DateTime<Utc> = clock.to_wall(flow.start_ns);
+        let c = flow.counters();
+        Event {
+            ts: Utc::now(),
+            host: self.host.clone(),
+            body: EventBody::Flow(FlowSummary {
+                conn: flow.connection(backend),
+                state: flow.state.name().into(),
+                start,
+                duration_ms: now_ns.saturating_sub(flow.start_ns) as f64 / 1e6,
+                bytes_sent: c.bytes_sent,
+                bytes_received: c.bytes_received,
+                packets_sent: c.packets_sent,
+                packets_received: c.packets_received,
+            }),
+        }
+    }
+
+    fn idle_close(&self, flow: &Flow) -> Event {
+        let c = flow.counters();
+        Event {
+            ts: Utc::now(),
+            host: self.host.clone(),
+            body: EventBody::Close(Close {
+                conn: flow.connection(self.backend_of(flow)),
+                duration_ms: (!flow.existing)
+                    .then(|| flow.last_active_ns.saturating_sub(flow.start_ns) as f64 / 1e6),
+                bytes_sent: c.bytes_sent,
+                bytes_received: c.bytes_received,
+                packets_sent: c.packets_sent,
+                packets_received: c.packets_received,
+                reason: Some("udp_idle".into()),
+            }),
+        }
+    }
+
+    fn backend_of(&self, flow: &Flow) -> &str {
+        match flow.key.proto {
+            Proto::Tcp => &self.tcp_backend,
+            Proto::Udp => &self.udp_backend,
+        }
+    }
+
+    /// A UDP flow left the table (evicted): forget the kernel's entry too, so the next
+    /// datagram to that peer is reported and the flow comes back.
+    fn forget_evicted(&mut self, evicted: Option<Flow>) {
+        if let Some(flow) = evicted
+            && flow.key.proto == Proto::Udp
+        {
+            self.forget_udp_peer(&flow);
+        }
+    }
+
+    fn forget_udp_peer(&mut self, flow: &Flow) {
+        let (Some(map), Some(p)) = (self.udp_peers.as_mut(), flow.process.as_ref()) else {
+            return;
+        };
+        map.remove(&udp_peer_key(p.pid, flow.key.remote()));
+    }
+}
+
+/// The flow state of a socket found by sock_diag; `None` when it is no flow (listeners,
+/// unconnected UDP, TIME_WAIT leftovers, handshakes not done).
+fn seed_state(s: &SocketInfo) -> Option<FlowState> {
+    match s.proto {
+        Proto::Udp => (s.remote.port() != 0).then_some(FlowState::Active),
+        Proto::Tcp => match s.state {
+            1 => Some(FlowState::Established),
+            // FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING: still a flow, ending.
+            4 | 5 | 8 | 9 | 11 => Some(FlowState::Closing),
+            _ => None,
+        },
+    }
+}
+
+/// TCP listeners by (local address, port).
+fn listener_ports(found: &[SocketInfo]) -> HashSet<(IpAddr, u16)> {
+    found
+        .iter()
+        .filter(|s| s.proto == Proto::Tcp && s.state == TCP_LISTEN)
+        .map(|s| (s.local.ip(), s.local.port()))
+        .collect()
+}
+
+fn unspecified(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::from([0u8; 4]),
+        IpAddr::V6(_) => IpAddr::from([0u16; 8]),
+    }
+}
+
+/// Payload bytes from `tcp_info`'s sequence-space counters, with SYN and FIN taken out
+/// the way the kernel side does at close: the active opener's SYN is counted in its
+/// `bytes_acked`; our FIN once it was acked (FIN_WAIT2, TIME_WAIT); the peer's FIN once
+/// it arrived (CLOSE_WAIT, LAST_ACK, CLOSING, TIME_WAIT).
+fn tcp_counters(tcp: sockets::TcpCounters, direction: Option<Direction>, state: u8) -> Counters {
+    let syn = (direction == Some(Direction::Outbound)) as u64;
+    let fin_acked = matches!(state, 5 | 6) as u64;
+    let fin_received = matches!(state, 6 | 8 | 9 | 11) as u64;
+    Counters {
+        bytes_sent: Some(tcp.bytes_acked.saturating_sub(syn + fin_acked)),
+        bytes_received: Some(tcp.bytes_received.saturating_sub(fin_received)),
+        packets_sent: Some(tcp.data_segs_out as u64),
+        packets_received: Some(tcp.data_segs_in as u64),
+    }
+}
+
+/// The peer of a `UDP_PEERS` key, as events spell it.
+fn peer_addr(key: &UdpPeerKey) -> Option<SocketAddr> {
+    let ip = match key.family {
+        AF_INET => IpAddr::from([
+            key.dst_addr[0],
+            key.dst_addr[1],
+            key.dst_addr[2],
+            key.dst_addr[3],
+        ]),
+        AF_INET6 => IpAddr::from(key.dst_addr).to_canonical(),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, key.dst_port))
+}
+
+/// The `UDP_PEERS` key of a process and peer (the inverse of [`peer_addr`]).
+fn udp_peer_key(pid: u32, remote: SocketAddr) -> UdpPeerKey {
+    let mut dst_addr = [0u8; 16];
+    let family = match remote.ip() {
+        IpAddr::V4(v4) => {
+            dst_addr[..4].copy_from_slice(&v4.octets());
+            AF_INET
+        }
+        IpAddr::V6(v6) => {
+            dst_addr = v6.octets();
+            AF_INET6
+        }
+    };
+    UdpPeerKey {
+        pid,
+        family,
+        dst_port: remote.port(),
+        dst_addr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Connection, Endpoint, Family};
+
+    fn conn(direction: Option<Direction>, src: &str, dst: &str, pid: Option<u32>) -> Connection {
+        let src: SocketAddr = src.parse().unwrap();
+        let dst: SocketAddr = dst.parse().unwrap();
+        Connection {
+            proto: Proto::Tcp,
+            family: Family::Ipv4,
+            direction,
+            src: Some(Endpoint {
+                ip: src.ip(),
+                port: src.port(),
+            }),
+            dst: Endpoint {
+                ip: dst.ip(),
+                port: dst.port(),
+            },
+            process: pid.map(|p| ProcessInfo::kernel(p, p, "srv".into(), 0, 0, 0)),
+            backend: "tracepoint".into(),
+            netns: Some(7),
+            failed: false,
+            bytes: None,
+            existing: false,
+        }
+    }
+
+    fn event(body: EventBody) -> Event {
+        Event {
+            ts: Utc::now(),
+            host: "h".into(),
+            body,
+        }
+    }
+
+    fn close(conn: Connection) -> EventBody {
+        EventBody::Close(Close {
+            conn,
+            duration_ms: None,
+            bytes_sent: Some(10),
+            bytes_received: Some(20),
+            packets_sent: None,
+            packets_received: None,
+            reason: None,
+        })
+    }
+
+    fn tracker() -> Tracker {
+        let root = std::env::temp_dir().join("netmon-tracker-no-proc");
+        Tracker::with_cache(
+            FlowConfig::default(),
+            ProcessCache::new(&root, &root.join("passwd")),
+        )
+    }
+
+    #[test]
+    fn a_close_of_a_seeded_inbound_flow_gets_its_process_direction_and_initiator() {
+        let mut t = tracker();
+        // An SSH session accepted before netmon: local 10.0.0.5:22, remote client.
+        let key = FlowKey::new(
+            Proto::Tcp,
+            7,
+            "10.0.0.5:22".parse().unwrap(),
+            "10.0.0.9:50000".parse().unwrap(),
+        );
+        t.flows.open(Open {
+            key,
+            direction: Some(Direction::Inbound),
+            process: Some(Arc::new(ProcessInfo::kernel(
+                812,
+                812,
+                "sshd".into(),
+                0,
+                0,
+                0,
+            ))),
+            existing: true,
+            now_ns: 1,
+        });
+        // The kernel did not see it begin: no process, no direction, local side first.
+        let mut ev = event(close(conn(None, "10.0.0.5:22", "10.0.0.9:50000", None)));
+        t.on_event(&mut ev, 2);
+        let EventBody::Close(c) = &ev.body else {
+            panic!()
+        };
+        assert_eq!(c.conn.process.as_ref().unwrap().comm, "sshd");
+        assert_eq!(c.conn.direction, Some(Direction::Inbound));
+        assert_eq!(
+            c.conn.src.as_ref().unwrap().port,
+            50000,
+            "src is the initiator"
+        );
+        assert_eq!(c.conn.dst.port, 22);
+        assert!(c.conn.existing);
+        assert_eq!(c.bytes_sent, Some(10));
+        assert!(t.flows.is_empty());
+    }
+
+    #[test]
+    fn connect_opens_and_close_removes_failed_connects_open_nothing() {
+        let mut t = tracker();
+        let mut c = conn(
+            Some(Direction::Outbound),
+            "127.0.0.1:40000",
+            "127.0.0.1:80",
+            Some(5),
+        );
+        let mut ev = event(EventBody::Connect(c.clone()));
+        t.on_event(&mut ev, 1);
+        assert_eq!(t.flows.len(), 1);
+        c.failed = true;
+        c.src.as_mut().unwrap().port = 40001;
+        t.on_event(&mut event(EventBody::Connect(c)), 1);
+        assert_eq!(t.flows.len(), 1);
+        let mut ev = event(close(conn(
+            Some(Direction::Outbound),
+            "127.0.0.1:40000",
+            "127.0.0.1:80",
+            Some(5),
+        )));
+        t.on_event(&mut ev, 2);
+        assert!(t.flows.is_empty());
+        let EventBody::Close(c) = &ev.body else {
+            panic!()
+        };
+        assert!(!c.conn.existing);
+        // The process is gone from the fake /proc: kernel fields kept, reason counted.
+        assert_eq!(c.conn.process.as_ref().unwrap().pid, 5);
+        assert!(
+            t.process_stats()
+                .unreadable
+                .get("gone")
+                .copied()
+                .unwrap_or(0)
+                >= 1
+        );
+    }
+
+    #[test]
+    fn flows_whose_socket_vanished_without_a_close_are_swept() {
+        let mut t = tracker();
+        let key = |port: u16, netns: u32| {
+            FlowKey::new(
+                Proto::Tcp,
+                netns,
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                "127.0.0.1:80".parse().unwrap(),
+            )
+        };
+        let interval = t.flows.config().summary_interval_ns;
+        for (port, netns, start) in [(1, 7, 0), (2, 7, 0), (3, 7, interval), (4, 8, 0)] {
+            t.flows.open(Open {
+                key: key(port, netns),
+                direction: Some(Direction::Outbound),
+                process: Some(Arc::new(ProcessInfo::kernel(9, 9, "c".into(), 0, 0, 0))),
+                existing: false,
+                now_ns: start,
+            });
+        }
+        // The dump looked in namespace 7 and found only port 1's socket.
+        let seen = TcpSeen {
+            seen: [key(1, 7)].into_iter().collect(),
+            dumped: [7].into_iter().collect(),
+        };
+        let closes = t.sweep_missed(seen, interval + 1);
+        assert_eq!(closes.len(), 1, "{closes:?}");
+        let EventBody::Close(c) = &closes[0].body else {
+            panic!()
+        };
+        assert_eq!(c.conn.src.as_ref().unwrap().port, 2);
+        assert_eq!(c.reason.as_deref(), Some("missed"));
+        assert_eq!(c.conn.process.as_ref().unwrap().pid, 9);
+        // Port 1 (seen), port 3 (too young to judge), port 4 (namespace not dumped) stay.
+        assert_eq!(t.flows.len(), 3);
+    }
+
+    #[test]
+    fn payload_counters_leave_syn_and_fin_out() {
+        let tcp = sockets::TcpCounters {
+            bytes_acked: 1001,
+            bytes_received: 501,
+            data_segs_out: 3,
+            data_segs_in: 2,
+        };
+        let c = tcp_counters(tcp, Some(Direction::Outbound), 1);
+        assert_eq!((c.bytes_sent, c.bytes_received), (Some(1000), Some(501)));
+        let c = tcp_counters(tcp, Some(Direction::Inbound), 8);
+        assert_eq!((c.bytes_sent, c.bytes_received), (Some(1001), Some(500)));
+        assert_eq!(c.packets_sent, Some(3));
+    }
+
+    #[test]
+    fn udp_peer_keys_round_trip() {
+        for addr in ["127.0.0.53:53", "[::1]:443"] {
+            let a: SocketAddr = addr.parse().unwrap();
+            assert_eq!(peer_addr(&udp_peer_key(9, a)), Some(a));
+        }
+    }
+}

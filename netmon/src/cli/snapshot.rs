@@ -1,0 +1,761 @@
+//! `netmon snapshot`: a one-shot report of every TCP and UDP socket of this network
+//! namespace (connections and listeners) with the processes that hold them, and
+//! statistics: counts by protocol and TCP state, top processes by connection count,
+//! listening ports with their processes, and the number of unique external peers.
+//!
+//! It reads sock_diag, `/proc/*/fd` and `/proc/<pid>/*`; it loads no eBPF and needs no
+//! root (without it, other users' sockets show no process, and the report says how
+//! many `/proc` directories it could not read). Rules plug in through [`SnapshotRule`]:
+//! exit 1 when one raises a high or critical finding, 0 otherwise, 2 on error.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    fmt::Write as _,
+    io::{self, Write as _},
+    net::IpAddr,
+    path::Path,
+    process::ExitCode,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result};
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    event::{Endpoint, Family, ProcessInfo, Proto},
+    output::Format,
+    process::ProcessCache,
+    sockets::{self, DumpOptions, SocketInfo},
+    system,
+};
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// `text` for people, `json` (one object) for scripts.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// List every socket, not only the summary and the listeners.
+    #[arg(long)]
+    pub show_all: bool,
+    /// Print what would be read and which rules would run, touch nothing, exit 0.
+    #[arg(long)]
+    pub plan: bool,
+    /// Processes listed under "top processes".
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+    /// Also read every other network namespace a process is in (containers); needs
+    /// root. Each socket then says its `netns`.
+    #[arg(long)]
+    pub all_netns: bool,
+}
+
+/// How bad a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+/// What a rule found in a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    pub rule: String,
+    pub severity: Severity,
+    pub message: String,
+}
+
+/// A check over a whole snapshot (the detection rules plug in here).
+pub trait SnapshotRule {
+    /// Short stable name, e.g. `listener-on-all-interfaces`.
+    fn name(&self) -> &str;
+    /// One line for `--plan`.
+    fn describe(&self) -> String;
+    fn check(&self, report: &Report) -> Vec<Finding>;
+}
+
+/// The rules `netmon snapshot` runs. None yet: the rule engine registers its rules here.
+pub fn registered_rules() -> Vec<Box<dyn SnapshotRule>> {
+    Vec::new()
+}
+
+/// The report (`--format json` writes it as one object).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    #[serde(with = "ts")]
+    pub ts: DateTime<Utc>,
+    pub host: String,
+    /// Inode of the network namespace the sockets were read from.
+    pub netns: Option<u32>,
+    pub summary: Summary,
+    /// Every TCP listener and unconnected UDP socket, with its processes.
+    pub listening: Vec<SocketEntry>,
+    /// Every socket (with `--show-all` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sockets: Option<Vec<SocketEntry>>,
+    /// Findings of the rules that ran.
+    pub alerts: Vec<Finding>,
+    /// Names of the rules that ran.
+    pub rules: Vec<String>,
+    /// What could not be read, and why.
+    pub unreadable: Unreadable,
+    /// Milliseconds the snapshot took.
+    pub elapsed_ms: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub sockets: u64,
+    /// Sockets with a peer (TCP not listening, connected UDP).
+    pub connections: u64,
+    pub listeners: u64,
+    pub by_protocol: BTreeMap<String, u64>,
+    pub by_family: BTreeMap<String, u64>,
+    /// TCP sockets per state (`established`, `listen`, `time_wait`, …).
+    pub by_tcp_state: BTreeMap<String, u64>,
+    /// Unique remote addresses outside loopback, private, link-local, CGNAT, ULA and
+    /// multicast ranges.
+    pub external_ips: u64,
+    /// Processes with the most connections (listeners not counted), most first.
+    pub top_processes: Vec<TopProcess>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopProcess {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub connections: u64,
+}
+
+/// One socket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SocketEntry {
+    pub proto: Proto,
+    pub family: Family,
+    /// `listen`, `established`, `time_wait`, … (TCP); `unconn` or `established` (UDP).
+    pub state: String,
+    pub local: Endpoint,
+    /// Null for listeners and unconnected UDP sockets.
+    pub remote: Option<Endpoint>,
+    pub inode: u32,
+    pub uid: u32,
+    /// Inode of the socket's network namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
+    /// Every process holding a descriptor to the socket (empty for TIME_WAIT sockets,
+    /// and for sockets of processes whose `/proc/<pid>/fd` could not be read).
+    pub processes: Vec<ProcessInfo>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Unreadable {
+    /// `/proc/<pid>/fd` directories that could not be listed, by reason.
+    pub proc_fd: BTreeMap<String, u64>,
+    /// Process context reads that failed, by reason.
+    pub process: BTreeMap<String, u64>,
+    /// sock_diag parts that failed (the report lacks those sockets).
+    pub sock_diag: Vec<String>,
+}
+
+mod ts {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&ts.to_rfc3339_opts(SecondsFormat::Nanos, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Exit code when a rule found something high or critical.
+const EXIT_FINDING: u8 = 1;
+
+pub fn snapshot(args: SnapshotArgs) -> Result<ExitCode> {
+    let rules = registered_rules();
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    if args.plan {
+        write_ok(out.write_all(plan_text(&args, &rules).as_bytes()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let started = Instant::now();
+    let own = sockets::own_netns();
+    let (mut sockets, mut errors) = sockets::dump_partial(DumpOptions::ALL);
+    for s in &mut sockets {
+        s.netns = own;
+    }
+    if args.all_netns {
+        for (netns, pid) in sockets::namespaces(Path::new("/proc")) {
+            if Some(netns) == own {
+                continue;
+            }
+            match sockets::dump_in_netns_of(pid, DumpOptions::ALL) {
+                Ok(found) => sockets.extend(found.into_iter().map(|mut s| {
+                    s.netns = Some(netns);
+                    s
+                })),
+                // The process left or exited meanwhile: nothing is lost but its sockets.
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    let inodes: HashSet<u32> = sockets
+        .iter()
+        .map(|s| s.inode)
+        .filter(|&i| i != 0)
+        .collect();
+    let owners = sockets::socket_owners(Path::new("/proc"), Some(&inodes));
+    let mut cache = ProcessCache::default();
+    let cgroup2 = system::cgroup2_mount().ok();
+    let mut processes: HashMap<u32, Option<ProcessInfo>> = HashMap::new();
+    for pids in owners.by_inode.values() {
+        for &pid in pids {
+            processes
+                .entry(pid)
+                .or_insert_with(|| cache.from_proc(pid, cgroup2.as_deref()));
+        }
+    }
+    let mut report = build(
+        &sockets,
+        &|inode| {
+            owners
+                .by_inode
+                .get(&inode)
+                .map(|pids| {
+                    pids.iter()
+                        .filter_map(|p| processes.get(p)?.clone())
+                        .collect()
+                })
+                .unwrap_or_default()
+        },
+        args.show_all,
+        args.top,
+    );
+    report.host = system::hostname();
+    report.netns = own;
+    report.unreadable.proc_fd = owners.unreadable;
+    report.unreadable.process = cache.stats().unreadable;
+    report.unreadable.sock_diag = errors.iter().map(|e| format!("{e:#}")).collect();
+    report.rules = rules.iter().map(|r| r.name().to_owned()).collect();
+    let mut alerts = Vec::new();
+    for rule in &rules {
+        alerts.extend(rule.check(&report));
+    }
+    report.alerts = alerts;
+    report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+
+    let text = match args.format {
+        Format::Json => {
+            let mut s = serde_json::to_string(&report).context("rendering the report")?;
+            s.push('\n');
+            s
+        }
+        Format::Text => render_text(&report, args.show_all),
+    };
+    write_ok(out.write_all(text.as_bytes()).and_then(|()| out.flush()))?;
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("netmon: snapshot is incomplete: {e}");
+        }
+        return Ok(ExitCode::from(crate::cli::EXIT_ERROR));
+    }
+    let serious = report.alerts.iter().any(|f| f.severity >= Severity::High);
+    Ok(if serious {
+        ExitCode::from(EXIT_FINDING)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// A closed stdout (`| head`) is not an error.
+fn write_ok(r: io::Result<()>) -> Result<()> {
+    match r {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e).context("writing the snapshot"),
+        _ => Ok(()),
+    }
+}
+
+fn plan_text(args: &SnapshotArgs, rules: &[Box<dyn SnapshotRule>]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "netmon snapshot would read, changing nothing:");
+    let _ = writeln!(
+        s,
+        "  - netlink sock_diag (NETLINK_SOCK_DIAG) dumps of TCP and UDP sockets, IPv4 and IPv6, all states, in this network namespace{}",
+        if args.all_netns {
+            " and in every other one a process is in (found through /proc/*/ns/net)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        s,
+        "  - /proc/*/fd links, to find the processes holding each socket"
+    );
+    let _ = writeln!(
+        s,
+        "  - /proc/<pid>/status, exe, cmdline and cgroup of those processes, and /etc/passwd for user names"
+    );
+    let _ = writeln!(
+        s,
+        "  - /proc/mounts, to find the cgroup v2 mount for cgroup ids"
+    );
+    let _ = writeln!(
+        s,
+        "and write a {} report{} to stdout.",
+        match args.format {
+            Format::Json => "JSON",
+            Format::Text => "text",
+        },
+        if args.show_all {
+            " listing every socket"
+        } else {
+            ""
+        }
+    );
+    if rules.is_empty() {
+        let _ = writeln!(
+            s,
+            "Rules: none registered (exit code 0 unless an error occurs)."
+        );
+    } else {
+        let _ = writeln!(s, "Rules ({}):", rules.len());
+        for r in rules {
+            let _ = writeln!(s, "  - {}: {}", r.name(), r.describe());
+        }
+    }
+    s
+}
+
+/// Builds the report from sockets and a lookup of the processes holding an inode.
+/// Pure: no I/O, unit-tested.
+pub fn build(
+    sockets: &[SocketInfo],
+    owners_of: &dyn Fn(u32) -> Vec<ProcessInfo>,
+    show_all: bool,
+    top: usize,
+) -> Report {
+    let mut summary = Summary::default();
+    let mut listening = Vec::new();
+    let mut all = Vec::new();
+    let mut external: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut per_process: HashMap<u32, (String, Option<String>, u64)> = HashMap::new();
+    for s in sockets {
+        let processes = if s.inode == 0 {
+            Vec::new()
+        } else {
+            owners_of(s.inode)
+        };
+        summary.sockets += 1;
+        *summary
+            .by_protocol
+            .entry(proto_name(s.proto).into())
+            .or_default() += 1;
+        *summary
+            .by_family
+            .entry(family_name(s.family).into())
+            .or_default() += 1;
+        if s.proto == Proto::Tcp {
+            *summary
+                .by_tcp_state
+                .entry(s.state_name().into())
+                .or_default() += 1;
+        }
+        let listener = s.is_listener();
+        if listener {
+            summary.listeners += 1;
+        } else if !(s.proto == Proto::Tcp && s.state == sockets::TCP_LISTEN) {
+            summary.connections += 1;
+            if is_external(s.remote.ip()) {
+                external.insert(s.remote.ip());
+            }
+            for p in &processes {
+                let e = per_process
+                    .entry(p.pid)
+                    .or_insert_with(|| (p.comm.clone(), p.detail.exe.clone(), 0));
+                e.2 += 1;
+            }
+        }
+        let entry = SocketEntry {
+            proto: s.proto,
+            family: s.family,
+            state: s.state_name().into(),
+            local: Endpoint {
+                ip: s.local.ip(),
+                port: s.local.port(),
+            },
+            remote: (!listener).then_some(Endpoint {
+                ip: s.remote.ip(),
+                port: s.remote.port(),
+            }),
+            inode: s.inode,
+            uid: s.uid,
+            netns: s.netns,
+            processes,
+        };
+        if listener {
+            listening.push(entry.clone());
+        }
+        if show_all {
+            all.push(entry);
+        }
+    }
+    summary.external_ips = external.len() as u64;
+    let mut top_processes: Vec<TopProcess> = per_process
+        .into_iter()
+        .map(|(pid, (comm, exe, connections))| TopProcess {
+            pid,
+            comm,
+            exe,
+            connections,
+        })
+        .collect();
+    top_processes.sort_by(|a, b| b.connections.cmp(&a.connections).then(a.pid.cmp(&b.pid)));
+    top_processes.truncate(top);
+    summary.top_processes = top_processes;
+    listening.sort_by(|a, b| {
+        (proto_name(a.proto), a.local.port, a.local.ip).cmp(&(
+            proto_name(b.proto),
+            b.local.port,
+            b.local.ip,
+        ))
+    });
+    Report {
+        ts: Utc::now(),
+        host: String::new(),
+        netns: None,
+        summary,
+        listening,
+        sockets: show_all.then_some(all),
+        alerts: Vec::new(),
+        rules: Vec::new(),
+        unreadable: Unreadable::default(),
+        elapsed_ms: 0.0,
+    }
+}
+
+/// Public (routable) unicast: not loopback, private (RFC 1918), CGNAT (RFC 6598),
+/// link-local, unspecified, broadcast, documentation-free check, multicast or IPv6 ULA.
+pub fn is_external(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64))
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
+fn proto_name(p: Proto) -> &'static str {
+    match p {
+        Proto::Tcp => "tcp",
+        Proto::Udp => "udp",
+    }
+}
+
+fn family_name(f: Family) -> &'static str {
+    match f {
+        Family::Ipv4 => "ipv4",
+        Family::Ipv6 => "ipv6",
+    }
+}
+
+fn endpoint(e: &Endpoint) -> String {
+    std::net::SocketAddr::new(e.ip, e.port).to_string()
+}
+
+fn processes_text(ps: &[ProcessInfo]) -> String {
+    if ps.is_empty() {
+        return "-".into();
+    }
+    ps.iter()
+        .map(|p| format!("{}[{}]", p.comm, p.pid))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn counts(map: &BTreeMap<String, u64>) -> String {
+    let mut v: Vec<(&String, &u64)> = map.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    v.iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The report for people.
+pub fn render_text(r: &Report, show_all: bool) -> String {
+    let mut s = String::new();
+    let netns = r
+        .netns
+        .map(|n| format!(" (network namespace {n})"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "netmon snapshot of {} at {}{netns}",
+        r.host,
+        r.ts.to_rfc3339_opts(SecondsFormat::Secs, true)
+    );
+    let m = &r.summary;
+    let _ = writeln!(
+        s,
+        "Sockets: {} ({}); {} connections, {} listening",
+        m.sockets,
+        counts(&m.by_protocol),
+        m.connections,
+        m.listeners
+    );
+    if !m.by_tcp_state.is_empty() {
+        let _ = writeln!(s, "TCP states: {}", counts(&m.by_tcp_state));
+    }
+    let _ = writeln!(s, "Unique external IPs: {}", m.external_ips);
+    if !m.top_processes.is_empty() {
+        let _ = writeln!(s, "\nTop processes by connections:");
+        for p in &m.top_processes {
+            let _ = writeln!(s, "  {:>6}  {}[{}]", p.connections, p.comm, p.pid);
+        }
+    }
+    let _ = writeln!(s, "\nListening:");
+    if r.listening.is_empty() {
+        let _ = writeln!(s, "  (none)");
+    }
+    for l in &r.listening {
+        let _ = writeln!(
+            s,
+            "  {:<4} {:<40} {}",
+            proto_name(l.proto),
+            endpoint(&l.local),
+            processes_text(&l.processes)
+        );
+    }
+    if let (true, Some(all)) = (show_all, &r.sockets) {
+        let _ = writeln!(s, "\nAll sockets:");
+        let _ = writeln!(
+            s,
+            "  {:<4} {:<12} {:<40} {:<40} processes",
+            "", "state", "local", "remote"
+        );
+        for e in all {
+            let remote = e
+                .remote
+                .as_ref()
+                .map(endpoint)
+                .unwrap_or_else(|| "*".into());
+            let _ = writeln!(
+                s,
+                "  {:<4} {:<12} {:<40} {:<40} {}",
+                proto_name(e.proto),
+                e.state,
+                endpoint(&e.local),
+                remote,
+                processes_text(&e.processes)
+            );
+        }
+    }
+    if !r.alerts.is_empty() {
+        let _ = writeln!(s, "\nAlerts:");
+        for a in &r.alerts {
+            let _ = writeln!(s, "  [{:?}] {}: {}", a.severity, a.rule, a.message);
+        }
+    }
+    let u = &r.unreadable;
+    if !u.proc_fd.is_empty() || !u.process.is_empty() || !u.sock_diag.is_empty() {
+        let _ = writeln!(s, "\nCould not read:");
+        if !u.proc_fd.is_empty() {
+            let _ = writeln!(
+                s,
+                "  /proc/<pid>/fd of {} processes (their sockets show no process)",
+                counts(&u.proc_fd)
+            );
+        }
+        if !u.process.is_empty() {
+            let _ = writeln!(s, "  process details: {}", counts(&u.process));
+        }
+        for e in &u.sock_diag {
+            let _ = writeln!(s, "  {e}");
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    fn sock(proto: Proto, state: u8, local: &str, remote: &str, inode: u32) -> SocketInfo {
+        let local: SocketAddr = local.parse().unwrap();
+        SocketInfo {
+            proto,
+            family: Family::of(&local.ip()),
+            state,
+            local,
+            remote: remote.parse().unwrap(),
+            inode,
+            uid: 0,
+            tcp: None,
+            netns: None,
+        }
+    }
+
+    fn p(pid: u32, comm: &str) -> ProcessInfo {
+        ProcessInfo::kernel(pid, pid, comm.into(), 0, 0, 0)
+    }
+
+    fn sample() -> Vec<SocketInfo> {
+        vec![
+            sock(Proto::Tcp, 10, "0.0.0.0:22", "0.0.0.0:0", 1),
+            sock(Proto::Tcp, 1, "10.0.0.5:22", "203.0.113.9:50000", 2),
+            sock(Proto::Tcp, 1, "10.0.0.5:22", "203.0.113.9:50001", 3),
+            sock(Proto::Tcp, 1, "10.0.0.5:40000", "10.0.0.9:443", 4),
+            sock(Proto::Tcp, 6, "10.0.0.5:40001", "198.51.100.7:443", 0),
+            sock(Proto::Udp, 7, "127.0.0.53:53", "0.0.0.0:0", 5),
+            sock(
+                Proto::Udp,
+                1,
+                "[2001:db8::5]:5000",
+                "[2606:4700::1111]:53",
+                6,
+            ),
+            sock(Proto::Tcp, 10, "[::]:80", "[::]:0", 7),
+        ]
+    }
+
+    fn owners(inode: u32) -> Vec<ProcessInfo> {
+        match inode {
+            1..=3 => vec![p(812, "sshd")],
+            4 => vec![p(900, "curl")],
+            5 | 6 => vec![p(500, "resolved")],
+            7 => vec![p(1000, "nginx"), p(1001, "nginx")],
+            _ => vec![],
+        }
+    }
+
+    #[test]
+    fn summarises_protocols_states_listeners_and_external_peers() {
+        let r = build(&sample(), &owners, false, 10);
+        let m = &r.summary;
+        assert_eq!((m.sockets, m.connections, m.listeners), (8, 5, 3));
+        assert_eq!(m.by_protocol["tcp"], 6);
+        assert_eq!(m.by_protocol["udp"], 2);
+        assert_eq!(m.by_tcp_state["established"], 3);
+        assert_eq!(m.by_tcp_state["listen"], 2);
+        assert_eq!(m.by_tcp_state["time_wait"], 1);
+        // 203.0.113.9 (twice), 198.51.100.7 and 2606:4700::1111; 10.0.0.9 is private.
+        assert_eq!(m.external_ips, 3);
+        assert_eq!(m.top_processes[0].comm, "sshd");
+        assert_eq!(m.top_processes[0].connections, 2);
+        assert_eq!(m.top_processes.len(), 3);
+        let ports: Vec<u16> = r.listening.iter().map(|l| l.local.port).collect();
+        assert_eq!(ports, vec![22, 80, 53]);
+        let nginx = &r.listening[1];
+        assert_eq!(nginx.processes.len(), 2);
+        assert!(nginx.remote.is_none());
+        assert!(r.sockets.is_none());
+        let all = build(&sample(), &owners, true, 1);
+        assert_eq!(all.sockets.as_ref().unwrap().len(), 8);
+        assert_eq!(all.summary.top_processes.len(), 1);
+    }
+
+    #[test]
+    fn external_means_public_unicast() {
+        for ip in [
+            "8.8.8.8",
+            "2606:4700::1111",
+            "::ffff:1.1.1.1",
+            "203.0.113.1",
+        ] {
+            assert!(is_external(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "169.254.1.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_external(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn text_and_json_render() {
+        let r = build(&sample(), &owners, true, 10);
+        let text = render_text(&r, true);
+        assert!(text.contains("Unique external IPs: 3"), "{text}");
+        assert!(text.contains("sshd[812]"));
+        assert!(text.contains("nginx[1000],nginx[1001]"));
+        assert!(text.contains("time_wait"));
+        let json = serde_json::to_string(&r).unwrap();
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+    }
+
+    struct Always(Severity);
+    impl SnapshotRule for Always {
+        fn name(&self) -> &str {
+            "always"
+        }
+        fn describe(&self) -> String {
+            "fires on every snapshot".into()
+        }
+        fn check(&self, _: &Report) -> Vec<Finding> {
+            vec![Finding {
+                rule: "always".into(),
+                severity: self.0,
+                message: "test".into(),
+            }]
+        }
+    }
+
+    #[test]
+    fn plan_names_the_sources_and_the_rules() {
+        let args = SnapshotArgs {
+            format: Format::Json,
+            show_all: true,
+            plan: true,
+            top: 10,
+            all_netns: true,
+        };
+        let none = plan_text(&args, &[]);
+        assert!(none.contains("sock_diag"));
+        assert!(none.contains("every other one"));
+        assert!(none.contains("none registered"));
+        let rules: Vec<Box<dyn SnapshotRule>> = vec![Box::new(Always(Severity::High))];
+        assert!(plan_text(&args, &rules).contains("always: fires on every snapshot"));
+        assert!(Severity::Critical > Severity::High && Severity::High > Severity::Medium);
+    }
+}
