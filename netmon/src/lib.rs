@@ -3,11 +3,16 @@
 //! Pure modules (`event`, `decode`, `clock`, `output`) take plain values and return
 //! plain values; only `probe` (loading and attaching) and `cli::run` (the ring-buffer
 //! loop) touch aya and the kernel.
+pub mod analysis;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod decode;
+pub mod dns;
 pub mod event;
 pub mod kernel_btf;
 pub mod output;
 pub mod probe;
+pub mod procfs;
+pub mod rules;
 pub mod system;

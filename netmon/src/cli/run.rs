@@ -21,12 +21,16 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
+use netmon_common::kind;
+
 use crate::{
+    analysis::Analyzer,
     clock::BootClock,
     decode::{self, kind_name},
     event::{Event, EventBody, Stats},
     output::{Format, Sink},
     probe::{BackendChoice, LoadOptions, LossCounters, Tracer},
+    procfs::ProcResolver,
     system,
 };
 
@@ -47,6 +51,8 @@ pub struct RunArgs {
     /// Ring buffer size in KiB: a power of two, at least 4. Bigger absorbs longer bursts.
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,
+    #[command(flatten)]
+    pub config: super::ConfigArgs,
 }
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {
@@ -62,7 +68,9 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
-    // Open the output before touching the kernel: a bad path fails with nothing attached.
+    // Read the configuration and open the output before touching the kernel: a bad
+    // file fails with nothing attached.
+    let config = args.config.load()?;
     let sink = match &args.output {
         Some(path) => Sink::append_to(args.format, path)
             .with_context(|| format!("cannot open --output {} for appending", path.display()))?,
@@ -71,6 +79,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let mut tracer = Tracer::start(&LoadOptions {
         backend: args.backend,
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
+        dns_ports: if config.dns.enabled {
+            config.dns.all_ports()
+        } else {
+            Vec::new()
+        },
     })?;
     for w in &tracer.report.warnings {
         eprintln!("netmon: warning: {w}");
@@ -95,6 +108,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         malformed: 0,
         losses,
         started: Instant::now(),
+        analyzer: Analyzer::new(&config, Box::new(ProcResolver::default())),
+        batch: Vec::new(),
     };
     if !pump.write(&probe)? {
         return Ok(ExitCode::SUCCESS);
@@ -114,6 +129,10 @@ struct Pump {
     malformed: u64,
     losses: LossCounters,
     started: Instant,
+    /// DNS transactions, names of flows, detection rules.
+    analyzer: Analyzer,
+    /// Events (and alerts) made from the current record, in output order.
+    batch: Vec<Event>,
 }
 
 impl Pump {
@@ -137,6 +156,10 @@ impl Pump {
                 }
                 _ = ticker.tick() => {
                     self.clock = BootClock::sample();
+                    self.analyzer.tick(Utc::now(), &self.host, &mut self.batch);
+                    if !self.write_batch()? {
+                        return Ok(());
+                    }
                     if !self.write_stats(false)? {
                         return Ok(());
                     }
@@ -155,22 +178,46 @@ impl Pump {
     /// Writes every record in the ring buffer. `false` when the output is closed.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<bool> {
         while let Some(record) = ring.next() {
-            match decode::decode(&record, &self.clock, &self.host) {
-                Ok(event) => {
-                    *self.counts.entry(event.body.type_name()).or_default() += 1;
-                    if !self.write_unflushed(&event)? {
-                        return Ok(false);
-                    }
-                }
-                Err(e) => {
-                    self.malformed += 1;
-                    if self.malformed <= 5 {
-                        eprintln!("netmon: warning: skipped a malformed kernel record: {e}");
-                    }
+            let decoded = if decode::record_kind(&record) == Ok(kind::DNS) {
+                self.analyzer
+                    .dns_record(&record, &self.clock, &self.host, &mut self.batch)
+            } else {
+                decode::decode(&record, &self.clock, &self.host)
+                    .map(|event| self.analyzer.event(event, &mut self.batch))
+            };
+            if let Err(e) = decoded {
+                self.malformed += 1;
+                if self.malformed <= 5 {
+                    eprintln!("netmon: warning: skipped a malformed kernel record: {e}");
                 }
             }
+            drop(record);
+            if !self.write_batch_unflushed()? {
+                return Ok(false);
+            }
         }
-        self.flush()
+        self.analyzer.tick(Utc::now(), &self.host, &mut self.batch);
+        Ok(self.write_batch_unflushed()? && self.flush()?)
+    }
+
+    /// Writes the pending batch; `false` when the output is closed.
+    fn write_batch_unflushed(&mut self) -> Result<bool> {
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut open = true;
+        for event in batch.drain(..) {
+            if !matches!(event.body, EventBody::Alert(_)) {
+                *self.counts.entry(event.body.type_name()).or_default() += 1;
+            }
+            if open {
+                open = self.write_unflushed(&event)?;
+            }
+        }
+        self.batch = batch;
+        Ok(open)
+    }
+
+    fn write_batch(&mut self) -> Result<bool> {
+        Ok(self.write_batch_unflushed()? && self.flush()?)
     }
 
     fn write_stats(&mut self, last: bool) -> Result<bool> {
@@ -182,10 +229,11 @@ impl Pump {
             }
             lost += n;
         }
-        let mut events: BTreeMap<String, u64> = ["connect", "accept", "udp", "listen", "close"]
-            .iter()
-            .map(|k| (k.to_string(), 0))
-            .collect();
+        let mut events: BTreeMap<String, u64> =
+            ["connect", "accept", "udp", "listen", "close", "dns"]
+                .iter()
+                .map(|k| (k.to_string(), 0))
+                .collect();
         for (k, v) in &self.counts {
             events.insert(k.to_string(), *v);
         }
@@ -199,6 +247,8 @@ impl Pump {
                 lost_by_type,
                 malformed: self.malformed,
                 r#final: last,
+                dns: self.analyzer.dns_stats(),
+                rules: self.analyzer.rule_stats(),
             }),
         };
         self.write(&stats)
