@@ -135,8 +135,7 @@ fn try_dns_packet(ctx: &SkBuffContext, direction: u32) -> Result<(), i64> {
         captured = DNS_PAYLOAD_MAX as u32;
     }
     // SAFETY: `ev` points at a reserved entry of the right size; each field is written
-    // before submission. The copy length is in 1..=DNS_PAYLOAD_MAX (checked above),
-    // which is what the verifier needs to prove the write stays inside `payload`.
+    // before submission.
     unsafe {
         (*ev).header.kind = kind::DNS;
         (*ev).header.backend = backend::TRACEPOINT;
@@ -152,22 +151,28 @@ fn try_dns_packet(ctx: &SkBuffContext, direction: u32) -> Result<(), i64> {
         (*ev)._pad = 0;
         (*ev).socket_cookie = cookie;
         (*ev).payload_len = seg.payload_len;
-        let n = captured & (2 * DNS_PAYLOAD_MAX as u32 - 1);
-        let rc = if n > 0 && n <= DNS_PAYLOAD_MAX as u32 {
-            bpf_skb_load_bytes(
-                ctx.skb.skb.cast(),
-                seg.payload_off,
-                (&raw mut (*ev).payload).cast(),
-                n,
-            )
-        } else {
-            -1
-        };
-        if rc != 0 {
-            entry.discard(0);
-            return Ok(());
-        }
-        (*ev).captured_len = n;
+        (*ev).captured_len = captured;
+    }
+    // The copy length must be provably in 1..=DNS_PAYLOAD_MAX *in the register passed
+    // to the helper*. LLVM rewrites range checks into forms the verifier cannot follow
+    // (e.g. `n - 1 < 512` on a copy), so the bound is re-derived by masking a value
+    // LLVM cannot reason about (read back volatile): `((c - 1) & 511) + 1` is c for any
+    // c in 1..=512 (payload_len is not 0 here), and the verifier tracks `&` and `+`.
+    // SAFETY: reading back the field just written.
+    let c = unsafe { core::ptr::read_volatile(&raw const (*ev).captured_len) };
+    let n = (c.wrapping_sub(1) & (DNS_PAYLOAD_MAX as u32 - 1)) + 1;
+    // SAFETY: `payload` has DNS_PAYLOAD_MAX bytes and n <= DNS_PAYLOAD_MAX.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            seg.payload_off,
+            (&raw mut (*ev).payload).cast(),
+            n,
+        )
+    };
+    if rc != 0 {
+        entry.discard(0);
+        return Ok(());
     }
     entry.submit(0);
     Ok(())

@@ -636,6 +636,10 @@ fn explain(e: ProgramError) -> String {
         text.push_str(&s.to_string());
         source = s.source();
     }
+    // The whole verifier log, for whoever debugs a program the kernel refuses.
+    if std::env::var_os("NETMON_VERIFIER_LOG").is_some() {
+        eprintln!("netmon: verifier: {text}");
+    }
     if let Some(errno) = errno_in(&text) {
         return format!("{errno} ({})", first_line(&text));
     }
