@@ -231,14 +231,12 @@ process = ["netmon-testpeer"]
 "#,
     );
     let mut netmon = Netmon::start(&["--config", &config.arg()]);
-    let admin = TcpListener::bind("127.0.0.1:40150").unwrap();
-    let backdoor = TcpListener::bind("127.0.0.1:12345").unwrap();
-    let allowed = TcpListener::bind("127.0.0.1:4444").unwrap();
     for port in ["40150", "12345", "4444"] {
+        let listener = TcpListener::bind(format!("127.0.0.1:{port}")).unwrap();
         let c = Peer::spawn(&["tcp-client", &format!("127.0.0.1:{port}"), "0"]);
-        let _ = c.wait();
+        drop(listener.accept().unwrap());
+        assert!(c.wait().success());
     }
-    drop((admin, backdoor, allowed));
     let a = wait_alert(&mut netmon, "ADMIN_PORT", |_| true);
     assert_eq!(a.severity, Severity::High);
     assert!(a.summary.starts_with("connection to the admin port range"));
