@@ -479,8 +479,10 @@ mod tests {
 
     #[test]
     fn cooldown_holds_repeats_and_counts_them() {
-        let mut cfg = RulesConfig::default();
-        cfg.cooldown_s = 60;
+        let cfg = RulesConfig {
+            cooldown_s: 60,
+            ..RulesConfig::default()
+        };
         let mut engine = Engine::new(&cfg, Box::new(NoResolver));
         let hit = |s| conn("connect", s, 7, ("127.0.0.1", 40000), ("127.0.0.1", 31337));
         let got = alerts(&mut engine, &[hit(0), hit(10), hit(20), hit(30)]);
@@ -496,8 +498,10 @@ mod tests {
 
     #[test]
     fn master_switch_disables_everything() {
-        let mut cfg = RulesConfig::default();
-        cfg.enabled = false;
+        let cfg = RulesConfig {
+            enabled: false,
+            ..RulesConfig::default()
+        };
         let engine = Engine::new(&cfg, Box::new(NoResolver));
         assert!(engine.is_empty());
     }

@@ -202,22 +202,22 @@ pub fn process_matches(
     let Some(p) = process else {
         return false;
     };
-    if names.iter().any(|n| *n == p.comm) {
+    if names.contains(&p.comm) {
         return true;
     }
     if !exes.is_empty()
         && let Some(exe) = resolver.exe(p.pid)
-        && exes.iter().any(|e| *e == exe)
+        && exes.contains(&exe)
     {
         return true;
     }
     if !users.is_empty() {
         let uid = p.uid.to_string();
-        if users.iter().any(|u| *u == uid) {
+        if users.contains(&uid) {
             return true;
         }
         if let Some(name) = resolver.user(p.uid)
-            && users.iter().any(|u| *u == name)
+            && users.contains(&name)
         {
             return true;
         }
