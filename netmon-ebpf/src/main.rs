@@ -8,8 +8,11 @@
 
 mod dns;
 mod emit;
+mod kfuncs;
 mod maps;
+mod tcp;
 mod tcp_state;
+mod udp;
 mod udp_cgroup;
 
 #[cfg(not(test))]

@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod doctor;
 pub mod replay;
 pub mod rules;
 pub mod run;
@@ -32,6 +33,11 @@ pub enum Command {
     /// Show the effective detection rules, or check a configuration file.
     #[command(subcommand)]
     Rules(rules::RulesCommand),
+    /// Check what this kernel offers netmon (BTF, kprobes, fentry, tracepoints, cgroup
+    /// v2, …), which hooks `auto` would pick, and how to fix what is missing.
+    ///
+    /// Exits 0 when netmon can run, 1 when it cannot.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// `--config`, shared by every subcommand that reads the configuration file.
@@ -61,6 +67,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Replay(args) => replay::replay(args),
         Command::Rules(cmd) => rules::rules(cmd),
+        Command::Doctor(args) => doctor::run(args),
     };
     match result {
         Ok(code) => code,

@@ -13,7 +13,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, TracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, FEntry, FExit, KProbe,
+        ProgramError, TracePoint,
     },
 };
 use netmon_common::{KernelConfig, kind, maps};
@@ -40,6 +41,16 @@ pub enum BackendChoice {
 }
 
 impl BackendChoice {
+    /// The `backend` id the programs use; 0 for `auto` (never an owner).
+    pub fn wire_id(self) -> u8 {
+        match self {
+            BackendChoice::Auto => 0,
+            BackendChoice::Fentry => netmon_common::backend::FENTRY as u8,
+            BackendChoice::Kprobe => netmon_common::backend::KPROBE as u8,
+            BackendChoice::Tracepoint => netmon_common::backend::TRACEPOINT as u8,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             BackendChoice::Auto => "auto",
@@ -74,6 +85,18 @@ impl Capability {
         Capability::UdpSend,
     ];
 
+    /// Index into `KernelConfig::cap_backend`.
+    pub fn wire_index(self) -> usize {
+        match self {
+            Capability::TcpConnect => netmon_common::cap::TCP_CONNECT,
+            Capability::TcpAccept => netmon_common::cap::TCP_ACCEPT,
+            Capability::TcpListen => netmon_common::cap::TCP_LISTEN,
+            Capability::TcpClose => netmon_common::cap::TCP_CLOSE,
+            Capability::UdpSend => netmon_common::cap::UDP_SEND,
+            Capability::Dns => netmon_common::cap::DNS,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Capability::TcpConnect => "tcp_connect",
@@ -96,6 +119,10 @@ enum Attach {
     CgroupSockAddr,
     CgroupSkbEgress,
     CgroupSkbIngress,
+    FEntry(&'static str),
+    FExit(&'static str),
+    KProbe(&'static str),
+    KRetProbe(&'static str),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -111,6 +138,10 @@ impl Hook {
             Attach::CgroupSockAddr | Attach::CgroupSkbEgress | Attach::CgroupSkbIngress => {
                 format!("cgroup:{}", self.program)
             }
+            Attach::FEntry(f) => format!("fentry:{f}"),
+            Attach::FExit(f) => format!("fexit:{f}"),
+            Attach::KProbe(f) => format!("kprobe:{f}"),
+            Attach::KRetProbe(f) => format!("kretprobe:{f}"),
         }
     }
 }
@@ -132,7 +163,13 @@ impl HookGroup {
 
 /// Fills `DNS_PORTS` and attaches the `dns` group; a failure becomes a warning and a
 /// `dns` capability without backend in the report.
-fn attach_dns(ebpf: &mut Ebpf, ports: &[u16], report: &mut ProbeReport) {
+fn attach_dns(
+    ebpf: &mut Ebpf,
+    ports: &[u16],
+    report: &mut ProbeReport,
+    btf: Option<&aya::Btf>,
+    offsets: &KernelConfig,
+) {
     let mut result = fill_dns_ports(ebpf, ports);
     let mut hooks = Vec::new();
     if result.is_ok() {
@@ -140,7 +177,7 @@ fn attach_dns(ebpf: &mut Ebpf, ports: &[u16], report: &mut ProbeReport) {
             .iter()
             .find(|g| g.capabilities.contains(&Capability::Dns))
             .expect("the dns hook group");
-        match attach_group(ebpf, group, &mut BTreeSet::new()) {
+        match attach_group(ebpf, group, &mut BTreeSet::new(), btf, offsets) {
             Ok(h) => hooks = h,
             Err(reason) => result = Err(reason),
         }
@@ -179,83 +216,144 @@ fn fill_dns_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), String> {
     Ok(())
 }
 
-/// Every way netmon knows to observe each capability, best first.
-fn hook_groups() -> &'static [HookGroup] {
-    use Capability::*;
-    &[
-        HookGroup {
-            backend: BackendChoice::Tracepoint,
-            capabilities: &[TcpConnect, TcpAccept, TcpListen, TcpClose],
-            hooks: &[Hook {
-                program: "inet_sock_set_state",
-                attach: Attach::TracePoint {
-                    category: "sock",
-                    name: "inet_sock_set_state",
-                },
-            }],
-        },
-        HookGroup {
-            backend: BackendChoice::Tracepoint,
-            capabilities: &[UdpSend],
-            hooks: &[
-                Hook {
-                    program: "udp_connect4",
-                    attach: Attach::CgroupSockAddr,
-                },
-                Hook {
-                    program: "udp_connect6",
-                    attach: Attach::CgroupSockAddr,
-                },
-                Hook {
-                    program: "udp_sendmsg4",
-                    attach: Attach::CgroupSockAddr,
-                },
-                Hook {
-                    program: "udp_sendmsg6",
-                    attach: Attach::CgroupSockAddr,
-                },
-                Hook {
-                    program: "udp_egress",
-                    attach: Attach::CgroupSkbEgress,
-                },
-            ],
-        },
-        // Optional: cgroup hooks exist on every kernel netmon supports, so DNS uses
-        // them whatever backend provides the rest. The sock_addr hooks record which
-        // process owns sockets that talk to DNS ports (TCP too); the skb hooks copy
-        // the DNS payloads in both directions.
-        HookGroup {
-            backend: BackendChoice::Tracepoint,
-            capabilities: &[Dns],
-            hooks: &[
-                Hook {
-                    program: "dns_connect4",
-                    attach: Attach::CgroupSockAddr,
-                },
-                Hook {
-                    program: "dns_connect6",
-                    attach: Attach::CgroupSockAddr,
-                },
-                Hook {
-                    program: "dns_sendmsg4",
-                    attach: Attach::CgroupSockAddr,
-                },
-                Hook {
-                    program: "dns_sendmsg6",
-                    attach: Attach::CgroupSockAddr,
-                },
-                Hook {
-                    program: "dns_egress",
-                    attach: Attach::CgroupSkbEgress,
-                },
-                Hook {
-                    program: "dns_ingress",
-                    attach: Attach::CgroupSkbIngress,
-                },
-            ],
-        },
-    ]
+const fn hook(program: &'static str, attach: Attach) -> Hook {
+    Hook { program, attach }
 }
+
+/// Every way netmon knows to observe each capability. The order of backends to try
+/// is `fentry`, `kprobe`, `tracepoint` (see `attach_all`).
+fn hook_groups() -> &'static [HookGroup] {
+    HOOK_GROUPS
+}
+
+use Capability::{Dns, TcpAccept, TcpClose, TcpConnect, TcpListen, UdpSend};
+
+const TCP_STATE_FENTRY: Hook = hook("fentry_tcp_set_state", Attach::FEntry("tcp_set_state"));
+const TCP_STATE_KPROBE: Hook = hook("kprobe_tcp_set_state", Attach::KProbe("tcp_set_state"));
+const TCP_STATE_TP: Hook = hook(
+    "inet_sock_set_state",
+    Attach::TracePoint {
+        category: "sock",
+        name: "inet_sock_set_state",
+    },
+);
+static HOOK_GROUPS: &[HookGroup] = &[
+    // fentry/fexit: BPF trampolines, the cheapest hooks (5.5+, where allowed).
+    HookGroup {
+        backend: BackendChoice::Fentry,
+        capabilities: &[TcpConnect],
+        hooks: &[
+            hook("fentry_tcp_connect", Attach::FEntry("tcp_connect")),
+            TCP_STATE_FENTRY,
+        ],
+    },
+    HookGroup {
+        backend: BackendChoice::Fentry,
+        capabilities: &[TcpAccept],
+        hooks: &[hook(
+            "fexit_inet_csk_accept",
+            Attach::FExit("inet_csk_accept"),
+        )],
+    },
+    HookGroup {
+        backend: BackendChoice::Fentry,
+        capabilities: &[TcpListen],
+        hooks: &[
+            hook(
+                "fentry_inet_csk_listen_start",
+                Attach::FEntry("inet_csk_listen_start"),
+            ),
+            TCP_STATE_FENTRY,
+        ],
+    },
+    HookGroup {
+        backend: BackendChoice::Fentry,
+        capabilities: &[TcpClose],
+        hooks: &[TCP_STATE_FENTRY],
+    },
+    HookGroup {
+        backend: BackendChoice::Fentry,
+        capabilities: &[UdpSend],
+        hooks: &[
+            hook("fentry_ip_send_skb", Attach::FEntry("ip_send_skb")),
+            hook("fentry_ip6_send_skb", Attach::FEntry("ip6_send_skb")),
+        ],
+    },
+    // kprobes: every production kernel with CONFIG_KPROBES.
+    HookGroup {
+        backend: BackendChoice::Kprobe,
+        capabilities: &[TcpConnect],
+        hooks: &[
+            hook("kprobe_tcp_connect", Attach::KProbe("tcp_connect")),
+            TCP_STATE_KPROBE,
+        ],
+    },
+    HookGroup {
+        backend: BackendChoice::Kprobe,
+        capabilities: &[TcpAccept],
+        hooks: &[hook(
+            "kretprobe_inet_csk_accept",
+            Attach::KRetProbe("inet_csk_accept"),
+        )],
+    },
+    HookGroup {
+        backend: BackendChoice::Kprobe,
+        capabilities: &[TcpListen],
+        hooks: &[
+            hook(
+                "kprobe_inet_csk_listen_start",
+                Attach::KProbe("inet_csk_listen_start"),
+            ),
+            TCP_STATE_KPROBE,
+        ],
+    },
+    HookGroup {
+        backend: BackendChoice::Kprobe,
+        capabilities: &[TcpClose],
+        hooks: &[TCP_STATE_KPROBE],
+    },
+    HookGroup {
+        backend: BackendChoice::Kprobe,
+        capabilities: &[UdpSend],
+        hooks: &[
+            hook("kprobe_ip_send_skb", Attach::KProbe("ip_send_skb")),
+            hook("kprobe_ip6_send_skb", Attach::KProbe("ip6_send_skb")),
+        ],
+    },
+    // The tracepoint and cgroup hooks: every kernel netmon supports.
+    HookGroup {
+        backend: BackendChoice::Tracepoint,
+        capabilities: &[TcpConnect, TcpAccept, TcpListen, TcpClose],
+        hooks: &[TCP_STATE_TP],
+    },
+    HookGroup {
+        backend: BackendChoice::Tracepoint,
+        capabilities: &[UdpSend],
+        hooks: &[
+            hook("udp_connect4", Attach::CgroupSockAddr),
+            hook("udp_connect6", Attach::CgroupSockAddr),
+            hook("udp_sendmsg4", Attach::CgroupSockAddr),
+            hook("udp_sendmsg6", Attach::CgroupSockAddr),
+            hook("udp_egress", Attach::CgroupSkbEgress),
+        ],
+    },
+    // Optional: cgroup hooks exist on every kernel netmon supports, so DNS uses them
+    // whatever backend provides the rest. The sock_addr hooks record which process
+    // owns sockets that talk to DNS ports (TCP too); the skb hooks copy the DNS
+    // payloads in both directions. Attached by `attach_dns`, not by `attach_all`.
+    HookGroup {
+        backend: BackendChoice::Tracepoint,
+        capabilities: &[Dns],
+        hooks: &[
+            hook("dns_connect4", Attach::CgroupSockAddr),
+            hook("dns_connect6", Attach::CgroupSockAddr),
+            hook("dns_sendmsg4", Attach::CgroupSockAddr),
+            hook("dns_sendmsg6", Attach::CgroupSockAddr),
+            hook("dns_egress", Attach::CgroupSkbEgress),
+            hook("dns_ingress", Attach::CgroupSkbIngress),
+        ],
+    },
+];
 
 /// The name optional capabilities report as their backend: the cgroup hooks.
 const OPTIONAL_BACKEND: &str = "cgroup";
@@ -338,33 +436,37 @@ impl Tracer {
                     "cannot read {} ({e}); byte counts and network namespaces are left out",
                     kernel_btf::VMLINUX_BTF
                 ));
-                KernelConfig::default()
+                KernelConfig::UNKNOWN
             }
         };
+        // One parse of the kernel's BTF serves the loader and every fentry attach.
+        let btf = aya::Btf::from_sys_fs().ok();
         let mut ebpf = EbpfLoader::new()
+            .btf(btf.as_ref())
             .map_max_entries(maps::EVENTS, opts.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
-        let config = KernelConfig {
+        let mut config = KernelConfig {
             self_pid: std::process::id(),
             ..offsets
         };
-        let map = ebpf
-            .map_mut(maps::CONFIG)
-            .ok_or(Error::MissingMap { name: maps::CONFIG })?;
-        let mut array: Array<&mut MapData, KernelConfig> =
-            Array::try_from(map).map_err(|source| Error::Map {
-                name: maps::CONFIG,
-                source,
-            })?;
-        array.set(0, config, 0).map_err(|source| Error::Map {
-            name: maps::CONFIG,
-            source,
-        })?;
-
-        let mut report = attach_all(&mut ebpf, opts.backend, warnings)?;
+        let (report, owners) =
+            attach_all(&mut ebpf, opts.backend, warnings, btf.as_ref(), &config)?;
+        // Programs stay silent until they learn which capabilities they own, so two
+        // backends attached for different capabilities never report the same thing.
+        for (cap, backend) in owners {
+            config.cap_backend[cap.wire_index()] = backend.wire_id();
+        }
+        write_config(&mut ebpf, config)?;
+        let mut report = report;
         if !opts.dns_ports.is_empty() {
-            attach_dns(&mut ebpf, &opts.dns_ports, &mut report);
+            attach_dns(
+                &mut ebpf,
+                &opts.dns_ports,
+                &mut report,
+                btf.as_ref(),
+                &config,
+            );
         }
         Ok(Tracer { ebpf, report })
     }
@@ -395,6 +497,21 @@ impl Tracer {
     }
 }
 
+fn write_config(ebpf: &mut Ebpf, config: KernelConfig) -> Result<(), Error> {
+    let map = ebpf
+        .map_mut(maps::CONFIG)
+        .ok_or(Error::MissingMap { name: maps::CONFIG })?;
+    let mut array: Array<&mut MapData, KernelConfig> =
+        Array::try_from(map).map_err(|source| Error::Map {
+            name: maps::CONFIG,
+            source,
+        })?;
+    array.set(0, config, 0).map_err(|source| Error::Map {
+        name: maps::CONFIG,
+        source,
+    })
+}
+
 /// Reads `LOST`: events the kernel could not reserve ring-buffer space for.
 pub struct LossCounters {
     array: PerCpuArray<MapData, u64>,
@@ -417,11 +534,15 @@ impl LossCounters {
 }
 
 /// Attaches, per capability, the first group (in preference order) that works.
+type Owners = Vec<(Capability, BackendChoice)>;
+
 fn attach_all(
     ebpf: &mut Ebpf,
     choice: BackendChoice,
     mut warnings: Vec<String>,
-) -> Result<ProbeReport, Error> {
+    btf: Option<&aya::Btf>,
+    offsets: &KernelConfig,
+) -> Result<(ProbeReport, Owners), Error> {
     let order: &[BackendChoice] = match choice {
         BackendChoice::Auto => &[
             BackendChoice::Fentry,
@@ -442,6 +563,7 @@ fn attach_all(
         })
         .collect();
     let mut covered: BTreeSet<Capability> = BTreeSet::new();
+    let mut owners: Owners = Vec::new();
     let mut attached_programs: BTreeSet<&'static str> = BTreeSet::new();
 
     for &backend in order {
@@ -469,10 +591,11 @@ fn attach_all(
             if wanted.is_empty() {
                 continue;
             }
-            match attach_group(ebpf, group, &mut attached_programs) {
+            match attach_group(ebpf, group, &mut attached_programs, btf, offsets) {
                 Ok(hooks) => {
                     for cap in wanted {
                         covered.insert(cap);
+                        owners.push((cap, backend));
                         let r = &mut reports[cap as usize];
                         r.backend = Some(backend.name().into());
                         r.hooks = hooks.clone();
@@ -521,12 +644,13 @@ fn attach_all(
             .join("; ");
         return Err(Error::NothingAttached { reasons });
     }
-    Ok(ProbeReport {
+    let report = ProbeReport {
         requested: choice.name().into(),
         kernel: system::kernel_release(),
         capabilities: reports,
         warnings,
-    })
+    };
+    Ok((report, owners))
 }
 
 fn skip(reports: &mut [CapabilityReport], cap: Capability, backend: BackendChoice, reason: String) {
@@ -541,7 +665,12 @@ fn attach_group(
     ebpf: &mut Ebpf,
     group: &HookGroup,
     attached_programs: &mut BTreeSet<&'static str>,
+    btf: Option<&aya::Btf>,
+    offsets: &KernelConfig,
 ) -> Result<Vec<String>, String> {
+    if matches!(group.backend, BackendChoice::Fentry | BackendChoice::Kprobe) {
+        kfunc_offsets_known(offsets)?;
+    }
     let mut done: Vec<&'static str> = Vec::new();
     let mut described = Vec::new();
     for hook in group.hooks {
@@ -549,14 +678,14 @@ fn attach_group(
             described.push(hook.describe());
             continue;
         }
-        match attach_hook(ebpf, hook) {
+        match attach_hook(ebpf, hook, btf, offsets) {
             Ok(()) => {
                 done.push(hook.program);
                 described.push(hook.describe());
             }
             Err(reason) => {
                 for hook in group.hooks.iter().filter(|h| done.contains(&h.program)) {
-                    unload(ebpf, hook);
+                    unload(ebpf, hook, offsets);
                 }
                 return Err(format!("{}: {reason}", hook.describe()));
             }
@@ -567,8 +696,11 @@ fn attach_group(
 }
 
 /// Detaches and unloads one program of a group that could not attach whole.
-fn unload(ebpf: &mut Ebpf, hook: &Hook) {
-    let Some(program) = ebpf.program_mut(hook.program) else {
+fn unload(ebpf: &mut Ebpf, hook: &Hook, offsets: &KernelConfig) {
+    let Ok(name) = program_for(hook, offsets) else {
+        return;
+    };
+    let Some(program) = ebpf.program_mut(name) else {
         return;
     };
     let _ = match hook.attach {
@@ -577,13 +709,24 @@ fn unload(ebpf: &mut Ebpf, hook: &Hook) {
         Attach::CgroupSkbEgress | Attach::CgroupSkbIngress => {
             <&mut CgroupSkb>::try_from(program).map(|p| p.unload())
         }
+        Attach::FEntry(_) => <&mut FEntry>::try_from(program).map(|p| p.unload()),
+        Attach::FExit(_) => <&mut FExit>::try_from(program).map(|p| p.unload()),
+        Attach::KProbe(_) | Attach::KRetProbe(_) => {
+            <&mut KProbe>::try_from(program).map(|p| p.unload())
+        }
     };
 }
 
-fn attach_hook(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), String> {
+fn attach_hook(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+    btf: Option<&aya::Btf>,
+    offsets: &KernelConfig,
+) -> Result<(), String> {
+    let name = program_for(hook, offsets)?;
     let program = ebpf
-        .program_mut(hook.program)
-        .ok_or_else(|| format!("program {} missing from the object", hook.program))?;
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the object"))?;
     match hook.attach {
         Attach::TracePoint { category, name } => {
             let tracefs = system::ensure_tracefs().map_err(|e| e.to_string())?;
@@ -616,8 +759,96 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), String> {
             p.attach(&cgroup, direction, CgroupAttachMode::Single)
                 .map_err(explain)?;
         }
+        Attach::FEntry(function) => {
+            let btf = btf.ok_or("no kernel BTF (/sys/kernel/btf/vmlinux)")?;
+            let p: &mut FEntry = program.try_into().map_err(explain)?;
+            p.load(function, btf).map_err(explain)?;
+            p.attach().map_err(explain)?;
+        }
+        Attach::FExit(function) => {
+            let btf = btf.ok_or("no kernel BTF (/sys/kernel/btf/vmlinux)")?;
+            let p: &mut FExit = program.try_into().map_err(explain)?;
+            p.load(function, btf).map_err(explain)?;
+            p.attach().map_err(explain)?;
+        }
+        Attach::KProbe(function) | Attach::KRetProbe(function) => {
+            if !kprobes_available() {
+                return Err(
+                    "no kprobe PMU (/sys/bus/event_source/devices/kprobe is absent: CONFIG_KPROBES is off)"
+                        .into(),
+                );
+            }
+            let p: &mut KProbe = program.try_into().map_err(explain)?;
+            p.load().map_err(explain)?;
+            p.attach(function, 0).map_err(explain)?;
+        }
     }
     Ok(())
+}
+
+/// Programs that exist once per kernel prototype of their function: (hook name, the
+/// function's argument count in BTF, program to load).
+const PROTOTYPE_VARIANTS: &[(&str, u32, &str)] = &[
+    ("fexit_inet_csk_accept", 4, "fexit_inet_csk_accept_4args"),
+    ("fexit_inet_csk_accept", 2, "fexit_inet_csk_accept_2args"),
+];
+
+/// The program that implements `hook` on this kernel.
+fn program_for(hook: &Hook, offsets: &KernelConfig) -> Result<&'static str, String> {
+    let variants: Vec<_> = PROTOTYPE_VARIANTS
+        .iter()
+        .filter(|(h, _, _)| *h == hook.program)
+        .collect();
+    if variants.is_empty() {
+        return Ok(hook.program);
+    }
+    let args = offsets.accept_ret_index;
+    variants
+        .iter()
+        .find(|(_, n, _)| *n == args)
+        .map(|(_, _, p)| *p)
+        .ok_or_else(|| {
+            format!(
+                "this kernel's {} takes {args} arguments, a prototype netmon does not know",
+                hook.describe()
+            )
+        })
+}
+
+/// fentry and kprobe programs read the socket tuple and the datagram through struct
+/// offsets from BTF; without them they would attach and see nothing.
+fn kfunc_offsets_known(c: &KernelConfig) -> Result<(), String> {
+    use netmon_common::NO_OFFSET;
+    let needed = [
+        ("sock_common.skc_family", c.skc_family),
+        ("sock_common.skc_state", c.skc_state),
+        ("sock_common.skc_daddr", c.skc_daddr),
+        ("sock_common.skc_rcv_saddr", c.skc_rcv_saddr),
+        ("sock_common.skc_dport", c.skc_dport),
+        ("sock_common.skc_num", c.skc_num),
+        ("sock_common.skc_v6_daddr", c.skc_v6_daddr),
+        ("sock_common.skc_v6_rcv_saddr", c.skc_v6_rcv_saddr),
+        ("sk_buff.head", c.skb_head),
+        ("sk_buff.network_header", c.skb_network_header),
+    ];
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(_, off)| *off == NO_OFFSET)
+        .map(|(name, _)| *name)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "kernel BTF offsets unavailable ({})",
+            missing.join(", ")
+        ))
+    }
+}
+
+/// Whether the kernel has kprobes (the PMU aya attaches through).
+pub fn kprobes_available() -> bool {
+    std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
 }
 
 fn cgroup_root() -> Result<fs::File, String> {
@@ -636,17 +867,23 @@ fn explain(e: ProgramError) -> String {
         text.push_str(&s.to_string());
         source = s.source();
     }
-    // The whole verifier log, for whoever debugs a program the kernel refuses.
-    if std::env::var_os("NETMON_VERIFIER_LOG").is_some() {
-        eprintln!("netmon: verifier: {text}");
+    let line = first_line(&text);
+    match errno_in(&text) {
+        // "the BPF_PROG_LOAD syscall returned Operation not permitted (os error 1). Verifier
+        // output: …" says little more than the errno; keep the call and the errno.
+        Some(errno) => match line.split(" returned ").next() {
+            Some(call) if call != line => format!("{errno} ({call} failed)"),
+            _ => format!("{errno} ({line})"),
+        },
+        None => line,
     }
-    if let Some(errno) = errno_in(&text) {
-        return format!("{errno} ({})", first_line(&text));
-    }
-    first_line(&text)
 }
 
 fn first_line(s: &str) -> String {
+    // The whole verifier log, for whoever debugs a program the kernel refuses.
+    if std::env::var_os("NETMON_VERIFIER_LOG").is_some() {
+        eprintln!("{s}");
+    }
     s.lines().next().unwrap_or(s).chars().take(300).collect()
 }
 
