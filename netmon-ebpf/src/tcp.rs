@@ -97,7 +97,10 @@ pub fn on_transition(
             }
         }
         (TCP_SYN_RECV, TCP_ESTABLISHED) => {
+            // The fentry/kprobe backends report accepts from inet_csk_accept(), in the
+            // accepting process; only the tracepoint needs the listener's owner.
             if owns(cfg, cap::TCP_ACCEPT, backend)
+                && backend == netmon_common::backend::TRACEPOINT
                 && let Some(t) = source.tuple()
             {
                 on_passive_open(cfg, backend, sk, &t);

@@ -6,9 +6,11 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Args, Parser, Subcommand};
 
 pub mod doctor;
+pub mod hosts;
 pub mod replay;
 pub mod rules;
 pub mod run;
+pub mod scan;
 
 /// Linux network monitor: traces every TCP and UDP connection with eBPF and tells you
 /// which process made it.
@@ -38,6 +40,13 @@ pub enum Command {
     ///
     /// Exits 0 when netmon can run, 1 when it cannot.
     Doctor(doctor::DoctorArgs),
+    /// Discover hosts, scan their ports and name their services (an nmap-like scanner).
+    ///
+    /// Refuses public addresses unless --allow-public. Needs no privilege; as root it
+    /// uses raw sockets for ICMP discovery and a SYN scan.
+    Scan(scan::ScanArgs),
+    /// Print the host inventory that the scanner in `netmon run` keeps.
+    Hosts(hosts::HostsArgs),
 }
 
 /// `--config`, shared by every subcommand that reads the configuration file.
@@ -68,6 +77,8 @@ pub fn main() -> ExitCode {
         Command::Replay(args) => replay::replay(args),
         Command::Rules(cmd) => rules::rules(cmd),
         Command::Doctor(args) => doctor::run(args),
+        Command::Scan(args) => scan::run(args),
+        Command::Hosts(args) => hosts::run(args),
     };
     match result {
         Ok(code) => code,

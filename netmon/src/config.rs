@@ -25,6 +25,8 @@ pub struct Config {
     pub rules: RulesConfig,
     /// `[dns]`: DNS capture.
     pub dns: DnsConfig,
+    /// `[scan]`: the active scanner's monitor (see `scan/config.rs`).
+    pub scan: crate::scan::config::ScanConfig,
 }
 
 /// `[dns]`.
@@ -229,9 +231,12 @@ mod tests {
         assert!(e.message.contains("expected one of"), "{e}");
         let shown = e.to_string();
         assert!(shown.starts_with("netmon.toml:5:"), "{shown}");
-        let e = err("[scan]\nx = 1\n");
+        let e = err("[bogus]\nx = 1\n");
         assert_eq!(e.line, Some(1));
-        assert!(e.message.contains("unknown field `scan`"), "{e}");
+        assert!(e.message.contains("unknown field `bogus`"), "{e}");
+        // Each section rejects its own unknown keys.
+        let e = err("[scan]\nbogus = 1\n");
+        assert_eq!(e.key, "scan.bogus");
     }
 
     #[test]
@@ -292,6 +297,8 @@ direction = "outbound"
 ports = [23]
 [dns]
 ports = [5353]
+[scan]
+allow = ["10.0.0.0/24"]
 "#,
             Path::new("x"),
         )

@@ -40,6 +40,20 @@ pub enum EventBody {
     Dns(Dns),
     /// A detection rule fired (see `rules.rs`).
     Alert(Alert),
+    /// Scanner: one scanned host (`netmon scan`).
+    Host(crate::scan::report::ScanHost),
+    /// Scanner: one open port (`netmon scan`).
+    Port(crate::scan::report::ScanPort),
+    /// Inventory: a host answered that was unknown or down.
+    HostUp(crate::scan::report::HostChange),
+    /// Inventory: a known host stopped answering (it stays in the inventory).
+    HostDown(crate::scan::report::HostChange),
+    /// Inventory: a port of a known host opened.
+    PortOpened(crate::scan::report::PortChange),
+    /// Inventory: an open port closed.
+    PortClosed(crate::scan::report::PortChange),
+    /// Inventory: an open port answers with another service or version.
+    ServiceChanged(crate::scan::report::ServiceChange),
 }
 
 impl EventBody {
@@ -55,6 +69,13 @@ impl EventBody {
             EventBody::Probe(_) => "probe",
             EventBody::Dns(_) => "dns",
             EventBody::Alert(_) => "alert",
+            EventBody::Host(_) => "host",
+            EventBody::Port(_) => "port",
+            EventBody::HostUp(_) => "host_up",
+            EventBody::HostDown(_) => "host_down",
+            EventBody::PortOpened(_) => "port_opened",
+            EventBody::PortClosed(_) => "port_closed",
+            EventBody::ServiceChanged(_) => "service_changed",
         }
     }
 
@@ -71,7 +92,7 @@ impl EventBody {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,

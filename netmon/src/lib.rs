@@ -15,4 +15,5 @@ pub mod output;
 pub mod probe;
 pub mod procfs;
 pub mod rules;
+pub mod scan;
 pub mod system;

@@ -214,12 +214,17 @@ fn scenario(backend: &str) -> Option<BTreeSet<Normalized>> {
     drop(sinks);
     let (status, events) = netmon.stop();
     assert!(status.success());
-    Some(
-        events
-            .iter()
-            .filter_map(|e| normalize(e, &roles, ns.inode))
-            .collect(),
-    )
+    let got: Vec<Normalized> = events
+        .iter()
+        .filter_map(|e| normalize(e, &roles, ns.inode))
+        .collect();
+    let unique: BTreeSet<Normalized> = got.iter().cloned().collect();
+    assert_eq!(
+        got.len(),
+        unique.len(),
+        "backend {backend} reported duplicates: {got:#?}"
+    );
+    Some(unique)
 }
 
 #[test]
@@ -251,18 +256,21 @@ fn a_refused_explicit_backend_exits_2_naming_the_hook() {
     require_root!();
     let _ns = NetNs::new();
     for backend in ["fentry", "kprobe"] {
-        let out = Command::new(netmon_bin())
+        let mut child = Command::new(netmon_bin())
             .args(["run", "--backend", backend])
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        // A backend that works keeps running: give it a moment, then stop it.
-        let pid = out.id();
-        std::thread::sleep(Duration::from_secs(3));
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        let out = out.wait_with_output().unwrap();
+        // A backend that works prints its probe line and keeps running: stop it then.
+        let mut first = String::new();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        if std::io::BufRead::read_line(&mut stdout, &mut first).unwrap_or(0) > 0 {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        }
+        let out = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         if out.status.code() == Some(2) {
             assert!(
