@@ -25,6 +25,9 @@ pub mod maps {
     pub const SOCKET_OWNERS: &str = "SOCKET_OWNERS";
     /// `LRU_HASH<UdpPeerKey, UdpPeerStats>`: UDP peers already reported, with counters.
     pub const UDP_PEERS: &str = "UDP_PEERS";
+    /// `HASH<u16 port (host byte order), u8>`: ports whose traffic is DNS (53 plus the
+    /// configured `dns.ports`); userspace fills it before attaching the `dns` programs.
+    pub const DNS_PORTS: &str = "DNS_PORTS";
 }
 
 /// Event kinds (`EventHeader::kind`).
@@ -38,8 +41,10 @@ pub mod kind {
     /// [`EventHeader`](super::EventHeader) whose `process` is the exiting process.
     /// Userspace evicts its per-pid context cache; it is not written as an event.
     pub const EXIT: u32 = 6;
+    /// A DNS message seen on a socket ([`DnsEvent`](super::DnsEvent)).
+    pub const DNS: u32 = 7;
     /// One past the largest kind: the length of the `LOST` array.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Which hook family produced an event (`EventHeader::backend`).
@@ -65,6 +70,18 @@ pub mod flags {
     /// A TCP connect that never reached ESTABLISHED (refused, timed out, reset).
     pub const CONNECT_FAILED: u32 = 1 << 5;
 }
+
+/// Bits of `DnsEvent::flags`.
+pub mod dns_flags {
+    /// The packet was leaving the host (cgroup egress); otherwise it was arriving.
+    pub const EGRESS: u32 = 1 << 0;
+    /// No process was known for the socket; `process` fields are zero.
+    pub const PROCESS_UNKNOWN: u32 = 1 << 1;
+}
+
+/// Bytes of a DNS message a [`DnsEvent`] carries at most. Longer messages are cut
+/// (`payload_len` still says how long they were) and userspace counts them as truncated.
+pub const DNS_PAYLOAD_MAX: usize = 512;
 
 /// `AF_INET` / `AF_INET6` as the kernel numbers them.
 pub const AF_INET: u16 = 2;
@@ -147,6 +164,37 @@ pub struct ConnEvent {
     pub bytes_received: u64,
 }
 
+/// One DNS packet (UDP datagram or TCP segment to or from a DNS port), copied from a
+/// cgroup skb hook with the socket it belongs to. Userspace parses the message; the
+/// kernel side never interprets it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DnsEvent {
+    pub header: EventHeader,
+    /// Network byte order. IPv4 uses the first 4 bytes; the rest are zero.
+    pub src_addr: [u8; 16],
+    /// Network byte order, as `src_addr`.
+    pub dst_addr: [u8; 16],
+    /// Host byte order: the packet's own source port.
+    pub src_port: u16,
+    /// Host byte order.
+    pub dst_port: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    /// [`IPPROTO_TCP`] (the payload starts with DNS's two-byte length) or [`IPPROTO_UDP`].
+    pub protocol: u16,
+    /// Bits of [`dns_flags`].
+    pub flags: u32,
+    pub _pad: u32,
+    /// `bpf_get_socket_cookie`: the same socket for a query and its response.
+    pub socket_cookie: u64,
+    /// Length of the transport payload in the packet (what the wire said).
+    pub payload_len: u32,
+    /// Bytes copied into `payload`: `min(payload_len, DNS_PAYLOAD_MAX)`.
+    pub captured_len: u32,
+    pub payload: [u8; DNS_PAYLOAD_MAX],
+}
+
 /// Capability indexes into `KernelConfig::cap_backend`.
 pub mod cap {
     pub const TCP_CONNECT: usize = 0;
@@ -154,6 +202,8 @@ pub mod cap {
     pub const TCP_LISTEN: usize = 2;
     pub const TCP_CLOSE: usize = 3;
     pub const UDP_SEND: usize = 4;
+    /// The `dns` programs do not consult `cap_backend`: DNS has one backend (cgroup skb).
+    pub const DNS: usize = 5;
     pub const COUNT: usize = 8;
 }
 
@@ -273,6 +323,7 @@ const _: () = assert!(core::mem::size_of::<Process>() == 40);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 56);
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 128);
 const _: () = assert!(core::mem::size_of::<KernelConfig>() == 80);
+const _: () = assert!(core::mem::size_of::<DnsEvent>() == 120 + DNS_PAYLOAD_MAX);
 const _: () = assert!(core::mem::size_of::<FlowStart>() == 56);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
 const _: () = assert!(core::mem::size_of::<UdpPeerKey>() == 24);
@@ -286,6 +337,7 @@ mod user {
     unsafe impl aya::Pod for Process {}
     unsafe impl aya::Pod for EventHeader {}
     unsafe impl aya::Pod for ConnEvent {}
+    unsafe impl aya::Pod for DnsEvent {}
     unsafe impl aya::Pod for KernelConfig {}
     unsafe impl aya::Pod for FlowStart {}
     unsafe impl aya::Pod for ListenerKey {}

@@ -100,7 +100,7 @@ pub fn submit(event: &ConnEvent) {
 }
 
 #[inline(always)]
-fn count_lost(kind: u32) {
+pub fn count_lost(kind: u32) {
     if let Some(counter) = LOST.get_ptr_mut(kind) {
         // SAFETY: per-CPU slot, so no other CPU writes it concurrently.
         unsafe { *counter += 1 };

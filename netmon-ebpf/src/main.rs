@@ -6,6 +6,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod dns;
 mod emit;
 mod kfuncs;
 mod maps;

@@ -31,3 +31,6 @@ pub static SOCKET_OWNERS: LruHashMap<u64, Process> = LruHashMap::with_max_entrie
 
 #[map(name = "UDP_PEERS")]
 pub static UDP_PEERS: LruHashMap<UdpPeerKey, UdpPeerStats> = LruHashMap::with_max_entries(65536, 0);
+
+#[map(name = "DNS_PORTS")]
+pub static DNS_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);

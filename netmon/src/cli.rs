@@ -1,12 +1,14 @@
 //! Command-line interface: parses flags (clap derive; doc comments are the help text),
 //! dispatches to one module per subcommand, and turns errors into one line on stderr
 //! and an exit code (0 ok, 1 a finding, 2 an error), ripgrep-style.
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 pub mod doctor;
 pub mod hosts;
+pub mod replay;
+pub mod rules;
 pub mod run;
 pub mod scan;
 pub mod snapshot;
@@ -31,6 +33,13 @@ pub enum Command {
     ///
     /// Exit code 0 when no rule raised a high or critical alert, 1 when one did, 2 on error.
     Snapshot(snapshot::SnapshotArgs),
+    /// Run the detection rules offline over a recorded event stream and print the alerts.
+    ///
+    /// Reads the JSON Lines `netmon run` writes. Exit status: 0 no alert, 1 alerts, 2 error.
+    Replay(replay::ReplayArgs),
+    /// Show the effective detection rules, or check a configuration file.
+    #[command(subcommand)]
+    Rules(rules::RulesCommand),
     /// Check what this kernel offers netmon (BTF, kprobes, fentry, tracepoints, cgroup
     /// v2, …), which hooks `auto` would pick, and how to fix what is missing.
     ///
@@ -45,14 +54,34 @@ pub enum Command {
     Hosts(hosts::HostsArgs),
 }
 
+/// `--config`, shared by every subcommand that reads the configuration file.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ConfigArgs {
+    /// Configuration file (TOML, see docs/config.md). Without it netmon reads
+    /// /etc/netmon/netmon.toml when that file exists, else uses the built-in defaults.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    pub fn load(&self) -> anyhow::Result<crate::config::Config> {
+        let (config, _) = crate::config::load(self.config.as_deref())?;
+        Ok(config)
+    }
+}
+
 /// Exit code for errors: bad flags, missing privileges, unusable kernel.
 pub const EXIT_ERROR: u8 = 2;
+/// Exit code for a finding (alerts from `replay`).
+pub const EXIT_FINDING: u8 = 1;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Snapshot(args) => snapshot::snapshot(args),
+        Command::Replay(args) => replay::replay(args),
+        Command::Rules(cmd) => rules::rules(cmd),
         Command::Doctor(args) => doctor::run(args),
         Command::Scan(args) => scan::run(args),
         Command::Hosts(args) => hosts::run(args),

@@ -57,6 +57,7 @@ pub fn kind_name(kind: u32) -> Option<&'static str> {
         kind::LISTEN => "listen",
         kind::CLOSE => "close",
         kind::EXIT => "exit",
+        kind::DNS => "dns",
         _ => return None,
     })
 }
@@ -90,14 +91,8 @@ fn connection_body(raw: &ConnEvent) -> Result<EventBody, DecodeError> {
         proto,
         family: Family::of(&dst_ip),
         direction,
-        src: (raw.header.kind != kind::LISTEN).then_some(Endpoint {
-            ip: src_ip,
-            port: raw.src_port,
-        }),
-        dst: Endpoint {
-            ip: dst_ip,
-            port: raw.dst_port,
-        },
+        src: (raw.header.kind != kind::LISTEN).then_some(Endpoint::new(src_ip, raw.src_port)),
+        dst: Endpoint::new(dst_ip, raw.dst_port),
         process,
         backend: backend_name(raw.header.backend).to_owned(),
         netns: (raw.netns != 0).then_some(raw.netns),
@@ -127,7 +122,11 @@ fn connection_body(raw: &ConnEvent) -> Result<EventBody, DecodeError> {
 }
 
 fn process_of(raw: &ConnEvent) -> ProcessInfo {
-    let p = &raw.header.process;
+    process_info(&raw.header.process)
+}
+
+/// The userspace form of a kernel [`Process`](netmon_common::Process).
+pub fn process_info(p: &netmon_common::Process) -> ProcessInfo {
     let end = p.comm.iter().position(|&b| b == 0).unwrap_or(p.comm.len());
     ProcessInfo::kernel(
         p.pid,
@@ -140,7 +139,7 @@ fn process_of(raw: &ConnEvent) -> ProcessInfo {
 }
 
 /// The address of `family`; a v4-mapped IPv6 address becomes the IPv4 address.
-fn ip_of(family: u16, bytes: &[u8; 16]) -> Result<IpAddr, DecodeError> {
+pub(crate) fn ip_of(family: u16, bytes: &[u8; 16]) -> Result<IpAddr, DecodeError> {
     match family {
         AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
             bytes[0], bytes[1], bytes[2], bytes[3],
@@ -157,7 +156,7 @@ fn ip_of(family: u16, bytes: &[u8; 16]) -> Result<IpAddr, DecodeError> {
 }
 
 /// Copies a `T` out of the front of `bytes` (records are not aligned for `T`).
-fn read_struct<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+pub(crate) fn read_struct<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = std::mem::size_of::<T>();
     if bytes.len() < need {
         return Err(DecodeError::Short {

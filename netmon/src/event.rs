@@ -38,6 +38,10 @@ pub enum EventBody {
     Stats(Stats),
     /// What the loader attached, first line of `netmon run`.
     Probe(ProbeReport),
+    /// A DNS query and its response, seen on one socket (see `dns.rs`).
+    Dns(Dns),
+    /// A detection rule fired (see `rules.rs`).
+    Alert(Alert),
     /// Scanner: one scanned host (`netmon scan`).
     Host(crate::scan::report::ScanHost),
     /// Scanner: one open port (`netmon scan`).
@@ -66,6 +70,8 @@ impl EventBody {
             EventBody::Flow(_) => "flow",
             EventBody::Stats(_) => "stats",
             EventBody::Probe(_) => "probe",
+            EventBody::Dns(_) => "dns",
+            EventBody::Alert(_) => "alert",
             EventBody::Host(_) => "host",
             EventBody::Port(_) => "port",
             EventBody::HostUp(_) => "host_up",
@@ -138,6 +144,20 @@ pub enum Direction {
 pub struct Endpoint {
     pub ip: IpAddr,
     pub port: u16,
+    /// The DNS name this process resolved to `ip` shortly before (outbound `connect`
+    /// and `udp` only); absent when netmon saw no such answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Endpoint {
+    pub fn new(ip: IpAddr, port: u16) -> Endpoint {
+        Endpoint {
+            ip,
+            port,
+            name: None,
+        }
+    }
 }
 
 /// The process an event belongs to.
@@ -304,6 +324,12 @@ pub struct Stats {
     /// The process-context cache's counters (see `process.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processes: Option<ProcessStats>,
+    /// DNS capture counters, when the `dns` capability is attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsStats>,
+    /// Detection rule counters, when rules are enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<RuleStats>,
 }
 
 /// `stats.flows`.
@@ -341,6 +367,150 @@ pub struct ProcessStats {
     /// `/proc/<pid>` reads that failed, by reason: `gone` (the process exited
     /// first), `permission`, `other`.
     pub unreadable: BTreeMap<String, u64>,
+}
+
+/// `stats.dns`: what the DNS path saw and what it could not use.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsStats {
+    /// DNS packets received from the kernel.
+    pub packets: u64,
+    /// Packets that did not parse as a DNS message (garbage, or cut short on the wire).
+    pub malformed: u64,
+    /// Messages longer than netmon captures (512 bytes): counted, not parsed.
+    pub truncated: u64,
+    /// Responses without a matching query on the same socket.
+    pub unmatched: u64,
+    /// Queries that got no response in time (reported with a null `rcode`).
+    pub unanswered: u64,
+}
+
+/// `stats.rules`: alerts written and hits held back by cooldowns.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleStats {
+    pub alerts: u64,
+    /// Hits of a condition inside its cooldown (counted in the next alert's `hits`).
+    pub suppressed: u64,
+    /// Per rule, alerts written.
+    #[serde(default)]
+    pub by_rule: BTreeMap<String, u64>,
+}
+
+/// `dns`: one DNS transaction on one socket: the query, and the response when one came.
+///
+/// `src` is the side that asked and `dst` the side that answered. `role` says which
+/// of them is the local process: `client` (it asked: `dig`, a resolver library) or
+/// `server` (it answered: a local DNS server).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Dns {
+    pub proto: Proto,
+    pub family: Family,
+    pub role: DnsRole,
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    /// The DNS message id.
+    pub id: u16,
+    /// The queried name, lower case, without the trailing dot (`.` for the root).
+    pub query: String,
+    /// The query type: `A`, `AAAA`, `TXT`, `NULL`, … (`TYPE65280` when unnamed).
+    pub qtype: String,
+    /// `NOERROR`, `NXDOMAIN`, `SERVFAIL`, …; null when no response was seen.
+    pub rcode: Option<String>,
+    /// Records of the response's answer section.
+    #[serde(default)]
+    pub answers: Vec<DnsAnswer>,
+    /// From the query to the response on this socket; null without a response.
+    pub latency_ms: Option<f64>,
+    /// Null when the kernel could not attribute the socket to a process.
+    pub process: Option<ProcessInfo>,
+    /// The response had the TC (truncated) bit set.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub truncated: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsRole {
+    Client,
+    Server,
+}
+
+/// One answer record: `A`/`AAAA` carry an address, `CNAME`/`PTR`/`NS` a name, `TXT`
+/// its text, anything else a presentation form.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsAnswer {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub rtype: String,
+    pub ttl: u32,
+    pub data: String,
+}
+
+/// How bad an alert is; ordered, `low` < `medium` < `high` < `critical`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// `alert`: a detection rule fired.
+///
+/// The same condition (`key`) does not alert again within the rule's cooldown; hits in
+/// between are counted and reported in the next alert's `hits`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// `SUSPICIOUS_PORT`, `HIGH_CONNECTION_COUNT`, … or a custom rule's name.
+    pub rule: String,
+    pub severity: Severity,
+    /// One sentence: what happened.
+    pub summary: String,
+    /// What to do about it.
+    pub recommendation: String,
+    /// The process the alert is about; null when unknown.
+    pub process: Option<ProcessInfo>,
+    /// Up to five of the flows that made the rule fire, most recent last.
+    #[serde(default)]
+    pub flows: Vec<FlowSample>,
+    /// The condition that fired (rule plus what it is about), the cooldown's key.
+    pub key: String,
+    /// Hits of this condition since its previous alert, this one included (1 the first time).
+    pub hits: u64,
+    /// `PORT_RISK`: the service's risk score (0 to 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<u32>,
+    /// Rule-specific facts (counts, thresholds, sample names), see `docs/events.md`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub details: BTreeMap<String, serde_json::Value>,
+}
+
+/// A flow an alert refers to: the event type, its time and its endpoints.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowSample {
+    #[serde(serialize_with = "ser_ts", deserialize_with = "de_ts")]
+    pub ts: DateTime<Utc>,
+    /// `connect`, `accept`, `udp`, `listen` or `dns`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub proto: Proto,
+    pub direction: Option<Direction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<Endpoint>,
+    pub dst: Endpoint,
 }
 
 /// `probe`: per capability, the hook that was attached and why others were skipped.
@@ -400,14 +570,8 @@ mod tests {
                 proto: Proto::Tcp,
                 family: Family::Ipv4,
                 direction: Some(Direction::Outbound),
-                src: Some(Endpoint {
-                    ip: "10.0.0.5".parse().unwrap(),
-                    port: 43512,
-                }),
-                dst: Endpoint {
-                    ip: "10.0.0.9".parse().unwrap(),
-                    port: 443,
-                },
+                src: Some(Endpoint::new("10.0.0.5".parse().unwrap(), 43512)),
+                dst: Endpoint::new("10.0.0.9".parse().unwrap(), 443),
                 process: Some(ProcessInfo::kernel(
                     1234,
                     1234,

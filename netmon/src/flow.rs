@@ -221,14 +221,8 @@ impl Flow {
             proto: self.key.proto,
             family: Family::of(&dst.ip()),
             direction: self.direction,
-            src: Some(Endpoint {
-                ip: src.ip(),
-                port: src.port(),
-            }),
-            dst: Endpoint {
-                ip: dst.ip(),
-                port: dst.port(),
-            },
+            src: Some(Endpoint::new(src.ip(), src.port())),
+            dst: Endpoint::new(dst.ip(), dst.port()),
             process: self.process.as_deref().cloned(),
             backend: backend.to_owned(),
             netns: (self.key.netns != 0).then_some(self.key.netns),
@@ -626,14 +620,8 @@ mod tests {
             proto: Proto::Tcp,
             family: Family::of(&dst.ip()),
             direction,
-            src: Some(Endpoint {
-                ip: src.ip(),
-                port: src.port(),
-            }),
-            dst: Endpoint {
-                ip: dst.ip(),
-                port: dst.port(),
-            },
+            src: Some(Endpoint::new(src.ip(), src.port())),
+            dst: Endpoint::new(dst.ip(), dst.port()),
             process: None,
             backend: "tracepoint".into(),
             netns: Some(7),

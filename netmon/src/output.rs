@@ -136,6 +136,92 @@ pub fn render_text(event: &Event, out: &mut String) {
                 let _ = write!(out, " {}={backend}", c.capability);
             }
         }
+        EventBody::Dns(d) => dns_text(d, out),
+        EventBody::Alert(a) => alert_text(a, out),
+    }
+}
+
+fn dns_text(d: &crate::event::Dns, out: &mut String) {
+    let proto = match d.proto {
+        crate::event::Proto::Tcp => "tcp",
+        crate::event::Proto::Udp => "udp",
+    };
+    let _ = write!(
+        out,
+        "{proto} {} -> {} {} {} {}",
+        endpoint(&d.src.ip, d.src.port),
+        endpoint(&d.dst.ip, d.dst.port),
+        d.qtype,
+        d.query,
+        d.rcode.as_deref().unwrap_or("(no response)")
+    );
+    if !d.answers.is_empty() {
+        let answers: Vec<String> = d
+            .answers
+            .iter()
+            .map(|a| match a.rtype.as_str() {
+                "A" | "AAAA" => a.data.clone(),
+                t => format!("{t} {}", a.data),
+            })
+            .collect();
+        let _ = write!(out, " {}", answers.join(", "));
+    }
+    if let Some(ms) = d.latency_ms {
+        let _ = write!(out, " ({ms:.1} ms)");
+    }
+    if d.role == crate::event::DnsRole::Server {
+        out.push_str(" [served]");
+    }
+    match &d.process {
+        Some(p) => {
+            let _ = write!(out, " {}[{}] uid={}", p.comm, p.pid, p.uid);
+        }
+        None => out.push_str(" [process unknown]"),
+    }
+}
+
+/// An alert is a block: a headline, then indented facts, so it stands out in a stream
+/// of one-line events.
+fn alert_text(a: &crate::event::Alert, out: &mut String) {
+    let _ = write!(
+        out,
+        "[{}] {}: {}",
+        a.severity.name().to_uppercase(),
+        a.rule,
+        a.summary
+    );
+    if let Some(score) = a.score {
+        let _ = write!(out, " (score {score})");
+    }
+    if a.hits > 1 {
+        let _ = write!(out, " ({} hits since the last alert)", a.hits);
+    }
+    let _ = write!(out, "\n    what to do: {}", a.recommendation);
+    if let Some(p) = &a.process {
+        let _ = write!(
+            out,
+            "\n    process: {}[{}] uid={} gid={}",
+            p.comm, p.pid, p.uid, p.gid
+        );
+    }
+    for f in &a.flows {
+        let src = f
+            .src
+            .as_ref()
+            .map(|s| endpoint(&s.ip, s.port) + " -> ")
+            .unwrap_or_default();
+        let name = f
+            .dst
+            .name
+            .as_ref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
+        let _ = write!(
+            out,
+            "\n    flow: {} {src}{}{name}",
+            f.kind,
+            endpoint(&f.dst.ip, f.dst.port)
+        );
     }
 }
 
@@ -162,6 +248,9 @@ fn conn_text(c: &Connection, out: &mut String) {
         proto(c),
         endpoint(&c.dst.ip, c.dst.port)
     );
+    if let Some(name) = &c.dst.name {
+        let _ = write!(out, " ({name})");
+    }
     process_text(c, out);
     if c.existing {
         out.push_str(" (existing)");
@@ -192,14 +281,8 @@ mod tests {
                 proto: Proto::Tcp,
                 family: Family::Ipv6,
                 direction: Some(Direction::Inbound),
-                src: Some(Endpoint {
-                    ip: "::1".parse().unwrap(),
-                    port: 5000,
-                }),
-                dst: Endpoint {
-                    ip: "::1".parse().unwrap(),
-                    port: 80,
-                },
+                src: Some(Endpoint::new("::1".parse().unwrap(), 5000)),
+                dst: Endpoint::new("::1".parse().unwrap(), 80),
                 process: Some(ProcessInfo::kernel(1, 1, "nginx".into(), 0, 0, 0)),
                 backend: "tracepoint".into(),
                 netns: None,

@@ -1,5 +1,6 @@
 //! Loads netmon's eBPF object and attaches, for each capability (TCP connect, accept,
-//! listen, close; UDP send), the best hook the running kernel accepts.
+//! listen, close; UDP send), the best hook the running kernel accepts; then the
+//! optional capabilities (DNS), whose failure is a warning whatever the backend.
 //!
 //! This is the only module, with `reader.rs`, that touches aya. Which hooks make up a
 //! backend is data (`hook_groups`); the choice is made by really loading and attaching,
@@ -10,7 +11,7 @@ use std::{collections::BTreeSet, fs, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, FEntry, FExit, KProbe,
         ProgramError, TracePoint,
@@ -68,9 +69,14 @@ pub enum Capability {
     TcpListen,
     TcpClose,
     UdpSend,
+    /// DNS queries and responses (optional: cgroup skb hooks, the same on every backend).
+    Dns,
 }
 
 impl Capability {
+    /// Capabilities netmon can run without; attached after the core ones.
+    pub const OPTIONAL: [Capability; 1] = [Capability::Dns];
+
     pub const ALL: [Capability; 5] = [
         Capability::TcpConnect,
         Capability::TcpAccept,
@@ -87,6 +93,7 @@ impl Capability {
             Capability::TcpListen => netmon_common::cap::TCP_LISTEN,
             Capability::TcpClose => netmon_common::cap::TCP_CLOSE,
             Capability::UdpSend => netmon_common::cap::UDP_SEND,
+            Capability::Dns => netmon_common::cap::DNS,
         }
     }
 
@@ -97,6 +104,7 @@ impl Capability {
             Capability::TcpListen => "tcp_listen",
             Capability::TcpClose => "tcp_close",
             Capability::UdpSend => "udp_send",
+            Capability::Dns => "dns",
         }
     }
 }
@@ -110,6 +118,7 @@ enum Attach {
     },
     CgroupSockAddr,
     CgroupSkbEgress,
+    CgroupSkbIngress,
     FEntry(&'static str),
     FExit(&'static str),
     KProbe(&'static str),
@@ -126,7 +135,9 @@ impl Hook {
     fn describe(&self) -> String {
         match self.attach {
             Attach::TracePoint { category, name } => format!("tracepoint:{category}:{name}"),
-            Attach::CgroupSockAddr | Attach::CgroupSkbEgress => format!("cgroup:{}", self.program),
+            Attach::CgroupSockAddr | Attach::CgroupSkbEgress | Attach::CgroupSkbIngress => {
+                format!("cgroup:{}", self.program)
+            }
             Attach::FEntry(f) => format!("fentry:{f}"),
             Attach::FExit(f) => format!("fexit:{f}"),
             Attach::KProbe(f) => format!("kprobe:{f}"),
@@ -140,6 +151,69 @@ struct HookGroup {
     backend: BackendChoice,
     capabilities: &'static [Capability],
     hooks: &'static [Hook],
+}
+
+impl HookGroup {
+    fn is_optional(&self) -> bool {
+        self.capabilities
+            .iter()
+            .all(|c| Capability::OPTIONAL.contains(c))
+    }
+}
+
+/// Fills `DNS_PORTS` and attaches the `dns` group; a failure becomes a warning and a
+/// `dns` capability without backend in the report.
+fn attach_dns(
+    ebpf: &mut Ebpf,
+    ports: &[u16],
+    report: &mut ProbeReport,
+    btf: Option<&aya::Btf>,
+    offsets: &KernelConfig,
+) {
+    let mut result = fill_dns_ports(ebpf, ports);
+    let mut hooks = Vec::new();
+    if result.is_ok() {
+        let group = hook_groups()
+            .iter()
+            .find(|g| g.capabilities.contains(&Capability::Dns))
+            .expect("the dns hook group");
+        match attach_group(ebpf, group, &mut BTreeSet::new(), btf, offsets) {
+            Ok(h) => hooks = h,
+            Err(reason) => result = Err(reason),
+        }
+    }
+    let mut cap = CapabilityReport {
+        capability: Capability::Dns.name().into(),
+        backend: None,
+        hooks,
+        skipped: Vec::new(),
+    };
+    match result {
+        Ok(()) => cap.backend = Some(OPTIONAL_BACKEND.into()),
+        Err(reason) => {
+            report
+                .warnings
+                .push(format!("dns is not observed: {reason}"));
+            cap.skipped.push(SkippedBackend {
+                backend: OPTIONAL_BACKEND.into(),
+                reason,
+            });
+        }
+    }
+    report.capabilities.push(cap);
+}
+
+fn fill_dns_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), String> {
+    let map = ebpf
+        .map_mut(maps::DNS_PORTS)
+        .ok_or_else(|| format!("map {} is missing from the eBPF object", maps::DNS_PORTS))?;
+    let mut map: BpfHashMap<&mut MapData, u16, u8> =
+        BpfHashMap::try_from(map).map_err(|e| format!("map {}: {e}", maps::DNS_PORTS))?;
+    for port in ports {
+        map.insert(port, 1, 0)
+            .map_err(|e| format!("map {}: {e}", maps::DNS_PORTS))?;
+    }
+    Ok(())
 }
 
 const fn hook(program: &'static str, attach: Attach) -> Hook {
@@ -166,7 +240,7 @@ fn hook_groups() -> &'static [HookGroup] {
     HOOK_GROUPS
 }
 
-use Capability::{TcpAccept, TcpClose, TcpConnect, TcpListen, UdpSend};
+use Capability::{Dns, TcpAccept, TcpClose, TcpConnect, TcpListen, UdpSend};
 
 const TCP_STATE_FENTRY: Hook = hook("fentry_tcp_set_state", Attach::FEntry("tcp_set_state"));
 const TCP_STATE_KPROBE: Hook = hook("kprobe_tcp_set_state", Attach::KProbe("tcp_set_state"));
@@ -277,7 +351,26 @@ static HOOK_GROUPS: &[HookGroup] = &[
             hook("udp_egress", Attach::CgroupSkbEgress),
         ],
     },
+    // Optional: cgroup hooks exist on every kernel netmon supports, so DNS uses them
+    // whatever backend provides the rest. The sock_addr hooks record which process
+    // owns sockets that talk to DNS ports (TCP too); the skb hooks copy the DNS
+    // payloads in both directions. Attached by `attach_dns`, not by `attach_all`.
+    HookGroup {
+        backend: BackendChoice::Tracepoint,
+        capabilities: &[Dns],
+        hooks: &[
+            hook("dns_connect4", Attach::CgroupSockAddr),
+            hook("dns_connect6", Attach::CgroupSockAddr),
+            hook("dns_sendmsg4", Attach::CgroupSockAddr),
+            hook("dns_sendmsg6", Attach::CgroupSockAddr),
+            hook("dns_egress", Attach::CgroupSkbEgress),
+            hook("dns_ingress", Attach::CgroupSkbIngress),
+        ],
+    },
 ];
+
+/// The name optional capabilities report as their backend: the cgroup hooks.
+const OPTIONAL_BACKEND: &str = "cgroup";
 
 /// Errors of loading and attaching; each says what failed and what the user can do.
 #[derive(Debug, thiserror::Error)]
@@ -318,6 +411,8 @@ pub struct LoadOptions {
     pub backend: BackendChoice,
     /// Ring buffer size in bytes (a power of two, at least one page).
     pub ring_buffer_bytes: u32,
+    /// Ports whose traffic is DNS; empty leaves the `dns` capability out.
+    pub dns_ports: Vec<u16>,
 }
 
 /// The loaded object with everything attached. Drop it to detach.
@@ -392,6 +487,15 @@ impl Tracer {
                     hook.describe()
                 )),
             }
+        }
+        if !opts.dns_ports.is_empty() {
+            attach_dns(
+                &mut ebpf,
+                &opts.dns_ports,
+                &mut report,
+                btf.as_ref(),
+                &config,
+            );
         }
         let netns_known = config.sock_net != netmon_common::NO_OFFSET
             && config.net_ns_inum != netmon_common::NO_OFFSET;
@@ -534,7 +638,7 @@ fn attach_all(
     for &backend in order {
         let groups: Vec<&HookGroup> = hook_groups()
             .iter()
-            .filter(|g| g.backend == backend)
+            .filter(|g| g.backend == backend && !g.is_optional())
             .collect();
         let missing: Vec<Capability> = Capability::ALL
             .into_iter()
@@ -671,7 +775,9 @@ fn unload(ebpf: &mut Ebpf, hook: &Hook, offsets: &KernelConfig) {
     let _ = match hook.attach {
         Attach::TracePoint { .. } => <&mut TracePoint>::try_from(program).map(|p| p.unload()),
         Attach::CgroupSockAddr => <&mut CgroupSockAddr>::try_from(program).map(|p| p.unload()),
-        Attach::CgroupSkbEgress => <&mut CgroupSkb>::try_from(program).map(|p| p.unload()),
+        Attach::CgroupSkbEgress | Attach::CgroupSkbIngress => {
+            <&mut CgroupSkb>::try_from(program).map(|p| p.unload())
+        }
         Attach::FEntry(_) => <&mut FEntry>::try_from(program).map(|p| p.unload()),
         Attach::FExit(_) => <&mut FExit>::try_from(program).map(|p| p.unload()),
         Attach::KProbe(_) | Attach::KRetProbe(_) => {
@@ -710,16 +816,17 @@ fn attach_hook(
             p.attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(explain)?;
         }
-        Attach::CgroupSkbEgress => {
+        Attach::CgroupSkbEgress | Attach::CgroupSkbIngress => {
             let cgroup = cgroup_root()?;
             let p: &mut CgroupSkb = program.try_into().map_err(explain)?;
             p.load().map_err(explain)?;
-            p.attach(
-                &cgroup,
-                CgroupSkbAttachType::Egress,
-                CgroupAttachMode::Single,
-            )
-            .map_err(explain)?;
+            let direction = if matches!(hook.attach, Attach::CgroupSkbIngress) {
+                CgroupSkbAttachType::Ingress
+            } else {
+                CgroupSkbAttachType::Egress
+            };
+            p.attach(&cgroup, direction, CgroupAttachMode::Single)
+                .map_err(explain)?;
         }
         Attach::FEntry(function) => {
             let btf = btf.ok_or("no kernel BTF (/sys/kernel/btf/vmlinux)")?;

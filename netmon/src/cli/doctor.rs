@@ -195,6 +195,8 @@ pub fn diagnose() -> Diagnosis {
         match Tracer::start(&LoadOptions {
             backend: BackendChoice::Auto,
             ring_buffer_bytes: 4096 * 4,
+            // Also try the optional DNS capability (port 53), as `run` does.
+            dns_ports: vec![53],
         }) {
             // Dropping the tracer detaches everything at once.
             Ok(tracer) => Some(tracer.report.clone()),

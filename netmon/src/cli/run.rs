@@ -21,14 +21,19 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
+use netmon_common::kind;
+
 use crate::{
+    analysis::Analyzer,
     clock::BootClock,
     decode::{self, kind_name},
     event::{Event, EventBody, Stats},
     flow::{FlowConfig, NS_PER_S},
     output::{Format, Sink},
     probe::{BackendChoice, LoadOptions, LossCounters, Tracer},
-    process, system,
+    process,
+    procfs::ProcResolver,
+    system,
 };
 
 mod tracker;
@@ -61,6 +66,8 @@ pub struct RunArgs {
     /// (and counted in `stats`).
     #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub max_flows: u64,
+    #[command(flatten)]
+    pub config: super::ConfigArgs,
 }
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {
@@ -76,7 +83,9 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
-    // Open the output before touching the kernel: a bad path fails with nothing attached.
+    // Read the configuration and open the output before touching the kernel: a bad
+    // file fails with nothing attached.
+    let config = args.config.load()?;
     let sink = match &args.output {
         Some(path) => Sink::append_to(args.format, path)
             .with_context(|| format!("cannot open --output {} for appending", path.display()))?,
@@ -85,6 +94,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let mut tracer = Tracer::start(&LoadOptions {
         backend: args.backend,
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
+        dns_ports: if config.dns.enabled {
+            config.dns.all_ports()
+        } else {
+            Vec::new()
+        },
     })?;
     for w in &tracer.report.warnings {
         eprintln!("netmon: warning: {w}");
@@ -138,6 +152,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         losses,
         started: Instant::now(),
         tracker,
+        analyzer: Analyzer::new(&config, Box::new(ProcResolver::default())),
+        batch: Vec::new(),
     };
     let intervals = Intervals {
         stats: Duration::from_secs(args.stats_interval),
@@ -160,6 +176,10 @@ struct Pump {
     malformed: u64,
     losses: LossCounters,
     started: Instant,
+    /// DNS transactions, names of flows, detection rules.
+    analyzer: Analyzer,
+    /// Events (and alerts) made from the current record, in output order.
+    batch: Vec<Event>,
     /// Flows and process context (see `tracker.rs`).
     tracker: Tracker,
 }
@@ -216,6 +236,10 @@ impl Pump {
                     // The flow table's maps leave their old arrays behind when they
                     // grow; hand those pages back (about 10 MB at 100,000 flows).
                     release_free_memory();
+                    self.analyzer.tick(Utc::now(), &self.host, &mut self.batch);
+                    if !self.write_batch()? {
+                        return Ok(());
+                    }
                     if !self.write_stats(false)? {
                         return Ok(());
                     }
@@ -263,23 +287,50 @@ impl Pump {
                 self.tracker.process_exited(pid);
                 continue;
             }
-            match decode::decode(&record, &self.clock, &self.host) {
-                Ok(mut event) => {
-                    *self.counts.entry(event.body.type_name()).or_default() += 1;
+            // Flows and process context first (they enrich the event), then DNS,
+            // names and rules (which read the enriched event).
+            let decoded = if decode::record_kind(&record) == Ok(kind::DNS) {
+                self.analyzer
+                    .dns_record(&record, &self.clock, &self.host, &mut self.batch)
+            } else {
+                decode::decode(&record, &self.clock, &self.host).map(|mut event| {
                     self.tracker.on_event(&mut event, now_ns);
-                    if !self.write_unflushed(&event)? {
-                        return Ok(false);
-                    }
-                }
-                Err(e) => {
-                    self.malformed += 1;
-                    if self.malformed <= 5 {
-                        eprintln!("netmon: warning: skipped a malformed kernel record: {e}");
-                    }
+                    self.analyzer.event(event, &mut self.batch)
+                })
+            };
+            if let Err(e) = decoded {
+                self.malformed += 1;
+                if self.malformed <= 5 {
+                    eprintln!("netmon: warning: skipped a malformed kernel record: {e}");
                 }
             }
+            drop(record);
+            if !self.write_batch_unflushed()? {
+                return Ok(false);
+            }
         }
-        self.flush()
+        self.analyzer.tick(Utc::now(), &self.host, &mut self.batch);
+        Ok(self.write_batch_unflushed()? && self.flush()?)
+    }
+
+    /// Writes the pending batch; `false` when the output is closed.
+    fn write_batch_unflushed(&mut self) -> Result<bool> {
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut open = true;
+        for event in batch.drain(..) {
+            if !matches!(event.body, EventBody::Alert(_)) {
+                *self.counts.entry(event.body.type_name()).or_default() += 1;
+            }
+            if open {
+                open = self.write_unflushed(&event)?;
+            }
+        }
+        self.batch = batch;
+        Ok(open)
+    }
+
+    fn write_batch(&mut self) -> Result<bool> {
+        Ok(self.write_batch_unflushed()? && self.flush()?)
     }
 
     fn write_stats(&mut self, last: bool) -> Result<bool> {
@@ -291,10 +342,11 @@ impl Pump {
             }
             lost += n;
         }
-        let mut events: BTreeMap<String, u64> = ["connect", "accept", "udp", "listen", "close"]
-            .iter()
-            .map(|k| (k.to_string(), 0))
-            .collect();
+        let mut events: BTreeMap<String, u64> =
+            ["connect", "accept", "udp", "listen", "close", "dns"]
+                .iter()
+                .map(|k| (k.to_string(), 0))
+                .collect();
         for (k, v) in &self.counts {
             events.insert(k.to_string(), *v);
         }
@@ -310,6 +362,8 @@ impl Pump {
                 r#final: last,
                 flows: Some(self.tracker.flow_stats()),
                 processes: Some(self.tracker.process_stats()),
+                dns: self.analyzer.dns_stats(),
+                rules: self.analyzer.rule_stats(),
             }),
         };
         self.write(&stats)

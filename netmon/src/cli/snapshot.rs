@@ -389,14 +389,8 @@ pub fn build(
             proto: s.proto,
             family: s.family,
             state: s.state_name().into(),
-            local: Endpoint {
-                ip: s.local.ip(),
-                port: s.local.port(),
-            },
-            remote: (!listener).then_some(Endpoint {
-                ip: s.remote.ip(),
-                port: s.remote.port(),
-            }),
+            local: Endpoint::new(s.local.ip(), s.local.port()),
+            remote: (!listener).then_some(Endpoint::new(s.remote.ip(), s.remote.port())),
             inode: s.inode,
             uid: s.uid,
             netns: s.netns,

@@ -7,6 +7,11 @@
 //!   send SEND bytes, shut down writing, read to EOF, print `received N`.
 //! - `udp-send ADDR COUNT SIZE [BIND]`: send COUNT datagrams of SIZE bytes (from BIND if
 //!   given), print `local PORT`.
+//! - `tcp-many ADDR COUNT`: open COUNT connections, print `open COUNT`, hold them until
+//!   stdin closes (or 60 s), then close them.
+//! - `udp-fanout A.B.C FIRST LAST PORT`: one datagram to each of A.B.C.FIRST..=LAST, PORT.
+//! - `resolve-connect SERVER NAME PORT`: ask the DNS server SERVER (UDP) for NAME's A
+//!   record, print `resolved IP`, connect to IP:PORT, print `connected`, close.
 use std::{
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -72,8 +77,105 @@ fn run(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
+        "tcp-many" => {
+            let to = addr(1)?;
+            let n = num(2)?;
+            let conns: Vec<TcpStream> = (0..n)
+                .map(|_| TcpStream::connect(to).map_err(|e| e.to_string()))
+                .collect::<Result<_, _>>()?;
+            say(format!("open {}", conns.len()));
+            wait_for_stdin_close(std::time::Duration::from_secs(60));
+            drop(conns);
+            Ok(())
+        }
+        "udp-fanout" => {
+            let prefix = arg(1)?;
+            let (first, last, port) = (num(2)?, num(3)?, num(4)?);
+            let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+            for i in first..=last {
+                let to: SocketAddr = format!("{prefix}.{i}:{port}")
+                    .parse()
+                    .map_err(|e| format!("bad address: {e}"))?;
+                sock.send_to(b"x", to).map_err(|e| e.to_string())?;
+            }
+            say(format!("sent {}", last + 1 - first));
+            Ok(())
+        }
+        "resolve-connect" => {
+            let server = addr(1)?;
+            let name = arg(2)?;
+            let port = num(3)? as u16;
+            let ip = resolve_a(server, name)?;
+            say(format!("resolved {ip}"));
+            let conn = TcpStream::connect((ip, port)).map_err(|e| e.to_string())?;
+            say("connected".into());
+            drop(conn);
+            Ok(())
+        }
         other => Err(format!("unknown command {other}")),
     }
+}
+
+fn wait_for_stdin_close(max: std::time::Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+        let _ = tx.send(());
+    });
+    let _ = rx.recv_timeout(max);
+}
+
+/// A minimal DNS client: one A query over UDP, the first A record of the answer.
+fn resolve_a(server: SocketAddr, name: &str) -> Result<std::net::Ipv4Addr, String> {
+    let mut q = vec![0x4e, 0x4d, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let bind = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let sock = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    sock.send_to(&q, server).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 1500];
+    let n = sock.recv(&mut buf).map_err(|e| e.to_string())?;
+    let r = &buf[..n];
+    let bad = || "unexpected DNS response".to_string();
+    let answers = u16::from_be_bytes([*r.get(6).ok_or_else(bad)?, *r.get(7).ok_or_else(bad)?]);
+    // Skip the header and the question (same length as ours).
+    let mut at = q.len();
+    for _ in 0..answers {
+        // Name: a compression pointer or labels.
+        loop {
+            let len = *r.get(at).ok_or_else(bad)? as usize;
+            if len & 0xc0 == 0xc0 {
+                at += 2;
+                break;
+            }
+            at += 1 + len;
+            if len == 0 {
+                break;
+            }
+        }
+        let rr = r.get(at..at + 10).ok_or_else(bad)?;
+        let (rtype, rdlen) = (
+            u16::from_be_bytes([rr[0], rr[1]]),
+            u16::from_be_bytes([rr[8], rr[9]]) as usize,
+        );
+        at += 10;
+        let data = r.get(at..at + rdlen).ok_or_else(bad)?;
+        if rtype == 1 && rdlen == 4 {
+            return Ok(std::net::Ipv4Addr::new(data[0], data[1], data[2], data[3]));
+        }
+        at += rdlen;
+    }
+    Err(format!("no A record for {name}"))
 }
 
 /// A TCP connection from a chosen local address (std has no bind-then-connect).

@@ -580,14 +580,8 @@ mod tests {
             proto: Proto::Tcp,
             family: Family::Ipv4,
             direction,
-            src: Some(Endpoint {
-                ip: src.ip(),
-                port: src.port(),
-            }),
-            dst: Endpoint {
-                ip: dst.ip(),
-                port: dst.port(),
-            },
+            src: Some(Endpoint::new(src.ip(), src.port())),
+            dst: Endpoint::new(dst.ip(), dst.port()),
             process: pid.map(|p| ProcessInfo::kernel(p, p, "srv".into(), 0, 0, 0)),
             backend: "tracepoint".into(),
             netns: Some(7),

@@ -1,0 +1,228 @@
+//! DNS packets from cgroup skb hooks (cgroup v2 root, every kernel netmon supports,
+//! whatever its kprobe/fentry situation): UDP datagrams and TCP segments to or from a
+//! DNS port (`DNS_PORTS`: 53 plus the configured ones) are copied, up to
+//! `DNS_PAYLOAD_MAX` bytes with their real length, into the ring buffer as `DnsEvent`s.
+//!
+//! Attribution: the socket cookie of the packet's socket maps to the process that last
+//! connected or sent on it (`SOCKET_OWNERS`). The `dns_connect*`/`dns_sendmsg*` hooks
+//! fill it for sockets talking to a DNS port (TCP included, which the UDP hooks skip),
+//! so a response arriving on the same socket is attributed to the process that asked.
+//! The kernel never interprets the DNS message: userspace parses it and distrusts every
+//! length in it.
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::generated::{bpf_get_socket_cookie, bpf_skb_load_bytes},
+    macros::{cgroup_skb, cgroup_sock_addr},
+    programs::{SkBuffContext, SockAddrContext},
+};
+use netmon_common::{
+    AF_INET, AF_INET6, DNS_PAYLOAD_MAX, DnsEvent, IPPROTO_TCP, IPPROTO_UDP, Process, backend,
+    dns_flags, kind,
+};
+
+use crate::{
+    emit::{config, count_lost, current_process, is_self, ktime_ns},
+    maps::{DNS_PORTS, EVENTS, SOCKET_OWNERS},
+};
+
+/// Return value of cgroup hooks that lets the operation proceed.
+const ALLOW: i32 = 1;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+#[cgroup_sock_addr(connect4)]
+pub fn dns_connect4(ctx: SockAddrContext) -> i32 {
+    remember_dns_owner(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn dns_connect6(ctx: SockAddrContext) -> i32 {
+    remember_dns_owner(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn dns_sendmsg4(ctx: SockAddrContext) -> i32 {
+    remember_dns_owner(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn dns_sendmsg6(ctx: SockAddrContext) -> i32 {
+    remember_dns_owner(&ctx);
+    ALLOW
+}
+
+/// Records the calling process as the owner of a socket that talks to a DNS port.
+#[inline(always)]
+fn remember_dns_owner(ctx: &SockAddrContext) {
+    let addr: *const bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: the verifier hands us a valid context pointer.
+    let (protocol, user_port) = unsafe { ((*addr).protocol, (*addr).user_port) };
+    if protocol != IPPROTO_UDP as u32 && protocol != IPPROTO_TCP as u32 {
+        return;
+    }
+    // `user_port` holds the port in network byte order in its low 16 bits.
+    let port = u16::from_be(user_port as u16);
+    // SAFETY: a plain lookup; the value is not kept.
+    if unsafe { DNS_PORTS.get(port) }.is_none() {
+        return;
+    }
+    // SAFETY: a helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let process = current_process();
+    let _ = SOCKET_OWNERS.insert(cookie, process, 0);
+}
+
+#[cgroup_skb(egress)]
+pub fn dns_egress(ctx: SkBuffContext) -> i32 {
+    let _ = try_dns_packet(&ctx, dns_flags::EGRESS);
+    ALLOW
+}
+
+#[cgroup_skb(ingress)]
+pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
+    let _ = try_dns_packet(&ctx, 0);
+    ALLOW
+}
+
+/// Where a packet's DNS payload lies, and its endpoints.
+struct Segment {
+    family: u16,
+    protocol: u16,
+    src_addr: [u8; 16],
+    dst_addr: [u8; 16],
+    src_port: u16,
+    dst_port: u16,
+    /// Offset of the transport payload from the network header.
+    payload_off: u32,
+    payload_len: u32,
+}
+
+#[inline(always)]
+fn try_dns_packet(ctx: &SkBuffContext, direction: u32) -> Result<(), i64> {
+    let Some(seg) = parse_segment(ctx)? else {
+        return Ok(());
+    };
+    // SAFETY: plain lookups; the values are not kept.
+    let dns_port =
+        unsafe { DNS_PORTS.get(seg.dst_port).is_some() || DNS_PORTS.get(seg.src_port).is_some() };
+    if !dns_port || seg.payload_len == 0 {
+        return Ok(()); // not DNS, or a bare TCP ACK/SYN/FIN
+    }
+    // SAFETY: a helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+    // SAFETY: copied out immediately.
+    let owner = unsafe { SOCKET_OWNERS.get(cookie) }.copied();
+    let (process, unknown) = match owner {
+        Some(p) => (p, 0),
+        None => (Process::EMPTY, dns_flags::PROCESS_UNKNOWN),
+    };
+    let cfg = config();
+    if is_self(&cfg, &process) {
+        return Ok(());
+    }
+    // The event is 600+ bytes: it is written straight into the ring buffer, never
+    // built on the 512-byte BPF stack.
+    let Some(mut entry) = EVENTS.reserve::<DnsEvent>(0) else {
+        count_lost(kind::DNS);
+        return Ok(());
+    };
+    let ev = entry.as_mut_ptr();
+    let mut captured = seg.payload_len;
+    if captured > DNS_PAYLOAD_MAX as u32 {
+        captured = DNS_PAYLOAD_MAX as u32;
+    }
+    // SAFETY: `ev` points at a reserved entry of the right size; each field is written
+    // before submission.
+    unsafe {
+        (*ev).header.kind = kind::DNS;
+        (*ev).header.backend = backend::TRACEPOINT;
+        (*ev).header.ktime_ns = ktime_ns();
+        (*ev).header.process = process;
+        (*ev).src_addr = seg.src_addr;
+        (*ev).dst_addr = seg.dst_addr;
+        (*ev).src_port = seg.src_port;
+        (*ev).dst_port = seg.dst_port;
+        (*ev).family = seg.family;
+        (*ev).protocol = seg.protocol;
+        (*ev).flags = direction | unknown;
+        (*ev)._pad = 0;
+        (*ev).socket_cookie = cookie;
+        (*ev).payload_len = seg.payload_len;
+        (*ev).captured_len = captured;
+    }
+    // The copy length must be provably in 1..=DNS_PAYLOAD_MAX *in the register passed
+    // to the helper*. LLVM rewrites range checks into forms the verifier cannot follow
+    // (e.g. `n - 1 < 512` on a copy), so the bound is re-derived by masking a value
+    // LLVM cannot reason about (read back volatile): `((c - 1) & 511) + 1` is c for any
+    // c in 1..=512 (payload_len is not 0 here), and the verifier tracks `&` and `+`.
+    // SAFETY: reading back the field just written.
+    let c = unsafe { core::ptr::read_volatile(&raw const (*ev).captured_len) };
+    let n = (c.wrapping_sub(1) & (DNS_PAYLOAD_MAX as u32 - 1)) + 1;
+    // SAFETY: `payload` has DNS_PAYLOAD_MAX bytes and n <= DNS_PAYLOAD_MAX.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            seg.payload_off,
+            (&raw mut (*ev).payload).cast(),
+            n,
+        )
+    };
+    if rc != 0 {
+        entry.discard(0);
+        return Ok(());
+    }
+    entry.submit(0);
+    Ok(())
+}
+
+/// The UDP datagram or TCP segment in `ctx` (from its network header), or `None` for
+/// any other packet. IPv6 extension headers are not walked: sockets send UDP and TCP
+/// right after the fixed header.
+#[inline(always)]
+fn parse_segment(ctx: &SkBuffContext) -> Result<Option<Segment>, i64> {
+    let eth_proto = u16::from_be(ctx.skb.protocol() as u16);
+    let mut src_addr = [0u8; 16];
+    let mut dst_addr = [0u8; 16];
+    let (family, proto, l4) = if eth_proto == ETH_P_IP {
+        let vihl: u8 = ctx.load(0)?;
+        let proto: u8 = ctx.load(9)?;
+        let s: [u8; 4] = ctx.load(12)?;
+        let d: [u8; 4] = ctx.load(16)?;
+        src_addr[..4].copy_from_slice(&s);
+        dst_addr[..4].copy_from_slice(&d);
+        (AF_INET, proto, ((vihl & 0x0f) as u32) * 4)
+    } else if eth_proto == ETH_P_IPV6 {
+        let next: u8 = ctx.load(6)?;
+        src_addr = ctx.load(8)?;
+        dst_addr = ctx.load(24)?;
+        (AF_INET6, next, 40)
+    } else {
+        return Ok(None);
+    };
+    let header_len = if proto == IPPROTO_UDP as u8 {
+        8
+    } else if proto == IPPROTO_TCP as u8 {
+        let doff: u8 = ctx.load(l4 as usize + 12)?;
+        ((doff >> 4) as u32) * 4
+    } else {
+        return Ok(None);
+    };
+    let src_port: u16 = ctx.load(l4 as usize)?;
+    let dst_port: u16 = ctx.load(l4 as usize + 2)?;
+    let payload_off = l4 + header_len;
+    let skb_len = ctx.len();
+    let payload_len = skb_len.saturating_sub(payload_off);
+    Ok(Some(Segment {
+        family,
+        protocol: proto as u16,
+        src_addr,
+        dst_addr,
+        src_port: u16::from_be(src_port),
+        dst_port: u16::from_be(dst_port),
+        payload_off,
+        payload_len,
+    }))
+}

@@ -1,0 +1,380 @@
+//! `HIGH_CONNECTION_COUNT` (one process holds many active connections) and
+//! `EXTERNAL_CONNECTIONS` (one process talks to many unique external addresses within a
+//! window: fan-out or scanning).
+//!
+//! Active connections are counted by an [`ActiveConnections`] implementation: the
+//! minimal [`ConnTable`] here follows connect/accept/close events itself; a fuller flow
+//! table can take its place behind the same trait.
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::IpAddr,
+};
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::{
+    Hit, ProcessResolver, Rule,
+    config::{ExternalConnectionsConfig, HighConnectionCountConfig},
+    matchers::{Allow, Cidr, any_cidr},
+    push_sample, sample_of, who,
+};
+use crate::event::{Direction, Endpoint, Event, EventBody, FlowSample, Proto, Severity};
+
+/// Who holds which active connections.
+pub trait ActiveConnections {
+    /// Follows one event (connect and accept open, close ends).
+    fn observe(&mut self, ev: &Event);
+    /// Active connections of `pid`.
+    fn active(&self, pid: u32) -> usize;
+    /// Some of `pid`'s active connections (at most five, most recent last).
+    fn samples(&self, pid: u32) -> Vec<FlowSample>;
+}
+
+type FlowKey = (Proto, Endpoint, Endpoint);
+
+/// Minimal accounting from connect/accept/close events. Bounded: past `MAX_FLOWS`
+/// (flows whose close was lost) it starts over rather than grow without end.
+#[derive(Default)]
+pub struct ConnTable {
+    flows: HashMap<FlowKey, (u32, FlowSample)>,
+    per_pid: HashMap<u32, usize>,
+    recent: HashMap<u32, Vec<FlowSample>>,
+}
+
+const MAX_FLOWS: usize = 1 << 20;
+
+fn key_of(proto: Proto, src: &Endpoint, dst: &Endpoint) -> FlowKey {
+    let strip = |e: &Endpoint| Endpoint::new(e.ip, e.port);
+    (proto, strip(src), strip(dst))
+}
+
+impl ActiveConnections for ConnTable {
+    fn observe(&mut self, ev: &Event) {
+        match &ev.body {
+            EventBody::Connect(c) | EventBody::Accept(c) if !c.failed => {
+                let (Some(p), Some(src)) = (&c.process, &c.src) else {
+                    return;
+                };
+                if self.flows.len() >= MAX_FLOWS {
+                    self.flows.clear();
+                    self.per_pid.clear();
+                }
+                let Some(sample) = sample_of(ev) else { return };
+                let key = key_of(c.proto, src, &c.dst);
+                if self.flows.insert(key, (p.pid, sample.clone())).is_none() {
+                    *self.per_pid.entry(p.pid).or_default() += 1;
+                }
+                let recent = self.recent.entry(p.pid).or_default();
+                push_sample(recent, sample);
+            }
+            EventBody::Close(c) => {
+                let Some(src) = &c.conn.src else { return };
+                // A close whose direction netmon did not see has the local side first;
+                // try both orientations.
+                let forward = key_of(c.conn.proto, src, &c.conn.dst);
+                let backward = key_of(c.conn.proto, &c.conn.dst, src);
+                for key in [forward, backward] {
+                    if let Some((pid, _)) = self.flows.remove(&key) {
+                        if let Some(n) = self.per_pid.get_mut(&pid) {
+                            *n = n.saturating_sub(1);
+                            if *n == 0 {
+                                self.per_pid.remove(&pid);
+                                self.recent.remove(&pid);
+                            }
+                        }
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn active(&self, pid: u32) -> usize {
+        self.per_pid.get(&pid).copied().unwrap_or(0)
+    }
+
+    fn samples(&self, pid: u32) -> Vec<FlowSample> {
+        self.recent.get(&pid).cloned().unwrap_or_default()
+    }
+}
+
+pub struct HighConnectionCount {
+    table: Box<dyn ActiveConnections>,
+    threshold: usize,
+    allow: Allow,
+    severity: Severity,
+    cooldown_s: u64,
+}
+
+impl HighConnectionCount {
+    pub fn new(
+        cfg: &HighConnectionCountConfig,
+        cooldown_s: u64,
+        table: Box<dyn ActiveConnections>,
+    ) -> HighConnectionCount {
+        HighConnectionCount {
+            table,
+            threshold: cfg.threshold.max(1),
+            allow: cfg.allow.clone(),
+            severity: cfg.severity.unwrap_or(Severity::Medium),
+            cooldown_s: cfg.cooldown_s.unwrap_or(cooldown_s),
+        }
+    }
+}
+
+impl Rule for HighConnectionCount {
+    fn name(&self) -> &str {
+        "HIGH_CONNECTION_COUNT"
+    }
+
+    fn check(&mut self, ev: &Event, resolver: &mut dyn ProcessResolver, hits: &mut Vec<Hit>) {
+        self.table.observe(ev);
+        let c = match &ev.body {
+            EventBody::Connect(c) | EventBody::Accept(c) if !c.failed => c,
+            _ => return,
+        };
+        let Some(p) = &c.process else { return };
+        let active = self.table.active(p.pid);
+        if active < self.threshold {
+            return;
+        }
+        if self.allow.allows(Some(p), None, None, resolver) {
+            return;
+        }
+        let mut details = BTreeMap::new();
+        details.insert("active_connections".into(), json!(active));
+        details.insert("threshold".into(), json!(self.threshold));
+        hits.push(Hit {
+            rule: self.name().into(),
+            severity: self.severity,
+            condition: format!("pid={}", p.pid),
+            summary: format!(
+                "{} holds {active} active connections (threshold {})",
+                who(Some(p)),
+                self.threshold
+            ),
+            recommendation: "Check whether this process is a server or proxy that is expected \
+                             to hold many connections; otherwise look for a connection leak, a \
+                             flood or a scan."
+                .into(),
+            process: Some(p.clone()),
+            flows: self.table.samples(p.pid),
+            score: None,
+            details,
+            cooldown_s: self.cooldown_s,
+        });
+    }
+}
+
+/// Unique external addresses of one process, with when each was last seen.
+#[derive(Default)]
+struct Fanout {
+    last_seen: HashMap<IpAddr, DateTime<Utc>>,
+    order: VecDeque<(DateTime<Utc>, IpAddr)>,
+    samples: Vec<FlowSample>,
+}
+
+pub struct ExternalConnections {
+    per_pid: HashMap<u32, Fanout>,
+    threshold: usize,
+    window: chrono::Duration,
+    internal: Vec<Cidr>,
+    allow: Allow,
+    severity: Severity,
+    cooldown_s: u64,
+}
+
+const MAX_TRACKED_PIDS: usize = 65536;
+
+impl ExternalConnections {
+    pub fn new(cfg: &ExternalConnectionsConfig, cooldown_s: u64) -> ExternalConnections {
+        ExternalConnections {
+            per_pid: HashMap::new(),
+            threshold: cfg.threshold.max(1),
+            window: chrono::Duration::seconds(cfg.window_s as i64),
+            internal: cfg.internal_cidrs.clone(),
+            allow: cfg.allow.clone(),
+            severity: cfg.severity.unwrap_or(Severity::Low),
+            cooldown_s: cfg.cooldown_s.unwrap_or(cooldown_s),
+        }
+    }
+}
+
+impl Rule for ExternalConnections {
+    fn name(&self) -> &str {
+        "EXTERNAL_CONNECTIONS"
+    }
+
+    fn check(&mut self, ev: &Event, resolver: &mut dyn ProcessResolver, hits: &mut Vec<Hit>) {
+        let c = match &ev.body {
+            EventBody::Connect(c) | EventBody::Udp(c)
+                if c.direction != Some(Direction::Inbound) =>
+            {
+                c
+            }
+            _ => return,
+        };
+        let Some(p) = &c.process else { return };
+        let ip = c.dst.ip.to_canonical();
+        if any_cidr(&self.internal, &ip) {
+            return;
+        }
+        if self
+            .allow
+            .allows(Some(p), Some(&ip), Some(c.dst.port), resolver)
+        {
+            return;
+        }
+        if self.per_pid.len() >= MAX_TRACKED_PIDS && !self.per_pid.contains_key(&p.pid) {
+            let window = self.window;
+            self.per_pid
+                .retain(|_, f| f.order.back().is_some_and(|(t, _)| ev.ts - *t < window));
+            if self.per_pid.len() >= MAX_TRACKED_PIDS {
+                self.per_pid.clear();
+            }
+        }
+        let fan = self.per_pid.entry(p.pid).or_default();
+        let new_ip = fan.last_seen.insert(ip, ev.ts).is_none();
+        fan.order.push_back((ev.ts, ip));
+        if new_ip && let Some(s) = sample_of(ev) {
+            push_sample(&mut fan.samples, s);
+        }
+        // Forget addresses not seen within the window.
+        while let Some(&(t, old)) = fan.order.front() {
+            if ev.ts - t < self.window {
+                break;
+            }
+            fan.order.pop_front();
+            if fan.last_seen.get(&old) == Some(&t) {
+                fan.last_seen.remove(&old);
+            }
+        }
+        let unique = fan.last_seen.len();
+        if unique < self.threshold {
+            return;
+        }
+        let mut details = BTreeMap::new();
+        details.insert("unique_external_ips".into(), json!(unique));
+        details.insert("threshold".into(), json!(self.threshold));
+        details.insert("window_s".into(), json!(self.window.num_seconds()));
+        hits.push(Hit {
+            rule: "EXTERNAL_CONNECTIONS".into(),
+            severity: self.severity,
+            condition: format!("pid={}", p.pid),
+            summary: format!(
+                "{} talked to {unique} external addresses within {} s",
+                who(Some(p)),
+                self.window.num_seconds()
+            ),
+            recommendation: "Fan-out to many addresses looks like scanning, worm spreading or \
+                             beaconing: check the process, its parent and its destinations."
+                .into(),
+            process: Some(p.clone()),
+            flows: fan.samples.clone(),
+            score: None,
+            details,
+            cooldown_s: self.cooldown_s,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{NoResolver, testing::*};
+
+    fn feed(rule: &mut dyn Rule, events: &[Event]) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        for e in events {
+            rule.check(e, &mut NoResolver, &mut hits);
+        }
+        hits
+    }
+
+    #[test]
+    fn counts_active_connections_and_forgets_closed_ones() {
+        let cfg = HighConnectionCountConfig {
+            threshold: 5,
+            ..Default::default()
+        };
+        let mut r = HighConnectionCount::new(&cfg, 300, Box::new(ConnTable::default()));
+        let open: Vec<Event> = (0..4)
+            .map(|i| {
+                conn(
+                    "connect",
+                    i,
+                    9,
+                    ("127.0.0.1", 40000 + i as u16),
+                    ("127.0.0.1", 80),
+                )
+            })
+            .collect();
+        assert!(feed(&mut r, &open).is_empty());
+        // Close two, open two more: still four.
+        let close: Vec<Event> = (0..2)
+            .map(|i| {
+                conn(
+                    "close",
+                    10,
+                    9,
+                    ("127.0.0.1", 40000 + i as u16),
+                    ("127.0.0.1", 80),
+                )
+            })
+            .collect();
+        assert!(feed(&mut r, &close).is_empty());
+        let more: Vec<Event> = (10..12)
+            .map(|i| {
+                conn(
+                    "connect",
+                    i,
+                    9,
+                    ("127.0.0.1", 40000 + i as u16),
+                    ("127.0.0.1", 80),
+                )
+            })
+            .collect();
+        assert!(feed(&mut r, &more).is_empty());
+        let fifth = conn("connect", 20, 9, ("127.0.0.1", 41000), ("127.0.0.1", 80));
+        let h = feed(&mut r, &[fifth]);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].details["active_connections"], 5);
+        assert_eq!(h[0].flows.len(), 5);
+        // Another process is counted apart.
+        let other = conn("connect", 21, 10, ("127.0.0.1", 42000), ("127.0.0.1", 80));
+        assert!(feed(&mut r, &[other]).is_empty());
+    }
+
+    #[test]
+    fn fans_out_to_external_addresses_only() {
+        let cfg = ExternalConnectionsConfig {
+            threshold: 3,
+            window_s: 10,
+            ..Default::default()
+        };
+        let mut r = ExternalConnections::new(&cfg, 300);
+        let to = |s, ip| conn("connect", s, 5, ("10.0.0.1", 40000), (ip, 443));
+        // Private and loopback addresses are internal.
+        assert!(
+            feed(
+                &mut r,
+                &[to(0, "10.1.1.1"), to(0, "127.0.0.2"), to(0, "192.168.1.1")]
+            )
+            .is_empty()
+        );
+        assert!(
+            feed(
+                &mut r,
+                &[to(0, "1.1.1.1"), to(1, "1.1.1.1"), to(2, "8.8.8.8")]
+            )
+            .is_empty()
+        );
+        // The first address has left the window by t=11.
+        assert!(feed(&mut r, &[to(11, "9.9.9.9")]).is_empty());
+        let h = feed(&mut r, &[to(11, "4.4.4.4")]);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].details["unique_external_ips"], 3);
+    }
+}

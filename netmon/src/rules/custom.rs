@@ -1,0 +1,181 @@
+//! Custom rules from `[[rules.custom]]`: every condition given must hold (direction,
+//! protocol, service ports, remote CIDRs, process name/exe/user); a match alerts with
+//! the configured severity and summary.
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use super::{
+    Hit, ProcessResolver, Rule,
+    config::{CustomRuleConfig, EventKind},
+    flow_view,
+    matchers::{any_cidr, any_port, process_matches},
+    pid_of, sample_of, who,
+};
+use crate::event::Event;
+
+pub struct CustomRule {
+    cfg: CustomRuleConfig,
+    cooldown_s: u64,
+}
+
+impl CustomRule {
+    pub fn new(cfg: &CustomRuleConfig, cooldown_s: u64) -> CustomRule {
+        CustomRule {
+            cfg: cfg.clone(),
+            cooldown_s: cfg.cooldown_s.unwrap_or(cooldown_s),
+        }
+    }
+}
+
+impl Rule for CustomRule {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn check(&mut self, ev: &Event, resolver: &mut dyn ProcessResolver, hits: &mut Vec<Hit>) {
+        let Some(f) = flow_view(ev) else { return };
+        let c = &self.cfg;
+        let kind = match f.kind {
+            "connect" => EventKind::Connect,
+            "accept" => EventKind::Accept,
+            "udp" => EventKind::Udp,
+            _ => EventKind::Listen,
+        };
+        if !c.events.is_empty() && !c.events.contains(&kind) {
+            return;
+        }
+        if c.direction.is_some() && f.conn.direction != c.direction {
+            return;
+        }
+        if c.proto.is_some_and(|p| p != f.conn.proto) {
+            return;
+        }
+        if !c.ports.is_empty() && !any_port(&c.ports, f.service_port) {
+            return;
+        }
+        if !c.cidrs.is_empty() {
+            let ip = f.remote.copied().unwrap_or(f.conn.dst.ip);
+            if !any_cidr(&c.cidrs, &ip) {
+                return;
+            }
+        }
+        let process = f.conn.process.as_ref();
+        if !c.process.is_empty() && !process_matches(process, &c.process, &[], &[], resolver) {
+            return;
+        }
+        if !c.exe.is_empty() && !process_matches(process, &[], &c.exe, &[], resolver) {
+            return;
+        }
+        if !c.users.is_empty() && !process_matches(process, &[], &[], &c.users, resolver) {
+            return;
+        }
+        let remote = f.remote.map_or_else(|| "-".into(), |r| r.to_string());
+        let mut details = BTreeMap::new();
+        details.insert("port".into(), json!(f.service_port));
+        hits.push(Hit {
+            rule: c.name.clone(),
+            severity: c.severity,
+            condition: format!(
+                "pid={} remote={remote} port={} type={}",
+                pid_of(process),
+                f.service_port,
+                f.kind
+            ),
+            summary: format!(
+                "{} ({} {} port {})",
+                c.summary,
+                who(process),
+                f.kind,
+                f.service_port
+            ),
+            recommendation: c
+                .recommendation
+                .clone()
+                .unwrap_or_else(|| "Matched a custom rule of this host's configuration.".into()),
+            process: process.cloned(),
+            flows: sample_of(ev).into_iter().collect(),
+            score: None,
+            details,
+            cooldown_s: self.cooldown_s,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        event::{Direction, Proto, Severity},
+        rules::{NoResolver, ProcessResolver, testing::*},
+    };
+
+    fn rule() -> CustomRuleConfig {
+        CustomRuleConfig {
+            name: "NO_TELNET".into(),
+            severity: Severity::Critical,
+            summary: "telnet".into(),
+            recommendation: None,
+            enabled: true,
+            cooldown_s: None,
+            events: vec![],
+            direction: Some(Direction::Outbound),
+            proto: Some(Proto::Tcp),
+            ports: vec!["20-23".parse().unwrap()],
+            cidrs: vec!["127.0.0.0/8".parse().unwrap()],
+            process: vec![],
+            exe: vec![],
+            users: vec![],
+        }
+    }
+
+    struct Table;
+    impl ProcessResolver for Table {
+        fn exe(&mut self, _pid: u32) -> Option<String> {
+            Some("/usr/bin/telnet".into())
+        }
+        fn user(&mut self, _uid: u32) -> Option<String> {
+            Some("alice".into())
+        }
+    }
+
+    #[test]
+    fn every_condition_must_hold() {
+        let mut r = CustomRule::new(&rule(), 300);
+        let mut hits = Vec::new();
+        let ok = conn("connect", 0, 1, ("127.0.0.1", 40000), ("127.0.0.1", 23));
+        r.check(&ok, &mut NoResolver, &mut hits);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].severity, Severity::Critical);
+        for bad in [
+            conn("connect", 0, 1, ("127.0.0.1", 40000), ("127.0.0.1", 24)),
+            conn("connect", 0, 1, ("127.0.0.1", 40000), ("10.0.0.1", 23)),
+            conn("accept", 0, 1, ("127.0.0.1", 40000), ("127.0.0.1", 23)),
+            conn("udp", 0, 1, ("127.0.0.1", 40000), ("127.0.0.1", 23)),
+        ] {
+            let mut hits = Vec::new();
+            r.check(&bad, &mut NoResolver, &mut hits);
+            assert!(hits.is_empty(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn matches_exe_and_user_through_the_resolver() {
+        let mut cfg = rule();
+        cfg.exe = vec!["/usr/bin/telnet".into()];
+        cfg.users = vec!["alice".into()];
+        let mut r = CustomRule::new(&cfg, 300);
+        let ev = conn("connect", 0, 1, ("127.0.0.1", 40000), ("127.0.0.1", 23));
+        let mut hits = Vec::new();
+        r.check(&ev, &mut NoResolver, &mut hits);
+        assert!(hits.is_empty());
+        r.check(&ev, &mut Table, &mut hits);
+        assert_eq!(hits.len(), 1);
+        // Numeric uids match without a resolver.
+        let mut cfg = rule();
+        cfg.users = vec!["1000".into()];
+        let mut r = CustomRule::new(&cfg, 300);
+        r.check(&ev, &mut NoResolver, &mut hits);
+        assert_eq!(hits.len(), 2);
+    }
+}

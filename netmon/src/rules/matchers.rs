@@ -1,0 +1,298 @@
+//! The small value types rules and the configuration share: CIDR blocks, port ranges,
+//! and per-rule allowlists. Each parses from the text a person writes in the config
+//! file, and its parse error says what was expected.
+use std::{fmt, net::IpAddr, str::FromStr};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::event::ProcessInfo;
+
+/// An address block: `10.0.0.0/8`, `fd00::/8`, or a single address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        // v4-mapped IPv6 is compared as IPv4.
+        let ip = ip.to_canonical();
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let expected = || {
+            format!(
+                "`{s}` is not a CIDR block: expected e.g. `10.0.0.0/8`, `fd00::/8` or an address"
+            )
+        };
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| expected())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= max)
+                .ok_or_else(expected)?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Cidr, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A port or an inclusive range of ports: `443`, or `"8000-8100"` in the config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub const fn one(port: u16) -> PortRange {
+        PortRange {
+            first: port,
+            last: port,
+        }
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PortRange, String> {
+        let expected = || {
+            format!("`{s}` is not a port: expected a port like 443 or a range like \"8000-8100\"")
+        };
+        let (a, b) = s.split_once('-').unwrap_or((s, s));
+        let first: u16 = a.trim().parse().map_err(|_| expected())?;
+        let last: u16 = b.trim().parse().map_err(|_| expected())?;
+        if first > last {
+            return Err(format!(
+                "`{s}`: a range must go from the lower port to the higher"
+            ));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<PortRange, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = PortRange;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port (0-65535) or a range like \"8000-8100\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PortRange, E> {
+                u16::try_from(v)
+                    .map(PortRange::one)
+                    .map_err(|_| E::custom(format!("{v} is not a port: expected 0-65535")))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PortRange, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(-1))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PortRange, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.first == self.last {
+            s.serialize_u16(self.first)
+        } else {
+            s.collect_str(self)
+        }
+    }
+}
+
+pub fn any_port(ranges: &[PortRange], port: u16) -> bool {
+    ranges.iter().any(|r| r.contains(port))
+}
+
+pub fn any_cidr(cidrs: &[Cidr], ip: &IpAddr) -> bool {
+    cidrs.iter().any(|c| c.contains(ip))
+}
+
+/// What the rules may ask about a process beyond what events carry: its executable and
+/// its user's name. Live runs read `/proc` and `/etc/passwd` (`crate::procfs`); replay
+/// and tests answer from nothing or from a table.
+pub trait ProcessResolver {
+    /// Path of the executable of `pid`, if known.
+    fn exe(&mut self, pid: u32) -> Option<String>;
+    /// Name of the user `uid`, if known.
+    fn user(&mut self, uid: u32) -> Option<String>;
+}
+
+/// Knows nothing: matchers on exe and user names then match only numeric uids.
+pub struct NoResolver;
+
+impl ProcessResolver for NoResolver {
+    fn exe(&mut self, _pid: u32) -> Option<String> {
+        None
+    }
+    fn user(&mut self, _uid: u32) -> Option<String> {
+        None
+    }
+}
+
+/// Whether `process` matches any of `names` (comm), `exes` (executable path) or
+/// `users` (user name or numeric uid). Empty lists match nothing.
+pub fn process_matches(
+    process: Option<&ProcessInfo>,
+    names: &[String],
+    exes: &[String],
+    users: &[String],
+    resolver: &mut dyn ProcessResolver,
+) -> bool {
+    let Some(p) = process else {
+        return false;
+    };
+    if names.contains(&p.comm) {
+        return true;
+    }
+    if !exes.is_empty()
+        && let Some(exe) = resolver.exe(p.pid)
+        && exes.contains(&exe)
+    {
+        return true;
+    }
+    if !users.is_empty() {
+        let uid = p.uid.to_string();
+        if users.contains(&uid) {
+            return true;
+        }
+        if let Some(name) = resolver.user(p.uid)
+            && users.contains(&name)
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Per-rule allowlist: an event that matches any entry does not trigger the rule.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Allow {
+    /// Process names (`comm`, at most 15 characters as the kernel keeps them).
+    pub process: Vec<String>,
+    /// Executable paths (`/usr/sbin/sshd`).
+    pub exe: Vec<String>,
+    /// User names or numeric uids.
+    pub users: Vec<String>,
+    /// Remote (or, for listeners, local) addresses.
+    pub cidrs: Vec<Cidr>,
+    /// Service ports.
+    pub ports: Vec<PortRange>,
+}
+
+impl Allow {
+    pub fn is_empty(&self) -> bool {
+        *self == Allow::default()
+    }
+
+    /// Whether the allowlist covers this process, address or port.
+    pub fn allows(
+        &self,
+        process: Option<&ProcessInfo>,
+        ip: Option<&IpAddr>,
+        port: Option<u16>,
+        resolver: &mut dyn ProcessResolver,
+    ) -> bool {
+        if let Some(ip) = ip
+            && any_cidr(&self.cidrs, ip)
+        {
+            return true;
+        }
+        if let Some(port) = port
+            && any_port(&self.ports, port)
+        {
+            return true;
+        }
+        process_matches(process, &self.process, &self.exe, &self.users, resolver)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_match_their_block_only() {
+        let c: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(c.contains(&"10.9.8.7".parse().unwrap()));
+        assert!(!c.contains(&"11.0.0.1".parse().unwrap()));
+        assert!(c.contains(&"::ffff:10.1.1.1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(&"1.2.3.4".parse().unwrap()));
+        let one: Cidr = "fd00::1".parse().unwrap();
+        assert_eq!(one.prefix, 128);
+        assert!(one.contains(&"fd00::1".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("nope".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn port_ranges_parse_and_match() {
+        let r: PortRange = "8000-8100".parse().unwrap();
+        assert!(r.contains(8050) && !r.contains(8101));
+        assert!("9-1".parse::<PortRange>().is_err());
+        assert!("70000".parse::<PortRange>().is_err());
+        assert_eq!(PortRange::one(22).to_string(), "22");
+    }
+}
