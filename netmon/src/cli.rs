@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod doctor;
+pub mod hosts;
 pub mod run;
+pub mod scan;
 pub mod snapshot;
 
 /// Linux network monitor: traces every TCP and UDP connection with eBPF and tells you
@@ -34,6 +36,13 @@ pub enum Command {
     ///
     /// Exits 0 when netmon can run, 1 when it cannot.
     Doctor(doctor::DoctorArgs),
+    /// Discover hosts, scan their ports and name their services (an nmap-like scanner).
+    ///
+    /// Refuses public addresses unless --allow-public. Needs no privilege; as root it
+    /// uses raw sockets for ICMP discovery and a SYN scan.
+    Scan(scan::ScanArgs),
+    /// Print the host inventory that the scanner in `netmon run` keeps.
+    Hosts(hosts::HostsArgs),
 }
 
 /// Exit code for errors: bad flags, missing privileges, unusable kernel.
@@ -45,6 +54,8 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Snapshot(args) => snapshot::snapshot(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Scan(args) => scan::run(args),
+        Command::Hosts(args) => hosts::run(args),
     };
     match result {
         Ok(code) => code,

@@ -38,6 +38,20 @@ pub enum EventBody {
     Stats(Stats),
     /// What the loader attached, first line of `netmon run`.
     Probe(ProbeReport),
+    /// Scanner: one scanned host (`netmon scan`).
+    Host(crate::scan::report::ScanHost),
+    /// Scanner: one open port (`netmon scan`).
+    Port(crate::scan::report::ScanPort),
+    /// Inventory: a host answered that was unknown or down.
+    HostUp(crate::scan::report::HostChange),
+    /// Inventory: a known host stopped answering (it stays in the inventory).
+    HostDown(crate::scan::report::HostChange),
+    /// Inventory: a port of a known host opened.
+    PortOpened(crate::scan::report::PortChange),
+    /// Inventory: an open port closed.
+    PortClosed(crate::scan::report::PortChange),
+    /// Inventory: an open port answers with another service or version.
+    ServiceChanged(crate::scan::report::ServiceChange),
 }
 
 impl EventBody {
@@ -52,6 +66,13 @@ impl EventBody {
             EventBody::Flow(_) => "flow",
             EventBody::Stats(_) => "stats",
             EventBody::Probe(_) => "probe",
+            EventBody::Host(_) => "host",
+            EventBody::Port(_) => "port",
+            EventBody::HostUp(_) => "host_up",
+            EventBody::HostDown(_) => "host_down",
+            EventBody::PortOpened(_) => "port_opened",
+            EventBody::PortClosed(_) => "port_closed",
+            EventBody::ServiceChanged(_) => "service_changed",
         }
     }
 
@@ -82,7 +103,7 @@ impl EventBody {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,

@@ -13,5 +13,6 @@ pub mod kernel_btf;
 pub mod output;
 pub mod probe;
 pub mod process;
+pub mod scan;
 pub mod sockets;
 pub mod system;

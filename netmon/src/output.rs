@@ -122,6 +122,13 @@ pub fn render_text(event: &Event, out: &mut String) {
                 let _ = write!(out, " {k}={v}");
             }
         }
+        EventBody::Host(_)
+        | EventBody::Port(_)
+        | EventBody::HostUp(_)
+        | EventBody::HostDown(_)
+        | EventBody::PortOpened(_)
+        | EventBody::PortClosed(_)
+        | EventBody::ServiceChanged(_) => crate::scan::text::render(&event.body, out),
         EventBody::Probe(p) => {
             let _ = write!(out, "requested={} kernel={}", p.requested, p.kernel);
             for c in &p.capabilities {

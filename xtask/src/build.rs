@@ -13,20 +13,23 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo arguments that select the eBPF crate for the BPF target (after the
+/// `+nightly <command>`).
+pub const EBPF_CARGO_ARGS: &[&str] = &[
+    "-p",
+    "netmon-ebpf",
+    "--release",
+    "--target",
+    "bpfel-unknown-none",
+    "-Z",
+    "build-std=core",
+];
+
 pub fn build_ebpf() -> Result<()> {
     exec::run(
         Command::new("cargo")
-            .args([
-                "+nightly",
-                "build",
-                "-p",
-                "netmon-ebpf",
-                "--release",
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-            ])
+            .args(["+nightly", "build"])
+            .args(EBPF_CARGO_ARGS)
             .current_dir(workspace_root()),
     )?;
     eprintln!(

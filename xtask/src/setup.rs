@@ -32,6 +32,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "lz4",
     "zstd",
     "xz-utils",
+    // The scanner's tests and benchmark: real listeners (`python3 -m http.server`, a TLS
+    // listener from `openssl s_server`).
+    "python3",
+    "openssl",
 ];
 
 pub const NIGHTLY: &str = "nightly";

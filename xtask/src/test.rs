@@ -41,20 +41,11 @@ pub fn test(args: TestArgs) -> Result<()> {
     ));
     steps.push((
         "clippy (eBPF)",
-        exec::run(&mut cargo(&[
-            "+nightly",
-            "clippy",
-            "-p",
-            "netmon-ebpf",
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-            "--",
-            "-D",
-            "warnings",
-        ])),
+        exec::run(
+            cargo(&["+nightly", "clippy"])
+                .args(build::EBPF_CARGO_ARGS)
+                .args(["--", "-D", "warnings"]),
+        ),
     ));
     steps.push((
         "unit and CLI tests",

@@ -1,0 +1,563 @@
+//! The scanner inside `netmon run`: remote peers seen in flows (when inside
+//! `scan.allow`) and the configured networks are discovered, port-scanned and pinged
+//! on three intervals, and the inventory's change events come out.
+//!
+//! How to wire it (the `netmon run` side):
+//! ```ignore
+//! let mut monitor = Monitor::new(&config.scan)?;            // refuses bad [scan]
+//! // for each flow: monitor.observe_peer(remote_ip);        // cheap, never blocks
+//! // loop: sleep_until(monitor.next_due()); for e in monitor.tick().await { sink.write(&e) }
+//! ```
+//! or hand it the channels with `Monitor::run`. With `scan.allow` empty it is inert.
+//!
+//! `Schedule` (pure) decides what is due; it never lets a host be probed more often
+//! than its interval. One `RateLimiter` covers everything the monitor sends.
+use std::{
+    collections::{BTreeSet, HashMap},
+    io,
+    net::IpAddr,
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use chrono::Utc;
+use tokio::{sync::mpsc, time::Instant};
+
+use super::{
+    Method, Planned, ScanOptions,
+    config::{ConfigError, MonitorSettings, ScanConfig},
+    discover::{self, DiscoveryOptions},
+    hints,
+    inventory::{Inventory, PortObservation, Sighting},
+    neigh,
+    ports::PortList,
+    rate::RateLimiter,
+    rdns, target,
+};
+use crate::{event::Event, system};
+
+/// What is due at a moment.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Due {
+    /// Sweep the configured networks.
+    pub discovery: bool,
+    /// New peers (from flows) to discover now.
+    pub new_peers: Vec<IpAddr>,
+    /// Known hosts whose liveness check is due.
+    pub ping: Vec<IpAddr>,
+    /// Live hosts whose port scan is due.
+    pub port_scan: Vec<IpAddr>,
+}
+
+/// When each thing was last done. Pure: time comes in.
+#[derive(Debug, Default)]
+pub struct Schedule {
+    pub discovery: Duration,
+    pub port_scan: Duration,
+    pub ping: Duration,
+    last_sweep: Option<Instant>,
+    /// Last probe of any kind sent to a host (discovery or liveness).
+    last_probe: HashMap<IpAddr, Instant>,
+    last_port_scan: HashMap<IpAddr, Instant>,
+}
+
+impl Schedule {
+    pub fn new(discovery: Duration, port_scan: Duration, ping: Duration) -> Schedule {
+        Schedule {
+            discovery,
+            port_scan,
+            ping,
+            ..Schedule::default()
+        }
+    }
+
+    fn elapsed(last: Option<&Instant>, every: Duration, now: Instant) -> bool {
+        last.is_none_or(|t| now.saturating_duration_since(*t) >= every)
+    }
+
+    /// What is due at `now`, given the known hosts (and which are up) and the peers
+    /// waiting for discovery.
+    pub fn due(&self, now: Instant, known: &[(IpAddr, bool)], peers: &BTreeSet<IpAddr>) -> Due {
+        let mut d = Due {
+            discovery: Self::elapsed(self.last_sweep.as_ref(), self.discovery, now),
+            ..Due::default()
+        };
+        let known_set: std::collections::HashSet<IpAddr> = known.iter().map(|(a, _)| *a).collect();
+        for p in peers {
+            // A new peer is discovered once per discovery interval at most.
+            if !known_set.contains(p) && Self::elapsed(self.last_probe.get(p), self.discovery, now)
+            {
+                d.new_peers.push(*p);
+            }
+        }
+        for &(a, up) in known {
+            if Self::elapsed(self.last_probe.get(&a), self.ping, now) {
+                d.ping.push(a);
+            }
+            if up && Self::elapsed(self.last_port_scan.get(&a), self.port_scan, now) {
+                d.port_scan.push(a);
+            }
+        }
+        d
+    }
+
+    pub fn swept(&mut self, now: Instant) {
+        self.last_sweep = Some(now);
+    }
+
+    pub fn probed(&mut self, a: IpAddr, now: Instant) {
+        self.last_probe.insert(a, now);
+    }
+
+    pub fn port_scanned(&mut self, a: IpAddr, now: Instant) {
+        self.last_port_scan.insert(a, now);
+    }
+
+    /// The earliest moment something may become due.
+    pub fn next_due(&self, known: &[(IpAddr, bool)], has_peers: bool, now: Instant) -> Instant {
+        let mut next = self.last_sweep.map_or(now, |t| t + self.discovery);
+        for &(a, up) in known {
+            next = next.min(self.last_probe.get(&a).map_or(now, |t| *t + self.ping));
+            if up {
+                next = next.min(
+                    self.last_port_scan
+                        .get(&a)
+                        .map_or(now, |t| *t + self.port_scan),
+                );
+            }
+        }
+        if has_peers {
+            next = next.min(now + Duration::from_millis(200));
+        }
+        next.max(now)
+    }
+}
+
+/// Counters for `stats`-style reporting.
+#[derive(Debug, Default, Clone)]
+pub struct MonitorCounters {
+    /// Flow peers ignored because they are outside `scan.allow`.
+    pub peers_outside_allow: u64,
+    /// Peers ignored because the inventory is full (`scan.max_hosts`).
+    pub peers_over_limit: u64,
+    pub sweeps: u64,
+    pub pings: u64,
+    pub port_scans: u64,
+    pub state_write_errors: u64,
+}
+
+/// The monitor: owns the inventory, the schedule and the rate limiter.
+pub struct Monitor {
+    settings: MonitorSettings,
+    inventory: Inventory,
+    schedule: Schedule,
+    rate: Arc<RateLimiter>,
+    peers: BTreeSet<IpAddr>,
+    host: String,
+    pub counters: MonitorCounters,
+    /// Addresses of the configured networks, expanded once.
+    network_addrs: Vec<IpAddr>,
+}
+
+impl Monitor {
+    /// Checks the config and loads the inventory from the state file when there is one.
+    pub fn new(cfg: &ScanConfig) -> Result<Monitor, ConfigError> {
+        let settings = cfg.validate()?;
+        let inventory = load_state(&settings.raw.state_file).unwrap_or_else(|_| Inventory::new());
+        let network_addrs = settings
+            .raw
+            .networks
+            .iter()
+            .flat_map(target::net_hosts)
+            .collect();
+        Ok(Monitor {
+            schedule: Schedule::new(
+                settings.raw.discovery_interval,
+                settings.raw.port_scan_interval,
+                settings.raw.ping_interval,
+            ),
+            rate: Arc::new(RateLimiter::new(settings.raw.rate_pps)),
+            inventory,
+            settings,
+            peers: BTreeSet::new(),
+            host: system::hostname(),
+            counters: MonitorCounters::default(),
+            network_addrs,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.settings.enabled()
+    }
+
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    /// A remote address seen in a flow. Ignored (and counted) outside `scan.allow`;
+    /// returns whether it was taken.
+    pub fn observe_peer(&mut self, ip: IpAddr) -> bool {
+        if !self.settings.raw.flow_peers || !self.settings.allows(&ip) {
+            self.counters.peers_outside_allow += 1;
+            return false;
+        }
+        if self.inventory.hosts.contains_key(&ip) {
+            return true;
+        }
+        if self.inventory.hosts.len() + self.peers.len() >= self.settings.raw.max_hosts {
+            self.counters.peers_over_limit += 1;
+            return false;
+        }
+        self.peers.insert(ip);
+        true
+    }
+
+    fn known(&self) -> Vec<(IpAddr, bool)> {
+        self.inventory
+            .hosts()
+            .map(|h| (h.addr, h.state == super::HostState::Up))
+            .collect()
+    }
+
+    /// When `tick` next has work.
+    pub fn next_due(&self) -> Instant {
+        if !self.enabled() {
+            return Instant::now() + Duration::from_secs(3600);
+        }
+        self.schedule
+            .next_due(&self.known(), !self.peers.is_empty(), Instant::now())
+    }
+
+    /// Does whatever is due; returns the change events. Writes the state file when
+    /// something changed.
+    pub async fn tick(&mut self) -> Vec<Event> {
+        if !self.enabled() {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let due = self.schedule.due(now, &self.known(), &self.peers);
+        let mut events = Vec::new();
+        let cfg = self.settings.raw.clone();
+
+        // Discovery: configured networks when due, plus new flow peers.
+        let mut sweep_addrs: Vec<IpAddr> = Vec::new();
+        if due.discovery {
+            sweep_addrs.extend(self.network_addrs.iter().copied());
+            self.schedule.swept(now);
+            self.counters.sweeps += 1;
+        }
+        for p in &due.new_peers {
+            self.peers.remove(p);
+        }
+        sweep_addrs.extend(due.new_peers.iter().copied());
+        // Known hosts due a ping are checked in the same sweep, with their open ports
+        // as extra TCP probes.
+        let mut ping_ports: Vec<u16> = discover::DEFAULT_TCP_PING_PORTS.to_vec();
+        for a in &due.ping {
+            if let Some(h) = self.inventory.get(a) {
+                ping_ports.extend(
+                    h.ports
+                        .values()
+                        .filter(|p| {
+                            p.state == super::PortState::Open && p.proto == crate::event::Proto::Tcp
+                        })
+                        .map(|p| p.port),
+                );
+            }
+        }
+        ping_ports.sort_unstable();
+        ping_ports.dedup();
+        let known_due: BTreeSet<IpAddr> = due.ping.iter().copied().collect();
+        let mut all: BTreeSet<IpAddr> = sweep_addrs.into_iter().collect();
+        all.extend(known_due.iter().copied());
+        // Everything probed must be inside `allow` (networks were checked at start;
+        // peers on entry; this is the last line of defence).
+        let all: Vec<IpAddr> = all
+            .into_iter()
+            .filter(|a| self.settings.allows(a))
+            .collect();
+        if !all.is_empty() {
+            let opts = DiscoveryOptions {
+                timeout: cfg.timeout,
+                tcp_ports: ping_ports,
+                icmp: true,
+                concurrency: 256,
+            };
+            let sweep = discover::sweep(&all, &opts, self.rate.clone()).await;
+            self.counters.pings += all.len() as u64;
+            let macs = neigh::table().unwrap_or_default();
+            // Names for live hosts that have none yet, looked up side by side.
+            let mut names: HashMap<IpAddr, String> = HashMap::new();
+            if cfg.reverse_dns {
+                let mut set = tokio::task::JoinSet::new();
+                for a in sweep.alive.keys().copied() {
+                    if self.inventory.get(&a).is_none_or(|h| h.name.is_none()) {
+                        set.spawn(
+                            async move { (a, rdns::lookup(a, Duration::from_secs(2)).await) },
+                        );
+                    }
+                }
+                while let Some(Ok((a, n))) = set.join_next().await {
+                    if let Some(n) = n {
+                        names.insert(a, n);
+                    }
+                }
+            }
+            let stamp = Utc::now();
+            for &a in &all {
+                self.schedule.probed(a, now);
+                match sweep.alive.get(&a) {
+                    Some(alive) => {
+                        let name = names.remove(&a);
+                        let local = alive.reason == "localhost";
+                        let s = Sighting {
+                            reason: alive.reason.clone(),
+                            mac: macs.get(&a).cloned(),
+                            name,
+                            os_hint: alive
+                                .ttl
+                                .filter(|_| !local)
+                                .map(|t| hints::os_hint(t, None)),
+                            distance: if local {
+                                Some(0)
+                            } else {
+                                alive.ttl.map(|t| hints::distance(t, false))
+                            },
+                            source: if self.network_addrs.contains(&a) {
+                                "network"
+                            } else {
+                                "flow"
+                            }
+                            .into(),
+                        };
+                        events.extend(self.inventory.host_alive(a, &s, stamp));
+                    }
+                    None => {
+                        events.extend(self.inventory.host_silent(
+                            a,
+                            "no reply to ICMP echo or TCP probes",
+                            cfg.down_after,
+                            stamp,
+                        ));
+                    }
+                }
+            }
+        }
+
+        // Port scans of live hosts that are due (including ones just found).
+        let due_scans = self
+            .schedule
+            .due(Instant::now(), &self.known(), &BTreeSet::new())
+            .port_scan;
+        if !due_scans.is_empty() {
+            let planned: Vec<Planned> = due_scans
+                .iter()
+                .filter(|a| self.settings.allows(a))
+                .map(|&addr| Planned {
+                    addr,
+                    token: addr.to_string(),
+                    siblings: Vec::new(),
+                    single: true,
+                })
+                .collect();
+            let opts = ScanOptions {
+                ports: self.settings.ports.clone(),
+                method: Method::Connect,
+                rate_pps: cfg.rate_pps,
+                timeout: cfg.timeout,
+                discovery: false,
+                discovery_opts: DiscoveryOptions::default(),
+                service_detection: cfg.service_detection,
+                reverse_dns: false,
+                traceroute: false,
+                allow_public: false,
+                allow: Some(cfg.allow.clone()),
+                progress: false,
+            };
+            let outcome = super::run_with_limiter(&planned, &opts, self.rate.clone()).await;
+            self.counters.port_scans += planned.len() as u64;
+            let stamp = Utc::now();
+            let done = Instant::now();
+            for h in outcome.hosts {
+                self.schedule.port_scanned(h.host.addr, done);
+                let mut obs: Vec<PortObservation> = Vec::new();
+                let mut services: HashMap<(crate::event::Proto, u16), super::service::ServiceInfo> =
+                    HashMap::new();
+                for p in &h.ports {
+                    services.insert(
+                        (p.proto, p.port),
+                        super::service::ServiceInfo {
+                            name: p.service.clone(),
+                            version: p.version.clone(),
+                            banner: p.banner.clone(),
+                            guessed: p.service_guessed,
+                        },
+                    );
+                }
+                for (&(proto, port), &state) in &h.states {
+                    obs.push(PortObservation {
+                        port,
+                        proto,
+                        state,
+                        service: services.remove(&(proto, port)).unwrap_or_default(),
+                    });
+                }
+                events.extend(self.inventory.ports_scanned(h.host.addr, &obs, stamp));
+            }
+        }
+
+        if (!events.is_empty() || due.discovery)
+            && save_state(&cfg.state_file, &self.inventory).is_err()
+        {
+            self.counters.state_write_errors += 1;
+        }
+        let ts = Utc::now();
+        events
+            .into_iter()
+            .map(|body| Event {
+                ts,
+                host: self.host.clone(),
+                body,
+            })
+            .collect()
+    }
+
+    /// Runs until `peers` closes: takes flow peers, ticks when due, sends events.
+    pub async fn run(mut self, mut peers: mpsc::Receiver<IpAddr>, events: mpsc::Sender<Event>) {
+        loop {
+            let next = self.next_due();
+            tokio::select! {
+                p = peers.recv() => match p {
+                    Some(ip) => { self.observe_peer(ip); }
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(next) => {
+                    for e in self.tick().await {
+                        if events.send(e).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The port list scans use.
+    pub fn ports(&self) -> &PortList {
+        &self.settings.ports
+    }
+}
+
+/// Reads the inventory from its state file.
+pub fn load_state(path: &Path) -> io::Result<Inventory> {
+    let text = std::fs::read_to_string(path)?;
+    serde_json::from_str(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Writes the inventory atomically (a temporary file renamed over the old one).
+pub fn save_state(path: &Path, inv: &Inventory) -> io::Result<()> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let data = serde_json::to_vec_pretty(inv).map_err(io::Error::other)?;
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn nothing_is_probed_more_often_than_its_interval() {
+        let mut s = Schedule::new(
+            Duration::from_secs(600),
+            Duration::from_secs(3600),
+            Duration::from_secs(60),
+        );
+        let t0 = Instant::now();
+        let a = ip("10.0.0.2");
+        let known = [(a, true)];
+        let d = s.due(t0, &known, &BTreeSet::new());
+        assert!(d.discovery);
+        assert_eq!(d.ping, [a]);
+        assert_eq!(d.port_scan, [a]);
+        s.swept(t0);
+        s.probed(a, t0);
+        s.port_scanned(a, t0);
+        for secs in [1, 30, 59] {
+            let d = s.due(t0 + Duration::from_secs(secs), &known, &BTreeSet::new());
+            assert_eq!(d, Due::default(), "at {secs} s");
+        }
+        let d = s.due(t0 + Duration::from_secs(60), &known, &BTreeSet::new());
+        assert_eq!(d.ping, [a]);
+        assert!(d.port_scan.is_empty() && !d.discovery);
+        assert_eq!(
+            s.next_due(&known, false, t0 + Duration::from_secs(1)),
+            t0 + Duration::from_secs(60)
+        );
+        // A down host is pinged but not port-scanned.
+        let d = s.due(
+            t0 + Duration::from_secs(7200),
+            &[(a, false)],
+            &BTreeSet::new(),
+        );
+        assert_eq!(d.ping, [a]);
+        assert!(d.port_scan.is_empty());
+    }
+
+    #[test]
+    fn new_peers_once_per_discovery_interval() {
+        let mut s = Schedule::new(
+            Duration::from_secs(600),
+            Duration::from_secs(3600),
+            Duration::from_secs(60),
+        );
+        let t0 = Instant::now();
+        let p = ip("10.0.0.7");
+        let peers: BTreeSet<IpAddr> = [p].into();
+        assert_eq!(s.due(t0, &[], &peers).new_peers, [p]);
+        s.probed(p, t0);
+        // Did not answer (so not known): not again before the discovery interval.
+        assert!(
+            s.due(t0 + Duration::from_secs(300), &[], &peers)
+                .new_peers
+                .is_empty()
+        );
+        assert_eq!(
+            s.due(t0 + Duration::from_secs(600), &[], &peers).new_peers,
+            [p]
+        );
+    }
+
+    #[test]
+    fn peers_outside_allow_are_ignored() {
+        let dir = std::env::temp_dir().join(format!("netmon-mon-{}", std::process::id()));
+        let cfg = ScanConfig {
+            allow: vec!["10.200.0.0/24".parse().unwrap()],
+            state_file: dir.join("hosts.json"),
+            ..ScanConfig::default()
+        };
+        let mut m = Monitor::new(&cfg).unwrap();
+        assert!(m.observe_peer(ip("10.200.0.5")));
+        assert!(!m.observe_peer(ip("10.201.0.5")));
+        assert!(!m.observe_peer(ip("8.8.8.8")));
+        assert_eq!(m.counters.peers_outside_allow, 2);
+        // The default config scans nothing at all.
+        let mut off = Monitor::new(&ScanConfig {
+            state_file: dir.join("off.json"),
+            ..ScanConfig::default()
+        })
+        .unwrap();
+        assert!(!off.enabled());
+        assert!(!off.observe_peer(ip("10.200.0.5")));
+    }
+}

@@ -1,0 +1,401 @@
+//! The SYN ("half-open") scan: a raw `IPPROTO_TCP` socket sends bare SYNs and reads
+//! the answers, so no connection is ever completed. Needs `CAP_NET_RAW`.
+//!
+//! Answers: SYN-ACK → open; RST → closed; nothing after two tries → filtered. Each
+//! SYN's sequence number is a keyed hash of the target address and port, so a reply
+//! is accepted only when its acknowledgement number matches (`ack == cookie + 1`): no
+//! per-probe state, no confusion with unrelated traffic.
+//!
+//! The kernel's own RSTs: a SYN-ACK arrives for a connection the kernel knows nothing
+//! about, so it answers with a RST. That is wanted (it tears down the half-open
+//! connection on the target, as nmap's scans do) and harmless to the scan: the raw
+//! socket sees incoming packets only, and even on loopback, where our outgoing packets
+//! come back in, the kernel's RST goes *from* our source port *to* the target port and
+//! the filter takes only packets *to* our source port. What must not happen is a local
+//! connection sharing that source port, whose packets would then be misread: so the
+//! port is reserved for the scan by binding an ordinary TCP socket to it (bound, never
+//! listening, so the kernel still resets SYN-ACKs sent there). No firewall rule is
+//! needed or added. On loopback the reserved port itself cannot be SYN-scanned (its
+//! own SYN would come back to it), so it is checked with a connect instead.
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::Duration,
+};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::{io::unix::AsyncFd, time::Instant};
+
+use super::{
+    PortState, Progress, connect,
+    net::{self, checksum_add, checksum_finish, pseudo_header_sum},
+    rate::RateLimiter,
+};
+
+pub struct SynResult {
+    pub states: HashMap<SocketAddr, PortState>,
+    /// Per host: TTL (hop limit) and TCP window of a SYN-ACK (or RST when no port was
+    /// open), for the distance and OS hints.
+    pub replies: HashMap<IpAddr, (u8, u16)>,
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// The sequence number sent to `dst`: a keyed hash (FNV-1a over key, address, port).
+pub fn cookie(key: u64, dst: SocketAddr) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ key;
+    let mut eat = |b: u8| {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    match dst.ip() {
+        IpAddr::V4(v) => v.octets().into_iter().for_each(&mut eat),
+        IpAddr::V6(v) => v.octets().into_iter().for_each(&mut eat),
+    }
+    dst.port().to_be_bytes().into_iter().for_each(&mut eat);
+    (h ^ (h >> 32)) as u32
+}
+
+/// A SYN with an MSS option (1460), window 1024, checksum filled in.
+pub fn syn_packet(src: SocketAddr, dst: SocketAddr, seq: u32) -> Vec<u8> {
+    let mut p = Vec::with_capacity(24);
+    p.extend(src.port().to_be_bytes());
+    p.extend(dst.port().to_be_bytes());
+    p.extend(seq.to_be_bytes());
+    p.extend(0u32.to_be_bytes());
+    p.push(6 << 4); // data offset: 6 words
+    p.push(TCP_SYN);
+    p.extend(1024u16.to_be_bytes());
+    p.extend([0, 0, 0, 0]); // checksum, urgent pointer
+    p.extend([2, 4, 0x05, 0xb4]); // MSS 1460
+    let sum = pseudo_header_sum(src.ip(), dst.ip(), 6, p.len());
+    let c = checksum_finish(checksum_add(sum, &p));
+    p[16..18].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// The TCP fields a reply is judged by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpReply {
+    pub sport: u16,
+    pub dport: u16,
+    pub ack: u32,
+    pub flags: u8,
+    pub window: u16,
+}
+
+pub fn parse_tcp(seg: &[u8]) -> Option<TcpReply> {
+    if seg.len() < 20 {
+        return None;
+    }
+    Some(TcpReply {
+        sport: u16::from_be_bytes([seg[0], seg[1]]),
+        dport: u16::from_be_bytes([seg[2], seg[3]]),
+        ack: u32::from_be_bytes([seg[8], seg[9], seg[10], seg[11]]),
+        flags: seg[13],
+        window: u16::from_be_bytes([seg[14], seg[15]]),
+    })
+}
+
+/// What a reply means for the port, if it is an answer to our SYN.
+pub fn judge(r: &TcpReply, our_port: u16, expected_seq: u32) -> Option<PortState> {
+    if r.dport != our_port || r.ack != expected_seq.wrapping_add(1) {
+        return None;
+    }
+    if r.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+        Some(PortState::Open)
+    } else if r.flags & TCP_RST != 0 {
+        Some(PortState::Closed)
+    } else {
+        None
+    }
+}
+
+struct Family {
+    sock: Arc<AsyncFd<Socket>>,
+    /// Keeps the source port reserved for the scan.
+    _reservation: Socket,
+    port: u16,
+    v6: bool,
+}
+
+fn open_family(v6: bool) -> io::Result<Family> {
+    let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+    let raw = Socket::new(domain, Type::RAW, Some(Protocol::TCP))?;
+    raw.set_nonblocking(true)?;
+    // Many replies can arrive at once on a fast link: a big buffer avoids drops.
+    let _ = raw.set_recv_buffer_size(8 << 20);
+    if v6 {
+        net::enable_ttl_cmsg(&raw, true)?;
+    }
+    let reservation = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    let any: SocketAddr = if v6 { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .expect("valid");
+    reservation.bind(&any.into())?;
+    let port = reservation
+        .local_addr()?
+        .as_socket()
+        .map(|a| a.port())
+        .ok_or_else(|| io::Error::other("no local port"))?;
+    // SAFETY: the socket stays open and owned by the AsyncFd while registered.
+    let sock = unsafe { AsyncFd::register(raw) }.map_err(|e| e.into_parts().1)?;
+    Ok(Family {
+        sock: Arc::new(sock),
+        _reservation: reservation,
+        port,
+        v6,
+    })
+}
+
+type Shared = Arc<Mutex<(HashMap<SocketAddr, PortState>, HashMap<IpAddr, (u8, u16)>)>>;
+
+/// Scans `jobs` with SYNs; `Err` when no raw socket could be opened.
+pub async fn scan(
+    jobs: &[SocketAddr],
+    timeout: Duration,
+    rate: Arc<RateLimiter>,
+    progress: Arc<Progress>,
+) -> io::Result<SynResult> {
+    let key = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ u64::from(std::process::id()) << 32;
+    let mut families = Vec::new();
+    for v6 in [false, true] {
+        if jobs.iter().any(|j| j.is_ipv6() == v6) {
+            families.push(open_family(v6)?);
+        }
+    }
+    let shared: Shared = Arc::default();
+    let pending: Arc<HashSet<SocketAddr>> = Arc::new(jobs.iter().copied().collect());
+    let mut receivers = Vec::new();
+    for f in &families {
+        let (sock, shared, pending, progress, port, v6) = (
+            f.sock.clone(),
+            shared.clone(),
+            pending.clone(),
+            progress.clone(),
+            f.port,
+            f.v6,
+        );
+        receivers.push(tokio::spawn(async move {
+            receive(sock, v6, port, key, pending, shared, progress).await
+        }));
+    }
+    let mut sources: HashMap<IpAddr, Option<IpAddr>> = HashMap::new();
+    let mut own_port_jobs = Vec::new();
+    for attempt in 0..2 {
+        let mut last_send = Instant::now();
+        let mut unroutable = 0usize;
+        for &dst in jobs {
+            if shared.lock().unwrap().0.contains_key(&dst) {
+                continue;
+            }
+            let f = families
+                .iter()
+                .find(|f| f.v6 == dst.is_ipv6())
+                .expect("a socket per family");
+            let src_ip = match sources.get(&dst.ip()) {
+                Some(Some(s)) => *s,
+                // No route: the port reads filtered, as with a connect scan.
+                Some(None) => {
+                    unroutable += 1;
+                    continue;
+                }
+                None => {
+                    let s = net::source_for(dst.ip()).ok();
+                    sources.insert(dst.ip(), s);
+                    match s {
+                        Some(s) => s,
+                        None => {
+                            unroutable += 1;
+                            continue;
+                        }
+                    }
+                }
+            };
+            if dst.port() == f.port && net::is_local(dst.ip()) {
+                if attempt == 0 {
+                    own_port_jobs.push(dst);
+                }
+                continue;
+            }
+            rate.acquire().await;
+            let pkt = syn_packet(SocketAddr::new(src_ip, f.port), dst, cookie(key, dst));
+            send(&f.sock, &pkt, dst.ip()).await?;
+            last_send = Instant::now();
+        }
+        // Wait for answers until `timeout` after the last SYN, or until all came.
+        let deadline = last_send + timeout;
+        while Instant::now() < deadline {
+            if shared.lock().unwrap().0.len() + own_port_jobs.len() + unroutable >= jobs.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    for r in receivers {
+        r.abort();
+    }
+    let (mut states, replies) = std::mem::take(&mut *shared.lock().unwrap());
+    let trouble = connect::LocalTrouble::default();
+    for dst in own_port_jobs {
+        states.insert(dst, connect::probe(dst, timeout, &trouble).await);
+        progress.done.fetch_add(1, Ordering::Relaxed);
+    }
+    for &dst in jobs {
+        if let std::collections::hash_map::Entry::Vacant(e) = states.entry(dst) {
+            e.insert(PortState::Filtered);
+            progress.done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(SynResult { states, replies })
+}
+
+async fn send(sock: &AsyncFd<Socket>, pkt: &[u8], dst: IpAddr) -> io::Result<()> {
+    let addr = SockAddr::from(SocketAddr::new(dst, 0));
+    for _ in 0..1000 {
+        let mut guard = sock.writable().await?;
+        match guard.try_io(|s| s.get_ref().send_to(pkt, &addr)) {
+            Ok(Ok(_)) => return Ok(()),
+            // The device queue is full: let it drain.
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // Unreachable networks and firewall refusals: the port will read filtered.
+            Ok(Err(e))
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EPERM | libc::EACCES)
+                ) =>
+            {
+                return Ok(());
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => continue,
+        }
+    }
+    Ok(())
+}
+
+async fn receive(
+    sock: Arc<AsyncFd<Socket>>,
+    v6: bool,
+    port: u16,
+    key: u64,
+    pending: Arc<HashSet<SocketAddr>>,
+    shared: Shared,
+    progress: Arc<Progress>,
+) {
+    loop {
+        let Ok(mut guard) = sock.readable().await else {
+            return;
+        };
+        loop {
+            match net::recv_with_ttl(guard.get_inner()) {
+                Ok(r) => {
+                    let (seg, ttl) = if v6 {
+                        (&r.data[..], r.ttl.unwrap_or(0))
+                    } else {
+                        let ihl = r.data.first().map_or(0, |b| usize::from(b & 0xf) * 4);
+                        if ihl < 20 || r.data.len() < ihl {
+                            continue;
+                        }
+                        (&r.data[ihl..], r.data[8])
+                    };
+                    let Some(tcp) = parse_tcp(seg) else { continue };
+                    if tcp.dport != port {
+                        continue;
+                    }
+                    let from = SocketAddr::new(r.from, tcp.sport);
+                    if !pending.contains(&from) {
+                        continue;
+                    }
+                    let Some(state) = judge(&tcp, port, cookie(key, from)) else {
+                        continue;
+                    };
+                    let mut s = shared.lock().unwrap();
+                    if s.0.insert(from, state).is_none() {
+                        progress.done.fetch_add(1, Ordering::Relaxed);
+                        if state == PortState::Open {
+                            progress.open.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    let prefer = state == PortState::Open || !s.1.contains_key(&r.from);
+                    if prefer {
+                        s.1.insert(r.from, (ttl, tcp.window));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    guard.clear_ready();
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syn_packet_checksums_to_zero_with_the_pseudo_header() {
+        let src: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let dst: SocketAddr = "10.0.0.2:22".parse().unwrap();
+        let p = syn_packet(src, dst, 0x1234_5678);
+        assert_eq!(p.len(), 24);
+        assert_eq!(p[13], TCP_SYN);
+        let sum = pseudo_header_sum(src.ip(), dst.ip(), 6, p.len());
+        assert_eq!(checksum_finish(checksum_add(sum, &p)), 0);
+        let src6: SocketAddr = "[fd00::1]:40000".parse().unwrap();
+        let dst6: SocketAddr = "[fd00::2]:443".parse().unwrap();
+        let p = syn_packet(src6, dst6, 7);
+        let sum = pseudo_header_sum(src6.ip(), dst6.ip(), 6, p.len());
+        assert_eq!(checksum_finish(checksum_add(sum, &p)), 0);
+    }
+
+    #[test]
+    fn replies_are_judged_by_port_and_cookie() {
+        let dst: SocketAddr = "10.0.0.2:22".parse().unwrap();
+        let seq = cookie(42, dst);
+        assert_ne!(seq, cookie(42, "10.0.0.2:23".parse().unwrap()));
+        assert_ne!(seq, cookie(43, dst));
+        let mk = |flags, ack| TcpReply {
+            sport: 22,
+            dport: 40000,
+            ack,
+            flags,
+            window: 65160,
+        };
+        let next = seq.wrapping_add(1);
+        assert_eq!(
+            judge(&mk(TCP_SYN | TCP_ACK, next), 40000, seq),
+            Some(PortState::Open)
+        );
+        assert_eq!(
+            judge(&mk(TCP_RST | TCP_ACK, next), 40000, seq),
+            Some(PortState::Closed)
+        );
+        assert_eq!(
+            judge(&mk(TCP_SYN | TCP_ACK, seq), 40000, seq),
+            None,
+            "wrong ack"
+        );
+        assert_eq!(
+            judge(&mk(TCP_SYN | TCP_ACK, next), 40001, seq),
+            None,
+            "not our port"
+        );
+        assert_eq!(judge(&mk(TCP_ACK, next), 40000, seq), None);
+        let parsed = parse_tcp(&syn_packet("10.0.0.1:5".parse().unwrap(), dst, 9)).unwrap();
+        assert_eq!((parsed.sport, parsed.dport, parsed.flags), (5, 22, TCP_SYN));
+    }
+}

@@ -1,0 +1,776 @@
+//! Root integration tests of the scanner and the host inventory.
+//!
+//! Every test builds its own lab: a "scanner" network namespace holding a bridge
+//! (10.200.N.1/24) and one namespace per test host, joined to the bridge by a veth
+//! pair, with real listeners (`python3 -m http.server`, `socat`, `openssl s_server`).
+//! netmon runs inside the scanner namespace, so every probe stays inside namespaces
+//! the test created; the `Lab` guard kills the listeners and deletes the namespaces on
+//! drop, panics included. Namespace names carry the process id and a counter.
+//!
+//! Needs root, `ip`, `python3`, `socat`, `openssl`, `nmap`; skips with a message
+//! otherwise. The netmon binary is `$NETMON_BIN` or the workspace's `target/*/netmon`.
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use netmon::{
+    event::{Event, EventBody},
+    scan::{config::ScanConfig, monitor::Monitor},
+};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn sh(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+}
+
+fn must(args: &[&str]) {
+    let out = sh(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Why this machine cannot run the lab, if it cannot.
+fn skip_reason() -> Option<String> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (network namespaces)".into());
+    }
+    for tool in ["ip", "python3", "socat", "openssl", "nmap"] {
+        if !sh(&["sh", "-c", &format!("command -v {tool}")])
+            .status
+            .success()
+        {
+            return Some(format!("`{tool}` is not installed"));
+        }
+    }
+    None
+}
+
+macro_rules! require_lab {
+    () => {
+        if let Some(why) = skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+fn netmon_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NETMON_BIN") {
+        return p.into();
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    ["release", "debug"]
+        .iter()
+        .map(|p| root.join("target").join(p).join("netmon"))
+        .filter(|p| p.exists())
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .expect("no netmon binary: build it (cargo build -p netmon) or set NETMON_BIN")
+}
+
+/// The namespaces and processes of one test.
+struct Lab {
+    subnet: u8,
+    scanner: String,
+    hosts: Vec<String>,
+    children: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl Lab {
+    /// A scanner namespace and `n` hosts, 10.200.`subnet`.2 …, on one bridge.
+    fn new(subnet: u8, n: usize) -> Lab {
+        let id = format!(
+            "nms{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut lab = Lab {
+            subnet,
+            scanner: format!("{id}-s"),
+            hosts: Vec::new(),
+            children: Vec::new(),
+            dir,
+        };
+        let s = lab.scanner.clone();
+        must(&["ip", "netns", "add", &s]);
+        must(&["ip", "-n", &s, "link", "set", "lo", "up"]);
+        must(&["ip", "-n", &s, "link", "add", "br0", "type", "bridge"]);
+        must(&[
+            "ip",
+            "-n",
+            &s,
+            "addr",
+            "add",
+            &format!("10.200.{subnet}.1/24"),
+            "dev",
+            "br0",
+        ]);
+        must(&["ip", "-n", &s, "link", "set", "br0", "up"]);
+        for i in 0..n {
+            lab.add_host(i);
+        }
+        lab
+    }
+
+    fn add_host(&mut self, i: usize) {
+        let h = format!("{}-h{i}", self.scanner.trim_end_matches("-s"));
+        must(&["ip", "netns", "add", &h]);
+        self.hosts.push(h.clone());
+        let v = format!("v{i}");
+        must(&[
+            "ip",
+            "-n",
+            &self.scanner,
+            "link",
+            "add",
+            &v,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &h,
+        ]);
+        must(&[
+            "ip",
+            "-n",
+            &self.scanner,
+            "link",
+            "set",
+            &v,
+            "master",
+            "br0",
+            "up",
+        ]);
+        must(&["ip", "-n", &h, "link", "set", "lo", "up"]);
+        must(&[
+            "ip",
+            "-n",
+            &h,
+            "addr",
+            "add",
+            &format!("{}/24", self.addr(i)),
+            "dev",
+            "eth0",
+        ]);
+        must(&["ip", "-n", &h, "link", "set", "eth0", "up"]);
+    }
+
+    fn addr(&self, i: usize) -> String {
+        format!("10.200.{}.{}", self.subnet, i + 2)
+    }
+
+    fn net(&self) -> String {
+        format!("10.200.{}.0/24", self.subnet)
+    }
+
+    /// Starts a listener inside host `i`; waits until its TCP port listens.
+    fn listen(&mut self, i: usize, port: u16, argv: &[&str]) -> usize {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.hosts[i]])
+            .args(argv)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.children.push(cmd.spawn().expect("spawn listener"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &self.hosts[i],
+                "ss",
+                "-Hltn",
+                &format!("sport = :{port}"),
+            ]);
+            if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "listener on port {port} did not start"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        self.children.len() - 1
+    }
+
+    fn http(&mut self, i: usize, port: u16) -> usize {
+        let p = port.to_string();
+        self.listen(i, port, &["python3", "-m", "http.server", &p])
+    }
+
+    fn banner(&mut self, i: usize, port: u16, text: &str) -> usize {
+        // The greeting goes through a file: socat's address syntax mangles spaces.
+        let file = format!("banner-{i}-{port}.txt");
+        std::fs::write(self.dir.join(&file), format!("{text}\r\n")).unwrap();
+        let spec = format!("TCP-LISTEN:{port},fork,reuseaddr");
+        let reply = format!("SYSTEM:cat {file} && sleep 1");
+        self.listen(i, port, &["socat", &spec, &reply])
+    }
+
+    fn tls(&mut self, i: usize, port: u16) -> usize {
+        if !self.dir.join("cert.pem").exists() {
+            let (k, c) = (self.dir.join("key.pem"), self.dir.join("cert.pem"));
+            must(&[
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                "/CN=lab.test",
+                "-days",
+                "1",
+                "-keyout",
+                k.to_str().unwrap(),
+                "-out",
+                c.to_str().unwrap(),
+            ]);
+        }
+        let p = port.to_string();
+        self.listen(
+            i,
+            port,
+            &[
+                "openssl", "s_server", "-accept", &p, "-cert", "cert.pem", "-key", "key.pem",
+                "-quiet",
+            ],
+        )
+    }
+
+    fn stop(&mut self, child: usize) {
+        let c = &mut self.children[child];
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// Kills everything in host `i` and deletes its namespace (the host goes away).
+    fn remove_host(&mut self, i: usize) {
+        kill_all_in(&self.hosts[i]);
+        let _ = sh(&["ip", "netns", "del", &self.hosts[i]]);
+    }
+
+    /// netmon inside the scanner namespace.
+    fn netmon(&self, args: &[&str]) -> Output {
+        let bin = netmon_bin();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.scanner])
+            .arg(bin)
+            .args(args);
+        cmd.stdin(Stdio::null()).output().expect("run netmon")
+    }
+
+    /// Runs `f` on a thread that has entered the scanner namespace.
+    fn in_scanner<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.scanner);
+        thread::scope(|s| {
+            s.spawn(|| {
+                let file = std::fs::File::open(&path).expect("open netns");
+                use std::os::fd::AsRawFd;
+                // SAFETY: a valid namespace fd; affects only this thread.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("namespace thread panicked")
+        })
+    }
+}
+
+fn kill_all_in(ns: &str) {
+    let out = sh(&["ip", "netns", "pids", ns]);
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if let Ok(pid) = pid.parse::<i32>() {
+            // SAFETY: signalling a process we started inside our own namespace.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in self.hosts.iter().chain(std::iter::once(&self.scanner)) {
+            kill_all_in(ns);
+            let _ = sh(&["ip", "netns", "del", ns]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn events(out: &Output) -> Vec<Event> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
+        .collect()
+}
+
+fn up_hosts(ev: &[Event]) -> BTreeSet<String> {
+    ev.iter()
+        .filter_map(|e| match &e.body {
+            EventBody::Host(h) if h.state == netmon::scan::HostState::Up => {
+                Some(h.addr.to_string())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn open_ports(ev: &[Event], addr: &str) -> BTreeSet<u16> {
+    ev.iter()
+        .filter_map(|e| match &e.body {
+            EventBody::Port(p) if p.addr.to_string() == addr => Some(p.port),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn discovery_finds_exactly_the_live_hosts() {
+    require_lab!();
+    let mut lab = Lab::new(11, 4);
+    // Host 2 ignores ICMP echo but has a listener: found by a TCP probe.
+    must(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.hosts[2],
+        "sysctl",
+        "-qw",
+        "net.ipv4.icmp_echo_ignore_all=1",
+    ]);
+    lab.banner(2, 22, "SSH-2.0-OpenSSH_9.2p1 lab");
+    // Host 3 goes away before the scan: its address must not be reported.
+    lab.remove_host(3);
+    let out = lab.netmon(&[
+        "scan",
+        &lab.net(),
+        "--discovery-only",
+        "-n",
+        "--format",
+        "json",
+        "--timeout",
+        "700ms",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ev = events(&out);
+    let expected: BTreeSet<String> = ["10.200.11.1", "10.200.11.2", "10.200.11.3", "10.200.11.4"]
+        .map(String::from)
+        .into();
+    assert_eq!(up_hosts(&ev), expected);
+    for e in &ev {
+        let EventBody::Host(h) = &e.body else {
+            continue;
+        };
+        assert_ne!(e.host, h.addr.to_string(), "`host` is the local hostname");
+        match h.addr.to_string().as_str() {
+            "10.200.11.1" => assert_eq!(h.reason.as_deref(), Some("localhost")),
+            // No echo reply: a TCP probe (accepted or refused) proved it up.
+            "10.200.11.4" => assert!(
+                h.reason.as_deref().unwrap().starts_with("tcp-"),
+                "{:?}",
+                h.reason
+            ),
+            _ => {
+                assert_eq!(h.reason.as_deref(), Some("echo-reply"));
+                assert_eq!(h.distance, Some(1));
+                assert!(h.os_hint.as_deref().unwrap().contains("Linux"));
+                assert!(
+                    h.mac.as_deref().is_some_and(|m| m.len() == 17),
+                    "MAC from the neighbour table"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn open_ports_and_services_match_the_listeners_and_nmap() {
+    require_lab!();
+    let mut lab = Lab::new(12, 1);
+    lab.http(0, 8000);
+    lab.banner(0, 22, "SSH-2.0-OpenSSH_9.2p1 Debian-2");
+    lab.banner(0, 25, "220 mail.lab.test ESMTP Postfix (Debian/GNU)");
+    lab.banner(0, 2121, "220 (vsFTPd 3.0.3)");
+    lab.tls(0, 8443);
+    let target = lab.addr(0);
+    let expected: BTreeSet<u16> = [22, 25, 2121, 8000, 8443].into();
+
+    let nmap = lab_nmap(&lab, &target);
+    assert_eq!(nmap, expected, "nmap sees the listeners");
+    for method in ["connect", "syn"] {
+        let out = lab.netmon(&[
+            "scan", &target, "-p", "1-10000", "--method", method, "-n", "--format", "json",
+            "--rate", "0",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ev = events(&out);
+        assert_eq!(open_ports(&ev, &target), expected, "{method} scan");
+        let svc = |port: u16| {
+            ev.iter()
+                .find_map(|e| match &e.body {
+                    EventBody::Port(p) if p.port == port => {
+                        Some((p.service.clone().unwrap_or_default(), p.version.clone()))
+                    }
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert_eq!(
+            svc(22),
+            ("ssh".into(), Some("OpenSSH_9.2p1 Debian-2".into()))
+        );
+        assert_eq!(svc(25), ("smtp".into(), Some("Postfix".into())));
+        assert_eq!(svc(2121), ("ftp".into(), Some("vsFTPd 3.0.3".into())));
+        assert_eq!(svc(8000).0, "http");
+        assert!(svc(8000).1.unwrap().starts_with("SimpleHTTP"));
+        assert_eq!(svc(8443), ("tls".into(), Some("TLSv1.3".into())));
+        let host = ev
+            .iter()
+            .find_map(|e| match &e.body {
+                EventBody::Host(h) => Some(h.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            (host.open, host.closed, host.ports_scanned),
+            (5, 9995, 10000)
+        );
+    }
+}
+
+/// Open TCP ports nmap's connect scan finds on ports 1-10000.
+fn lab_nmap(lab: &Lab, target: &str) -> BTreeSet<u16> {
+    let out = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.scanner,
+        "nmap",
+        "-sT",
+        "-Pn",
+        "-n",
+        "-p",
+        "1-10000",
+        "-T4",
+        "--open",
+        "-oG",
+        "-",
+        target,
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ports = text
+        .lines()
+        .find_map(|l| l.split_once("Ports: "))
+        .map(|(_, p)| p.to_owned())
+        .unwrap_or_default();
+    ports
+        .split(", ")
+        .filter(|p| p.contains("/open/"))
+        .filter_map(|p| p.split('/').next()?.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn udp_probes_and_traceroute() {
+    require_lab!();
+    let mut lab = Lab::new(13, 1);
+    // A UDP service that answers anything (as a DNS server answers a query).
+    let h = lab.hosts[0].clone();
+    lab.children.push(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &h,
+                "socat",
+                "UDP-RECVFROM:5353,fork",
+                "SYSTEM:echo pong",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // socat forks a shell per datagram: on a loaded machine its answer can take well
+    // over half a second, so the probe waits long enough for a slow but real reply.
+    thread::sleep(Duration::from_millis(1000));
+    let target = lab.addr(0);
+    let out = lab.netmon(&[
+        "scan",
+        &target,
+        "-p",
+        "U:5353,U:5354",
+        "-n",
+        "--format",
+        "json",
+        "--timeout",
+        "3s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ev = events(&out);
+    let states: Vec<(u16, String)> = ev
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::Port(p) => Some((p.port, p.state.as_str().to_owned())),
+            _ => None,
+        })
+        .collect();
+    // 5354 answers with a port unreachable: closed, so not listed.
+    assert_eq!(states, [(5353, "open".to_owned())]);
+
+    // The host is on the scanner's link: the route is one hop, the host itself.
+    let out = lab.netmon(&[
+        "scan",
+        &target,
+        "-p",
+        "22",
+        "--traceroute",
+        "-n",
+        "--format",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = events(&out)
+        .into_iter()
+        .find_map(|e| match e.body {
+            EventBody::Host(h) => h.trace,
+            _ => None,
+        })
+        .expect("a trace");
+    assert_eq!(trace.len(), 1, "{trace:?}");
+    assert_eq!(trace[0].ttl, 1);
+    assert_eq!(trace[0].addr.map(|a| a.to_string()), Some(target.clone()));
+}
+
+#[test]
+fn monitor_reports_closed_ports_and_hosts_that_go_away() {
+    require_lab!();
+    let mut lab = Lab::new(14, 2);
+    let http = lab.http(0, 8000);
+    lab.banner(0, 22, "SSH-2.0-OpenSSH_9.2p1 Debian-2");
+    lab.banner(1, 22, "SSH-2.0-OpenSSH_9.2p1 Debian-2");
+    let state_file = lab.dir.join("hosts.json");
+    let cfg = ScanConfig {
+        allow: vec![lab.net().parse().unwrap()],
+        networks: vec![lab.net().parse().unwrap()],
+        discovery_interval: Duration::from_secs(2),
+        port_scan_interval: Duration::from_secs(1),
+        ping_interval: Duration::from_secs(1),
+        rate_pps: 2000,
+        ports: "22,80,8000".into(),
+        timeout: Duration::from_millis(400),
+        down_after: 1,
+        reverse_dns: false,
+        state_file: state_file.clone(),
+        ..ScanConfig::default()
+    };
+    let (a, b): (IpAddr, IpAddr) = (lab.addr(0).parse().unwrap(), lab.addr(1).parse().unwrap());
+
+    let rt = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // Round 1: both hosts come up with their ports.
+    let (mut monitor, first) = lab.in_scanner(|| {
+        let mut m = Monitor::new(&cfg).expect("valid config");
+        let ev = rt().block_on(m.tick());
+        (m, ev)
+    });
+    let kinds = |ev: &[Event], kind: &str| -> Vec<String> {
+        ev.iter()
+            .filter(|e| e.body.type_name() == kind)
+            .map(|e| serde_json::to_value(e).unwrap())
+            .map(|v| {
+                format!(
+                    "{}{}",
+                    v["addr"].as_str().unwrap(),
+                    v.get("port").map_or(String::new(), |p| format!(":{p}"))
+                )
+            })
+            .collect()
+    };
+    let ups: BTreeSet<String> = kinds(&first, "host_up").into_iter().collect();
+    assert_eq!(
+        ups,
+        [lab.addr(0), lab.addr(1), "10.200.14.1".to_string()]
+            .into_iter()
+            .collect()
+    );
+    let opened: BTreeSet<String> = kinds(&first, "port_opened").into_iter().collect();
+    assert!(
+        opened.contains(&format!("{a}:8000"))
+            && opened.contains(&format!("{a}:22"))
+            && opened.contains(&format!("{b}:22")),
+        "{opened:?}"
+    );
+
+    // Closing a listener produces port_closed.
+    lab.stop(http);
+    let ev = run_until(&lab, &mut monitor, |ev| {
+        !kinds(ev, "port_closed").is_empty()
+    });
+    assert_eq!(kinds(&ev, "port_closed"), [format!("{a}:8000")]);
+
+    // Removing a host produces host_down, and the host stays in the inventory.
+    lab.remove_host(1);
+    let ev = run_until(&lab, &mut monitor, |ev| !kinds(ev, "host_down").is_empty());
+    assert_eq!(kinds(&ev, "host_down"), [b.to_string()]);
+    let rec = monitor.inventory().get(&b).expect("kept in the inventory");
+    assert_eq!(rec.state, netmon::scan::HostState::Down);
+    assert!(rec.ports.contains_key("22/tcp"));
+
+    // The state file is what `netmon hosts` reads.
+    let out = Command::new(netmon_bin())
+        .args([
+            "hosts",
+            "--state",
+            state_file.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recs: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let down: Vec<&str> = recs
+        .iter()
+        .filter(|r| r["state"] == "down")
+        .map(|r| r["addr"].as_str().unwrap())
+        .collect();
+    assert_eq!(down, [b.to_string()]);
+    let a_rec = recs.iter().find(|r| r["addr"] == a.to_string()).unwrap();
+    assert_eq!(a_rec["ports"]["8000/tcp"]["state"], "closed");
+    assert_eq!(a_rec["ports"]["22/tcp"]["service"], "ssh");
+}
+
+/// Ticks the monitor (when due) until `done` holds for the events of one tick; at most 20 s.
+fn run_until(lab: &Lab, m: &mut Monitor, done: impl Fn(&[Event]) -> bool + Sync) -> Vec<Event> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    lab.in_scanner(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            loop {
+                assert!(Instant::now() < deadline, "the expected change never came");
+                tokio::time::sleep_until(m.next_due()).await;
+                let ev = m.tick().await;
+                if done(&ev) {
+                    return ev;
+                }
+            }
+        })
+    })
+}
+
+#[test]
+fn targets_outside_the_allowed_networks_are_refused() {
+    // No lab: nothing is sent.
+    let cfg = ScanConfig {
+        allow: vec!["10.200.15.0/24".parse().unwrap()],
+        networks: vec!["10.200.16.0/24".parse().unwrap()],
+        state_file: std::env::temp_dir().join("netmon-refuse-test.json"),
+        ..ScanConfig::default()
+    };
+    let err = Monitor::new(&cfg).err().expect("refused").to_string();
+    assert!(
+        err.contains("10.200.16.0/24") && err.contains("outside scan.allow"),
+        "{err}"
+    );
+
+    let ok = ScanConfig {
+        networks: vec![],
+        ..cfg
+    };
+    let mut m = Monitor::new(&ok).unwrap();
+    assert!(!m.observe_peer("10.200.16.5".parse().unwrap()));
+    assert!(!m.observe_peer("1.1.1.1".parse().unwrap()));
+    assert!(m.observe_peer("10.200.15.5".parse().unwrap()));
+    assert_eq!(m.counters.peers_outside_allow, 2);
+
+    let out = Command::new(netmon_bin())
+        .args(["scan", "1.1.1.1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("1.1.1.1") && err.contains("--allow-public"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_targets_and_port_specs_exit_2_naming_the_token() {
+    for (args, token) in [
+        (vec!["scan", "10.0.0.300"], "`10.0.0.300`"),
+        (vec!["scan", "10.0.0.0/40"], "`10.0.0.0/40`"),
+        (vec!["scan", "no such host!"], "`no such host!`"),
+        (vec!["scan", "127.0.0.1", "-p", "22,abc"], "`abc`"),
+        (vec!["scan", "127.0.0.1", "-p", "0"], "`0`"),
+        (vec!["scan", "127.0.0.1", "-p", "90-80"], "`90-80`"),
+        (vec!["scan", "127.0.0.1", "--timeout", "soon"], "`soon`"),
+    ] {
+        let out = Command::new(netmon_bin()).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(token), "{args:?}: {err}");
+        assert!(out.stdout.is_empty());
+    }
+}
