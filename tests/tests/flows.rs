@@ -726,7 +726,9 @@ fn a_hundred_thousand_live_flows_fit_in_50_mb_of_netmon() {
         flows.active, s.lost
     );
     assert!(flows.active >= 50_000, "too few flows to measure: {s:?}");
-    assert_eq!(flows.evicted, 0);
+    // (Flows of other processes on the machine count too: at the default cap of
+    // 100,000 the table may have evicted a few to stay there. That is the point.)
+    assert!(flows.active <= 100_000);
     assert!(
         at_100k * 1.048_576 < 50.0,
         "netmon would hold {at_100k:.1} MiB with 100,000 flows"
