@@ -438,6 +438,50 @@ fn a_connection_open_before_netmon_is_seen_as_existing_and_its_close_is_attribut
     }
 }
 
+#[test]
+fn accepts_on_a_port_listening_before_netmon_are_attributed_to_its_owner() {
+    require_root!();
+    let ns = NetNs::new();
+    let server = Peer::spawn(&["tcp-server", "127.0.0.1:0", "100"]);
+    let port: u16 = server
+        .line()
+        .strip_prefix("port ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut netmon = Netmon::start(&[]);
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    conn.read_to_end(&mut got).unwrap();
+    drop(conn);
+    let server_pid = server.pid();
+    assert!(server.wait().success());
+    let accept = netmon
+        .wait_for(WAIT, |e| {
+            matches!(&e.body, EventBody::Accept(c) if c.dst.port == port && c.netns == Some(ns.inode))
+        })
+        .expect("no accept");
+    let p = accept.body.connection().unwrap().process.clone();
+    assert_eq!(
+        p.map(|p| (p.pid, p.comm)),
+        Some((server_pid, "netmon-testpeer".into())),
+        "{:#?}",
+        netmon.seen
+    );
+    let close = netmon
+        .wait_for(WAIT, |e| {
+            matches!(&e.body, EventBody::Close(c) if c.conn.dst.port == port
+                && c.conn.direction == Some(Direction::Inbound))
+        })
+        .expect("no close of the accepted socket");
+    let EventBody::Close(c) = &close.body else {
+        unreachable!()
+    };
+    assert_eq!(c.conn.process.as_ref().map(|p| p.pid), Some(server_pid));
+    assert_eq!((c.bytes_sent, c.bytes_received), (Some(100), Some(0)));
+}
+
 fn flow_dir(e: &Event) -> Option<Direction> {
     e.body.connection().and_then(|c| c.direction)
 }
@@ -726,7 +770,9 @@ fn a_hundred_thousand_live_flows_fit_in_50_mb_of_netmon() {
         flows.active, s.lost
     );
     assert!(flows.active >= 50_000, "too few flows to measure: {s:?}");
-    assert_eq!(flows.evicted, 0);
+    // (Flows of other processes on the machine count too: at the default cap of
+    // 100,000 the table may have evicted a few to stay there. That is the point.)
+    assert!(flows.active <= 100_000);
     assert!(
         at_100k * 1.048_576 < 50.0,
         "netmon would hold {at_100k:.1} MiB with 100,000 flows"

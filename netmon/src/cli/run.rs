@@ -206,15 +206,16 @@ impl Pump {
             .context("cannot poll the ring buffer")?;
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        // Sockets that were open before netmon: seeded after attaching, so a flow that
+        // begins in between is in both the dump and the ring buffer, and the kernel's
+        // report (processed next) wins. Before the probe line, so that whatever
+        // happens after that line (a listener closing, say) happens after the seed.
+        self.tracker.seed(BootClock::monotonic_now_ns());
         // Announce only once signals are handled: whoever reacts to the probe line by
         // stopping netmon must get the orderly shutdown and the final stats.
         if !self.write(&probe)? {
             return Ok(());
         }
-        // Sockets that were open before netmon: seeded after attaching, so a flow that
-        // begins in between is in both the dump and the ring buffer, and the kernel's
-        // report (processed next) wins.
-        self.tracker.seed(BootClock::monotonic_now_ns());
         if !self.write_summaries(Summaries::Existing)? {
             return Ok(());
         }

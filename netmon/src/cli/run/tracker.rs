@@ -58,6 +58,10 @@ pub struct Tracker {
     host: String,
     /// The last process seen per pid, shared by its flows so each flow costs a pointer.
     interned: HashMap<u32, Arc<ProcessInfo>>,
+    /// Owner of each TCP listening port by (netns, port): from the sockets found at
+    /// start and from `listen` events. The kernel cannot attribute an `accept` on a
+    /// port that was listening before netmon started; this can.
+    listeners: HashMap<(u32, u16), Arc<ProcessInfo>>,
 }
 
 impl Tracker {
@@ -79,6 +83,7 @@ impl Tracker {
             udp_backend: backends.1,
             host,
             interned: HashMap::new(),
+            listeners: HashMap::new(),
         }
     }
 
@@ -95,6 +100,7 @@ impl Tracker {
             udp_backend: "tracepoint".into(),
             host: "h".into(),
             interned: HashMap::new(),
+            listeners: HashMap::new(),
         }
     }
 
@@ -138,6 +144,23 @@ impl Tracker {
         let owners = sockets::socket_owners(Path::new("/proc"), Some(&inodes));
         let mut by_pid: HashMap<u32, Option<ProcessInfo>> = HashMap::new();
         let listeners = listener_ports(&found);
+        let tcp_netns = self.seed_netns();
+        for s in found
+            .iter()
+            .filter(|s| s.proto == Proto::Tcp && s.state == TCP_LISTEN)
+        {
+            let Some(&pid) = owners.by_inode.get(&s.inode).and_then(|p| p.first()) else {
+                continue;
+            };
+            let owner = by_pid
+                .entry(pid)
+                .or_insert_with(|| self.procs.from_proc(pid, self.cgroup2.as_deref()))
+                .clone();
+            if let Some(owner) = owner {
+                let owner = self.intern(&owner);
+                self.listeners.insert((tcp_netns, s.local.port()), owner);
+            }
+        }
         for s in &found {
             let Some(state) = seed_state(s) else {
                 continue;
@@ -241,6 +264,11 @@ impl Tracker {
                 }
             }
             ("connect" | "accept" | "udp", Some(key)) => {
+                if kind == "accept" && conn.process.is_none() {
+                    // A port that was listening before netmon: its owner from the start.
+                    let port = (conn.netns.unwrap_or(0), conn.dst.port);
+                    conn.process = self.listeners.get(&port).map(|p| (**p).clone());
+                }
                 if let Some(p) = conn.process.as_mut() {
                     self.procs.enrich(p);
                 }
@@ -260,6 +288,13 @@ impl Tracker {
             _ => {
                 if let Some(p) = conn.process.as_mut() {
                     self.procs.enrich(p);
+                }
+                if kind == "listen"
+                    && let Some(p) = conn.process.as_ref()
+                {
+                    let owner = self.intern(p);
+                    self.listeners
+                        .insert((conn.netns.unwrap_or(0), conn.dst.port), owner);
                 }
             }
         }
@@ -738,6 +773,42 @@ mod tests {
         assert_eq!(c.conn.process.as_ref().unwrap().pid, 9);
         // Port 1 (seen), port 3 (too young to judge), port 4 (namespace not dumped) stay.
         assert_eq!(t.flows.len(), 3);
+    }
+
+    #[test]
+    fn accepts_on_ports_listening_before_netmon_get_the_listener_owner() {
+        let mut t = tracker();
+        let owner = Arc::new(ProcessInfo::kernel(700, 700, "nginx".into(), 33, 33, 0));
+        t.listeners.insert((7, 80), owner);
+        let mut ev = event(EventBody::Accept(conn(
+            Some(Direction::Inbound),
+            "127.0.0.1:40000",
+            "127.0.0.1:80",
+            None,
+        )));
+        t.on_event(&mut ev, 1);
+        let c = ev.body.connection().unwrap();
+        assert_eq!(c.process.as_ref().unwrap().comm, "nginx");
+        // Its close, which the kernel cannot attribute either, gets it from the flow.
+        let mut ev = event(close(conn(
+            Some(Direction::Inbound),
+            "127.0.0.1:40000",
+            "127.0.0.1:80",
+            None,
+        )));
+        t.on_event(&mut ev, 2);
+        let c = ev.body.connection().unwrap();
+        assert_eq!(c.process.as_ref().unwrap().pid, 700);
+        // A `listen` seen live takes the port over.
+        let mut listen = conn(
+            Some(Direction::Inbound),
+            "0.0.0.0:0",
+            "127.0.0.1:80",
+            Some(701),
+        );
+        listen.src = None;
+        t.on_event(&mut event(EventBody::Listen(listen)), 3);
+        assert_eq!(t.listeners[&(7, 80)].pid, 701);
     }
 
     #[test]
