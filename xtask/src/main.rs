@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod build;
 mod exec;
 mod integration;
@@ -31,6 +32,9 @@ enum Task {
     /// Root integration tests (real sockets, real netmon) on this host or in VMs.
     #[command(subcommand)]
     IntegrationTest(integration::Where),
+    /// Benchmarks (overhead, loss need root): a markdown table on stdout and in
+    /// docs/benchmarks.md, with the commands and the machine.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +44,7 @@ fn main() -> ExitCode {
         Task::BuildEbpf => setup::setup().and_then(|()| build::build_ebpf()),
         Task::Test(args) => test::test(args),
         Task::IntegrationTest(w) => setup::setup().and_then(|()| integration::run(w)),
+        Task::Bench(args) => bench::bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
