@@ -143,11 +143,24 @@ pub struct ConnEvent {
     pub bytes_received: u64,
 }
 
+/// Capability indexes into `KernelConfig::cap_backend`.
+pub mod cap {
+    pub const TCP_CONNECT: usize = 0;
+    pub const TCP_ACCEPT: usize = 1;
+    pub const TCP_LISTEN: usize = 2;
+    pub const TCP_CLOSE: usize = 3;
+    pub const UDP_SEND: usize = 4;
+    pub const COUNT: usize = 8;
+}
+
+/// An offset this kernel's BTF did not have: the program leaves the field out.
+pub const NO_OFFSET: u32 = u32::MAX;
+
 /// Struct offsets resolved from the running kernel's BTF by userspace and handed to the
-/// programs, so no offset from one kernel's headers is ever compiled in. An offset of
-/// zero means "unknown on this kernel": the program then leaves the field out.
+/// programs, so no offset from one kernel's headers is ever compiled in. [`NO_OFFSET`]
+/// means "unknown on this kernel" (0 is a real offset: `skc_daddr` is at 0).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct KernelConfig {
     /// `offsetof(struct tcp_sock, bytes_acked)`.
     pub tcp_sock_bytes_acked: u32,
@@ -161,6 +174,52 @@ pub struct KernelConfig {
     pub self_pid: u32,
     /// `offsetof(struct sock, sk_flags)`: bit `SOCK_DONE` says the peer's FIN arrived.
     pub sock_flags: u32,
+    /// `struct sock_common` fields, for backends that read the tuple from the socket.
+    pub skc_family: u32,
+    pub skc_state: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    /// `offsetof(struct sk_buff, head)` and `…, network_header)`: the datagram an
+    /// `ip_send_skb()` hook reads.
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    /// Index of the return value in the fexit context of `inet_csk_accept` (its
+    /// argument count: 4 before 6.10, 2 since).
+    pub accept_ret_index: u32,
+    pub _pad: u32,
+    /// Per capability ([`cap`]), the [`backend`] that reports it; 0 = none. Programs of
+    /// other backends that see the same activity stay silent, so `auto` can mix
+    /// backends without duplicate events.
+    pub cap_backend: [u8; cap::COUNT],
+}
+
+impl KernelConfig {
+    /// Nothing known: every offset missing, no capability enabled.
+    pub const UNKNOWN: KernelConfig = KernelConfig {
+        tcp_sock_bytes_acked: NO_OFFSET,
+        tcp_sock_bytes_received: NO_OFFSET,
+        sock_net: NO_OFFSET,
+        net_ns_inum: NO_OFFSET,
+        self_pid: 0,
+        sock_flags: NO_OFFSET,
+        skc_family: NO_OFFSET,
+        skc_state: NO_OFFSET,
+        skc_daddr: NO_OFFSET,
+        skc_rcv_saddr: NO_OFFSET,
+        skc_dport: NO_OFFSET,
+        skc_num: NO_OFFSET,
+        skc_v6_daddr: NO_OFFSET,
+        skc_v6_rcv_saddr: NO_OFFSET,
+        skb_head: NO_OFFSET,
+        skb_network_header: NO_OFFSET,
+        accept_ret_index: 0,
+        _pad: 0,
+        cap_backend: [0; cap::COUNT],
+    };
 }
 
 /// State stored for an established TCP flow, keyed by the kernel socket address.
@@ -209,7 +268,7 @@ pub struct UdpPeerStats {
 const _: () = assert!(core::mem::size_of::<Process>() == 40);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 56);
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 128);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 80);
 const _: () = assert!(core::mem::size_of::<FlowStart>() == 56);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
 const _: () = assert!(core::mem::size_of::<UdpPeerKey>() == 24);

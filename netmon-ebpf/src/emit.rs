@@ -4,7 +4,7 @@ use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
     generated::bpf_get_current_cgroup_id,
 };
-use netmon_common::{ConnEvent, EventHeader, KernelConfig, Process};
+use netmon_common::{ConnEvent, EventHeader, KernelConfig, NO_OFFSET, Process};
 
 use crate::maps::{CONFIG, EVENTS, LOST};
 
@@ -28,7 +28,7 @@ pub fn current_process() -> Process {
 pub fn config() -> KernelConfig {
     match CONFIG.get(0) {
         Some(c) => *c,
-        None => KernelConfig::default(),
+        None => KernelConfig::UNKNOWN,
     }
 }
 
@@ -44,10 +44,10 @@ pub fn ktime_ns() -> u64 {
 }
 
 /// Reads a `T` at `base + offset` in kernel memory; `None` when the offset is unknown
-/// (zero) or the read faults.
+/// (`NO_OFFSET`) or the read faults.
 #[inline(always)]
 pub fn read_kernel_at<T>(base: u64, offset: u32) -> Option<T> {
-    if offset == 0 || base == 0 {
+    if offset == NO_OFFSET || base == 0 {
         return None;
     }
     // SAFETY: bpf_probe_read_kernel validates the address and fails cleanly.

@@ -7,8 +7,11 @@
 #![allow(internal_features)]
 
 mod emit;
+mod kfuncs;
 mod maps;
+mod tcp;
 mod tcp_state;
+mod udp;
 mod udp_cgroup;
 
 #[cfg(not(test))]

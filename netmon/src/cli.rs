@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod doctor;
 pub mod run;
 
 /// Linux network monitor: traces every TCP and UDP connection with eBPF and tells you
@@ -23,6 +24,11 @@ pub enum Command {
     /// Needs root. Stops on SIGINT/SIGTERM, detaching every program and writing a
     /// final `stats` line.
     Run(run::RunArgs),
+    /// Check what this kernel offers netmon (BTF, kprobes, fentry, tracepoints, cgroup
+    /// v2, …), which hooks `auto` would pick, and how to fix what is missing.
+    ///
+    /// Exits 0 when netmon can run, 1 when it cannot.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Exit code for errors: bad flags, missing privileges, unusable kernel.
@@ -32,6 +38,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Doctor(args) => doctor::run(args),
     };
     match result {
         Ok(code) => code,

@@ -256,7 +256,7 @@ mod tests {
     #[test]
     fn connect_renders_the_documented_fields() {
         let json: serde_json::Value = serde_json::to_value(sample_connect()).unwrap();
-        assert_eq!(json["ts"], "2026-11-18T03:46:40.123456789Z");
+        assert_eq!(json["ts"], "2026-11-18T11:06:40.123456789Z");
         assert_eq!(json["type"], "connect");
         assert_eq!(json["host"], "web-1");
         assert_eq!(json["proto"], "tcp");

@@ -6,12 +6,12 @@
 //! `struct sock` correctly on 5.10 and on 6.18. A field this kernel lacks stays 0 and
 //! the programs leave the matching event field out.
 use btf_rs::{Btf, Type};
-use netmon_common::KernelConfig;
+use netmon_common::{KernelConfig, NO_OFFSET};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// The offsets plus a note for each one that could not be found.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ResolvedOffsets {
     pub config: KernelConfig,
     pub missing: Vec<String>,
@@ -24,7 +24,10 @@ pub fn resolve() -> Result<ResolvedOffsets, btf_rs::Error> {
 }
 
 pub fn resolve_from(btf: &Btf) -> ResolvedOffsets {
-    let mut out = ResolvedOffsets::default();
+    let mut out = ResolvedOffsets {
+        config: KernelConfig::UNKNOWN,
+        missing: Vec::new(),
+    };
     // Each field with the paths it has had across kernels, newest layout first.
     let mut get = |name: &str, paths: &[&[&str]]| -> u32 {
         match paths.iter().find_map(|p| member_offset(btf, name, p)) {
@@ -32,7 +35,7 @@ pub fn resolve_from(btf: &Btf) -> ResolvedOffsets {
             None => {
                 out.missing
                     .push(format!("struct {name}.{}", paths[0].join(".")));
-                0
+                NO_OFFSET
             }
         }
     };
@@ -44,6 +47,19 @@ pub fn resolve_from(btf: &Btf) -> ResolvedOffsets {
         self_pid: 0,
         // Moved into sock_common as skc_flags in 6.18.
         sock_flags: get("sock", &[&["__sk_common", "skc_flags"][..], &["sk_flags"]]),
+        skc_family: get("sock_common", &[&["skc_family"]]),
+        skc_state: get("sock_common", &[&["skc_state"]]),
+        skc_daddr: get("sock_common", &[&["skc_daddr"]]),
+        skc_rcv_saddr: get("sock_common", &[&["skc_rcv_saddr"]]),
+        skc_dport: get("sock_common", &[&["skc_dport"]]),
+        skc_num: get("sock_common", &[&["skc_num"]]),
+        skc_v6_daddr: get("sock_common", &[&["skc_v6_daddr"]]),
+        skc_v6_rcv_saddr: get("sock_common", &[&["skc_v6_rcv_saddr"]]),
+        skb_head: get("sk_buff", &[&["head"]]),
+        skb_network_header: get("sk_buff", &[&["network_header"]]),
+        accept_ret_index: func_arg_count(btf, "inet_csk_accept").unwrap_or(0),
+        _pad: 0,
+        cap_backend: [0; netmon_common::cap::COUNT],
     };
     out.config = config;
     out
@@ -70,7 +86,19 @@ pub fn member_offset(btf: &Btf, name: &str, path: &[&str]) -> Option<u32> {
             };
         }
     }
-    (bits % 8 == 0).then_some(bits / 8)
+    bits.is_multiple_of(8).then_some(bits / 8)
+}
+
+/// Number of parameters of kernel function `name` (from its BTF prototype).
+pub fn func_arg_count(btf: &Btf, name: &str) -> Option<u32> {
+    let types = btf.resolve_types_by_name(name).ok()?;
+    types.into_iter().find_map(|t| match t {
+        Type::Func(f) => match btf.resolve_chained_type(&f).ok()? {
+            Type::FuncProto(p) => Some(p.parameters.len() as u32),
+            _ => None,
+        },
+        _ => None,
+    })
 }
 
 /// Bit offset and type of member `field`, searching anonymous members too.
@@ -125,6 +153,18 @@ mod tests {
         assert!(c.sock_net > 0 && c.sock_net < 256);
         assert!(c.net_ns_inum > 0 && c.net_ns_inum < 1024);
         assert!(c.sock_flags > 0 && c.sock_flags < 1024);
+        // skc_daddr is the first field of struct sock_common: offset 0 is legitimate,
+        // so the programs treat only the fields that can never be at 0 as "unknown".
+        assert_eq!(c.skc_daddr, 0);
+        assert_eq!(c.skc_rcv_saddr, 4);
+        assert!(c.skc_dport > 0 && c.skc_num == c.skc_dport + 2);
+        assert!(c.skc_family > 0 && c.skc_v6_daddr > 0 && c.skc_v6_rcv_saddr > 0);
+        assert!(c.skb_head > 0 && c.skb_network_header > 0);
+        assert!(
+            matches!(c.accept_ret_index, 2 | 4),
+            "{}",
+            c.accept_ret_index
+        );
     }
 
     #[test]

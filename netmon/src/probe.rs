@@ -12,7 +12,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, TracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, FEntry, FExit, KProbe,
+        ProgramError, TracePoint,
     },
 };
 use netmon_common::{KernelConfig, kind, maps};
@@ -39,6 +40,16 @@ pub enum BackendChoice {
 }
 
 impl BackendChoice {
+    /// The `backend` id the programs use; 0 for `auto` (never an owner).
+    pub fn wire_id(self) -> u8 {
+        match self {
+            BackendChoice::Auto => 0,
+            BackendChoice::Fentry => netmon_common::backend::FENTRY as u8,
+            BackendChoice::Kprobe => netmon_common::backend::KPROBE as u8,
+            BackendChoice::Tracepoint => netmon_common::backend::TRACEPOINT as u8,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             BackendChoice::Auto => "auto",
@@ -68,6 +79,17 @@ impl Capability {
         Capability::UdpSend,
     ];
 
+    /// Index into `KernelConfig::cap_backend`.
+    pub fn wire_index(self) -> usize {
+        match self {
+            Capability::TcpConnect => netmon_common::cap::TCP_CONNECT,
+            Capability::TcpAccept => netmon_common::cap::TCP_ACCEPT,
+            Capability::TcpListen => netmon_common::cap::TCP_LISTEN,
+            Capability::TcpClose => netmon_common::cap::TCP_CLOSE,
+            Capability::UdpSend => netmon_common::cap::UDP_SEND,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Capability::TcpConnect => "tcp_connect",
@@ -88,6 +110,10 @@ enum Attach {
     },
     CgroupSockAddr,
     CgroupSkbEgress,
+    FEntry(&'static str),
+    FExit(&'static str),
+    KProbe(&'static str),
+    KRetProbe(&'static str),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -101,6 +127,10 @@ impl Hook {
         match self.attach {
             Attach::TracePoint { category, name } => format!("tracepoint:{category}:{name}"),
             Attach::CgroupSockAddr | Attach::CgroupSkbEgress => format!("cgroup:{}", self.program),
+            Attach::FEntry(f) => format!("fentry:{f}"),
+            Attach::FExit(f) => format!("fexit:{f}"),
+            Attach::KProbe(f) => format!("kprobe:{f}"),
+            Attach::KRetProbe(f) => format!("kretprobe:{f}"),
         }
     }
 }
@@ -112,49 +142,128 @@ struct HookGroup {
     hooks: &'static [Hook],
 }
 
-/// Every way netmon knows to observe each capability, best first.
-fn hook_groups() -> &'static [HookGroup] {
-    use Capability::*;
-    &[
-        HookGroup {
-            backend: BackendChoice::Tracepoint,
-            capabilities: &[TcpConnect, TcpAccept, TcpListen, TcpClose],
-            hooks: &[Hook {
-                program: "inet_sock_set_state",
-                attach: Attach::TracePoint {
-                    category: "sock",
-                    name: "inet_sock_set_state",
-                },
-            }],
-        },
-        HookGroup {
-            backend: BackendChoice::Tracepoint,
-            capabilities: &[UdpSend],
-            hooks: &[
-                Hook {
-                    program: "udp_connect4",
-                    attach: Attach::CgroupSockAddr,
-                },
-                Hook {
-                    program: "udp_connect6",
-                    attach: Attach::CgroupSockAddr,
-                },
-                Hook {
-                    program: "udp_sendmsg4",
-                    attach: Attach::CgroupSockAddr,
-                },
-                Hook {
-                    program: "udp_sendmsg6",
-                    attach: Attach::CgroupSockAddr,
-                },
-                Hook {
-                    program: "udp_egress",
-                    attach: Attach::CgroupSkbEgress,
-                },
-            ],
-        },
-    ]
+const fn hook(program: &'static str, attach: Attach) -> Hook {
+    Hook { program, attach }
 }
+
+/// Every way netmon knows to observe each capability. The order of backends to try
+/// is `fentry`, `kprobe`, `tracepoint` (see `attach_all`).
+fn hook_groups() -> &'static [HookGroup] {
+    HOOK_GROUPS
+}
+
+use Capability::{TcpAccept, TcpClose, TcpConnect, TcpListen, UdpSend};
+
+const TCP_STATE_FENTRY: Hook = hook("fentry_tcp_set_state", Attach::FEntry("tcp_set_state"));
+const TCP_STATE_KPROBE: Hook = hook("kprobe_tcp_set_state", Attach::KProbe("tcp_set_state"));
+const TCP_STATE_TP: Hook = hook(
+    "inet_sock_set_state",
+    Attach::TracePoint {
+        category: "sock",
+        name: "inet_sock_set_state",
+    },
+);
+static HOOK_GROUPS: &[HookGroup] = &[
+    // fentry/fexit: BPF trampolines, the cheapest hooks (5.5+, where allowed).
+    HookGroup {
+        backend: BackendChoice::Fentry,
+        capabilities: &[TcpConnect],
+        hooks: &[
+            hook("fentry_tcp_connect", Attach::FEntry("tcp_connect")),
+            TCP_STATE_FENTRY,
+        ],
+    },
+    HookGroup {
+        backend: BackendChoice::Fentry,
+        capabilities: &[TcpAccept],
+        hooks: &[hook(
+            "fexit_inet_csk_accept",
+            Attach::FExit("inet_csk_accept"),
+        )],
+    },
+    HookGroup {
+        backend: BackendChoice::Fentry,
+        capabilities: &[TcpListen],
+        hooks: &[
+            hook(
+                "fentry_inet_csk_listen_start",
+                Attach::FEntry("inet_csk_listen_start"),
+            ),
+            TCP_STATE_FENTRY,
+        ],
+    },
+    HookGroup {
+        backend: BackendChoice::Fentry,
+        capabilities: &[TcpClose],
+        hooks: &[TCP_STATE_FENTRY],
+    },
+    HookGroup {
+        backend: BackendChoice::Fentry,
+        capabilities: &[UdpSend],
+        hooks: &[
+            hook("fentry_ip_send_skb", Attach::FEntry("ip_send_skb")),
+            hook("fentry_ip6_send_skb", Attach::FEntry("ip6_send_skb")),
+        ],
+    },
+    // kprobes: every production kernel with CONFIG_KPROBES.
+    HookGroup {
+        backend: BackendChoice::Kprobe,
+        capabilities: &[TcpConnect],
+        hooks: &[
+            hook("kprobe_tcp_connect", Attach::KProbe("tcp_connect")),
+            TCP_STATE_KPROBE,
+        ],
+    },
+    HookGroup {
+        backend: BackendChoice::Kprobe,
+        capabilities: &[TcpAccept],
+        hooks: &[hook(
+            "kretprobe_inet_csk_accept",
+            Attach::KRetProbe("inet_csk_accept"),
+        )],
+    },
+    HookGroup {
+        backend: BackendChoice::Kprobe,
+        capabilities: &[TcpListen],
+        hooks: &[
+            hook(
+                "kprobe_inet_csk_listen_start",
+                Attach::KProbe("inet_csk_listen_start"),
+            ),
+            TCP_STATE_KPROBE,
+        ],
+    },
+    HookGroup {
+        backend: BackendChoice::Kprobe,
+        capabilities: &[TcpClose],
+        hooks: &[TCP_STATE_KPROBE],
+    },
+    HookGroup {
+        backend: BackendChoice::Kprobe,
+        capabilities: &[UdpSend],
+        hooks: &[
+            hook("kprobe_ip_send_skb", Attach::KProbe("ip_send_skb")),
+            hook("kprobe_ip6_send_skb", Attach::KProbe("ip6_send_skb")),
+        ],
+    },
+    // The tracepoint and cgroup hooks: every kernel netmon supports.
+    HookGroup {
+        backend: BackendChoice::Tracepoint,
+        capabilities: &[TcpConnect, TcpAccept, TcpListen, TcpClose],
+        hooks: &[TCP_STATE_TP],
+    },
+    HookGroup {
+        backend: BackendChoice::Tracepoint,
+        capabilities: &[UdpSend],
+        hooks: &[
+            hook("udp_connect4", Attach::CgroupSockAddr),
+            hook("udp_connect6", Attach::CgroupSockAddr),
+            hook("udp_sendmsg4", Attach::CgroupSockAddr),
+            hook("udp_sendmsg6", Attach::CgroupSockAddr),
+            hook("udp_egress", Attach::CgroupSkbEgress),
+        ],
+    },
+];
 
 /// Errors of loading and attaching; each says what failed and what the user can do.
 #[derive(Debug, thiserror::Error)]
@@ -232,31 +341,24 @@ impl Tracer {
                     "cannot read {} ({e}); byte counts and network namespaces are left out",
                     kernel_btf::VMLINUX_BTF
                 ));
-                KernelConfig::default()
+                KernelConfig::UNKNOWN
             }
         };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::EVENTS, opts.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
-        let config = KernelConfig {
+        let mut config = KernelConfig {
             self_pid: std::process::id(),
             ..offsets
         };
-        let map = ebpf
-            .map_mut(maps::CONFIG)
-            .ok_or(Error::MissingMap { name: maps::CONFIG })?;
-        let mut array: Array<&mut MapData, KernelConfig> =
-            Array::try_from(map).map_err(|source| Error::Map {
-                name: maps::CONFIG,
-                source,
-            })?;
-        array.set(0, config, 0).map_err(|source| Error::Map {
-            name: maps::CONFIG,
-            source,
-        })?;
-
-        let report = attach_all(&mut ebpf, opts.backend, warnings)?;
+        let (report, owners) = attach_all(&mut ebpf, opts.backend, warnings)?;
+        // Programs stay silent until they learn which capabilities they own, so two
+        // backends attached for different capabilities never report the same thing.
+        for (cap, backend) in owners {
+            config.cap_backend[cap.wire_index()] = backend.wire_id();
+        }
+        write_config(&mut ebpf, config)?;
         Ok(Tracer { ebpf, report })
     }
 
@@ -286,6 +388,21 @@ impl Tracer {
     }
 }
 
+fn write_config(ebpf: &mut Ebpf, config: KernelConfig) -> Result<(), Error> {
+    let map = ebpf
+        .map_mut(maps::CONFIG)
+        .ok_or(Error::MissingMap { name: maps::CONFIG })?;
+    let mut array: Array<&mut MapData, KernelConfig> =
+        Array::try_from(map).map_err(|source| Error::Map {
+            name: maps::CONFIG,
+            source,
+        })?;
+    array.set(0, config, 0).map_err(|source| Error::Map {
+        name: maps::CONFIG,
+        source,
+    })
+}
+
 /// Reads `LOST`: events the kernel could not reserve ring-buffer space for.
 pub struct LossCounters {
     array: PerCpuArray<MapData, u64>,
@@ -308,11 +425,13 @@ impl LossCounters {
 }
 
 /// Attaches, per capability, the first group (in preference order) that works.
+type Owners = Vec<(Capability, BackendChoice)>;
+
 fn attach_all(
     ebpf: &mut Ebpf,
     choice: BackendChoice,
     mut warnings: Vec<String>,
-) -> Result<ProbeReport, Error> {
+) -> Result<(ProbeReport, Owners), Error> {
     let order: &[BackendChoice] = match choice {
         BackendChoice::Auto => &[
             BackendChoice::Fentry,
@@ -333,6 +452,8 @@ fn attach_all(
         })
         .collect();
     let mut covered: BTreeSet<Capability> = BTreeSet::new();
+    let mut owners: Owners = Vec::new();
+    let btf = aya::Btf::from_sys_fs().ok();
     let mut attached_programs: BTreeSet<&'static str> = BTreeSet::new();
 
     for &backend in order {
@@ -360,10 +481,11 @@ fn attach_all(
             if wanted.is_empty() {
                 continue;
             }
-            match attach_group(ebpf, group, &mut attached_programs) {
+            match attach_group(ebpf, group, &mut attached_programs, btf.as_ref()) {
                 Ok(hooks) => {
                     for cap in wanted {
                         covered.insert(cap);
+                        owners.push((cap, backend));
                         let r = &mut reports[cap as usize];
                         r.backend = Some(backend.name().into());
                         r.hooks = hooks.clone();
@@ -412,12 +534,13 @@ fn attach_all(
             .join("; ");
         return Err(Error::NothingAttached { reasons });
     }
-    Ok(ProbeReport {
+    let report = ProbeReport {
         requested: choice.name().into(),
         kernel: system::kernel_release(),
         capabilities: reports,
         warnings,
-    })
+    };
+    Ok((report, owners))
 }
 
 fn skip(reports: &mut [CapabilityReport], cap: Capability, backend: BackendChoice, reason: String) {
@@ -432,6 +555,7 @@ fn attach_group(
     ebpf: &mut Ebpf,
     group: &HookGroup,
     attached_programs: &mut BTreeSet<&'static str>,
+    btf: Option<&aya::Btf>,
 ) -> Result<Vec<String>, String> {
     let mut done: Vec<&'static str> = Vec::new();
     let mut described = Vec::new();
@@ -440,7 +564,7 @@ fn attach_group(
             described.push(hook.describe());
             continue;
         }
-        match attach_hook(ebpf, hook) {
+        match attach_hook(ebpf, hook, btf) {
             Ok(()) => {
                 done.push(hook.program);
                 described.push(hook.describe());
@@ -466,10 +590,15 @@ fn unload(ebpf: &mut Ebpf, hook: &Hook) {
         Attach::TracePoint { .. } => <&mut TracePoint>::try_from(program).map(|p| p.unload()),
         Attach::CgroupSockAddr => <&mut CgroupSockAddr>::try_from(program).map(|p| p.unload()),
         Attach::CgroupSkbEgress => <&mut CgroupSkb>::try_from(program).map(|p| p.unload()),
+        Attach::FEntry(_) => <&mut FEntry>::try_from(program).map(|p| p.unload()),
+        Attach::FExit(_) => <&mut FExit>::try_from(program).map(|p| p.unload()),
+        Attach::KProbe(_) | Attach::KRetProbe(_) => {
+            <&mut KProbe>::try_from(program).map(|p| p.unload())
+        }
     };
 }
 
-fn attach_hook(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), String> {
+fn attach_hook(ebpf: &mut Ebpf, hook: &Hook, btf: Option<&aya::Btf>) -> Result<(), String> {
     let program = ebpf
         .program_mut(hook.program)
         .ok_or_else(|| format!("program {} missing from the object", hook.program))?;
@@ -504,8 +633,36 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), String> {
             )
             .map_err(explain)?;
         }
+        Attach::FEntry(function) => {
+            let btf = btf.ok_or("no kernel BTF (/sys/kernel/btf/vmlinux)")?;
+            let p: &mut FEntry = program.try_into().map_err(explain)?;
+            p.load(function, btf).map_err(explain)?;
+            p.attach().map_err(explain)?;
+        }
+        Attach::FExit(function) => {
+            let btf = btf.ok_or("no kernel BTF (/sys/kernel/btf/vmlinux)")?;
+            let p: &mut FExit = program.try_into().map_err(explain)?;
+            p.load(function, btf).map_err(explain)?;
+            p.attach().map_err(explain)?;
+        }
+        Attach::KProbe(function) | Attach::KRetProbe(function) => {
+            if !kprobes_available() {
+                return Err(
+                    "no kprobe PMU (/sys/bus/event_source/devices/kprobe is absent: CONFIG_KPROBES is off)"
+                        .into(),
+                );
+            }
+            let p: &mut KProbe = program.try_into().map_err(explain)?;
+            p.load().map_err(explain)?;
+            p.attach(function, 0).map_err(explain)?;
+        }
     }
     Ok(())
+}
+
+/// Whether the kernel has kprobes (the PMU aya attaches through).
+pub fn kprobes_available() -> bool {
+    std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
 }
 
 fn cgroup_root() -> Result<fs::File, String> {
@@ -524,13 +681,23 @@ fn explain(e: ProgramError) -> String {
         text.push_str(&s.to_string());
         source = s.source();
     }
-    if let Some(errno) = errno_in(&text) {
-        return format!("{errno} ({})", first_line(&text));
+    let line = first_line(&text);
+    match errno_in(&text) {
+        // "the BPF_PROG_LOAD syscall returned Operation not permitted (os error 1). Verifier
+        // output: …" says little more than the errno; keep the call and the errno.
+        Some(errno) => match line.split(" returned ").next() {
+            Some(call) if call != line => format!("{errno} ({call} failed)"),
+            _ => format!("{errno} ({line})"),
+        },
+        None => line,
     }
-    first_line(&text)
 }
 
 fn first_line(s: &str) -> String {
+    // The whole verifier log, for whoever debugs a program the kernel refuses.
+    if std::env::var_os("NETMON_VERIFIER_LOG").is_some() {
+        eprintln!("{s}");
+    }
     s.lines().next().unwrap_or(s).chars().take(300).collect()
 }
 

@@ -163,14 +163,34 @@ impl Netmon {
     /// Starts netmon with the backend under test and waits for its `probe` line.
     pub fn start(extra: &[&str]) -> Netmon {
         let backend = backend();
-        let mut args = vec!["run", "--format", "json", "--backend", backend.as_str()];
+        match Netmon::try_start(&backend, extra) {
+            Ok(n) => n,
+            Err(e) => panic!("netmon --backend {backend} did not start: {e}"),
+        }
+    }
+
+    /// Starts netmon with `backend`; `Err` with its stderr when it exits before
+    /// printing its `probe` line (e.g. a backend this kernel refuses).
+    pub fn try_start(backend: &str, extra: &[&str]) -> Result<Netmon, String> {
+        let mut args = vec!["run", "--format", "json", "--backend", backend];
         args.extend_from_slice(extra);
         let mut child = Command::new(netmon_bin())
             .args(&args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", netmon_bin().display()));
+        let stderr_text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = stderr_text.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = channel();
         let bad_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -194,16 +214,18 @@ impl Netmon {
             seen: Vec::new(),
             bad_lines,
         };
-        let probe = netmon
-            .wait_for(Duration::from_secs(60), |e| {
-                matches!(e.body, EventBody::Probe(_))
-            })
-            .expect("netmon printed no probe line within 60 s");
+        let Some(probe) = netmon.wait_for(Duration::from_secs(60), |e| {
+            matches!(e.body, EventBody::Probe(_))
+        }) else {
+            let _ = netmon.child.wait();
+            thread::sleep(Duration::from_millis(100));
+            return Err(stderr_text.lock().unwrap().clone());
+        };
         let EventBody::Probe(report) = &probe.body else {
             unreachable!()
         };
-        check_probe(report, &backend);
-        netmon
+        check_probe(report, backend);
+        Ok(netmon)
     }
 
     pub fn pid(&self) -> u32 {

@@ -39,7 +39,6 @@ pub fn capture(cmd: &mut Command) -> Result<Output> {
 }
 
 /// Whether a program is on PATH.
-#[allow(dead_code)]
 pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))

@@ -8,6 +8,7 @@ mod bench;
 mod build;
 mod exec;
 mod integration;
+mod run;
 mod setup;
 mod test;
 mod vm;
@@ -29,6 +30,12 @@ enum Task {
     /// Set up, build, lint and run every test: unit, CLI, root integration (local and
     /// in VMs on real kernels). Ends with a `N passed, N failed` line.
     Test(test::TestArgs),
+    /// Set up, build netmon and start `netmon run ARGS…` (as root; through sudo if needed).
+    Run {
+        /// Arguments for `netmon run`, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Root integration tests (real sockets, real netmon) on this host or in VMs.
     #[command(subcommand)]
     IntegrationTest(integration::Where),
@@ -43,6 +50,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::setup(),
         Task::BuildEbpf => setup::setup().and_then(|()| build::build_ebpf()),
         Task::Test(args) => test::test(args),
+        Task::Run { args } => setup::setup().and_then(|()| run::run(&args)),
         Task::IntegrationTest(w) => setup::setup().and_then(|()| integration::run(w)),
         Task::Bench(args) => bench::bench(args),
     };

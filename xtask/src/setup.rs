@@ -28,6 +28,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "dnsutils",
     "socat",
     "jq",
+    // The VM runner unpacks Debian's compressed kernels once to boot them faster.
+    "lz4",
+    "zstd",
+    "xz-utils",
 ];
 
 pub const NIGHTLY: &str = "nightly";

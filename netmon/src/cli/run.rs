@@ -96,10 +96,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         losses,
         started: Instant::now(),
     };
-    if !pump.write(&probe)? {
-        return Ok(ExitCode::SUCCESS);
-    }
-    let outcome = runtime.block_on(pump.event_loop(ring, Duration::from_secs(args.stats_interval)));
+    let outcome =
+        runtime.block_on(pump.event_loop(ring, probe, Duration::from_secs(args.stats_interval)));
     // `tracer` (and every link it owns) is dropped here: all programs are detached.
     drop(tracer);
     outcome.map(|()| ExitCode::SUCCESS)
@@ -117,7 +115,12 @@ struct Pump {
 }
 
 impl Pump {
-    async fn event_loop(&mut self, ring: RingBuf<MapData>, interval: Duration) -> Result<()> {
+    async fn event_loop(
+        &mut self,
+        ring: RingBuf<MapData>,
+        probe: Event,
+        interval: Duration,
+    ) -> Result<()> {
         // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as
         // long as the AsyncFd holds it.
         let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -125,6 +128,11 @@ impl Pump {
             .context("cannot poll the ring buffer")?;
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        // Announce only once signals are handled: whoever reacts to the probe line by
+        // stopping netmon must get the orderly shutdown and the final stats.
+        if !self.write(&probe)? {
+            return Ok(());
+        }
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {
             tokio::select! {

@@ -3,9 +3,10 @@
 //!
 //! - `tcp-server ADDR SEND`: listen on ADDR (port 0 = any), print `port N`, accept one
 //!   connection, send SEND bytes, read to EOF, print `received N`, close.
-//! - `tcp-client ADDR SEND`: connect, print `local PORT`, send SEND bytes, shut down
-//!   writing, read to EOF, print `received N`.
-//! - `udp-send ADDR COUNT SIZE`: send COUNT datagrams of SIZE bytes, print `local PORT`.
+//! - `tcp-client ADDR SEND [BIND]`: connect (from BIND if given), print `local PORT`,
+//!   send SEND bytes, shut down writing, read to EOF, print `received N`.
+//! - `udp-send ADDR COUNT SIZE [BIND]`: send COUNT datagrams of SIZE bytes (from BIND if
+//!   given), print `local PORT`.
 use std::{
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -43,7 +44,10 @@ fn run(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         "tcp-client" => {
-            let mut conn = TcpStream::connect(addr(1)?).map_err(|e| e.to_string())?;
+            let mut conn = match args.get(3) {
+                None => TcpStream::connect(addr(1)?).map_err(|e| e.to_string())?,
+                Some(_) => connect_from(addr(3)?, addr(1)?)?,
+            };
             say(format!("local {}", conn.local_addr().unwrap().port()));
             conn.write_all(&vec![b'c'; num(2)?])
                 .map_err(|e| e.to_string())?;
@@ -54,9 +58,12 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         "udp-send" => {
             let to = addr(1)?;
-            let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-                .parse()
-                .unwrap();
+            let bind: SocketAddr = match args.get(4) {
+                Some(_) => addr(4)?,
+                None => if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+                    .parse()
+                    .unwrap(),
+            };
             let sock = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
             say(format!("local {}", sock.local_addr().unwrap().port()));
             let payload = vec![b'u'; num(3)?];
@@ -66,6 +73,51 @@ fn run(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         other => Err(format!("unknown command {other}")),
+    }
+}
+
+/// A TCP connection from a chosen local address (std has no bind-then-connect).
+fn connect_from(local: SocketAddr, remote: SocketAddr) -> Result<TcpStream, String> {
+    use std::os::fd::FromRawFd;
+    let family = if local.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let (l, llen) = sockaddr(&local);
+    let (r, rlen) = sockaddr(&remote);
+    // SAFETY: plain socket calls on a descriptor we own; sockaddr buffers outlive them.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        if libc::bind(fd, l.as_ptr().cast(), llen) != 0
+            || libc::connect(fd, r.as_ptr().cast(), rlen) != 0
+        {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        Ok(stream)
+    }
+}
+
+/// `sockaddr_in`/`sockaddr_in6` bytes of `a`.
+fn sockaddr(a: &SocketAddr) -> ([u8; 28], libc::socklen_t) {
+    let mut buf = [0u8; 28];
+    match a {
+        SocketAddr::V4(v4) => {
+            buf[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+            buf[2..4].copy_from_slice(&v4.port().to_be_bytes());
+            buf[4..8].copy_from_slice(&v4.ip().octets());
+            (buf, 16)
+        }
+        SocketAddr::V6(v6) => {
+            buf[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+            buf[2..4].copy_from_slice(&v6.port().to_be_bytes());
+            buf[8..24].copy_from_slice(&v6.ip().octets());
+            (buf, 28)
+        }
     }
 }
 

@@ -1,0 +1,351 @@
+//! Backend choice: an explicit backend the kernel refuses fails loudly; `doctor`
+//! agrees with `run`; every backend this kernel supports reports the same events —
+//! types, processes, addresses, ports, bytes — for one scenario.
+use std::{collections::BTreeSet, net::UdpSocket, process::Command, time::Duration};
+
+use netmon::event::{Event, EventBody};
+use netmon_tests::{NetNs, Netmon, Peer, netmon_bin, require_root};
+
+const BACKENDS: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
+
+/// On a kernel where the runner expects fentry to win, every backend must work.
+fn all_backends_expected() -> bool {
+    std::env::var("NETMON_EXPECT_AUTO").is_ok_and(|v| v == "fentry")
+}
+
+/// One event reduced to what must not depend on the backend: pids become roles.
+type Normalized = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+);
+
+fn normalize(e: &Event, roles: &[(u32, &str)], netns: u32) -> Option<Normalized> {
+    let c = e.body.connection()?;
+    if c.netns.is_some_and(|n| n != netns) {
+        return None;
+    }
+    let role = match &c.process {
+        Some(p) => roles
+            .iter()
+            .find(|(pid, _)| *pid == p.pid)
+            .map(|(_, r)| format!("{r}/{}", p.comm))?,
+        None => "unknown".into(),
+    };
+    let extra = match &e.body {
+        EventBody::Close(x) => format!("sent={:?} received={:?}", x.bytes_sent, x.bytes_received),
+        EventBody::Udp(u) => format!("bytes={:?}", u.bytes),
+        EventBody::Connect(u) => format!("failed={}", u.failed),
+        _ => String::new(),
+    };
+    Some((
+        e.body.type_name().into(),
+        format!("{:?}", c.proto),
+        format!("{:?}", c.family),
+        format!("{:?}", c.direction),
+        c.src
+            .as_ref()
+            .map(|s| format!("{}:{}", s.ip, s.port))
+            .unwrap_or_default(),
+        format!("{}:{}", c.dst.ip, c.dst.port),
+        role,
+        extra,
+        String::new(),
+    ))
+}
+
+/// A normalized event from its eight fields, in `Normalized` order.
+fn n(f: [&str; 8]) -> Normalized {
+    let [t, proto, fam, dir, src, dst, role, extra] = f.map(String::from);
+    (t, proto, fam, dir, src, dst, role, extra, String::new())
+}
+
+/// What the scenario must produce, on every backend.
+fn expected() -> BTreeSet<Normalized> {
+    let mut set = BTreeSet::new();
+    for (fam, server, client) in [
+        ("Ipv4", "127.0.0.1:7001", "127.0.0.1:7101"),
+        ("Ipv6", "::1:7002", "::1:7102"),
+    ] {
+        let out = "Some(Outbound)";
+        let inb = "Some(Inbound)";
+        set.insert(n([
+            "listen",
+            "Tcp",
+            fam,
+            inb,
+            "",
+            server,
+            "server/netmon-testpeer",
+            "",
+        ]));
+        set.insert(n([
+            "connect",
+            "Tcp",
+            fam,
+            out,
+            client,
+            server,
+            "client/netmon-testpeer",
+            "failed=false",
+        ]));
+        set.insert(n([
+            "accept",
+            "Tcp",
+            fam,
+            inb,
+            client,
+            server,
+            "server/netmon-testpeer",
+            "",
+        ]));
+        set.insert(n([
+            "close",
+            "Tcp",
+            fam,
+            out,
+            client,
+            server,
+            "client/netmon-testpeer",
+            "sent=Some(300) received=Some(500)",
+        ]));
+        set.insert(n([
+            "close",
+            "Tcp",
+            fam,
+            inb,
+            client,
+            server,
+            "server/netmon-testpeer",
+            "sent=Some(500) received=Some(300)",
+        ]));
+    }
+    set.insert(n([
+        "udp",
+        "Udp",
+        "Ipv4",
+        "Some(Outbound)",
+        "127.0.0.1:7103",
+        "127.0.0.1:7003",
+        "sender/netmon-testpeer",
+        "bytes=Some(28)",
+    ]));
+    set.insert(n([
+        "udp",
+        "Udp",
+        "Ipv6",
+        "Some(Outbound)",
+        "::1:7104",
+        "::1:7004",
+        "sender/netmon-testpeer",
+        "bytes=Some(28)",
+    ]));
+    set
+}
+
+/// Runs the scenario under `backend` in a fresh namespace; `None` if the kernel
+/// refuses the backend.
+fn scenario(backend: &str) -> Option<BTreeSet<Normalized>> {
+    let ns = NetNs::new();
+    let mut netmon = match Netmon::try_start(backend, &[]) {
+        Ok(n) => n,
+        Err(e) => {
+            assert!(
+                !all_backends_expected(),
+                "--backend {backend} must work on this kernel: {e}"
+            );
+            eprintln!(
+                "backend {backend} unavailable here: {}",
+                e.lines().last().unwrap_or("")
+            );
+            return None;
+        }
+    };
+    let mut roles = Vec::new();
+    for (server, client) in [
+        ("127.0.0.1:7001", "127.0.0.1:7101"),
+        ("[::1]:7002", "[::1]:7102"),
+    ] {
+        let s = Peer::spawn(&["tcp-server", server, "500"]);
+        assert!(s.line().starts_with("port "));
+        let c = Peer::spawn(&["tcp-client", server, "300", client]);
+        roles.push((s.pid(), "server"));
+        roles.push((c.pid(), "client"));
+        assert_eq!(
+            c.line(),
+            format!("local {}", client.rsplit(':').next().unwrap())
+        );
+        assert_eq!(c.line(), "received 500");
+        assert_eq!(s.line(), "received 300");
+        assert!(c.wait().success() && s.wait().success());
+    }
+    let sinks: Vec<UdpSocket> = ["127.0.0.1:7003", "[::1]:7004"]
+        .iter()
+        .map(|a| UdpSocket::bind(a).unwrap())
+        .collect();
+    for (to, from) in [
+        ("127.0.0.1:7003", "127.0.0.1:7103"),
+        ("[::1]:7004", "[::1]:7104"),
+    ] {
+        let u = Peer::spawn(&["udp-send", to, "3", "20", from]);
+        roles.push((u.pid(), "sender"));
+        assert!(u.wait().success());
+    }
+    let want = expected();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got: BTreeSet<_> = netmon
+            .seen
+            .iter()
+            .filter_map(|e| normalize(e, &roles, ns.inode))
+            .collect();
+        if want.is_subset(&got) || std::time::Instant::now() > deadline {
+            break;
+        }
+        netmon.collect_for(Duration::from_millis(200));
+    }
+    netmon.collect_for(Duration::from_millis(300));
+    drop(sinks);
+    let (status, events) = netmon.stop();
+    assert!(status.success());
+    Some(
+        events
+            .iter()
+            .filter_map(|e| normalize(e, &roles, ns.inode))
+            .collect(),
+    )
+}
+
+#[test]
+fn every_backend_reports_the_same_events() {
+    require_root!();
+    let want = expected();
+    let mut ran = Vec::new();
+    for backend in BACKENDS {
+        let Some(got) = scenario(backend) else {
+            continue;
+        };
+        let missing: Vec<_> = want.difference(&got).collect();
+        let extra: Vec<_> = got.difference(&want).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "backend {backend}:\nmissing {missing:#?}\nunexpected {extra:#?}"
+        );
+        ran.push(backend);
+    }
+    assert!(
+        ran.contains(&"tracepoint"),
+        "the tracepoint backend must work everywhere"
+    );
+    eprintln!("conformance checked on: {ran:?}");
+}
+
+#[test]
+fn a_refused_explicit_backend_exits_2_naming_the_hook() {
+    require_root!();
+    let _ns = NetNs::new();
+    for backend in ["fentry", "kprobe"] {
+        let out = Command::new(netmon_bin())
+            .args(["run", "--backend", backend])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A backend that works keeps running: give it a moment, then stop it.
+        let pid = out.id();
+        std::thread::sleep(Duration::from_secs(3));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let out = out.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() == Some(2) {
+            assert!(
+                !all_backends_expected(),
+                "{backend} refused on a kernel that should have it: {err}"
+            );
+            assert!(
+                err.contains(&format!("--backend {backend} cannot provide")),
+                "{err}"
+            );
+            assert!(
+                err.contains(&format!("{backend}:"))
+                    || err.contains("fexit:")
+                    || err.contains("kretprobe:"),
+                "names the hook: {err}"
+            );
+            assert_eq!(err.lines().count(), 1, "one line: {err}");
+        } else {
+            assert!(out.status.success(), "{backend}: {err}");
+        }
+    }
+}
+
+#[test]
+fn doctor_agrees_with_run() {
+    require_root!();
+    let _ns = NetNs::new();
+    let out = Command::new(netmon_bin())
+        .args(["doctor", "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(d["can_run"], true);
+    let doctor: Vec<(String, String)> = d["auto"]["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["capability"].as_str().unwrap().into(),
+                c["backend"].as_str().unwrap_or("none").into(),
+            )
+        })
+        .collect();
+    assert_eq!(doctor.len(), 5);
+    if let Ok(want) = std::env::var("NETMON_EXPECT_AUTO") {
+        assert!(doctor.iter().all(|(_, b)| *b == want), "{doctor:?}");
+    }
+    let netmon = Netmon::try_start("auto", &[]).unwrap();
+    let (_, events) = netmon.stop();
+    let EventBody::Probe(p) = &events[0].body else {
+        panic!("first line is not probe")
+    };
+    let run: Vec<(String, String)> = p
+        .capabilities
+        .iter()
+        .map(|c| {
+            (
+                c.capability.clone(),
+                c.backend.clone().unwrap_or_else(|| "none".into()),
+            )
+        })
+        .collect();
+    assert_eq!(run, doctor);
+    let text = Command::new(netmon_bin()).arg("doctor").output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    for word in [
+        "kernel",
+        "btf",
+        "kprobes",
+        "fentry",
+        "tracefs",
+        "cgroup v2",
+        "lockdown",
+        "memlock",
+        "would use",
+    ] {
+        assert!(text.contains(word), "doctor text lacks {word}:\n{text}");
+    }
+}
