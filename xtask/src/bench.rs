@@ -82,6 +82,10 @@ pub struct BenchArgs {
     /// Loss: stop netmon (SIGSTOP) this many milliseconds in the middle of each storm; 0 never.
     #[arg(long, default_value_t = 500)]
     pub loss_pause_ms: u64,
+    /// Before each storm, wait up to this many seconds for other tracers on the machine
+    /// (netmon, bpftrace of other users) to finish: they receive the storm's events too.
+    #[arg(long, default_value_t = 60)]
+    pub quiet_wait_s: u64,
     /// Use this netmon binary instead of building the release one.
     #[arg(long, value_name = "PATH")]
     pub netmon: Option<PathBuf>,
@@ -151,6 +155,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                     .map(|k| vec!["--ring-buffer-kib".to_string(), k.to_string()])
                     .unwrap_or_default(),
                 pause: Duration::from_secs(1),
+                quiet_wait: Duration::from_secs(args.quiet_wait_s),
             },
         )?)?;
     }
@@ -162,6 +167,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 storm: storm_cfg.clone(),
                 ring_buffer_kib: args.loss_ring_buffer_kib,
                 pause: Duration::from_millis(args.loss_pause_ms),
+                quiet_wait: Duration::from_secs(args.quiet_wait_s),
             },
         )?)?;
     }

@@ -26,6 +26,8 @@ pub struct LossArgs {
     pub ring_buffer_kib: u32,
     /// How long netmon is stopped in the middle of each storm; zero for never.
     pub pause: Duration,
+    /// Longest wait for other tracers on the machine to finish before each run.
+    pub quiet_wait: Duration,
 }
 
 struct Run {
@@ -37,6 +39,8 @@ struct Run {
     other: u64,
     recursion_misses: u64,
     exact_storm: bool,
+    /// Other tracers running when the run started.
+    foreign: usize,
 }
 
 impl Run {
@@ -58,7 +62,9 @@ pub fn run(env: &Env, args: &LossArgs) -> Result<Section> {
     let mut runs = Vec::new();
     for i in 1..=args.runs {
         eprintln!("bench loss: run {i}/{}", args.runs);
-        let r = one(env, args)?;
+        let foreign = proc::wait_for_quiet(args.quiet_wait);
+        let mut r = one(env, args)?;
+        r.foreign = foreign;
         eprintln!(
             "bench loss:   generated {} received {} lost (stats) {}{}",
             r.generated,
@@ -115,6 +121,7 @@ fn one(env: &Env, args: &LossArgs) -> Result<Run> {
         other: c.other,
         recursion_misses,
         exact_storm: storm.exact,
+        foreign: 0,
     })
 }
 
@@ -129,6 +136,7 @@ fn render(env: &Env, args: &LossArgs, runs: &[Run], load_before: &str) -> String
         "per type: gap / lost",
         "other processes' events received",
         "tracepoint runs skipped (`recursion_misses`)",
+        "other tracers running",
     ]);
     for (i, r) in runs.iter().enumerate() {
         let per_type = r
@@ -147,6 +155,7 @@ fn render(env: &Env, args: &LossArgs, runs: &[Run], load_before: &str) -> String
             per_type,
             thousands(r.other),
             thousands(r.recursion_misses),
+            r.foreign.to_string(),
         ]);
     }
     let exact = runs.iter().filter(|r| r.exact()).count();

@@ -11,7 +11,7 @@ use std::{fmt::Write as _, thread, time::Duration};
 use anyhow::Result;
 
 use super::{
-    Env,
+    Env, proc,
     report::{Section, Table, median, met, thousands},
     storm::{self, StormConfig, StormReport},
     tracer::{self, Tracer},
@@ -45,6 +45,8 @@ pub struct OverheadArgs {
     /// Extra `netmon run` flags (e.g. `--ring-buffer-kib`).
     pub netmon_flags: Vec<String>,
     pub pause: Duration,
+    /// Longest wait for other tracers on the machine to finish before each run.
+    pub quiet_wait: Duration,
 }
 
 struct Run {
@@ -52,6 +54,8 @@ struct Run {
     mode: Mode,
     storm: StormReport,
     tracer: Option<TracerRun>,
+    /// Other tracers (netmon, bpftrace) running on the machine when the run started.
+    foreign: usize,
 }
 
 struct TracerRun {
@@ -80,7 +84,7 @@ impl TracerRun {
 }
 
 pub fn run(env: &Env, args: &OverheadArgs) -> Result<Section> {
-    let load = super::proc::load_average();
+    let load = proc::load_average();
     let mut runs = Vec::new();
     for round in 1..=args.rounds {
         for mode in MODES {
@@ -89,7 +93,9 @@ pub fn run(env: &Env, args: &OverheadArgs) -> Result<Section> {
                 args.rounds,
                 mode.label()
             );
-            let run = one(env, args, round, mode)?;
+            let foreign = proc::wait_for_quiet(args.quiet_wait);
+            let mut run = one(env, args, round, mode)?;
+            run.foreign = foreign;
             eprintln!(
                 "bench overhead:   {:.0} TCP connections/s, {:.0} UDP datagrams/s{}",
                 run.storm.tcp_per_s,
@@ -108,10 +114,133 @@ pub fn run(env: &Env, args: &OverheadArgs) -> Result<Section> {
             thread::sleep(args.pause);
         }
     }
+    let mut costs = Vec::new();
+    for kind in [tracer::Kind::Netmon, tracer::Kind::Bpftrace] {
+        eprintln!("bench overhead: diagnostic run with BPF run-time statistics: {kind:?}");
+        proc::wait_for_quiet(args.quiet_wait);
+        costs.push(kernel_cost(env, args, kind)?);
+    }
+    let mut md = render(env, args, &runs, &load);
+    md.push_str(&render_costs(&costs));
     Ok(Section {
         id: "overhead",
-        markdown: render(env, args, &runs, &load),
+        markdown: md,
     })
+}
+
+/// Where a tracer's cost goes, from one run with `BPF_ENABLE_STATS` on.
+struct Cost {
+    kind: tracer::Kind,
+    connections: u64,
+    /// (program, runs, run time in ns) for every program the tracer holds.
+    programs: Vec<(String, u64, u64)>,
+    /// The tracer process's own CPU (userspace side) and events written.
+    cpu: Duration,
+    written: u64,
+}
+
+fn kernel_cost(env: &Env, args: &OverheadArgs, kind: tracer::Kind) -> Result<Cost> {
+    let stats = proc::BpfStats::enable()?;
+    let (t, output) = match kind {
+        tracer::Kind::Netmon => {
+            let out = env.work.join("diag-netmon.json");
+            (Tracer::netmon(&env.netmon, &out, &args.netmon_flags)?, out)
+        }
+        tracer::Kind::Bpftrace => {
+            let out = env.work.join("diag-bpftrace.txt");
+            (Tracer::bpftrace(&env.bpftrace_script, &out)?, out)
+        }
+    };
+    let before = proc::programs(t.pid());
+    let cpu_before = t.cpu_time()?;
+    let storm = storm::run(&env.storm, &args.storm)?;
+    thread::sleep(DRAIN);
+    let after = proc::programs(t.pid());
+    // Names while the programs are still loaded.
+    let names: Vec<String> = after
+        .iter()
+        .map(|a| proc::program_name(a.id, a.prog_type))
+        .collect();
+    let usage = t.stop()?;
+    drop(stats);
+    let programs = after
+        .iter()
+        .zip(names)
+        .map(|(a, name)| {
+            let b = before.iter().find(|b| b.id == a.id);
+            let runs = a.run_cnt - b.map_or(0, |b| b.run_cnt);
+            let ns = a.run_time_ns - b.map_or(0, |b| b.run_time_ns);
+            (name, runs, ns)
+        })
+        .collect();
+    let written = match kind {
+        tracer::Kind::Netmon => tracer::count_netmon(&output, &storm)?.written,
+        tracer::Kind::Bpftrace => tracer::count_bpftrace(&output, &storm)?.written,
+    };
+    Ok(Cost {
+        kind,
+        connections: storm.tcp_connections,
+        programs,
+        cpu: usage.cpu.saturating_sub(cpu_before),
+        written,
+    })
+}
+
+fn render_costs(costs: &[Cost]) -> String {
+    let mut t = Table::new(&[
+        "tracer",
+        "side",
+        "runs per TCP connection",
+        "ns per run",
+        "µs per TCP connection",
+    ]);
+    for c in costs {
+        let conns = c.connections.max(1) as f64;
+        let name = match c.kind {
+            tracer::Kind::Netmon => "netmon",
+            tracer::Kind::Bpftrace => "bpftrace",
+        };
+        let mut total_ns = 0;
+        for (prog, runs, ns) in &c.programs {
+            if *runs == 0 {
+                continue;
+            }
+            total_ns += ns;
+            t.row(&[
+                name.to_string(),
+                format!("kernel: `{prog}`"),
+                format!("{:.2}", *runs as f64 / conns),
+                format!("{:.0}", *ns as f64 / *runs as f64),
+                format!("{:.2}", *ns as f64 / 1e3 / conns),
+            ]);
+        }
+        t.row(&[
+            name.to_string(),
+            "kernel: all programs".to_string(),
+            String::new(),
+            String::new(),
+            format!("{:.2}", total_ns as f64 / 1e3 / conns),
+        ]);
+        t.row(&[
+            name.to_string(),
+            format!(
+                "userspace process ({:.2} µs per event written)",
+                c.cpu.as_secs_f64() * 1e6 / c.written.max(1) as f64
+            ),
+            String::new(),
+            String::new(),
+            format!("{:.2}", c.cpu.as_secs_f64() * 1e6 / conns),
+        ]);
+    }
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "### Where the cost goes
+
+One more storm per tracer with the kernel's BPF run-time          statistics on (`BPF_ENABLE_STATS`; they add two clock reads per program run, so the          runs above are made without them). Kernel rows are the tracer's programs (they run          in the storm's syscalls and softirqs, so their time is charged to the storm); the          userspace row is the tracer process. Per TCP connection of that storm (each makes          4 netmon events; bpftrace prints 2 lines).\n"
+    );
+    md.push_str(&t.render());
+    md
 }
 
 fn one(env: &Env, args: &OverheadArgs, round: u32, mode: Mode) -> Result<Run> {
@@ -134,6 +263,7 @@ fn one(env: &Env, args: &OverheadArgs, round: u32, mode: Mode) -> Result<Run> {
             mode,
             storm,
             tracer: None,
+            foreign: 0,
         });
     };
     let cpu_before = tracer.cpu_time()?;
@@ -171,6 +301,7 @@ fn one(env: &Env, args: &OverheadArgs, round: u32, mode: Mode) -> Result<Run> {
         mode,
         storm,
         tracer: Some(t),
+        foreign: 0,
     })
 }
 
@@ -348,6 +479,7 @@ fn render(env: &Env, args: &OverheadArgs, runs: &[Run], load_before: &str) -> St
         "lost (reported)",
         "recursion misses",
         "peak RSS MiB",
+        "other tracers running",
     ]);
     for r in runs {
         let mut row = vec![
@@ -369,6 +501,7 @@ fn render(env: &Env, args: &OverheadArgs, runs: &[Run], load_before: &str) -> St
             ]),
             None => row.extend(std::iter::repeat_n("–".to_string(), 7)),
         }
+        row.push(r.foreign.to_string());
         all.row(&row);
     }
     md.push_str(&all.render());
@@ -399,7 +532,7 @@ fn render(env: &Env, args: &OverheadArgs, runs: &[Run], load_before: &str) -> St
     let _ = writeln!(
         md,
         "- load average when this section ended: {}",
-        super::proc::load_average()
+        proc::load_average()
     );
     let _ = writeln!(
         md,

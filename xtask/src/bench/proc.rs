@@ -65,6 +65,130 @@ fn fdinfo_value(fdinfo: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Run counters of one BPF program a process holds (fdinfo; the time needs
+/// [`BpfStats`] on).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgCounters {
+    pub id: u32,
+    pub prog_type: u32,
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+}
+
+/// The BPF programs a process holds, one entry per program id.
+pub fn programs(pid: u32) -> Vec<ProgCounters> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    let mut progs: Vec<ProgCounters> = dir
+        .flatten()
+        .filter_map(|e| fs::read_to_string(e.path()).ok())
+        .filter_map(|text| {
+            Some(ProgCounters {
+                id: fdinfo_value(&text, "prog_id:")? as u32,
+                prog_type: fdinfo_value(&text, "prog_type:")? as u32,
+                run_cnt: fdinfo_value(&text, "run_cnt:").unwrap_or(0),
+                run_time_ns: fdinfo_value(&text, "run_time_ns:").unwrap_or(0),
+            })
+        })
+        .collect();
+    progs.sort_by_key(|p| p.id);
+    progs.dedup_by_key(|p| p.id);
+    progs
+}
+
+/// Run-time statistics of every BPF program (`BPF_ENABLE_STATS`, 5.8+) for as long as
+/// this value lives: the kernel turns them off again when its fd is closed, even if
+/// xtask dies. Costs two clock reads per program run, so only diagnostic runs use it.
+pub struct BpfStats {
+    /// Held, never read: closing it turns the statistics off.
+    _fd: std::os::fd::OwnedFd,
+}
+
+impl BpfStats {
+    pub fn enable() -> Result<BpfStats> {
+        use std::os::fd::FromRawFd;
+        const BPF_ENABLE_STATS: libc::c_long = 32;
+        // union bpf_attr { struct { __u32 type; } enable_stats; }: BPF_STATS_RUN_TIME = 0.
+        let attr = [0u8; 8];
+        // SAFETY: a valid attr buffer of the size passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_ENABLE_STATS,
+                attr.as_ptr(),
+                attr.len() as u32,
+            )
+        };
+        if fd < 0 {
+            bail!("BPF_ENABLE_STATS: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just gave us this fd.
+        Ok(BpfStats {
+            _fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) },
+        })
+    }
+}
+
+/// A program's name from `bpftool prog show id ID`, or its type number.
+pub fn program_name(id: u32, prog_type: u32) -> String {
+    std::process::Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string(), "--json"])
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .and_then(|v| {
+            Some(format!(
+                "{} {}",
+                v["type"].as_str()?,
+                v["name"].as_str().unwrap_or("")
+            ))
+        })
+        .unwrap_or_else(|| format!("type {prog_type} #{id}"))
+}
+
+/// Other tracers on the machine (processes named `netmon` or `bpftrace` that are not
+/// ours): they attach to the same hooks, so they too receive the storm's events and
+/// spend CPU on them, and their own runs suffer from the storm.
+pub fn foreign_tracers(ours: &[u32]) -> Vec<(u32, String)> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| !ours.contains(pid))
+        .filter_map(|pid| {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            let comm = comm.trim();
+            matches!(comm, "netmon" | "bpftrace").then(|| (pid, comm.to_string()))
+        })
+        .collect()
+}
+
+/// Waits (at most `max`) until no other tracer runs; returns how many still ran.
+pub fn wait_for_quiet(max: std::time::Duration) -> usize {
+    let deadline = std::time::Instant::now() + max;
+    let mut announced = false;
+    loop {
+        let others = foreign_tracers(&[]);
+        if others.is_empty() || std::time::Instant::now() >= deadline {
+            return others.len();
+        }
+        if !announced {
+            eprintln!(
+                "bench: waiting up to {max:?} for other tracers to finish: {}",
+                others
+                    .iter()
+                    .map(|(pid, comm)| format!("{comm}[{pid}]"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            announced = true;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+}
+
 /// `/proc/loadavg`'s first three fields.
 pub fn load_average() -> String {
     fs::read_to_string("/proc/loadavg")
