@@ -10,13 +10,22 @@
 //! on a machine shared with other work, wall time counts the slices other processes got;
 //! CPU time is what "events per second on one core" means.
 //!
+//! With `NETMON_PIPELINE_PASS=setup|decode|render_json|pipeline` the binary skips
+//! criterion and runs that benchmark's body [`PASSES`] times (`setup`: only builds the
+//! stream): under `valgrind --tool=cachegrind` the instruction count per event is exact
+//! and repeatable, which wall or CPU time on a shared machine is not.
+//!
 //! Adding a stage (flow table, rules): implement [`Stage`] for a wrapper that owns it,
 //! add it to [`stages`], and give it its own `bench_function` beside `decode` and
 //! `render_json`; `pipeline` then runs every stage.
-use std::{hint::black_box, io};
+use std::{
+    hint::black_box,
+    io,
+    sync::{Arc, Mutex},
+};
 
 use criterion::{
-    Criterion, Throughput, criterion_group, criterion_main,
+    Criterion, Throughput, criterion_group,
     measurement::{Measurement, ValueFormatter, WallTime},
 };
 use netmon::{
@@ -267,12 +276,101 @@ impl Measurement for ThreadCpuTime {
     }
 }
 
-fn bench(c: &mut Criterion<ThreadCpuTime>) {
+/// The recorded stream, its clock, and the stream decoded once (for `render_json`).
+struct Fixture {
+    stream: Vec<u8>,
+    clock: BootClock,
+    events: Vec<Event>,
+}
+
+fn fixture() -> Fixture {
     let stream = recorded_stream(RECORDS);
     let clock = BootClock::from_offset_ns(1_795_000_000_000_000_000);
     let events: Vec<Event> = records(&stream)
         .map(|r| decode::decode(r, &clock, HOST).expect("the recorded stream decodes"))
         .collect();
+    check_sink_matches_serde_json(&events);
+    Fixture {
+        stream,
+        clock,
+        events,
+    }
+}
+
+/// The sink's JSON lines must be exactly serde_json's, over the whole stream.
+fn check_sink_matches_serde_json(events: &[Event]) {
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl io::Write for Shared {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let ours = Arc::new(Mutex::new(Vec::new()));
+    let mut sink = Sink::new(Format::Json, Box::new(Shared(ours.clone())));
+    let mut expected = Vec::new();
+    for e in events {
+        sink.write(e).unwrap();
+        serde_json::to_writer(&mut expected, e).unwrap();
+        expected.push(b'\n');
+    }
+    sink.flush().unwrap();
+    assert!(
+        *ours.lock().unwrap() == expected,
+        "the sink's JSON differs from serde_json's"
+    );
+}
+
+/// Passes over the stream in `NETMON_PIPELINE_PASS` mode.
+const PASSES: usize = 5;
+
+fn one_pass_mode(pass: &str) {
+    let Fixture {
+        stream,
+        clock,
+        events,
+    } = fixture();
+    let mut sink = json_sink();
+    let mut stages = stages();
+    for _ in 0..PASSES {
+        match pass {
+            "setup" => {}
+            "decode" => {
+                for r in records(&stream) {
+                    black_box(decode::decode(black_box(r), &clock, HOST).unwrap());
+                }
+            }
+            "render_json" => {
+                for e in &events {
+                    sink.write(black_box(e)).unwrap();
+                }
+                sink.flush().unwrap();
+            }
+            "pipeline" => {
+                for r in records(&stream) {
+                    let event = decode::decode(black_box(r), &clock, HOST).unwrap();
+                    for s in stages.iter_mut() {
+                        s.process(&event);
+                    }
+                    sink.write(&event).unwrap();
+                }
+                sink.flush().unwrap();
+            }
+            other => panic!("unknown NETMON_PIPELINE_PASS {other}"),
+        }
+    }
+    println!("{} events per pass, {PASSES} passes", RECORDS);
+}
+
+fn bench(c: &mut Criterion<ThreadCpuTime>) {
+    let Fixture {
+        stream,
+        clock,
+        events,
+    } = fixture();
 
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(RECORDS as u64));
@@ -309,6 +407,15 @@ fn bench(c: &mut Criterion<ThreadCpuTime>) {
     g.finish();
 }
 
+fn main() {
+    if let Ok(pass) = std::env::var("NETMON_PIPELINE_PASS") {
+        one_pass_mode(&pass);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
@@ -316,4 +423,3 @@ criterion_group! {
         .measurement_time(std::time::Duration::from_secs(8));
     targets = bench
 }
-criterion_main!(benches);
