@@ -51,6 +51,11 @@ impl Run {
     fn exact(&self) -> bool {
         self.gap() == self.lost as i64 && self.by_type.iter().all(|(_, g, l)| *g == *l as i64)
     }
+
+    /// The gap equals `lost` plus the tracepoint runs the kernel skipped.
+    fn explained_by_misses(&self) -> bool {
+        self.gap() == (self.lost + self.recursion_misses) as i64
+    }
 }
 
 fn flags(args: &LossArgs) -> Vec<String> {
@@ -136,6 +141,7 @@ fn render(env: &Env, args: &LossArgs, runs: &[Run], load_before: &str) -> String
         "per type: gap / lost",
         "other processes' events received",
         "tracepoint runs skipped (`recursion_misses`)",
+        "gap = lost + skipped",
         "other tracers running",
     ]);
     for (i, r) in runs.iter().enumerate() {
@@ -155,6 +161,7 @@ fn render(env: &Env, args: &LossArgs, runs: &[Run], load_before: &str) -> String
             per_type,
             thousands(r.other),
             thousands(r.recursion_misses),
+            if r.explained_by_misses() { "yes" } else { "no" }.to_string(),
             r.foreign.to_string(),
         ]);
     }
@@ -183,6 +190,16 @@ fn render(env: &Env, args: &LossArgs, runs: &[Run], load_before: &str) -> String
         "\n**Target**: losses are reported exactly (`stats.lost` = generated − received, in \
          total and per type): {} ({exact} of {} runs).",
         met(exact == runs.len() && !runs.is_empty()),
+        runs.len()
+    );
+    let explained = runs.iter().filter(|r| r.explained_by_misses()).count();
+    let _ = writeln!(
+        md,
+        "\nThe gap equals `lost` plus the runs of netmon's tracepoint program that the kernel \
+         skipped (`recursion_misses` in the program's fdinfo: a softirq hit the CPU while a \
+         BPF tracing program was running there, so the nested run was dropped before it \
+         started) in {explained} of {} runs. netmon's `stats` do not report those skipped runs \
+         yet.",
         runs.len()
     );
     if runs.iter().any(|r| !r.exact_storm) {

@@ -61,7 +61,8 @@ struct Run {
 struct TracerRun {
     /// CPU from just before the storm to exit.
     cpu: Duration,
-    max_rss_kib: u64,
+    /// `VmHWM` just before the tracer is stopped.
+    peak_rss_kib: u64,
     /// Event lines written (all processes).
     written: u64,
     /// Storm events this tracer is meant to report.
@@ -235,9 +236,13 @@ fn render_costs(costs: &[Cost]) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "### Where the cost goes
-
-One more storm per tracer with the kernel's BPF run-time          statistics on (`BPF_ENABLE_STATS`; they add two clock reads per program run, so the          runs above are made without them). Kernel rows are the tracer's programs (they run          in the storm's syscalls and softirqs, so their time is charged to the storm); the          userspace row is the tracer process. Per TCP connection of that storm (each makes          4 netmon events; bpftrace prints 2 lines).\n"
+        "\n### Where the cost goes\n\n\
+         One more storm per tracer with the kernel's BPF run-time statistics on \
+         (`BPF_ENABLE_STATS`; they add two clock reads per program run, so the runs above \
+         are made without them). Kernel rows are the tracer's programs: they run in the \
+         storm's syscalls and softirqs, so their time is charged to the storm. The userspace \
+         row is the tracer process. Per TCP connection of that storm (each makes 4 netmon \
+         events; bpftrace prints 2 lines).\n"
     );
     md.push_str(&t.render());
     md
@@ -270,6 +275,7 @@ fn one(env: &Env, args: &OverheadArgs, round: u32, mode: Mode) -> Result<Run> {
     let storm = storm::run(&env.storm, &args.storm)?;
     thread::sleep(DRAIN);
     let recursion_misses = tracer.recursion_misses();
+    let peak_rss_kib = tracer.peak_rss_kib()?;
     let output = tracer.output.clone();
     let usage = tracer.stop()?;
     let cpu = usage.cpu.saturating_sub(cpu_before);
@@ -277,7 +283,7 @@ fn one(env: &Env, args: &OverheadArgs, round: u32, mode: Mode) -> Result<Run> {
         let c = tracer::count_netmon(&output, &storm)?;
         TracerRun {
             cpu,
-            max_rss_kib: usage.max_rss_kib,
+            peak_rss_kib,
             written: c.written,
             generated: storm.events_total,
             received: c.storm_total(),
@@ -288,7 +294,7 @@ fn one(env: &Env, args: &OverheadArgs, round: u32, mode: Mode) -> Result<Run> {
         let c = tracer::count_bpftrace(&output, &storm)?;
         TracerRun {
             cpu,
-            max_rss_kib: usage.max_rss_kib,
+            peak_rss_kib,
             written: c.written,
             generated: storm.events_of(&["connect", "accept"]),
             received: c.storm,
@@ -347,7 +353,8 @@ fn render(env: &Env, args: &OverheadArgs, runs: &[Run], load_before: &str) -> St
         storm_cpu(Mode::Bpftrace),
     );
     t.row(&[
-        "load generator CPU per TCP connection, µs (in-kernel probe cost lands here)".to_string(),
+        "load generator CPU per TCP connection, µs (includes the probes' in-kernel time)"
+            .to_string(),
         format!("{sc_a:.1}"),
         format!("{sc_b:.1} (+{})", pct(sc_b - sc_a, sc_a)),
         format!("{sc_c:.1} (+{})", pct(sc_c - sc_a, sc_a)),
@@ -367,7 +374,7 @@ fn render(env: &Env, args: &OverheadArgs, runs: &[Run], load_before: &str) -> St
         format!("{:.0}", tracer_ms(Mode::Netmon)),
         format!("{:.0}", tracer_ms(Mode::Bpftrace)),
     ]);
-    let rss = |m| med_t(m, &|t| t.max_rss_kib as f64) / 1024.0;
+    let rss = |m| med_t(m, &|t| t.peak_rss_kib as f64) / 1024.0;
     t.row(&[
         "tracer peak RSS (VmHWM), MiB".to_string(),
         "–".into(),
@@ -497,7 +504,7 @@ fn render(env: &Env, args: &OverheadArgs, runs: &[Run], load_before: &str) -> St
                 thousands(t.received),
                 thousands(t.lost),
                 thousands(t.recursion_misses),
-                format!("{:.1}", t.max_rss_kib as f64 / 1024.0),
+                format!("{:.1}", t.peak_rss_kib as f64 / 1024.0),
             ]),
             None => row.extend(std::iter::repeat_n("–".to_string(), 7)),
         }

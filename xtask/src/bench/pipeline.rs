@@ -26,16 +26,20 @@ const TARGET_EVENTS_PER_S: f64 = 1_000_000.0;
 
 pub fn run(env: &Env) -> Result<Section> {
     let load = proc::load_average();
+    // criterion's own report goes to stderr: stdout carries only the markdown.
     exec::run(
         Command::new("cargo")
             .args(["bench", "-p", "netmon", "--bench", "pipeline"])
-            .current_dir(&env.root),
+            .current_dir(&env.root)
+            .stdout(std::io::stderr()),
     )?;
+    let instructions = instructions_per_event(env)?;
     let mut t = Table::new(&[
         "benchmark",
         "events per iteration",
         "CPU time per event (median)",
         "events/s on one core",
+        "instructions per event (cachegrind)",
         "target ≥ 1,000,000/s",
     ]);
     let mut pipeline_rate = None;
@@ -56,6 +60,11 @@ pub fn run(env: &Env) -> Result<Section> {
             thousands(events),
             format!("{per_event:.0} ns"),
             thousands(rate as u64),
+            instructions
+                .iter()
+                .find(|(pass, _)| pass == id)
+                .map(|(_, n)| thousands(*n as u64))
+                .unwrap_or_else(|| "–".into()),
             if *id == "pipeline" {
                 met(rate >= TARGET_EVENTS_PER_S).to_string()
             } else {
@@ -71,7 +80,10 @@ pub fn run(env: &Env) -> Result<Section> {
          (a web server's mix: accepts from many clients, 10% IPv6, outbound connects, closes \
          matching them, DNS over UDP, listeners, closes of flows older than netmon). \
          criterion with the thread's CPU time as its clock (`CLOCK_THREAD_CPUTIME_ID`), so \
-         that other work on this shared machine does not count; medians of 100 samples.\n"
+         that other work on this shared machine does not count; medians of 100 samples. \
+         Instructions per event come from running each benchmark's body under \
+         `valgrind --tool=cachegrind` (`NETMON_PIPELINE_PASS`): exact and repeatable, so \
+         they are what to compare before and after a change.\n"
     );
     md.push_str(&t.render());
     if let Some(rate) = pipeline_rate {
@@ -95,6 +107,78 @@ pub fn run(env: &Env) -> Result<Section> {
         id: "pipeline",
         markdown: md,
     })
+}
+
+/// Instructions per event of each benchmark body, counted by cachegrind (empty when
+/// valgrind is not installed): a pass over the stream minus the `setup` pass.
+fn instructions_per_event(env: &Env) -> Result<Vec<(String, f64)>> {
+    if !exec::on_path("valgrind") {
+        eprintln!("bench pipeline: valgrind not found, no instruction counts");
+        return Ok(Vec::new());
+    }
+    let exe = bench_executable(env)?;
+    let count = |pass: &str| -> Result<(u64, u64)> {
+        let out = exec::capture(
+            Command::new("valgrind")
+                .args([
+                    "--tool=cachegrind",
+                    "--cache-sim=no",
+                    "--cachegrind-out-file=/dev/null",
+                ])
+                .arg(&exe)
+                .env("NETMON_PIPELINE_PASS", pass),
+        )?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let refs = stderr
+            .lines()
+            .find_map(|l| {
+                l.split_once("I refs:")
+                    .or_else(|| l.split_once("I   refs:"))
+            })
+            .map(|(_, n)| n.trim().replace(',', ""))
+            .and_then(|n| n.parse::<u64>().ok())
+            .with_context(|| format!("no instruction count from cachegrind: {stderr}"))?;
+        // "N events per pass, P passes"
+        let words: Vec<&str> = stdout.split_whitespace().collect();
+        let events = words.first().and_then(|n| n.parse::<u64>().ok());
+        let passes = words.get(4).and_then(|n| n.parse::<u64>().ok());
+        let per_run = events.zip(passes).map(|(e, p)| e * p);
+        Ok((refs, per_run.context("the pass printed no event count")?))
+    };
+    let (setup, _) = count("setup")?;
+    let mut out = Vec::new();
+    for (id, _) in BENCHES {
+        let (refs, events) = count(id)?;
+        out.push((
+            id.to_string(),
+            refs.saturating_sub(setup) as f64 / events as f64,
+        ));
+    }
+    Ok(out)
+}
+
+/// The pipeline benchmark's executable, from cargo's JSON messages.
+fn bench_executable(env: &Env) -> Result<std::path::PathBuf> {
+    let messages = exec::output(
+        Command::new("cargo")
+            .args([
+                "bench",
+                "-p",
+                "netmon",
+                "--bench",
+                "pipeline",
+                "--no-run",
+                "--message-format=json",
+            ])
+            .current_dir(&env.root),
+    )?;
+    messages
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["target"]["name"] == "pipeline")
+        .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
+        .context("cargo named no executable for the pipeline benchmark")
 }
 
 /// Elements per iteration and the median time per iteration (ns) of one benchmark.

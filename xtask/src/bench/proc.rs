@@ -44,18 +44,20 @@ pub fn status_kib(status: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Sum of `recursion_misses` over the BPF programs the process holds (fdinfo, 5.12+):
-/// how often the kernel skipped one of its tracing programs because a BPF program was
-/// already running on that CPU (a softirq interrupting the same tracepoint program).
-/// Such invocations produce no event and no `lost` count.
+/// Sum of `recursion_misses` over the BPF programs the process holds (fdinfo, 5.12+),
+/// each program once however many fds refer to it: how often the kernel skipped one of
+/// its tracing programs because a BPF program was already running on that CPU (a
+/// softirq interrupting the same tracepoint program). Such runs produce no event and no
+/// `lost` count.
 pub fn recursion_misses(pid: u32) -> u64 {
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return 0;
-    };
-    dir.flatten()
-        .filter_map(|e| fs::read_to_string(e.path()).ok())
-        .map(|text| fdinfo_value(&text, "recursion_misses:").unwrap_or(0))
-        .sum()
+    programs(pid).iter().map(|p| p.recursion_misses).sum()
+}
+
+/// Peak resident set size (`VmHWM`) in KiB.
+pub fn peak_rss_kib(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    status_kib(&text, "VmHWM:").with_context(|| format!("no VmHWM in {path}"))
 }
 
 fn fdinfo_value(fdinfo: &str, key: &str) -> Option<u64> {
@@ -73,6 +75,7 @@ pub struct ProgCounters {
     pub prog_type: u32,
     pub run_cnt: u64,
     pub run_time_ns: u64,
+    pub recursion_misses: u64,
 }
 
 /// The BPF programs a process holds, one entry per program id.
@@ -89,6 +92,7 @@ pub fn programs(pid: u32) -> Vec<ProgCounters> {
                 prog_type: fdinfo_value(&text, "prog_type:")? as u32,
                 run_cnt: fdinfo_value(&text, "run_cnt:").unwrap_or(0),
                 run_time_ns: fdinfo_value(&text, "run_time_ns:").unwrap_or(0),
+                recursion_misses: fdinfo_value(&text, "recursion_misses:").unwrap_or(0),
             })
         })
         .collect();

@@ -118,6 +118,10 @@ impl Tracer {
         proc::recursion_misses(self.pid())
     }
 
+    pub fn peak_rss_kib(&self) -> Result<u64> {
+        proc::peak_rss_kib(self.pid())
+    }
+
     /// SIGSTOP / SIGCONT: a consumer that stops reading for a while.
     pub fn pause(&self, paused: bool) {
         let sig = if paused { libc::SIGSTOP } else { libc::SIGCONT };
@@ -157,13 +161,12 @@ impl Tracer {
     }
 }
 
-/// CPU time and peak RSS of a process that exited.
+/// CPU time of a process that exited. (Not `ru_maxrss`: it also counts the memory of
+/// the forked xtask before `exec`; `Tracer::peak_rss_kib` reads `VmHWM` instead.)
 #[derive(Clone, Copy, Debug)]
 pub struct Usage {
     /// User + system time, all threads.
     pub cpu: Duration,
-    /// `ru_maxrss`: the peak resident set size (VmHWM), KiB.
-    pub max_rss_kib: u64,
 }
 
 /// `wait4(WNOHANG)`: the exit status and usage of our child once it has exited.
@@ -183,7 +186,6 @@ fn try_wait4(pid: u32) -> Result<Option<(i32, Usage)>> {
         status,
         Usage {
             cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
-            max_rss_kib: ru.ru_maxrss as u64,
         },
     )))
 }
