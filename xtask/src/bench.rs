@@ -86,6 +86,10 @@ pub struct BenchArgs {
     /// (netmon, bpftrace of other users) to finish: they receive the storm's events too.
     #[arg(long, default_value_t = 60)]
     pub quiet_wait_s: u64,
+    /// Run netmon under `nice -n N` (e.g. -10: a larger CPU share than the storm's
+    /// threads); netmon's own scheduling priority otherwise.
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub netmon_nice: Option<i32>,
     /// Use this netmon binary instead of building the release one.
     #[arg(long, value_name = "PATH")]
     pub netmon: Option<PathBuf>,
@@ -98,6 +102,8 @@ pub struct BenchArgs {
 pub struct Env {
     pub root: PathBuf,
     pub netmon: PathBuf,
+    /// `nice -n` for netmon, when asked.
+    pub netmon_nice: Option<i32>,
     pub storm: PathBuf,
     /// `target/bench`: tracer outputs and the bpftrace script.
     pub work: PathBuf,
@@ -112,6 +118,13 @@ impl Env {
     /// The workspace root with a trailing slash, to shorten paths in the report.
     pub fn root_prefix(&self) -> String {
         format!("{}/", self.root.display())
+    }
+
+    /// `nice -n N ` before netmon's command line in the report, when used.
+    pub fn nice_prefix(&self) -> String {
+        self.netmon_nice
+            .map(|n| format!("nice -n {n} "))
+            .unwrap_or_default()
     }
 }
 
@@ -206,6 +219,7 @@ fn prepare(args: &BenchArgs, live: bool) -> Result<Env> {
     Ok(Env {
         root,
         netmon,
+        netmon_nice: args.netmon_nice,
         storm,
         work,
         bpftrace_script,

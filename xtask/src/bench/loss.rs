@@ -92,7 +92,7 @@ pub fn run(env: &Env, args: &LossArgs) -> Result<Section> {
 
 fn one(env: &Env, args: &LossArgs) -> Result<Run> {
     let output = env.work.join("loss-netmon.json");
-    let tracer = Tracer::netmon(&env.netmon, &output, &flags(args))?;
+    let tracer = Tracer::netmon(&env.netmon, env.netmon_nice, &output, &flags(args))?;
     let running = storm::spawn(&env.storm, &args.storm)?;
     if !args.pause.is_zero() {
         let storm_time = Duration::from_millis(args.storm.duration_ms);
@@ -213,7 +213,8 @@ fn render(env: &Env, args: &LossArgs, runs: &[Run], load_before: &str) -> String
     let _ = writeln!(md, "# each run:");
     let _ = writeln!(
         md,
-        "target/release/netmon {} &",
+        "{}target/release/netmon {} &",
+        env.nice_prefix(),
         tracer::netmon_args(&env.work.join("loss-netmon.json"), &flags(args))
             .join(" ")
             .replace(&env.root_prefix(), "")

@@ -145,7 +145,10 @@ fn kernel_cost(env: &Env, args: &OverheadArgs, kind: tracer::Kind) -> Result<Cos
     let (t, output) = match kind {
         tracer::Kind::Netmon => {
             let out = env.work.join("diag-netmon.json");
-            (Tracer::netmon(&env.netmon, &out, &args.netmon_flags)?, out)
+            (
+                Tracer::netmon(&env.netmon, env.netmon_nice, &out, &args.netmon_flags)?,
+                out,
+            )
         }
         tracer::Kind::Bpftrace => {
             let out = env.work.join("diag-bpftrace.txt");
@@ -253,6 +256,7 @@ fn one(env: &Env, args: &OverheadArgs, round: u32, mode: Mode) -> Result<Run> {
         Mode::Bare => None,
         Mode::Netmon => Some(Tracer::netmon(
             &env.netmon,
+            env.netmon_nice,
             &env.work.join("overhead-netmon.json"),
             &args.netmon_flags,
         )?),
@@ -521,7 +525,8 @@ fn render(env: &Env, args: &OverheadArgs, runs: &[Run], load_before: &str) -> St
     let _ = writeln!(md, "{}", args.storm.command_line());
     let _ = writeln!(
         md,
-        "target/release/netmon {}",
+        "{}target/release/netmon {}",
+        env.nice_prefix(),
         tracer::netmon_args(&env.work.join("overhead-netmon.json"), &args.netmon_flags)
             .join(" ")
             .replace(&env.root_prefix(), "")

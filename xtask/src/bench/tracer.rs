@@ -53,9 +53,22 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// `netmon run --output OUTPUT EXTRA…`, once its `probe` line is written.
-    pub fn netmon(bin: &Path, output: &Path, extra: &[String]) -> Result<Tracer> {
-        let mut cmd = Command::new(bin);
+    /// `netmon run --output OUTPUT EXTRA…` (under `nice -n NICE` when given), once its
+    /// `probe` line is written.
+    pub fn netmon(
+        bin: &Path,
+        nice: Option<i32>,
+        output: &Path,
+        extra: &[String],
+    ) -> Result<Tracer> {
+        let mut cmd = match nice {
+            Some(n) => {
+                let mut c = Command::new("nice");
+                c.args(["-n", &n.to_string()]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.args(netmon_args(output, extra));
         Tracer::start(cmd, Kind::Netmon, output, "\"type\":\"probe\"")
     }
