@@ -52,9 +52,14 @@ impl Run {
         self.gap() == self.lost as i64 && self.by_type.iter().all(|(_, g, l)| *g == *l as i64)
     }
 
-    /// The gap equals `lost` plus the tracepoint runs the kernel skipped.
+    /// Events neither received nor counted as lost.
+    fn unaccounted(&self) -> i64 {
+        self.gap() - self.lost as i64
+    }
+
+    /// Every unaccounted event can be one of the tracepoint runs the kernel skipped.
     fn explained_by_misses(&self) -> bool {
-        self.gap() == (self.lost + self.recursion_misses) as i64
+        (0..=self.recursion_misses as i64).contains(&self.unaccounted())
     }
 }
 
@@ -140,8 +145,9 @@ fn render(env: &Env, args: &LossArgs, runs: &[Run], load_before: &str) -> String
         "equal",
         "per type: gap / lost",
         "other processes' events received",
+        "unaccounted (gap − lost)",
         "tracepoint runs skipped (`recursion_misses`)",
-        "gap = lost + skipped",
+        "unaccounted ≤ skipped",
         "other tracers running",
     ]);
     for (i, r) in runs.iter().enumerate() {
@@ -160,6 +166,7 @@ fn render(env: &Env, args: &LossArgs, runs: &[Run], load_before: &str) -> String
             if r.exact() { "yes" } else { "**no**" }.to_string(),
             per_type,
             thousands(r.other),
+            r.unaccounted().to_string(),
             thousands(r.recursion_misses),
             if r.explained_by_misses() { "yes" } else { "no" }.to_string(),
             r.foreign.to_string(),
@@ -195,11 +202,12 @@ fn render(env: &Env, args: &LossArgs, runs: &[Run], load_before: &str) -> String
     let explained = runs.iter().filter(|r| r.explained_by_misses()).count();
     let _ = writeln!(
         md,
-        "\nThe gap equals `lost` plus the runs of netmon's tracepoint program that the kernel \
-         skipped (`recursion_misses` in the program's fdinfo: a softirq hit the CPU while a \
-         BPF tracing program was running there, so the nested run was dropped before it \
-         started) in {explained} of {} runs. netmon's `stats` do not report those skipped runs \
-         yet.",
+        "\nEvents neither received nor counted in `lost` are no more than the runs of \
+         netmon's tracepoint program that the kernel skipped in {explained} of {} runs \
+         (`recursion_misses` in the program's fdinfo: a softirq reached the CPU while a BPF \
+         tracing program was running there, so the kernel dropped the nested run before it \
+         started; a skipped run loses the event that transition would have made, if any). \
+         netmon's `stats` do not report skipped runs yet.",
         runs.len()
     );
     if runs.iter().any(|r| !r.exact_storm) {
