@@ -121,8 +121,15 @@ pub fn run(env: &Env, args: &OverheadArgs) -> Result<Section> {
         proc::wait_for_quiet(args.quiet_wait);
         costs.push(kernel_cost(env, args, kind)?);
     }
+    let bare_cpu_us = median(
+        &runs
+            .iter()
+            .filter(|r| r.mode == Mode::Bare)
+            .map(|r| r.storm.cpu_us_per_connection())
+            .collect::<Vec<_>>(),
+    );
     let mut md = render(env, args, &runs, &load);
-    md.push_str(&render_costs(&costs));
+    md.push_str(&render_costs(&costs, bare_cpu_us));
     Ok(Section {
         id: "overhead",
         markdown: md,
@@ -190,7 +197,28 @@ fn kernel_cost(env: &Env, args: &OverheadArgs, kind: tracer::Kind) -> Result<Cos
     })
 }
 
-fn render_costs(costs: &[Cost]) -> String {
+impl Cost {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            tracer::Kind::Netmon => "netmon",
+            tracer::Kind::Bpftrace => "bpftrace",
+        }
+    }
+
+    /// In-kernel µs per TCP connection, all programs.
+    fn kernel_us(&self) -> f64 {
+        let ns: u64 = self.programs.iter().map(|(_, _, ns)| ns).sum();
+        ns as f64 / 1e3 / self.connections.max(1) as f64
+    }
+
+    /// The tracer process's µs per TCP connection.
+    fn user_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.connections.max(1) as f64
+    }
+}
+
+/// `bare_cpu_us`: the storm's CPU per TCP connection with nothing attached (median).
+fn render_costs(costs: &[Cost], bare_cpu_us: f64) -> String {
     let mut t = Table::new(&[
         "tracer",
         "side",
@@ -200,10 +228,7 @@ fn render_costs(costs: &[Cost]) -> String {
     ]);
     for c in costs {
         let conns = c.connections.max(1) as f64;
-        let name = match c.kind {
-            tracer::Kind::Netmon => "netmon",
-            tracer::Kind::Bpftrace => "bpftrace",
-        };
+        let name = c.name();
         let mut total_ns = 0;
         for (prog, runs, ns) in &c.programs {
             if *runs == 0 {
@@ -248,6 +273,32 @@ fn render_costs(costs: &[Cost]) -> String {
          events; bpftrace prints 2 lines).\n"
     );
     md.push_str(&t.render());
+    let _ = writeln!(
+        md,
+        "\nWith nothing attached the storm spends {bare_cpu_us:.1} µs of CPU per TCP \
+         connection (median above). The storm keeps both CPUs busy, so a tracer that adds \
+         `k` µs in the kernel and `u` µs in its own process per connection leaves it at most \
+         about 1 / (1 + (k + u) / {bare_cpu_us:.1}) of its throughput:\n"
+    );
+    for c in costs {
+        let extra = c.kernel_us() + c.user_us();
+        let _ = writeln!(
+            md,
+            "- {}: {:.1} + {:.1} µs = {:.0}% more CPU per connection → at most ~{:.0}% of the \
+             throughput;",
+            c.name(),
+            c.kernel_us(),
+            c.user_us(),
+            100.0 * extra / bare_cpu_us,
+            100.0 / (1.0 + extra / bare_cpu_us)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "- keeping 97% needs a tracer's whole cost under {:.1} µs per connection here \
+         (3% of {bare_cpu_us:.1}).",
+        bare_cpu_us * 0.03 / 0.97
+    );
     md
 }
 
