@@ -1,0 +1,234 @@
+//! `cargo xtask bench [overhead|loss|pipeline|all]`: what netmon costs, measured on
+//! this machine, written as markdown to stdout and into `docs/benchmarks.md`.
+//!
+//! - `overhead` ([`overhead`]): a bounded loopback connection storm (the load generator
+//!   `netmon-storm`, in a network namespace of its own) with nothing attached, with
+//!   `netmon run`, and with a bpftrace peer, interleaved; throughput, CPU per event,
+//!   peak RSS, events generated vs received.
+//! - `loss` ([`loss`]): the storm against a small ring buffer and a stalled consumer;
+//!   `stats.lost` must equal generated − received.
+//! - `pipeline` ([`pipeline`]): decode → stages → JSON in-process (criterion).
+//! - `scan`: the scanner's side-by-side with nmap lives in `bench_scan.rs` and joins
+//!   here as one more [`Which`] writing the `scan` section of the document.
+//!
+//! Root is needed for `overhead` and `loss` (netmon loads programs; the storm creates a
+//! network namespace). Every storm is bounded in time and count and stays on loopback.
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, ValueEnum};
+
+use crate::{build, exec, setup};
+
+mod loss;
+mod overhead;
+mod pipeline;
+mod proc;
+mod report;
+mod storm;
+mod tracer;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Which {
+    /// Tracing overhead: nothing vs netmon vs bpftrace under a connection storm.
+    Overhead,
+    /// Loss under pressure: small ring buffer, stalled consumer, exact `lost`.
+    Loss,
+    /// Userspace pipeline throughput on one core (criterion).
+    Pipeline,
+    // Scan: the scanner's benchmark (bench_scan.rs) goes here, writing section "scan".
+    /// All of the above, in order.
+    All,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Which benchmark to run.
+    #[arg(value_enum, default_value = "all")]
+    pub which: Which,
+    /// Overhead: rounds (each runs nothing / netmon / bpftrace once, in that order).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub rounds: u32,
+    /// Length of each storm, in milliseconds.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(500..=60_000))]
+    pub duration_ms: u64,
+    /// Storm: parallel TCP client threads.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub clients: u32,
+    /// Storm: TCP listeners (one accepting thread each).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub listeners: u32,
+    /// Storm: distinct UDP destination ports (0 turns the UDP sender off).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=20_000))]
+    pub udp_ports: u32,
+    /// Storm: hard cap on TCP connections per run.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub max_connections: u64,
+    /// Storm: hard cap on UDP datagrams per run.
+    #[arg(long, default_value_t = 50_000_000)]
+    pub max_datagrams: u64,
+    /// Overhead: netmon's ring buffer in KiB (netmon's default when not given).
+    #[arg(long)]
+    pub ring_buffer_kib: Option<u32>,
+    /// Loss: netmon's ring buffer in KiB.
+    #[arg(long, default_value_t = 4)]
+    pub loss_ring_buffer_kib: u32,
+    /// Loss: number of runs.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub loss_runs: u32,
+    /// Loss: stop netmon (SIGSTOP) this many milliseconds in the middle of each storm; 0 never.
+    #[arg(long, default_value_t = 500)]
+    pub loss_pause_ms: u64,
+    /// Before each storm, wait up to this many seconds for other tracers on the machine
+    /// (netmon, bpftrace of other users) to finish: they receive the storm's events too.
+    #[arg(long, default_value_t = 60)]
+    pub quiet_wait_s: u64,
+    /// Run netmon under `nice -n N` (e.g. -10: a larger CPU share than the storm's
+    /// threads); netmon's own scheduling priority otherwise.
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub netmon_nice: Option<i32>,
+    /// Use this netmon binary instead of building the release one.
+    #[arg(long, value_name = "PATH")]
+    pub netmon: Option<PathBuf>,
+    /// Print the report only; leave docs/benchmarks.md as it is.
+    #[arg(long)]
+    pub no_doc: bool,
+}
+
+/// What every sub-benchmark needs: binaries, a scratch directory, the report context.
+pub struct Env {
+    pub root: PathBuf,
+    pub netmon: PathBuf,
+    /// `nice -n` for netmon, when asked.
+    pub netmon_nice: Option<i32>,
+    pub storm: PathBuf,
+    /// `target/bench`: tracer outputs and the bpftrace script.
+    pub work: PathBuf,
+    pub bpftrace_script: PathBuf,
+    pub bpftrace_version: String,
+    pub machine: String,
+    /// How this run was started, for the report.
+    pub command_line: String,
+}
+
+impl Env {
+    /// The workspace root with a trailing slash, to shorten paths in the report.
+    pub fn root_prefix(&self) -> String {
+        format!("{}/", self.root.display())
+    }
+
+    /// `nice -n N ` before netmon's command line in the report, when used.
+    pub fn nice_prefix(&self) -> String {
+        self.netmon_nice
+            .map(|n| format!("nice -n {n} "))
+            .unwrap_or_default()
+    }
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    let live = matches!(args.which, Which::Overhead | Which::Loss | Which::All);
+    // SAFETY: no preconditions.
+    if live && unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "`bench overhead` and `bench loss` need root (netmon loads eBPF programs, the \
+             storm creates a network namespace); `bench pipeline` does not"
+        );
+    }
+    setup::setup()?;
+    let env = prepare(&args, live)?;
+    let storm_cfg = storm::StormConfig {
+        duration_ms: args.duration_ms,
+        clients: args.clients,
+        listeners: args.listeners,
+        udp_ports: args.udp_ports,
+        max_connections: args.max_connections,
+        max_datagrams: args.max_datagrams,
+    };
+    let doc = env.root.join("docs/benchmarks.md");
+    let emit = |section: report::Section| -> Result<()> {
+        println!("{}", section.markdown);
+        if !args.no_doc {
+            report::write_doc(&doc, &[section])?;
+            eprintln!("bench: wrote {}", doc.display());
+        }
+        Ok(())
+    };
+    let all = args.which == Which::All;
+    if all || args.which == Which::Overhead {
+        emit(overhead::run(
+            &env,
+            &overhead::OverheadArgs {
+                rounds: args.rounds,
+                storm: storm_cfg.clone(),
+                netmon_flags: args
+                    .ring_buffer_kib
+                    .map(|k| vec!["--ring-buffer-kib".to_string(), k.to_string()])
+                    .unwrap_or_default(),
+                pause: Duration::from_secs(1),
+                quiet_wait: Duration::from_secs(args.quiet_wait_s),
+            },
+        )?)?;
+    }
+    if all || args.which == Which::Loss {
+        emit(loss::run(
+            &env,
+            &loss::LossArgs {
+                runs: args.loss_runs,
+                storm: storm_cfg.clone(),
+                ring_buffer_kib: args.loss_ring_buffer_kib,
+                pause: Duration::from_millis(args.loss_pause_ms),
+                quiet_wait: Duration::from_secs(args.quiet_wait_s),
+            },
+        )?)?;
+    }
+    if all || args.which == Which::Pipeline {
+        emit(pipeline::run(&env)?)?;
+    }
+    Ok(())
+}
+
+fn prepare(args: &BenchArgs, live: bool) -> Result<Env> {
+    let root = build::workspace_root();
+    let work = root.join("target/bench");
+    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    let (netmon, storm) = if live {
+        let netmon = match &args.netmon {
+            Some(p) => p.clone(),
+            None => build::netmon_binary()?,
+        };
+        (netmon, storm::build()?)
+    } else {
+        (PathBuf::new(), PathBuf::new())
+    };
+    let bpftrace_script = work.join("peer.bt");
+    let mut bpftrace_version = String::new();
+    if live && matches!(args.which, Which::Overhead | Which::All) {
+        if !exec::on_path("bpftrace") {
+            setup::ensure_debian_packages(&["bpftrace"])?;
+        }
+        bpftrace_version = report::tool_version("bpftrace");
+        write(&bpftrace_script, tracer::BPFTRACE_SCRIPT)?;
+    }
+    let command_line = format!(
+        "cargo xtask {}",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    );
+    Ok(Env {
+        root,
+        netmon,
+        netmon_nice: args.netmon_nice,
+        storm,
+        work,
+        bpftrace_script,
+        bpftrace_version,
+        machine: report::machine(),
+        command_line,
+    })
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
