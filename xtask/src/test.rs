@@ -69,6 +69,16 @@ pub fn test(args: TestArgs) -> Result<()> {
     } else {
         steps.push(("integration (VMs)", vm::run(&vm::VmArgs::default())));
     }
+    // cargo-fuzz over the DNS parser and the config parser, bounded in time.
+    steps.push((
+        "fuzz (DNS, config; 20 s each)",
+        exec::run(
+            Command::new("bash")
+                .arg(root.join("fuzz/run"))
+                .arg("20")
+                .current_dir(&root),
+        ),
+    ));
     let failed: Vec<&str> = steps
         .iter()
         .filter(|(_, r)| r.is_err())
