@@ -512,6 +512,14 @@ impl Peer {
             .expect("testpeer printed nothing within 30 s")
     }
 
+    /// The port from the `port N` line a `tcp-server` peer prints once it listens.
+    pub fn port(&self) -> u16 {
+        let line = self.line();
+        line.strip_prefix("port ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("testpeer printed {line:?}, not `port N`"))
+    }
+
     pub fn wait(mut self) -> std::process::ExitStatus {
         self.child.wait().expect("wait testpeer")
     }

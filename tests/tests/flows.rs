@@ -171,12 +171,7 @@ fn snapshot_matches_ss_socket_for_socket_and_process_for_process() {
     uc.connect(u4.local_addr().unwrap()).unwrap();
     // A listener and an accepted connection held by another process.
     let server = Peer::spawn(&["tcp-server", "127.0.0.1:0", "0"]);
-    let port: u16 = server
-        .line()
-        .strip_prefix("port ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port: u16 = server.port();
     let cp = TcpStream::connect(("127.0.0.1", port)).unwrap();
     std::thread::sleep(Duration::from_millis(200)); // let the peer accept
 
@@ -228,12 +223,7 @@ fn snapshot_all_netns_finds_sockets_of_other_namespaces_with_their_processes() {
     // A listener in a namespace of its own, held by another process...
     let ns = NetNs::new();
     let server = Peer::spawn(&["tcp-server", "127.0.0.1:0", "0"]);
-    let port: u16 = server
-        .line()
-        .strip_prefix("port ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port: u16 = server.port();
     let inode = ns.inode;
     drop(ns);
     // ...seen from this thread's namespace (another one, the test's own).
@@ -357,12 +347,7 @@ fn a_connection_open_before_netmon_is_seen_as_existing_and_its_close_is_attribut
     require_root!();
     let ns = NetNs::new();
     let server = Peer::spawn(&["tcp-server", "127.0.0.1:0", "5000"]);
-    let port: u16 = server
-        .line()
-        .strip_prefix("port ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port: u16 = server.port();
     let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let local = conn.local_addr().unwrap().port();
     std::thread::sleep(Duration::from_millis(200));
@@ -443,12 +428,7 @@ fn accepts_on_a_port_listening_before_netmon_are_attributed_to_its_owner() {
     require_root!();
     let ns = NetNs::new();
     let server = Peer::spawn(&["tcp-server", "127.0.0.1:0", "100"]);
-    let port: u16 = server
-        .line()
-        .strip_prefix("port ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port: u16 = server.port();
     let mut netmon = Netmon::start(&[]);
     let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
     conn.shutdown(Shutdown::Write).unwrap();
@@ -492,12 +472,7 @@ fn ten_megabytes_over_loopback_are_counted_exactly_with_summaries_on_the_way() {
     let ns = NetNs::new();
     let mut netmon = Netmon::start(&["--flow-interval", "1"]);
     let server = Peer::spawn(&["tcp-server", "127.0.0.1:0", "0"]);
-    let port: u16 = server
-        .line()
-        .strip_prefix("port ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port: u16 = server.port();
     let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let local = conn.local_addr().unwrap().port();
     const TOTAL: usize = 10_000_000;
@@ -623,12 +598,7 @@ fn connection_events_carry_process_context() {
     let _ns = NetNs::new();
     let mut netmon = Netmon::start(&[]);
     let server = Peer::spawn(&["tcp-server", "127.0.0.1:0", "10"]);
-    let port: u16 = server
-        .line()
-        .strip_prefix("port ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port: u16 = server.port();
     // Both ends stay alive until their events are read: a process that is gone before
     // netmon looks at /proc keeps only the kernel's fields (checked in unit tests).
     let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();

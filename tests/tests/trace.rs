@@ -20,12 +20,7 @@ fn tcp_round_trip(listen: &str, connect_ip: &str, family: Family) {
     let ns = NetNs::new();
     let mut netmon = Netmon::start(&[]);
     let server = Peer::spawn(&["tcp-server", listen, "100000"]);
-    let port: u16 = server
-        .line()
-        .strip_prefix("port ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port: u16 = server.port();
     let dst: SocketAddr = SocketAddr::new(connect_ip.parse().unwrap(), port);
 
     let mut conn = TcpStream::connect(dst).unwrap();
@@ -233,12 +228,7 @@ fn stats_lines_count_events_and_losses() {
     let _ns = NetNs::new();
     let mut netmon = Netmon::start(&["--stats-interval", "1"]);
     let server = Peer::spawn(&["tcp-server", "127.0.0.1:0", "10"]);
-    let port: u16 = server
-        .line()
-        .strip_prefix("port ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port: u16 = server.port();
     let client = Peer::spawn(&["tcp-client", &format!("127.0.0.1:{port}"), "10"]);
     assert!(client.wait().success());
     let stats = netmon.wait_for(WAIT, |e| {
@@ -320,12 +310,7 @@ fn json_lines_follow_the_contract() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let server = Peer::spawn(&["tcp-server", "127.0.0.1:0", "1"]);
-    let port: u16 = server
-        .line()
-        .strip_prefix("port ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port: u16 = server.port();
     assert!(
         Peer::spawn(&["tcp-client", &format!("127.0.0.1:{port}"), "1"])
             .wait()
