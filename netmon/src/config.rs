@@ -142,6 +142,15 @@ impl Config {
     /// Checks what types alone cannot: returns the dotted key and the problem.
     fn validate(&self) -> Result<(), (String, String)> {
         self.rules.validate()?;
+        // `[scan]` is checked here too, so a bad section fails with its file and line
+        // (in `netmon rules check` as well) before anything is attached.
+        if let Err(e) = self.scan.validate() {
+            let text = e.to_string();
+            return Err(match text.split_once(": ") {
+                Some((key, why)) if key.starts_with("scan.") => (key.to_owned(), why.to_owned()),
+                _ => ("scan".to_owned(), text),
+            });
+        }
         for (i, p) in self.dns.ports.iter().enumerate() {
             if *p == 0 {
                 return Err((format!("dns.ports[{i}]"), "port 0 is not a port".into()));
@@ -308,6 +317,17 @@ allow = ["10.0.0.0/24"]
         assert!(!c.rules.unusual_listeners.enabled);
         assert_eq!(c.rules.custom.len(), 1);
         assert_eq!(c.dns.all_ports(), vec![53, 5353]);
+    }
+
+    #[test]
+    fn a_scan_network_outside_allow_names_its_key_and_line() {
+        let e = err("[scan]\nallow = [\"10.0.0.0/24\"]\nnetworks = [\"10.0.1.0/24\"]\n");
+        assert_eq!(e.key, "scan.networks");
+        assert_eq!(e.line, Some(3));
+        assert!(e.message.contains("outside scan.allow"), "{e}");
+        let e = err("[scan]\nallow = [\"10.0.0.0/24\"]\nports = \"70000\"\n");
+        assert_eq!(e.key, "scan.ports");
+        assert_eq!(e.line, Some(3));
     }
 
     #[test]

@@ -330,6 +330,9 @@ pub struct Stats {
     /// Detection rule counters, when rules are enabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<RuleStats>,
+    /// The scanner's counters, when `[scan]` allows a network (see `scan/monitor.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<crate::scan::monitor::MonitorCounters>,
 }
 
 /// `stats.flows`.

@@ -23,6 +23,7 @@ use netmon::{
     event::{Event, EventBody},
     scan::{config::ScanConfig, monitor::Monitor},
 };
+use netmon_tests::{ConfigFile, Netmon};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -696,6 +697,168 @@ fn monitor_reports_closed_ports_and_hosts_that_go_away() {
     let a_rec = recs.iter().find(|r| r["addr"] == a.to_string()).unwrap();
     assert_eq!(a_rec["ports"]["8000/tcp"]["state"], "closed");
     assert_eq!(a_rec["ports"]["22/tcp"]["service"], "ssh");
+}
+
+/// The user's path: `netmon run --config` with a `[scan]` section. The peers that the
+/// flows of this machine reveal are discovered and scanned when inside `scan.allow`
+/// (and only those), and the inventory's changes come out on the event stream.
+#[test]
+fn netmon_run_scans_the_peers_its_flows_reveal_and_streams_the_changes() {
+    require_lab!();
+    let mut lab = Lab::new(17, 2);
+    let http = lab.http(0, 8000);
+    lab.banner(0, 22, "SSH-2.0-OpenSSH_9.2p1 Debian-2");
+    lab.banner(1, 22, "SSH-2.0-OpenSSH_9.2p1 Debian-2");
+    let (a, b) = (lab.addr(0), lab.addr(1));
+    let state_file = lab.dir.join("hosts.json");
+    // Only host 0 may be scanned; no networks are swept, so only flows reveal hosts.
+    let config = ConfigFile::new(&format!(
+        r#"
+[scan]
+allow = ["{a}/32"]
+discovery_interval = "2s"
+port_scan_interval = "1s"
+ping_interval = "1s"
+rate_pps = 2000
+ports = "22,80,8000"
+timeout = "400ms"
+down_after = 1
+reverse_dns = false
+state_file = "{}"
+"#,
+        state_file.display()
+    ));
+    let mut netmon = lab.in_scanner(|| Netmon::start(&["--config", &config.arg()]));
+    let change_of = |e: &Event, kind: &str, addr: &str, port: Option<u16>| -> bool {
+        if e.body.type_name() != kind {
+            return false;
+        }
+        let v = serde_json::to_value(e).unwrap();
+        v["addr"] == addr && port.is_none_or(|p| v["port"] == p)
+    };
+    let scanned = |e: &Event| {
+        matches!(
+            e.body,
+            EventBody::HostUp(_)
+                | EventBody::HostDown(_)
+                | EventBody::PortOpened(_)
+                | EventBody::PortClosed(_)
+        )
+    };
+
+    // No flow has revealed anything yet: nothing is scanned.
+    netmon.collect_for(Duration::from_secs(3));
+    assert!(
+        !netmon.seen.iter().any(scanned),
+        "scanned before any flow: {:?}",
+        netmon
+            .seen
+            .iter()
+            .filter(|e| scanned(e))
+            .collect::<Vec<_>>()
+    );
+
+    // This machine talks to both hosts; only host 0 is inside scan.allow.
+    lab.in_scanner(|| {
+        for (addr, port) in [(&a, 8000), (&b, 22)] {
+            let ip: IpAddr = addr.parse().unwrap();
+            std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("connect {addr}:{port}: {e}"));
+        }
+    });
+    let wait = Duration::from_secs(20);
+    let up = netmon
+        .wait_for(wait, |e| change_of(e, "host_up", &a, None))
+        .expect("host_up for the allowed peer");
+    let v = serde_json::to_value(&up).unwrap();
+    assert!(v["reason"].is_string(), "{v}");
+    for port in [8000, 22] {
+        let opened = netmon
+            .wait_for(wait, |e| change_of(e, "port_opened", &a, Some(port)))
+            .unwrap_or_else(|| panic!("port_opened {a}:{port}"));
+        if port == 22 {
+            assert_eq!(serde_json::to_value(&opened).unwrap()["service"], "ssh");
+        }
+    }
+
+    // Closing a listener produces port_closed; removing the host produces host_down.
+    lab.stop(http);
+    netmon
+        .wait_for(wait, |e| change_of(e, "port_closed", &a, Some(8000)))
+        .expect("port_closed after the listener stopped");
+    lab.remove_host(0);
+    netmon
+        .wait_for(wait, |e| change_of(e, "host_down", &a, None))
+        .expect("host_down after the host went away");
+
+    let (status, events) = netmon.stop();
+    assert!(status.success(), "{status}");
+    // Host 1 was a peer too, but outside scan.allow: never touched.
+    let about_b: Vec<&Event> = events
+        .iter()
+        .filter(|e| scanned(e) && serde_json::to_value(e).unwrap()["addr"] == b.as_str())
+        .collect();
+    assert!(about_b.is_empty(), "{about_b:?}");
+    let stats = events
+        .iter()
+        .rev()
+        .find_map(|e| match &e.body {
+            EventBody::Stats(s) if s.r#final => Some(s.clone()),
+            _ => None,
+        })
+        .expect("final stats");
+    let scan = stats.scan.expect("stats.scan while scanning is on");
+    assert_eq!((scan.hosts, scan.hosts_up), (1, 0), "{scan:?}");
+    assert!(scan.peers_outside_allow >= 1, "{scan:?}");
+    assert!(scan.port_scans >= 2, "{scan:?}");
+    assert!(stats.events.get("host_up").copied().unwrap_or(0) >= 1);
+
+    // The inventory kept the host that went away.
+    let out = Command::new(netmon_bin())
+        .args([
+            "hosts",
+            "--state",
+            state_file.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recs: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0]["addr"], a.as_str());
+    assert_eq!(recs[0]["state"], "down");
+    assert_eq!(recs[0]["ports"]["8000/tcp"]["state"], "closed");
+}
+
+#[test]
+fn netmon_run_refuses_a_scan_network_outside_allow_before_attaching() {
+    let config =
+        ConfigFile::new("[scan]\nallow = [\"10.200.18.0/24\"]\nnetworks = [\"10.200.19.0/24\"]\n");
+    let out = Command::new(netmon_bin())
+        .args(["run", "--config", &config.arg()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "nothing may be written to stdout");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&config.arg())
+            && err.contains("scan.networks")
+            && err.contains("10.200.19.0/24")
+            && err.contains("outside scan.allow"),
+        "{err}"
+    );
 }
 
 /// Ticks the monitor (when due) until `done` holds for the events of one tick; at most 20 s.

@@ -5,8 +5,9 @@
 //! queue that could drop. The ring buffer is the bounded queue; when userspace falls
 //! behind the kernel counts each event it could not hand over, and `stats` reports it.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     io,
+    net::IpAddr,
     path::PathBuf,
     process::ExitCode,
     time::{Duration, Instant},
@@ -19,6 +20,7 @@ use clap::Args;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
 };
 
 use netmon_common::kind;
@@ -27,12 +29,13 @@ use crate::{
     analysis::Analyzer,
     clock::BootClock,
     decode::{self, kind_name},
-    event::{Event, EventBody, Stats},
+    event::{Direction, Event, EventBody, Stats},
     flow::{FlowConfig, NS_PER_S},
     output::{Format, Sink},
     probe::{BackendChoice, LoadOptions, LossCounters, Tracer},
     process,
     procfs::ProcResolver,
+    scan::monitor::{Monitor, MonitorCounters},
     system,
 };
 
@@ -86,6 +89,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     // Read the configuration and open the output before touching the kernel: a bad
     // file fails with nothing attached.
     let config = args.config.load()?;
+    let monitor = Monitor::new(&config.scan)?;
     let sink = match &args.output {
         Some(path) => Sink::append_to(args.format, path)
             .with_context(|| format!("cannot open --output {} for appending", path.display()))?,
@@ -154,6 +158,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         tracker,
         analyzer: Analyzer::new(&config, Box::new(ProcResolver::default())),
         batch: Vec::new(),
+        scan: None,
     };
     let intervals = Intervals {
         stats: Duration::from_secs(args.stats_interval),
@@ -161,7 +166,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         // Often enough that a UDP flow closes within a quarter of its timeout.
         udp: Duration::from_secs((args.udp_timeout / 4).clamp(1, 15)),
     };
-    let outcome = runtime.block_on(pump.event_loop(ring, probe, intervals));
+    let monitor = monitor.enabled().then_some(monitor);
+    let outcome = runtime.block_on(pump.event_loop(ring, probe, intervals, monitor));
     // `tracer` (and every link it owns) is dropped here: all programs are detached.
     drop(tracer);
     outcome.map(|()| ExitCode::SUCCESS)
@@ -182,6 +188,54 @@ struct Pump {
     batch: Vec<Event>,
     /// Flows and process context (see `tracker.rs`).
     tracker: Tracker,
+    /// The scanner's side of the loop, when `[scan]` allows a network.
+    scan: Option<ScanFeed>,
+}
+
+/// What the event loop keeps of the scanner task: where remote peers go and where its
+/// counters come from. The task's change events arrive on a channel the loop polls.
+struct ScanFeed {
+    peers: mpsc::Sender<IpAddr>,
+    /// Peers already handed over (the monitor ignores repeats anyway; this keeps the
+    /// channel free of them). Cleared when it grows large.
+    sent: HashSet<IpAddr>,
+    counters: watch::Receiver<MonitorCounters>,
+}
+
+/// Peers remembered as handed over before the set is cleared.
+const MAX_SENT_PEERS: usize = 65_536;
+
+impl ScanFeed {
+    /// Hands the event's remote address to the scanner, once. Never blocks: when the
+    /// scanner is busy and its queue full, the peer is offered again with its next flow.
+    fn offer(&mut self, event: &Event) {
+        let Some(ip) = remote_address(event) else {
+            return;
+        };
+        if self.sent.contains(&ip) {
+            return;
+        }
+        if self.sent.len() >= MAX_SENT_PEERS {
+            self.sent.clear();
+        }
+        if self.peers.try_send(ip).is_ok() {
+            self.sent.insert(ip);
+        }
+    }
+}
+
+/// The remote end of a flow event: the peer this machine talked to.
+fn remote_address(event: &Event) -> Option<IpAddr> {
+    match &event.body {
+        EventBody::Connect(c) | EventBody::Udp(c) => Some(c.dst.ip),
+        EventBody::Accept(c) => c.src.as_ref().map(|s| s.ip),
+        EventBody::Flow(f) => Some(if f.conn.direction == Some(Direction::Inbound) {
+            f.conn.src.as_ref()?.ip
+        } else {
+            f.conn.dst.ip
+        }),
+        _ => None,
+    }
 }
 
 /// Timers of the event loop.
@@ -197,6 +251,7 @@ impl Pump {
         ring: RingBuf<MapData>,
         probe: Event,
         intervals: Intervals,
+        monitor: Option<Monitor>,
     ) -> Result<()> {
         let interval = intervals.stats;
         // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as
@@ -206,6 +261,22 @@ impl Pump {
             .context("cannot poll the ring buffer")?;
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        // The scanner runs beside the loop on the same thread; it only awaits sockets
+        // and timers, so the ring buffer is served between its steps.
+        let mut scan_events: Option<mpsc::Receiver<Event>> = None;
+        let mut scan_task = None;
+        if let Some(monitor) = monitor {
+            let (peers, peers_rx) = mpsc::channel(4096);
+            let (events_tx, events_rx) = mpsc::channel(1024);
+            let (counters_tx, counters) = watch::channel(MonitorCounters::default());
+            scan_task = Some(tokio::spawn(monitor.run(peers_rx, events_tx, counters_tx)));
+            scan_events = Some(events_rx);
+            self.scan = Some(ScanFeed {
+                peers,
+                sent: HashSet::new(),
+                counters,
+            });
+        }
         // Sockets that were open before netmon: seeded after attaching, so a flow that
         // begins in between is in both the dump and the ring buffer, and the kernel's
         // report (processed next) wins. Before the probe line, so that whatever
@@ -269,8 +340,29 @@ impl Pump {
                         return Ok(());
                     }
                 }
+                change = next_scan_event(&mut scan_events) => match change {
+                    Some(event) => {
+                        self.batch.push(event);
+                        if !self.write_batch()? {
+                            return Ok(());
+                        }
+                    }
+                    None => {
+                        // The scanner stopped on its own (it only does when it panics).
+                        eprintln!("netmon: warning: the scanner stopped; flows are still monitored");
+                        scan_events = None;
+                    }
+                },
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
+            }
+        }
+        if let Some(task) = scan_task {
+            task.abort();
+        }
+        if let Some(rx) = &mut scan_events {
+            while let Ok(event) = rx.try_recv() {
+                self.batch.push(event);
             }
         }
         // Whatever the kernel handed over before the signal is still written.
@@ -365,6 +457,7 @@ impl Pump {
                 processes: Some(self.tracker.process_stats()),
                 dns: self.analyzer.dns_stats(),
                 rules: self.analyzer.rule_stats(),
+                scan: self.scan.as_ref().map(|s| s.counters.borrow().clone()),
             }),
         };
         self.write(&stats)
@@ -400,11 +493,22 @@ impl Pump {
     }
 
     fn write_unflushed(&mut self, event: &Event) -> Result<bool> {
+        if let Some(scan) = &mut self.scan {
+            scan.offer(event);
+        }
         output_result(self.sink.write(event))
     }
 
     fn flush(&mut self) -> Result<bool> {
         output_result(self.sink.flush())
+    }
+}
+
+/// The scanner's next change event; never ready when there is no scanner.
+async fn next_scan_event(rx: &mut Option<mpsc::Receiver<Event>>) -> Option<Event> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

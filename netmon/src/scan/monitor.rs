@@ -2,13 +2,9 @@
 //! `scan.allow`) and the configured networks are discovered, port-scanned and pinged
 //! on three intervals, and the inventory's change events come out.
 //!
-//! How to wire it (the `netmon run` side):
-//! ```ignore
-//! let mut monitor = Monitor::new(&config.scan)?;            // refuses bad [scan]
-//! // for each flow: monitor.observe_peer(remote_ip);        // cheap, never blocks
-//! // loop: sleep_until(monitor.next_due()); for e in monitor.tick().await { sink.write(&e) }
-//! ```
-//! or hand it the channels with `Monitor::run`. With `scan.allow` empty it is inert.
+//! `netmon run` spawns [`Monitor::run`] beside its event loop, feeds it flow peers
+//! and writes the events it sends back (see `cli/run.rs`); the tests drive
+//! [`Monitor::tick`] directly. With `scan.allow` empty it is inert.
 //!
 //! `Schedule` (pure) decides what is due; it never lets a host be probed more often
 //! than its interval. One `RateLimiter` covers everything the monitor sends.
@@ -22,7 +18,11 @@ use std::{
 };
 
 use chrono::Utc;
-use tokio::{sync::mpsc, time::Instant};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 
 use super::{
     Method, Planned, ScanOptions,
@@ -134,9 +134,13 @@ impl Schedule {
     }
 }
 
-/// Counters for `stats`-style reporting.
-#[derive(Debug, Default, Clone)]
+/// The monitor's counters: `stats.scan` of `netmon run`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MonitorCounters {
+    /// Hosts in the inventory (up or down).
+    pub hosts: u64,
+    /// Of those, hosts up at the last check.
+    pub hosts_up: u64,
     /// Flow peers ignored because they are outside `scan.allow`.
     pub peers_outside_allow: u64,
     /// Peers ignored because the inventory is full (`scan.max_hosts`).
@@ -423,17 +427,46 @@ impl Monitor {
             .collect()
     }
 
-    /// Runs until `peers` closes: takes flow peers, ticks when due, sends events.
-    pub async fn run(mut self, mut peers: mpsc::Receiver<IpAddr>, events: mpsc::Sender<Event>) {
+    /// The counters, with the inventory's current host counts.
+    pub fn counters(&self) -> MonitorCounters {
+        let mut c = self.counters.clone();
+        c.hosts = self.inventory.hosts.len() as u64;
+        c.hosts_up = self
+            .inventory
+            .hosts()
+            .filter(|h| h.state == super::HostState::Up)
+            .count() as u64;
+        c
+    }
+
+    /// Runs until `peers` closes or `events` is dropped: takes flow peers, ticks when
+    /// due, sends the change events, and publishes its counters after each tick.
+    pub async fn run(
+        mut self,
+        mut peers: mpsc::Receiver<IpAddr>,
+        events: mpsc::Sender<Event>,
+        counters: watch::Sender<MonitorCounters>,
+    ) {
+        counters.send_replace(self.counters());
         loop {
             let next = self.next_due();
             tokio::select! {
                 p = peers.recv() => match p {
-                    Some(ip) => { self.observe_peer(ip); }
+                    Some(ip) => {
+                        if !self.observe_peer(ip) {
+                            let c = &self.counters;
+                            counters.send_modify(|p| {
+                                p.peers_outside_allow = c.peers_outside_allow;
+                                p.peers_over_limit = c.peers_over_limit;
+                            });
+                        }
+                    }
                     None => return,
                 },
                 _ = tokio::time::sleep_until(next) => {
-                    for e in self.tick().await {
+                    let changes = self.tick().await;
+                    counters.send_replace(self.counters());
+                    for e in changes {
                         if events.send(e).await.is_err() {
                             return;
                         }
