@@ -27,7 +27,10 @@ pub enum Command {
     /// Trace connections live and stream them as JSON Lines (default) or text.
     ///
     /// Needs root. Stops on SIGINT/SIGTERM, detaching every program and writing a
-    /// final `stats` line.
+    /// final `stats` line. With a `[scan]` section that allows networks (see
+    /// docs/scan.md), also discovers and port-scans the peers that flows reveal inside
+    /// them and writes `host_up`, `host_down`, `port_opened`, `port_closed` and
+    /// `service_changed` events; nothing is scanned otherwise.
     Run(run::RunArgs),
     /// One-shot report of every current TCP/UDP socket and listener with its processes.
     ///
