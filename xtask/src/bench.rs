@@ -8,11 +8,12 @@
 //! - `loss` ([`loss`]): the storm against a small ring buffer and a stalled consumer;
 //!   `stats.lost` must equal generated − received.
 //! - `pipeline` ([`pipeline`]): decode → stages → JSON in-process (criterion).
-//! - `scan`: the scanner's side-by-side with nmap lives in `bench_scan.rs` and joins
-//!   here as one more [`Which`] writing the `scan` section of the document.
+//! - `scan` ([`scan`]): `netmon scan` side by side with nmap (full connect scan, /24
+//!   discovery) in network namespaces it creates.
 //!
-//! Root is needed for `overhead` and `loss` (netmon loads programs; the storm creates a
-//! network namespace). Every storm is bounded in time and count and stays on loopback.
+//! Root is needed for `overhead`, `loss` and `scan` (netmon loads programs; the storm
+//! and the scan lab create network namespaces). Every storm is bounded in time and count
+//! and stays on loopback; every scan stays inside the lab's namespaces.
 use std::{
     path::{Path, PathBuf},
     time::Duration,
@@ -28,6 +29,7 @@ mod overhead;
 mod pipeline;
 mod proc;
 mod report;
+mod scan;
 mod storm;
 mod tracer;
 
@@ -39,7 +41,8 @@ pub enum Which {
     Loss,
     /// Userspace pipeline throughput on one core (criterion).
     Pipeline,
-    // Scan: the scanner's benchmark (bench_scan.rs) goes here, writing section "scan".
+    /// Scanner: `netmon scan` vs nmap, full connect scan and /24 discovery.
+    Scan,
     /// All of the above, in order.
     All,
 }
@@ -49,7 +52,8 @@ pub struct BenchArgs {
     /// Which benchmark to run.
     #[arg(value_enum, default_value = "all")]
     pub which: Which,
-    /// Overhead: rounds (each runs nothing / netmon / bpftrace once, in that order).
+    /// Overhead and scan: rounds (overhead: nothing / netmon / bpftrace once each, in
+    /// that order; scan: netmon and nmap once each per measurement).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub rounds: u32,
     /// Length of each storm, in milliseconds.
@@ -129,12 +133,16 @@ impl Env {
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
-    let live = matches!(args.which, Which::Overhead | Which::Loss | Which::All);
+    let live = matches!(
+        args.which,
+        Which::Overhead | Which::Loss | Which::Scan | Which::All
+    );
     // SAFETY: no preconditions.
     if live && unsafe { libc::geteuid() } != 0 {
         bail!(
-            "`bench overhead` and `bench loss` need root (netmon loads eBPF programs, the \
-             storm creates a network namespace); `bench pipeline` does not"
+            "`bench overhead`, `bench loss` and `bench scan` need root (netmon loads eBPF \
+             programs, the storm and the scan lab create network namespaces); `bench \
+             pipeline` does not"
         );
     }
     setup::setup()?;
@@ -186,6 +194,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     if all || args.which == Which::Pipeline {
         emit(pipeline::run(&env)?)?;
+    }
+    if all || args.which == Which::Scan {
+        let (section, met) = scan::run(&env, args.rounds)?;
+        emit(section)?;
+        if !met {
+            bail!("the scanner missed a performance target (see the table above)");
+        }
     }
     Ok(())
 }

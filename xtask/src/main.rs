@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
-mod bench_scan;
 mod build;
 mod exec;
 mod integration;
@@ -40,12 +39,9 @@ enum Task {
     /// Root integration tests (real sockets, real netmon) on this host or in VMs.
     #[command(subcommand)]
     IntegrationTest(integration::Where),
-    /// Benchmarks (overhead, loss need root): a markdown table on stdout and in
+    /// Benchmarks (overhead, loss, scan need root): a markdown table on stdout and in
     /// docs/benchmarks.md, with the commands and the machine.
     Bench(bench::BenchArgs),
-    /// Scanner benchmark side by side with nmap (root; network namespaces): full TCP
-    /// connect scan of 65535 ports and discovery of a /24. Prints a markdown table.
-    BenchScan(bench_scan::BenchScanArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,7 +53,6 @@ fn main() -> ExitCode {
         Task::Run { args } => setup::setup().and_then(|()| run::run(&args)),
         Task::IntegrationTest(w) => setup::setup().and_then(|()| integration::run(w)),
         Task::Bench(args) => bench::bench(args),
-        Task::BenchScan(args) => bench_scan::bench_scan(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,8 +8,7 @@ use anyhow::{Context as _, Result};
 use super::proc;
 use crate::{build, exec};
 
-/// Sections of `docs/benchmarks.md`, in document order. `scan` is written by the
-/// scanner's benchmark (`bench_scan.rs`) once it is folded into `cargo xtask bench`.
+/// Sections of `docs/benchmarks.md`, in document order.
 pub const SECTION_ORDER: &[&str] = &["overhead", "loss", "pipeline", "scan"];
 
 /// One sub-benchmark's part of the report.
