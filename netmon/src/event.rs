@@ -315,6 +315,14 @@ pub struct Stats {
     pub lost_by_type: BTreeMap<String, u64>,
     /// Records from the kernel that netmon could not decode.
     pub malformed: u64,
+    /// Runs of netmon's programs the kernel skipped (`recursion_misses`: a BPF program
+    /// was already running on that CPU); each may be an event never made, so not in
+    /// `lost`. Absent on kernels that do not count them (before 5.12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_runs: Option<u64>,
+    /// The same per program, programs with none left out.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub skipped_runs_by_program: BTreeMap<String, u64>,
     /// True on the last line netmon writes before it exits.
     #[serde(default, skip_serializing_if = "is_false")]
     pub r#final: bool,

@@ -118,6 +118,9 @@ pub fn render_text(event: &Event, out: &mut String) {
                 "{total} events, {} lost, {} malformed after {:.0} s",
                 s.lost, s.malformed, s.uptime_s
             );
+            if let Some(n) = s.skipped_runs.filter(|&n| n > 0) {
+                let _ = write!(out, " ({n} program runs skipped by the kernel)");
+            }
             for (k, v) in &s.events {
                 let _ = write!(out, " {k}={v}");
             }

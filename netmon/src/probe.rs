@@ -7,14 +7,19 @@
 //! because a kernel's version says little about what it allows (6.18 here refuses
 //! fentry). Every link is owned by the returned [`Tracer`]: dropping it, or the process
 //! exiting for any reason, detaches everything.
-use std::{collections::BTreeSet, fs, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, FEntry, FExit, KProbe,
-        ProgramError, TracePoint,
+        ProgramError, ProgramFd, TracePoint,
     },
 };
 use netmon_common::{KernelConfig, UdpPeerKey, UdpPeerStats, kind, maps};
@@ -533,6 +538,57 @@ impl Tracer {
 }
 
 impl Tracer {
+    /// Handles on every loaded program, for the kernel's count of the runs it skipped.
+    pub fn skipped_runs(&self) -> SkippedRuns {
+        let programs = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, p)| Some((name.to_owned(), p.fd().ok()?.try_clone().ok()?)))
+            .collect();
+        SkippedRuns { programs }
+    }
+}
+
+/// The kernel's `recursion_misses` of netmon's programs: runs it skipped because a BPF
+/// program was already running on that CPU (a softirq interrupting a tracing program,
+/// say). Each may be an event that never reached the ring buffer and so is not in
+/// `lost`; `stats` reports them beside it.
+pub struct SkippedRuns {
+    programs: Vec<(String, ProgramFd)>,
+}
+
+impl SkippedRuns {
+    /// Skipped runs per program (only programs with some); `None` when the kernel does
+    /// not count them (before 5.12).
+    pub fn read(&self) -> Option<BTreeMap<String, u64>> {
+        let mut out = BTreeMap::new();
+        let mut counted = false;
+        for (name, fd) in &self.programs {
+            let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+            let Some(n) = fs::read_to_string(path)
+                .ok()
+                .and_then(|text| fdinfo_field(&text, "recursion_misses"))
+            else {
+                continue;
+            };
+            counted = true;
+            if n > 0 {
+                *out.entry(name.clone()).or_default() += n;
+            }
+        }
+        counted.then_some(out)
+    }
+}
+
+/// A numeric `key:\tvalue` line of a `/proc/<pid>/fdinfo/<fd>` file.
+fn fdinfo_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+impl Tracer {
     /// A handle on `UDP_PEERS`, the kernel's per-(process, peer) UDP counters.
     pub fn take_udp_peers(&mut self) -> Result<UdpPeers, Error> {
         let map = self
@@ -1047,6 +1103,23 @@ pub fn verify_format(format: &str, expected: &[(&str, usize)]) -> Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fdinfo_fields_are_read_by_exact_key() {
+        let text = "pos:\t0\nflags:\t02000002\nprog_type:\t5\nrun_cnt:\t12\nrecursion_misses:\t7\nverified_insns:\t301\n";
+        assert_eq!(fdinfo_field(text, "recursion_misses"), Some(7));
+        assert_eq!(fdinfo_field(text, "run_cnt"), Some(12));
+        assert_eq!(fdinfo_field(text, "misses"), None);
+        assert_eq!(fdinfo_field("prog_type:\t5\n", "recursion_misses"), None);
+    }
+
+    #[test]
+    fn a_process_without_programs_reports_nothing_skipped() {
+        let none = SkippedRuns {
+            programs: Vec::new(),
+        };
+        assert_eq!(none.read(), None);
+    }
 
     const FORMAT_6_X: &str = "name: inet_sock_set_state
 ID: 1442

@@ -243,6 +243,26 @@ fn stats_lines_count_events_and_losses() {
     for kind in ["connect", "accept", "udp", "listen", "close"] {
         assert!(s.events.contains_key(kind), "stats lacks {kind}: {s:?}");
     }
+    // Runs the kernel skipped are counted where it counts them (5.12+).
+    if kernel_version() >= (5, 12) {
+        assert!(s.skipped_runs.is_some(), "stats lacks skipped_runs: {s:?}");
+        assert_eq!(
+            s.skipped_runs,
+            Some(s.skipped_runs_by_program.values().sum::<u64>())
+        );
+    } else {
+        assert_eq!(s.skipped_runs, None);
+    }
+}
+
+/// (major, minor) of the running kernel.
+fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 #[test]

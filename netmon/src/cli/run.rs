@@ -32,7 +32,7 @@ use crate::{
     event::{Direction, Event, EventBody, Stats},
     flow::{FlowConfig, NS_PER_S},
     output::{Format, Sink},
-    probe::{BackendChoice, LoadOptions, LossCounters, Tracer},
+    probe::{BackendChoice, LoadOptions, LossCounters, SkippedRuns, Tracer},
     process,
     procfs::ProcResolver,
     scan::monitor::{Monitor, MonitorCounters},
@@ -109,6 +109,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
     let ring = tracer.take_ring_buffer()?;
     let losses = tracer.take_loss_counters()?;
+    let skipped = tracer.skipped_runs();
     release_free_memory();
     let host = system::hostname();
     let udp_peers = match tracer.take_udp_peers() {
@@ -154,6 +155,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         counts: BTreeMap::new(),
         malformed: 0,
         losses,
+        skipped,
         started: Instant::now(),
         tracker,
         analyzer: Analyzer::new(&config, Box::new(ProcResolver::default())),
@@ -168,7 +170,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let monitor = monitor.enabled().then_some(monitor);
     let outcome = runtime.block_on(pump.event_loop(ring, probe, intervals, monitor));
-    // `tracer` (and every link it owns) is dropped here: all programs are detached.
+    // The pump holds duplicates of the program fds (for `skipped_runs`): closed first, so
+    // that dropping `tracer` (and every link it owns) unloads every program.
+    drop(pump);
     drop(tracer);
     outcome.map(|()| ExitCode::SUCCESS)
 }
@@ -181,6 +185,8 @@ struct Pump {
     counts: BTreeMap<&'static str, u64>,
     malformed: u64,
     losses: LossCounters,
+    /// The kernel's count of runs of our programs it skipped.
+    skipped: SkippedRuns,
     started: Instant,
     /// DNS transactions, names of flows, detection rules.
     analyzer: Analyzer,
@@ -443,6 +449,7 @@ impl Pump {
         for (k, v) in &self.counts {
             events.insert(k.to_string(), *v);
         }
+        let skipped = self.skipped.read();
         let stats = Event {
             ts: Utc::now(),
             host: self.host.clone(),
@@ -452,6 +459,8 @@ impl Pump {
                 lost,
                 lost_by_type,
                 malformed: self.malformed,
+                skipped_runs: skipped.as_ref().map(|m| m.values().sum()),
+                skipped_runs_by_program: skipped.unwrap_or_default(),
                 r#final: last,
                 flows: Some(self.tracker.flow_stats()),
                 processes: Some(self.tracker.process_stats()),
