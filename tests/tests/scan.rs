@@ -669,25 +669,7 @@ fn monitor_reports_closed_ports_and_hosts_that_go_away() {
     assert!(rec.ports.contains_key("22/tcp"));
 
     // The state file is what `netmon hosts` reads.
-    let out = Command::new(netmon_bin())
-        .args([
-            "hosts",
-            "--state",
-            state_file.to_str().unwrap(),
-            "--format",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let recs: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let recs = hosts_json(&state_file);
     let down: Vec<&str> = recs
         .iter()
         .filter(|r| r["state"] == "down")
@@ -814,25 +796,7 @@ state_file = "{}"
     assert!(stats.events.get("host_up").copied().unwrap_or(0) >= 1);
 
     // The inventory kept the host that went away.
-    let out = Command::new(netmon_bin())
-        .args([
-            "hosts",
-            "--state",
-            state_file.to_str().unwrap(),
-            "--format",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let recs: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let recs = hosts_json(&state_file);
     assert_eq!(recs.len(), 1, "{recs:?}");
     assert_eq!(recs[0]["addr"], a.as_str());
     assert_eq!(recs[0]["state"], "down");
@@ -859,6 +823,25 @@ fn netmon_run_refuses_a_scan_network_outside_allow_before_attaching() {
             && err.contains("outside scan.allow"),
         "{err}"
     );
+}
+
+/// `netmon hosts --state FILE --format json`: one inventory record per host.
+fn hosts_json(state_file: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = Command::new(netmon_bin())
+        .args(["hosts", "--state"])
+        .arg(state_file)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// Ticks the monitor (when due) until `done` holds for the events of one tick; at most 20 s.

@@ -23,7 +23,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use super::{Env, proc, report::Section};
+use super::{
+    Env, proc,
+    report::{Section, median},
+};
 use crate::exec;
 use std::fmt::Write as _;
 
@@ -101,16 +104,6 @@ fn build_lab(lab: &mut Lab, tag: &str, port_hosts: usize, disc_hosts: usize) -> 
         }
     }
     Ok(s)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// CPU seconds (user + system) used by finished children so far.
@@ -229,32 +222,22 @@ pub fn run(env: &Env, rounds: u32) -> Result<(Section, bool)> {
     let tag = format!("nmb{}", std::process::id());
     let scanner = build_lab(&mut lab, &tag, 1, LIVE_HOSTS)?;
     let target_ns = format!("{tag}-h0");
-    for &port in OPEN_PORTS {
-        lab.children.push(
-            Command::new("ip")
-                .args(["netns", "exec", &target_ns, "socat"])
-                .arg(format!("TCP-LISTEN:{port},fork,reuseaddr"))
-                .arg("SYSTEM:echo hello")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("cannot start socat")?,
-        );
-    }
-    // The same listeners on the scanner namespace's own loopback.
-    for &port in OPEN_PORTS {
-        lab.children.push(
-            Command::new("ip")
-                .args(["netns", "exec", &scanner, "socat"])
-                .arg(format!("TCP-LISTEN:{port},fork,reuseaddr,bind=127.0.0.1"))
-                .arg("SYSTEM:echo hello")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("cannot start socat")?,
-        );
+    // The listeners on the target host, and the same on the scanner namespace's own
+    // loopback.
+    for (ns, bind) in [(&target_ns, ""), (&scanner, ",bind=127.0.0.1")] {
+        for &port in OPEN_PORTS {
+            lab.children.push(
+                Command::new("ip")
+                    .args(["netns", "exec", ns, "socat"])
+                    .arg(format!("TCP-LISTEN:{port},fork,reuseaddr{bind}"))
+                    .arg("SYSTEM:echo hello")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("cannot start socat")?,
+            );
+        }
     }
     std::thread::sleep(Duration::from_millis(500));
     let expected_ports: BTreeSet<u16> = OPEN_PORTS.iter().copied().collect();
@@ -364,7 +347,7 @@ pub fn run(env: &Env, rounds: u32) -> Result<(Section, bool)> {
     );
     let mut scan_ok = false;
     for (k, (label, _)) in scans.iter().enumerate() {
-        let (m_ours, m_theirs) = (median(&mut ours[k]), median(&mut theirs[k]));
+        let (m_ours, m_theirs) = (median(&ours[k]), median(&theirs[k]));
         let ok = m_ours < 2.0 && m_theirs / m_ours >= 2.0;
         scan_ok |= ok;
         let _ = writeln!(
@@ -373,14 +356,14 @@ pub fn run(env: &Env, rounds: u32) -> Result<(Section, bool)> {
             m_theirs / m_ours,
             verdict(ok)
         );
-        let (c_ours, c_theirs) = (median(&mut ours_cpu[k]), median(&mut theirs_cpu[k]));
+        let (c_ours, c_theirs) = (median(&ours_cpu[k]), median(&theirs_cpu[k]));
         let _ = writeln!(
             md,
             "| ↳ CPU time (user + system) of that scan | {c_ours:.2} s | {c_theirs:.2} s | {:.1}x | (information) | |",
             c_theirs / c_ours
         );
     }
-    let (d_m_ours, d_m_theirs) = (median(&mut d_ours), median(&mut d_theirs));
+    let (d_m_ours, d_m_theirs) = (median(&d_ours), median(&d_theirs));
     let disc_ok = d_m_ours < 5.0;
     let _ = writeln!(
         md,
