@@ -1,11 +1,10 @@
 //! Renders events for people (`text`) and for log shippers (`json`: JSON Lines, one
 //! object per line, the contract in `event.rs` and `docs/events.md`), and writes them to
-//! stdout or a file. Knows nothing of where events come from.
+//! any writer (`netmon run` hands it stdout or its `--output` file). Knows nothing of
+//! where events come from.
 use std::{
     fmt::Write as _,
-    fs::OpenOptions,
     io::{self, BufWriter, Write},
-    path::Path,
 };
 
 use chrono::SecondsFormat;
@@ -31,12 +30,6 @@ pub struct Sink {
 impl Sink {
     pub fn stdout(format: Format) -> Sink {
         Sink::new(format, Box::new(io::stdout()))
-    }
-
-    /// Appends to `path`, creating it if needed.
-    pub fn append_to(format: Format, path: &Path) -> io::Result<Sink> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Sink::new(format, Box::new(file)))
     }
 
     pub fn new(format: Format, out: Box<dyn Write + Send>) -> Sink {

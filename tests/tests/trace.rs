@@ -299,6 +299,70 @@ fn sigterm_detaches_everything_and_writes_final_stats() {
     assert!(left.is_empty(), "links still attached after exit: {left:?}");
 }
 
+/// A reader that stops reading must not keep netmon from stopping: after SIGTERM it
+/// waits while output still goes out, then ends (exit 1, a line on stderr) and the
+/// kernel detaches everything.
+#[test]
+fn sigterm_stops_netmon_whose_reader_stalled() {
+    use std::io::BufRead;
+    require_root!();
+    let _ns = NetNs::new();
+    let mut child = std::process::Command::new(netmon_tests::netmon_bin())
+        .args(["run", "--backend", &netmon_tests::backend()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the probe line, then never read again.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut probe = String::new();
+    stdout.read_line(&mut probe).unwrap();
+    assert!(probe.contains("\"type\":\"probe\""), "{probe}");
+    let stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::BufReader::new(stderr).read_to_string(&mut s);
+        s
+    });
+    let (progs, links) = bpf_ids_held_by(child.id());
+    // Far more output than the pipe and netmon's buffer hold: 600 connections, four
+    // events or more each.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    for _ in 0..600 {
+        let c = TcpStream::connect(addr).unwrap();
+        let (a, _) = listener.accept().unwrap();
+        drop((c, a));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "netmon did not stop within 20 s of SIGTERM while its reader stalled"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1), "{status}");
+    let err = stderr.join().unwrap();
+    assert!(
+        err.contains("stopping without the final stats"),
+        "stderr: {err}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        progs.iter().all(|&id| !bpf_prog_exists(id)),
+        "programs left"
+    );
+    assert!(links.iter().all(|&id| !bpf_link_exists(id)), "links left");
+    drop(stdout);
+}
+
 #[test]
 fn json_lines_follow_the_contract() {
     require_root!();

@@ -40,6 +40,7 @@ use crate::{
 };
 
 mod tracker;
+mod watchdog;
 use tracker::{Summaries, Tracker};
 
 #[derive(Debug, Args)]
@@ -90,11 +91,20 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     // file fails with nothing attached.
     let config = args.config.load()?;
     let monitor = Monitor::new(&config.scan)?;
-    let sink = match &args.output {
-        Some(path) => Sink::append_to(args.format, path)
-            .with_context(|| format!("cannot open --output {} for appending", path.display()))?,
-        None => Sink::stdout(args.format),
+    // Counted: the stop watchdog needs to know whether output is still going out.
+    let out: Box<dyn io::Write + Send> = match &args.output {
+        Some(path) => Box::new(watchdog::Counted(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| {
+                    format!("cannot open --output {} for appending", path.display())
+                })?,
+        )),
+        None => Box::new(watchdog::Counted(io::stdout())),
     };
+    let sink = Sink::new(args.format, out);
     let mut tracer = Tracer::start(&LoadOptions {
         backend: args.backend,
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
@@ -267,6 +277,8 @@ impl Pump {
             .context("cannot poll the ring buffer")?;
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        // A stop must work even when the reader of the output stalls (see watchdog.rs).
+        watchdog::install().context("cannot start the stop watchdog")?;
         // The scanner runs beside the loop on the same thread; it only awaits sockets
         // and timers, so the ring buffer is served between its steps.
         let mut scan_events: Option<mpsc::Receiver<Event>> = None;
