@@ -29,7 +29,8 @@ pub enum Command {
     /// Needs root. Stops on SIGINT/SIGTERM, detaching every program and writing a
     /// final `stats` line.
     Run(run::RunArgs),
-    /// One-shot report of every current TCP/UDP socket and listener with its processes.
+    /// One-shot report of every current TCP/UDP socket and listener with its processes,
+    /// checked by the detection rules of the configuration (all but DNS_TUNNELING).
     ///
     /// Exit code 0 when no rule raised a high or critical alert, 1 when one did, 2 on error.
     Snapshot(snapshot::SnapshotArgs),
@@ -72,7 +73,7 @@ impl ConfigArgs {
 
 /// Exit code for errors: bad flags, missing privileges, unusable kernel.
 pub const EXIT_ERROR: u8 = 2;
-/// Exit code for a finding (alerts from `replay`).
+/// Exit code for a finding (alerts from `replay`, a high alert from `snapshot`).
 pub const EXIT_FINDING: u8 = 1;
 
 pub fn main() -> ExitCode {
