@@ -163,11 +163,13 @@ mod ts {
 
 pub fn snapshot(args: SnapshotArgs) -> Result<ExitCode> {
     // A bad configuration stops everything before anything is read.
-    let rules = snapshot_rules(&args.config.load()?.rules);
+    let (config, file) = crate::config::load(args.config.config.as_deref())?;
+    let rules = snapshot_rules(&config.rules);
     let stdout = io::stdout();
     let mut out = stdout.lock();
     if args.plan {
-        write_ok(out.write_all(plan_text(&args, &rules).as_bytes()))?;
+        let text = plan_text(&args, &rules, file.as_deref());
+        write_ok(out.write_all(text.as_bytes()))?;
         return Ok(ExitCode::SUCCESS);
     }
     let started = Instant::now();
@@ -284,7 +286,7 @@ pub fn detect(
             _ => None,
         })
         .collect();
-    alerts.sort_by(|a, b| b.severity.cmp(&a.severity));
+    alerts.sort_by_key(|a| std::cmp::Reverse(a.severity));
     (engine.names(), alerts)
 }
 
@@ -296,7 +298,8 @@ fn write_ok(r: io::Result<()>) -> Result<()> {
     }
 }
 
-fn plan_text(args: &SnapshotArgs, rules: &RulesConfig) -> String {
+/// `config_file`: where the rules come from (`None`: the built-in defaults).
+fn plan_text(args: &SnapshotArgs, rules: &RulesConfig, config_file: Option<&Path>) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "netmon snapshot would read, changing nothing:");
     let _ = writeln!(
@@ -333,6 +336,11 @@ fn plan_text(args: &SnapshotArgs, rules: &RulesConfig) -> String {
             ""
         }
     );
+    let source = config_file.map_or_else(
+        || "the built-in defaults".to_owned(),
+        |f| f.display().to_string(),
+    );
+    let _ = writeln!(s, "Rules from {source}.");
     let on: Vec<RuleInfo> = rules::describe(rules)
         .into_iter()
         .filter(|r| r.enabled)
@@ -883,8 +891,9 @@ mod tests {
             all_netns: true,
             config: super::super::ConfigArgs::default(),
         };
-        let all = plan_text(&args, &snapshot_rules(&RulesConfig::default()));
+        let all = plan_text(&args, &snapshot_rules(&RulesConfig::default()), None);
         assert!(all.contains("sock_diag"));
+        assert!(all.contains("Rules from the built-in defaults."), "{all}");
         assert!(all.contains("every other one"));
         assert!(all.contains("Rules (5)"), "{all}");
         assert!(
@@ -899,7 +908,9 @@ mod tests {
                 enabled: false,
                 ..RulesConfig::default()
             },
+            Some(Path::new("/etc/netmon/off.toml")),
         );
         assert!(none.contains("none enabled"), "{none}");
+        assert!(none.contains("Rules from /etc/netmon/off.toml."), "{none}");
     }
 }
