@@ -32,7 +32,8 @@ pub enum Command {
     /// them and writes `host_up`, `host_down`, `port_opened`, `port_closed` and
     /// `service_changed` events; nothing is scanned otherwise.
     Run(run::RunArgs),
-    /// One-shot report of every current TCP/UDP socket and listener with its processes.
+    /// One-shot report of every current TCP/UDP socket and listener with its processes,
+    /// checked by the detection rules of the configuration (all but DNS_TUNNELING).
     ///
     /// Exit code 0 when no rule raised a high or critical alert, 1 when one did, 2 on error.
     Snapshot(snapshot::SnapshotArgs),
@@ -75,7 +76,7 @@ impl ConfigArgs {
 
 /// Exit code for errors: bad flags, missing privileges, unusable kernel.
 pub const EXIT_ERROR: u8 = 2;
-/// Exit code for a finding (alerts from `replay`).
+/// Exit code for a finding (alerts from `replay`, a high alert from `snapshot`).
 pub const EXIT_FINDING: u8 = 1;
 
 pub fn main() -> ExitCode {

@@ -178,7 +178,7 @@ fn dns_text(d: &crate::event::Dns, out: &mut String) {
 
 /// An alert is a block: a headline, then indented facts, so it stands out in a stream
 /// of one-line events.
-fn alert_text(a: &crate::event::Alert, out: &mut String) {
+pub fn alert_text(a: &crate::event::Alert, out: &mut String) {
     let _ = write!(
         out,
         "[{}] {}: {}",

@@ -78,6 +78,16 @@ const MAX_COOLDOWNS: usize = 100_000;
 impl Engine {
     /// The rules `cfg` enables (none when `rules.enabled` is false).
     pub fn new(cfg: &RulesConfig, resolver: Box<dyn ProcessResolver>) -> Engine {
+        Engine::with_connections(cfg, resolver, Box::new(connections::ConnTable::default()))
+    }
+
+    /// As [`Engine::new`], with HIGH_CONNECTION_COUNT counting active connections with
+    /// `table` (`netmon snapshot` knows them all at once).
+    pub fn with_connections(
+        cfg: &RulesConfig,
+        resolver: Box<dyn ProcessResolver>,
+        table: Box<dyn connections::ActiveConnections>,
+    ) -> Engine {
         let mut rules: Vec<Box<dyn Rule>> = Vec::new();
         if cfg.enabled {
             let cd = cfg.cooldown_s;
@@ -91,7 +101,7 @@ impl Engine {
                 rules.push(Box::new(connections::HighConnectionCount::new(
                     &cfg.high_connection_count,
                     cd,
-                    Box::new(connections::ConnTable::default()),
+                    table,
                 )));
             }
             if cfg.external_connections.enabled {
@@ -130,6 +140,11 @@ impl Engine {
 
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// Names of the rules that run, in the order they run.
+    pub fn names(&self) -> Vec<String> {
+        self.rules.iter().map(|r| r.name().to_owned()).collect()
     }
 
     /// Runs every rule on `ev`; pushes the alerts that pass their cooldown to `out`.

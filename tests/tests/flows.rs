@@ -252,7 +252,10 @@ fn snapshot_plan_touches_nothing_and_exits_zero() {
     let (status, text, _) = snapshot(&["--plan", "--format", "json"]);
     assert!(status.success());
     assert!(text.contains("sock_diag"), "{text}");
-    assert!(text.contains("Rules: none registered"), "{text}");
+    // The built-in rules, one line each (no /etc/netmon/netmon.toml on test machines).
+    assert!(text.contains("Rules (5)"), "{text}");
+    assert!(text.contains("  - SUSPICIOUS_PORT (high): "), "{text}");
+    assert!(text.contains("Not run: DNS_TUNNELING"), "{text}");
     let (status, _, stderr) = snapshot(&["--format", "yaml"]);
     assert_eq!(status.code(), Some(2), "{stderr}");
 }

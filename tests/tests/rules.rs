@@ -5,7 +5,10 @@ use std::{
     time::Duration,
 };
 
-use netmon::event::{Alert, EventBody, Severity};
+use netmon::{
+    cli::snapshot::Report,
+    event::{Alert, EventBody, Severity},
+};
 use netmon_tests::{ConfigFile, NetNs, Netmon, Peer, alerts, require_root};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -307,4 +310,240 @@ fn text_output_shows_alerts_as_a_block() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
     assert!(found, "no alert block in text output: {lines:#?}");
+}
+
+// `netmon snapshot` runs the same rules over the sockets open now.
+
+/// `netmon snapshot --format json ARGS` from this thread (so in its network namespace):
+/// the exit code, the report when stdout has one, and stderr.
+fn snapshot(args: &[&str]) -> (Option<i32>, Option<Report>, String) {
+    let out = std::process::Command::new(netmon_tests::netmon_bin())
+        .args(["snapshot", "--format", "json"])
+        .args(args)
+        .output()
+        .expect("run netmon snapshot");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = (!stdout.trim().is_empty())
+        .then(|| serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}")));
+    (
+        out.status.code(),
+        report,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A listener of this process on `port` (loopback), `n` connections to it held by a
+/// `netmon-testpeer`, all accepted (an accepted socket has an owner; one waiting in
+/// the backlog has none yet).
+struct Held {
+    _listener: TcpListener,
+    _accepted: Vec<TcpStream>,
+    client: Peer,
+}
+
+fn held_connections(port: u16, n: usize) -> Held {
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let client = Peer::spawn_holding(&["tcp-many", &format!("127.0.0.1:{port}"), &n.to_string()]);
+    assert_eq!(client.line(), format!("open {n}"));
+    let accepted = (0..n).map(|_| listener.accept().unwrap().0).collect();
+    Held {
+        _listener: listener,
+        _accepted: accepted,
+        client,
+    }
+}
+
+fn serious(r: &Report) -> Vec<&Alert> {
+    r.alerts
+        .iter()
+        .filter(|a| a.severity >= Severity::High)
+        .collect()
+}
+
+#[test]
+fn snapshot_exits_1_on_a_connection_to_a_backdoor_port_naming_process_and_port() {
+    require_root!();
+    let _ns = NetNs::new();
+    let held = held_connections(31337, 1);
+    let client = held.client.pid();
+    let me = std::process::id();
+    let (code, report, stderr) = snapshot(&[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let r = report.unwrap();
+    assert!(
+        r.sockets.is_none(),
+        "sockets are listed with --show-all only"
+    );
+    assert!(
+        r.rules.iter().any(|n| n == "SUSPICIOUS_PORT"),
+        "{:?}",
+        r.rules
+    );
+    assert!(
+        !r.rules.iter().any(|n| n == "DNS_TUNNELING"),
+        "{:?}",
+        r.rules
+    );
+    let sp = |pid: u32, kind: &str| {
+        r.alerts.iter().find(|a| {
+            a.rule == "SUSPICIOUS_PORT"
+                && pid_is(a, pid)
+                && port_is(a, 31337)
+                && a.flows.first().is_some_and(|f| f.kind == kind)
+        })
+    };
+    let a = sp(client, "connect").unwrap_or_else(|| panic!("{:#?}", r.alerts));
+    assert_eq!(a.severity, Severity::High);
+    assert!(
+        a.summary.contains("netmon-testpeer") && a.summary.contains("31337"),
+        "{}",
+        a.summary
+    );
+    assert!(!a.recommendation.is_empty());
+    assert_eq!(a.flows[0].dst.port, 31337);
+    // The server side: its listener and the connection it accepted.
+    assert!(sp(me, "listen").is_some(), "{:#?}", r.alerts);
+    assert!(sp(me, "accept").is_some(), "{:#?}", r.alerts);
+
+    // The text report shows the same alert as a block, and exits 1 too.
+    let out = std::process::Command::new(netmon_tests::netmon_bin())
+        .arg("snapshot")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let headline =
+        format!("[HIGH] SUSPICIOUS_PORT: netmon-testpeer[{client}] connected to port 31337");
+    assert!(text.contains(&headline), "{text}");
+    assert!(text.contains("    what to do: "), "{text}");
+}
+
+#[test]
+fn snapshot_of_an_ordinary_service_with_a_client_raises_nothing_and_exits_0() {
+    require_root!();
+    let _ns = NetNs::new();
+    // 8080 is an allowed listening port (UNUSUAL_LISTENERS) without a risk score
+    // (PORT_RISK), and no known-bad port.
+    let _held = held_connections(8080, 1);
+    let (code, report, stderr) = snapshot(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let r = report.unwrap();
+    assert_eq!(r.rules.len(), 5, "{:?}", r.rules);
+    assert!(r.alerts.is_empty(), "{:#?}", r.alerts);
+    assert_eq!(r.summary.connections, 2);
+}
+
+#[test]
+fn snapshot_reports_a_process_holding_sixty_connections() {
+    require_root!();
+    let _ns = NetNs::new();
+    let held = held_connections(8080, 60);
+    let (code, report, stderr) = snapshot(&[]);
+    // HIGH_CONNECTION_COUNT is medium: nothing high, so 0.
+    assert_eq!(code, Some(0), "{stderr}");
+    let r = report.unwrap();
+    assert!(serious(&r).is_empty(), "{:#?}", r.alerts);
+    let a = r
+        .alerts
+        .iter()
+        .find(|a| a.rule == "HIGH_CONNECTION_COUNT" && pid_is(a, held.client.pid()))
+        .unwrap_or_else(|| panic!("{:#?}", r.alerts));
+    assert_eq!(a.severity, Severity::Medium);
+    assert_eq!(a.details["active_connections"], 60, "{a:?}");
+    assert_eq!(a.details["threshold"], 50);
+    assert_eq!(a.flows.len(), 5);
+    assert!(
+        a.flows
+            .iter()
+            .all(|f| f.kind == "connect" && f.dst.port == 8080)
+    );
+    // This process accepted the same sixty.
+    let me = std::process::id();
+    assert!(
+        r.alerts
+            .iter()
+            .any(|a| a.rule == "HIGH_CONNECTION_COUNT" && pid_is(a, me)),
+        "{:#?}",
+        r.alerts
+    );
+    // With a higher threshold, nobody holds too many.
+    let config = ConfigFile::new("[rules.high_connection_count]\nthreshold = 200\n");
+    let (code, report, _) = snapshot(&["--config", &config.arg()]);
+    assert_eq!(code, Some(0));
+    assert!(report.unwrap().alerts.is_empty());
+}
+
+#[test]
+fn snapshot_follows_the_configuration_allowlists_and_master_switch() {
+    require_root!();
+    let _ns = NetNs::new();
+    let _held = held_connections(31337, 1);
+    let (code, _, _) = snapshot(&[]);
+    assert_eq!(code, Some(1));
+    let allow = ConfigFile::new(
+        "[rules.suspicious_port]\nallow = { ports = [31337] }\n\
+         [rules.unusual_listeners]\nextra_allowed_ports = [31337]\n",
+    );
+    let (code, report, stderr) = snapshot(&["--config", &allow.arg()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let r = report.unwrap();
+    assert!(r.rules.iter().any(|n| n == "SUSPICIOUS_PORT"));
+    assert!(r.alerts.is_empty(), "{:#?}", r.alerts);
+    let off = ConfigFile::new("[rules]\nenabled = false\n");
+    let (code, report, stderr) = snapshot(&["--config", &off.arg()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let r = report.unwrap();
+    assert!(r.rules.is_empty() && r.alerts.is_empty(), "{r:?}");
+    // The plan says which rules would run.
+    let out = std::process::Command::new(netmon_tests::netmon_bin())
+        .args(["snapshot", "--plan", "--config", &off.arg()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Rules: none enabled"));
+}
+
+#[test]
+fn snapshot_process_allowlist_matches_the_executable_name_beyond_comm() {
+    require_root!();
+    let _ns = NetNs::new();
+    // This test binary's name (`rules-<hash>`) is longer than the 15 characters the
+    // kernel keeps in `comm`: only its executable's file name matches in full.
+    let exe = std::env::current_exe().unwrap();
+    let name = exe.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.len() > 15, "{name}");
+    let _held = held_connections(31337, 1);
+    let config = ConfigFile::new(&format!(
+        "[rules.suspicious_port]\nallow = {{ process = [\"{name}\", \"netmon-testpeer\"] }}\n"
+    ));
+    let (code, report, stderr) = snapshot(&["--config", &config.arg()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let r = report.unwrap();
+    assert!(
+        !r.alerts.iter().any(|a| a.rule == "SUSPICIOUS_PORT"),
+        "{:#?}",
+        r.alerts
+    );
+}
+
+#[test]
+fn snapshot_with_an_invalid_configuration_exits_2_naming_file_line_and_key() {
+    require_root!();
+    let _ns = NetNs::new();
+    let config =
+        ConfigFile::new("[rules]\ncooldown_s = 10\n[rules.suspicious_port]\nportz = [1]\n");
+    let (code, report, stderr) = snapshot(&["--config", &config.arg()]);
+    assert_eq!(code, Some(2));
+    assert!(report.is_none(), "nothing is read with a bad configuration");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!("netmon: {}:4:", config.arg())),
+        "{stderr}"
+    );
+    assert!(
+        lines[0].contains("key `rules.suspicious_port.portz`"),
+        "{stderr}"
+    );
+    assert!(lines[0].contains("unknown field `portz`"), "{stderr}");
 }

@@ -5,8 +5,14 @@
 //!
 //! It reads sock_diag, `/proc/*/fd` and `/proc/<pid>/*`; it loads no eBPF and needs no
 //! root (without it, other users' sockets show no process, and the report says how
-//! many `/proc` directories it could not read). Rules plug in through [`SnapshotRule`]:
-//! exit 1 when one raises a high or critical finding, 0 otherwise, 2 on error.
+//! many `/proc` directories it could not read).
+//!
+//! The detection rules of the configuration (`--config`) run over the snapshot with the
+//! code `netmon run` uses: the sockets become the events the live stream would carry
+//! for them ([`events`]) and go through a [`rules::Engine`]; its alerts are the report's.
+//! DNS_TUNNELING needs a stream of DNS queries and does not run here. Exit 1 when an
+//! alert is high or critical, 0 otherwise, 2 on error (an invalid configuration, a
+//! socket dump that failed).
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fmt::Write as _,
@@ -23,12 +29,16 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    event::{Endpoint, Family, ProcessInfo, Proto},
+    event::{Alert, Endpoint, Event, EventBody, Family, ProcessInfo, Proto},
     output::Format,
     process::ProcessCache,
+    procfs::ProcResolver,
+    rules::{self, Engine, ProcessResolver, RuleInfo, RulesConfig},
     sockets::{self, DumpOptions, SocketInfo},
     system,
 };
+
+pub mod events;
 
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
@@ -38,7 +48,8 @@ pub struct SnapshotArgs {
     /// List every socket, not only the summary and the listeners.
     #[arg(long)]
     pub show_all: bool,
-    /// Print what would be read and which rules would run, touch nothing, exit 0.
+    /// Print what would be read and which rules would run, touch nothing, exit 0
+    /// (2 when the configuration is invalid).
     #[arg(long)]
     pub plan: bool,
     /// Processes listed under "top processes".
@@ -48,38 +59,10 @@ pub struct SnapshotArgs {
     /// root. Each socket then says its `netns`.
     #[arg(long)]
     pub all_netns: bool,
-}
-
-/// How bad a finding is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-/// What a rule found in a snapshot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Finding {
-    pub rule: String,
-    pub severity: Severity,
-    pub message: String,
-}
-
-/// A check over a whole snapshot (the detection rules plug in here).
-pub trait SnapshotRule {
-    /// Short stable name, e.g. `listener-on-all-interfaces`.
-    fn name(&self) -> &str;
-    /// One line for `--plan`.
-    fn describe(&self) -> String;
-    fn check(&self, report: &Report) -> Vec<Finding>;
-}
-
-/// The rules `netmon snapshot` runs. None yet: the rule engine registers its rules here.
-pub fn registered_rules() -> Vec<Box<dyn SnapshotRule>> {
-    Vec::new()
+    /// The detection rules to run (the `[rules]` section; DNS_TUNNELING does not run
+    /// on a snapshot).
+    #[command(flatten)]
+    pub config: super::ConfigArgs,
 }
 
 /// The report (`--format json` writes it as one object).
@@ -96,8 +79,9 @@ pub struct Report {
     /// Every socket (with `--show-all` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sockets: Option<Vec<SocketEntry>>,
-    /// Findings of the rules that ran.
-    pub alerts: Vec<Finding>,
+    /// Alerts of the rules that ran, most severe first: the same objects as the
+    /// `alert` events of `netmon run` (without `ts`, `type` and `host`).
+    pub alerts: Vec<Alert>,
     /// Names of the rules that ran.
     pub rules: Vec<String>,
     /// What could not be read, and why.
@@ -177,15 +161,15 @@ mod ts {
     }
 }
 
-/// Exit code when a rule found something high or critical.
-const EXIT_FINDING: u8 = 1;
-
 pub fn snapshot(args: SnapshotArgs) -> Result<ExitCode> {
-    let rules = registered_rules();
+    // A bad configuration stops everything before anything is read.
+    let (config, file) = crate::config::load(args.config.config.as_deref())?;
+    let rules = snapshot_rules(&config.rules);
     let stdout = io::stdout();
     let mut out = stdout.lock();
     if args.plan {
-        write_ok(out.write_all(plan_text(&args, &rules).as_bytes()))?;
+        let text = plan_text(&args, &rules, file.as_deref());
+        write_ok(out.write_all(text.as_bytes()))?;
         return Ok(ExitCode::SUCCESS);
     }
     let started = Instant::now();
@@ -225,33 +209,26 @@ pub fn snapshot(args: SnapshotArgs) -> Result<ExitCode> {
                 .or_insert_with(|| cache.from_proc(pid, cgroup2.as_deref()));
         }
     }
-    let mut report = build(
-        &sockets,
-        &|inode| {
-            owners
-                .by_inode
-                .get(&inode)
-                .map(|pids| {
-                    pids.iter()
-                        .filter_map(|p| processes.get(p)?.clone())
-                        .collect()
-                })
-                .unwrap_or_default()
-        },
-        args.show_all,
-        args.top,
-    );
+    let owners_of = |inode| {
+        owners
+            .by_inode
+            .get(&inode)
+            .map(|pids| {
+                pids.iter()
+                    .filter_map(|p| processes.get(p)?.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut report = build(&sockets, &owners_of, args.show_all, args.top);
     report.host = system::hostname();
     report.netns = own;
+    // Every socket, whether or not the report lists them (`--show-all`).
+    let events = events::socket_events(&sockets, &owners_of, report.ts, &report.host);
+    (report.rules, report.alerts) = detect(&rules, &events, Box::new(ProcResolver::default()));
     report.unreadable.proc_fd = owners.unreadable;
     report.unreadable.process = cache.stats().unreadable;
     report.unreadable.sock_diag = errors.iter().map(|e| format!("{e:#}")).collect();
-    report.rules = rules.iter().map(|r| r.name().to_owned()).collect();
-    let mut alerts = Vec::new();
-    for rule in &rules {
-        alerts.extend(rule.check(&report));
-    }
-    report.alerts = alerts;
     report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
 
     let text = match args.format {
@@ -269,12 +246,48 @@ pub fn snapshot(args: SnapshotArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::from(crate::cli::EXIT_ERROR));
     }
-    let serious = report.alerts.iter().any(|f| f.severity >= Severity::High);
+    let serious = report
+        .alerts
+        .iter()
+        .any(|a| a.severity >= crate::event::Severity::High);
     Ok(if serious {
-        ExitCode::from(EXIT_FINDING)
+        ExitCode::from(crate::cli::EXIT_FINDING)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The rules of `cfg` that make sense on a point-in-time view: all but DNS_TUNNELING,
+/// which needs a stream of DNS queries.
+pub fn snapshot_rules(cfg: &RulesConfig) -> RulesConfig {
+    let mut cfg = cfg.clone();
+    cfg.dns_tunneling.enabled = false;
+    cfg
+}
+
+/// Runs the rules of `cfg` over `events` (as [`events::socket_events`] makes them):
+/// the names of the rules that ran, and their alerts, most severe first. Pure but for
+/// what `resolver` reads.
+pub fn detect(
+    cfg: &RulesConfig,
+    events: &[Event],
+    resolver: Box<dyn ProcessResolver>,
+) -> (Vec<String>, Vec<Alert>) {
+    let held = Box::new(events::Held::of(events));
+    let mut engine = Engine::with_connections(cfg, resolver, held);
+    let mut out = Vec::new();
+    for ev in events {
+        engine.on_event(ev, &mut out);
+    }
+    let mut alerts: Vec<Alert> = out
+        .into_iter()
+        .filter_map(|e| match e.body {
+            EventBody::Alert(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    alerts.sort_by_key(|a| std::cmp::Reverse(a.severity));
+    (engine.names(), alerts)
 }
 
 /// A closed stdout (`| head`) is not an error.
@@ -285,7 +298,8 @@ fn write_ok(r: io::Result<()>) -> Result<()> {
     }
 }
 
-fn plan_text(args: &SnapshotArgs, rules: &[Box<dyn SnapshotRule>]) -> String {
+/// `config_file`: where the rules come from (`None`: the built-in defaults).
+fn plan_text(args: &SnapshotArgs, rules: &RulesConfig, config_file: Option<&Path>) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "netmon snapshot would read, changing nothing:");
     let _ = writeln!(
@@ -322,18 +336,73 @@ fn plan_text(args: &SnapshotArgs, rules: &[Box<dyn SnapshotRule>]) -> String {
             ""
         }
     );
-    if rules.is_empty() {
+    let source = config_file.map_or_else(
+        || "the built-in defaults".to_owned(),
+        |f| f.display().to_string(),
+    );
+    let _ = writeln!(s, "Rules from {source}.");
+    let on: Vec<RuleInfo> = rules::describe(rules)
+        .into_iter()
+        .filter(|r| r.enabled)
+        .collect();
+    if on.is_empty() {
         let _ = writeln!(
             s,
-            "Rules: none registered (exit code 0 unless an error occurs)."
+            "Rules: none enabled in the configuration (exit code 0 unless an error occurs)."
         );
     } else {
-        let _ = writeln!(s, "Rules ({}):", rules.len());
-        for r in rules {
-            let _ = writeln!(s, "  - {}: {}", r.name(), r.describe());
+        let _ = writeln!(
+            s,
+            "Rules ({}), over the sockets seen as listen, connect, accept and udp events \
+             (exit code 1 when an alert is high or critical):",
+            on.len()
+        );
+        for r in &on {
+            let _ = writeln!(s, "  - {} ({}): {}", r.rule, r.severity, rule_purpose(r));
         }
     }
+    let _ = writeln!(
+        s,
+        "Not run: DNS_TUNNELING (it needs a stream of DNS queries: netmon run or replay)."
+    );
     s
+}
+
+/// One line on what a rule looks for in a snapshot, with its main setting.
+fn rule_purpose(r: &RuleInfo) -> String {
+    let setting = |k: &str| r.settings.get(k).map_or("?".into(), |v| v.to_string());
+    match r.rule.as_str() {
+        "SUSPICIOUS_PORT" => {
+            let ports =
+                r.settings
+                    .get("ports")
+                    .and_then(|p| p.as_array())
+                    .map_or(String::new(), |p| {
+                        p.iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    });
+            format!("a listener on, or a connection to or from, a known-bad port ({ports})")
+        }
+        "HIGH_CONNECTION_COUNT" => format!(
+            "a process holding at least {} open TCP connections",
+            setting("threshold")
+        ),
+        "EXTERNAL_CONNECTIONS" => format!(
+            "a process connected to at least {} unique external addresses",
+            setting("threshold")
+        ),
+        "UNUSUAL_LISTENERS" => "a TCP listener on a port outside the allowed service ports".into(),
+        "PORT_RISK" => format!(
+            "a listener on, or a connection to, a risky service (risk score {} or more)",
+            setting("min_score")
+        ),
+        _ => {
+            let summary = r.settings.get("summary").and_then(|v| v.as_str());
+            format!("custom rule: {}", summary.unwrap_or("-"))
+        }
+    }
 }
 
 /// Builds the report from sockets and a lookup of the processes holding an inode.
@@ -568,10 +637,23 @@ pub fn render_text(r: &Report, show_all: bool) -> String {
             );
         }
     }
-    if !r.alerts.is_empty() {
-        let _ = writeln!(s, "\nAlerts:");
+    if r.rules.is_empty() {
+        let _ = writeln!(s, "\nRules: none ran");
+    } else {
+        let _ = writeln!(
+            s,
+            "\nAlerts: {} from {} rules ({})",
+            r.alerts.len(),
+            r.rules.len(),
+            r.rules.join(", ")
+        );
+        let mut block = String::new();
         for a in &r.alerts {
-            let _ = writeln!(s, "  [{:?}] {}: {}", a.severity, a.rule, a.message);
+            block.clear();
+            crate::output::alert_text(a, &mut block);
+            for line in block.lines() {
+                let _ = writeln!(s, "  {line}");
+            }
         }
     }
     let u = &r.unreadable;
@@ -718,21 +800,85 @@ mod tests {
         assert_eq!(back, r);
     }
 
-    struct Always(Severity);
-    impl SnapshotRule for Always {
-        fn name(&self) -> &str {
-            "always"
-        }
-        fn describe(&self) -> String {
-            "fires on every snapshot".into()
-        }
-        fn check(&self, _: &Report) -> Vec<Finding> {
-            vec![Finding {
-                rule: "always".into(),
-                severity: self.0,
-                message: "test".into(),
-            }]
-        }
+    fn detect_default(sockets: &[SocketInfo], cfg: &RulesConfig) -> (Vec<String>, Vec<Alert>) {
+        let evs = events::socket_events(sockets, &owners, Utc::now(), "h");
+        detect(&snapshot_rules(cfg), &evs, Box::new(rules::NoResolver))
+    }
+
+    #[test]
+    fn rules_run_on_the_sockets_and_alerts_come_most_severe_first() {
+        let mut sockets = sample();
+        // curl[900] holds a connection to a backdoor port on a private address.
+        sockets.push(sock(Proto::Tcp, 1, "10.0.0.5:40002", "10.0.0.9:31337", 4));
+        let (names, alerts) = detect_default(&sockets, &RulesConfig::default());
+        assert_eq!(
+            names,
+            [
+                "SUSPICIOUS_PORT",
+                "HIGH_CONNECTION_COUNT",
+                "EXTERNAL_CONNECTIONS",
+                "UNUSUAL_LISTENERS",
+                "PORT_RISK"
+            ]
+        );
+        let sp: Vec<&Alert> = alerts
+            .iter()
+            .filter(|a| a.rule == "SUSPICIOUS_PORT")
+            .collect();
+        assert_eq!(sp.len(), 1, "{alerts:#?}");
+        assert_eq!(sp[0].severity, crate::event::Severity::High);
+        assert_eq!(sp[0].process.as_ref().unwrap().pid, 900);
+        assert_eq!(sp[0].details["port"], 31337);
+        assert_eq!(sp[0].flows[0].kind, "connect");
+        assert_eq!(alerts[0].severity, crate::event::Severity::High);
+        assert!(alerts.windows(2).all(|w| w[0].severity >= w[1].severity));
+        // sshd on 22, nginx on 80 and resolved on 53 are ordinary: only the backdoor alerts.
+        assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    }
+
+    #[test]
+    fn the_configuration_decides_which_rules_run() {
+        let mut sockets = sample();
+        sockets.push(sock(Proto::Tcp, 1, "10.0.0.5:40002", "10.0.0.9:31337", 4));
+        let off = RulesConfig {
+            enabled: false,
+            ..RulesConfig::default()
+        };
+        assert_eq!(detect_default(&sockets, &off), (vec![], vec![]));
+        let mut cfg = RulesConfig::default();
+        cfg.suspicious_port.allow.ports = vec![crate::rules::matchers::PortRange::one(31337)];
+        let (names, alerts) = detect_default(&sockets, &cfg);
+        assert!(names.contains(&"SUSPICIOUS_PORT".to_owned()));
+        assert!(alerts.is_empty(), "{alerts:#?}");
+        // DNS_TUNNELING never runs on a snapshot, even when the configuration enables it.
+        assert!(cfg.dns_tunneling.enabled);
+        assert!(!names.contains(&"DNS_TUNNELING".to_owned()));
+    }
+
+    #[test]
+    fn text_shows_each_alert_as_a_block() {
+        let mut sockets = sample();
+        sockets.push(sock(Proto::Tcp, 1, "10.0.0.5:40002", "10.0.0.9:31337", 4));
+        let mut r = build(&sockets, &owners, false, 10);
+        (r.rules, r.alerts) = detect_default(&sockets, &RulesConfig::default());
+        let text = render_text(&r, false);
+        assert!(
+            text.contains("\n  [HIGH] SUSPICIOUS_PORT: curl[900] connected to port 31337"),
+            "{text}"
+        );
+        assert!(text.contains("\n      what to do: "), "{text}");
+        assert!(text.contains("\n      flow: connect 10.0.0.5:40002 -> 10.0.0.9:31337"));
+        assert!(
+            text.contains("Alerts: 1 from 5 rules (SUSPICIOUS_PORT, "),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["alerts"][0]["rule"], "SUSPICIOUS_PORT");
+        assert_eq!(json["alerts"][0]["severity"], "high");
+        assert_eq!(json["alerts"][0]["process"]["pid"], 900);
+        r.rules.clear();
+        r.alerts.clear();
+        assert!(render_text(&r, false).contains("Rules: none ran"));
     }
 
     #[test]
@@ -743,13 +889,28 @@ mod tests {
             plan: true,
             top: 10,
             all_netns: true,
+            config: super::super::ConfigArgs::default(),
         };
-        let none = plan_text(&args, &[]);
-        assert!(none.contains("sock_diag"));
-        assert!(none.contains("every other one"));
-        assert!(none.contains("none registered"));
-        let rules: Vec<Box<dyn SnapshotRule>> = vec![Box::new(Always(Severity::High))];
-        assert!(plan_text(&args, &rules).contains("always: fires on every snapshot"));
-        assert!(Severity::Critical > Severity::High && Severity::High > Severity::Medium);
+        let all = plan_text(&args, &snapshot_rules(&RulesConfig::default()), None);
+        assert!(all.contains("sock_diag"));
+        assert!(all.contains("Rules from the built-in defaults."), "{all}");
+        assert!(all.contains("every other one"));
+        assert!(all.contains("Rules (5)"), "{all}");
+        assert!(
+            all.contains("  - SUSPICIOUS_PORT (high): a listener on, or a connection to or from, a known-bad port (4444, "),
+            "{all}"
+        );
+        assert!(all.contains("  - HIGH_CONNECTION_COUNT (medium): a process holding at least 50"));
+        assert!(all.contains("Not run: DNS_TUNNELING"));
+        let none = plan_text(
+            &args,
+            &RulesConfig {
+                enabled: false,
+                ..RulesConfig::default()
+            },
+            Some(Path::new("/etc/netmon/off.toml")),
+        );
+        assert!(none.contains("none enabled"), "{none}");
+        assert!(none.contains("Rules from /etc/netmon/off.toml."), "{none}");
     }
 }

@@ -190,8 +190,21 @@ impl ProcessResolver for NoResolver {
     }
 }
 
-/// Whether `process` matches any of `names` (comm), `exes` (executable path) or
-/// `users` (user name or numeric uid). Empty lists match nothing.
+/// The file name of an executable path, without the ` (deleted)` the kernel appends
+/// to an unlinked one: `/usr/bin/dig` → `dig`.
+pub fn exe_name(exe: &str) -> &str {
+    let exe = exe.strip_suffix(" (deleted)").unwrap_or(exe);
+    exe.rsplit('/').next().unwrap_or(exe)
+}
+
+/// Whether `process` matches any of `names` (its `comm`, or the file name of its
+/// executable), `exes` (executable path) or `users` (user name or numeric uid). Empty
+/// lists match nothing.
+///
+/// `comm` is the name of the thread that acted, which in a multithreaded program is
+/// often not the program's (`dig` connects from a thread named `isc-net-0000`), so a
+/// name also matches the executable's file name: the event's enriched `exe`, or what
+/// `resolver` reads.
 pub fn process_matches(
     process: Option<&ProcessInfo>,
     names: &[String],
@@ -205,11 +218,17 @@ pub fn process_matches(
     if names.contains(&p.comm) {
         return true;
     }
-    if !exes.is_empty()
-        && let Some(exe) = resolver.exe(p.pid)
-        && exes.contains(&exe)
-    {
-        return true;
+    let mut exe = p.detail.exe.clone();
+    if !names.is_empty() || !exes.is_empty() {
+        exe = exe.or_else(|| resolver.exe(p.pid));
+    }
+    if let Some(exe) = &exe {
+        if names.iter().any(|n| n == exe_name(exe)) {
+            return true;
+        }
+        if exes.contains(exe) {
+            return true;
+        }
     }
     if !users.is_empty() {
         let uid = p.uid.to_string();
@@ -285,6 +304,75 @@ mod tests {
         assert!(one.contains(&"fd00::1".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("nope".parse::<Cidr>().is_err());
+    }
+
+    struct Exes;
+    impl ProcessResolver for Exes {
+        fn exe(&mut self, pid: u32) -> Option<String> {
+            (pid == 7).then(|| "/usr/sbin/named".into())
+        }
+        fn user(&mut self, _uid: u32) -> Option<String> {
+            None
+        }
+    }
+
+    #[test]
+    fn process_names_match_the_comm_or_the_executable_name() {
+        let names = vec!["dig".to_owned()];
+        // `dig` connects from a thread named `isc-net-0000`.
+        let mut thread = ProcessInfo::kernel(42, 43, "isc-net-0000".into(), 0, 0, 0);
+        assert!(!process_matches(
+            Some(&thread),
+            &names,
+            &[],
+            &[],
+            &mut NoResolver
+        ));
+        thread.detail = std::sync::Arc::new(crate::event::ProcessDetail {
+            exe: Some("/usr/bin/dig".into()),
+            ..Default::default()
+        });
+        assert!(process_matches(
+            Some(&thread),
+            &names,
+            &[],
+            &[],
+            &mut NoResolver
+        ));
+        assert!(process_matches(
+            Some(&thread),
+            &[],
+            &["/usr/bin/dig".to_owned()],
+            &[],
+            &mut NoResolver
+        ));
+        // Only the whole file name counts, not a part of the path.
+        let bin = vec!["bin".to_owned(), "usr".to_owned(), "di".to_owned()];
+        assert!(!process_matches(
+            Some(&thread),
+            &bin,
+            &[],
+            &[],
+            &mut NoResolver
+        ));
+        // Without enriched details the resolver is asked.
+        let named = ProcessInfo::kernel(7, 8, "isc-loop-0001".into(), 0, 0, 0);
+        assert!(process_matches(
+            Some(&named),
+            &["named".to_owned()],
+            &[],
+            &[],
+            &mut Exes
+        ));
+        assert!(!process_matches(
+            Some(&named),
+            &["dig".to_owned()],
+            &[],
+            &[],
+            &mut Exes
+        ));
+        assert_eq!(exe_name("/usr/bin/nc.openbsd (deleted)"), "nc.openbsd");
+        assert_eq!(exe_name("busybox"), "busybox");
     }
 
     #[test]
