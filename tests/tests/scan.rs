@@ -269,8 +269,12 @@ impl Lab {
         let _ = c.wait();
     }
 
-    /// Kills everything in host `i` and deletes its namespace (the host goes away).
+    /// Cuts host `i` off, kills everything in it and deletes its namespace (the host
+    /// goes away). The link goes first: deleting one end of a veth pair removes both at
+    /// once, while a namespace lingers until its processes are reaped and the kernel's
+    /// deferred clean-up has run, answering pings meanwhile.
     fn remove_host(&mut self, i: usize) {
+        must(&["ip", "-n", &self.scanner, "link", "del", &format!("v{i}")]);
         kill_all_in(&self.hosts[i]);
         let _ = sh(&["ip", "netns", "del", &self.hosts[i]]);
     }
