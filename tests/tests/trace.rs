@@ -299,6 +299,17 @@ fn sigterm_detaches_everything_and_writes_final_stats() {
     assert!(left.is_empty(), "links still attached after exit: {left:?}");
 }
 
+/// `netmon run` with the backend under test, stdout and stderr piped, read by nobody yet
+/// (for tests of how it treats its reader).
+fn spawn_piped_netmon() -> std::process::Child {
+    std::process::Command::new(netmon_tests::netmon_bin())
+        .args(["run", "--backend", &netmon_tests::backend()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// A reader that stops reading must not keep netmon from stopping: after SIGTERM it
 /// waits while output still goes out, then ends (exit 1, a line on stderr) and the
 /// kernel detaches everything.
@@ -307,12 +318,7 @@ fn sigterm_stops_netmon_whose_reader_stalled() {
     use std::io::BufRead;
     require_root!();
     let _ns = NetNs::new();
-    let mut child = std::process::Command::new(netmon_tests::netmon_bin())
-        .args(["run", "--backend", &netmon_tests::backend()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped_netmon();
     // Read the probe line, then never read again.
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut probe = String::new();
@@ -440,12 +446,7 @@ fn json_lines_follow_the_contract() {
 fn closed_stdout_ends_netmon_quietly() {
     require_root!();
     let _ns = NetNs::new();
-    let mut child = std::process::Command::new(netmon_tests::netmon_bin())
-        .args(["run", "--backend", &netmon_tests::backend()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped_netmon();
     let mut stdout = child.stdout.take().unwrap();
     let mut first = [0u8; 1];
     stdout.read_exact(&mut first).unwrap();

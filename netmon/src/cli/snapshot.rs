@@ -682,7 +682,14 @@ mod tests {
 
     use super::*;
 
-    fn sock(proto: Proto, state: u8, local: &str, remote: &str, inode: u32) -> SocketInfo {
+    /// A socket for tests (also used by `events.rs`'s tests).
+    pub(super) fn sock(
+        proto: Proto,
+        state: u8,
+        local: &str,
+        remote: &str,
+        inode: u32,
+    ) -> SocketInfo {
         let local: SocketAddr = local.parse().unwrap();
         SocketInfo {
             proto,

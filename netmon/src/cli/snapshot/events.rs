@@ -152,23 +152,9 @@ impl ActiveConnections for Held {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::sock;
     use super::*;
     use crate::event::Family;
-
-    fn sock(proto: Proto, state: u8, local: &str, remote: &str, inode: u32) -> SocketInfo {
-        let local: SocketAddr = local.parse().unwrap();
-        SocketInfo {
-            proto,
-            family: Family::of(&local.ip()),
-            state,
-            local,
-            remote: remote.parse().unwrap(),
-            inode,
-            uid: 0,
-            tcp: None,
-            netns: None,
-        }
-    }
 
     fn owners(inode: u32) -> Vec<ProcessInfo> {
         match inode {
