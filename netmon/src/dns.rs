@@ -266,22 +266,24 @@ impl Tracker {
         };
         let key = (p.socket_cookie, msg.metadata.id, asker);
         let q = &msg.queries[0];
+        // The transaction as the query describes it (no response yet).
+        let fresh = || Dns {
+            proto: p.proto,
+            family: Family::of(&asker.ip()),
+            role,
+            src: Endpoint::new(asker.ip(), asker.port()),
+            dst: Endpoint::new(answerer.ip(), answerer.port()),
+            id: msg.metadata.id,
+            query: name_text(&q.name),
+            qtype: type_name(q.query_type),
+            rcode: None,
+            answers: Vec::new(),
+            latency_ms: None,
+            process: p.process.clone(),
+            truncated: false,
+        };
         if is_query {
-            let dns = Dns {
-                proto: p.proto,
-                family: Family::of(&asker.ip()),
-                role,
-                src: Endpoint::new(asker.ip(), asker.port()),
-                dst: Endpoint::new(answerer.ip(), answerer.port()),
-                id: msg.metadata.id,
-                query: name_text(&q.name),
-                qtype: type_name(q.query_type),
-                rcode: None,
-                answers: Vec::new(),
-                latency_ms: None,
-                process: p.process.clone(),
-                truncated: false,
-            };
+            let dns = fresh();
             if let Some(old) = self.pending.insert(key, Pending { ts: p.ts, dns }) {
                 // A retransmission with the same id: report the first as unanswered.
                 self.stats.unanswered += 1;
@@ -304,21 +306,7 @@ impl Tracker {
             }
             None => {
                 self.stats.unmatched += 1;
-                Dns {
-                    proto: p.proto,
-                    family: Family::of(&asker.ip()),
-                    role,
-                    src: Endpoint::new(asker.ip(), asker.port()),
-                    dst: Endpoint::new(answerer.ip(), answerer.port()),
-                    id: msg.metadata.id,
-                    query: name_text(&q.name),
-                    qtype: type_name(q.query_type),
-                    rcode: None,
-                    answers: Vec::new(),
-                    latency_ms: None,
-                    process: p.process.clone(),
-                    truncated: false,
-                }
+                fresh()
             }
         };
         if dns.process.is_none() {
