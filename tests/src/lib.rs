@@ -514,10 +514,21 @@ impl Peer {
 
     /// The port from the `port N` line a `tcp-server` peer prints once it listens.
     pub fn port(&self) -> u16 {
+        self.numbered_line("port")
+    }
+
+    /// The source port from the `local N` line a `udp-send` peer prints.
+    pub fn local_port(&self) -> u16 {
+        self.numbered_line("local")
+    }
+
+    /// The number of the next line, which must read `<word> N`.
+    fn numbered_line(&self, word: &str) -> u16 {
         let line = self.line();
-        line.strip_prefix("port ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("testpeer printed {line:?}, not `port N`"))
+        line.strip_prefix(word)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("testpeer printed {line:?}, not `{word} N`"))
     }
 
     pub fn wait(mut self) -> std::process::ExitStatus {

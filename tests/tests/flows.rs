@@ -551,12 +551,7 @@ fn idle_udp_flows_close_with_their_counters_and_process() {
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
     let target = sink.local_addr().unwrap();
     let sender = Peer::spawn(&["udp-send", &target.to_string(), "5", "100"]);
-    let local: u16 = sender
-        .line()
-        .strip_prefix("local ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let local = sender.local_port();
     let pid = sender.pid();
     assert!(sender.wait().success());
     let close = netmon

@@ -168,12 +168,7 @@ fn udp_peer(to: &str, family: Family) {
     let sink = UdpSocket::bind(to).unwrap();
     let target = sink.local_addr().unwrap();
     let sender = Peer::spawn(&["udp-send", &target.to_string(), "25", "100"]);
-    let local: u16 = sender
-        .line()
-        .strip_prefix("local ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let local = sender.local_port();
     let pid = sender.pid();
     assert!(sender.wait().success());
     let first = netmon.wait_for(
