@@ -517,12 +517,12 @@ pub async fn run_with_limiter(
             continue;
         };
         outcome.up += 1;
-        let local = al.reason == "localhost";
         let st = states.remove(&p.addr).unwrap_or_default();
         let (ttl, window) = match syn_info.get(&p.addr) {
             Some(&(ttl, win)) => (Some(ttl), Some(win)),
             None => (al.ttl, None),
         };
+        let hints = hints::of_reply(ttl, window, al.reason == "localhost");
         let count = |f: &dyn Fn(PortState) -> bool| st.values().filter(|s| f(**s)).count();
         let mut ports = Vec::new();
         for (&(proto, port), &state) in &st {
@@ -561,16 +561,8 @@ pub async fn run_with_limiter(
                 mac: macs.get(&p.addr).cloned(),
                 name: dns.get(&p.addr).cloned(),
                 rtt_ms: al.rtt.map(|d| d.as_secs_f64() * 1000.0),
-                distance: if local {
-                    Some(0)
-                } else {
-                    ttl.map(|t| hints::distance(t, false))
-                },
-                os_hint: if local {
-                    None
-                } else {
-                    ttl.map(|t| hints::os_hint(t, window))
-                },
+                distance: hints.distance,
+                os_hint: hints.os_hint,
                 trace: traces.remove(&p.addr),
                 ports_scanned: st.len(),
                 open: count(&|s| s == PortState::Open),

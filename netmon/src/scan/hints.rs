@@ -12,13 +12,30 @@ pub fn initial_ttl(observed: u8) -> u8 {
         .unwrap_or(255)
 }
 
-/// Hops to the host, nmap's convention: 1 for a host on the same link, 0 for this
-/// host itself (the caller says when the target is local).
-pub fn distance(observed_ttl: u8, local: bool) -> u8 {
+/// Hops to a remote host, nmap's convention: 1 for a host on the same link.
+pub fn distance(observed_ttl: u8) -> u8 {
+    initial_ttl(observed_ttl) - observed_ttl + 1
+}
+
+/// What a host's reply says about it: distance and OS hint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostHints {
+    pub distance: Option<u8>,
+    pub os_hint: Option<String>,
+}
+
+/// The hints of a reply with TTL `ttl` (and SYN-ACK `window`, from a SYN scan). This
+/// host itself (`local`) is at distance 0, and its TTL says nothing about its system.
+pub fn of_reply(ttl: Option<u8>, window: Option<u16>, local: bool) -> HostHints {
     if local {
-        0
-    } else {
-        initial_ttl(observed_ttl) - observed_ttl + 1
+        return HostHints {
+            distance: Some(0),
+            os_hint: None,
+        };
+    }
+    HostHints {
+        distance: ttl.map(distance),
+        os_hint: ttl.map(|t| os_hint(t, window)),
     }
 }
 
@@ -57,9 +74,17 @@ mod tests {
         assert_eq!(initial_ttl(113), 128);
         assert_eq!(initial_ttl(250), 255);
         assert_eq!(initial_ttl(20), 32);
-        assert_eq!(distance(64, false), 1);
-        assert_eq!(distance(62, false), 3);
-        assert_eq!(distance(64, true), 0);
+        assert_eq!(distance(64), 1);
+        assert_eq!(distance(62), 3);
+        assert_eq!(
+            of_reply(Some(64), None, true),
+            HostHints {
+                distance: Some(0),
+                os_hint: None
+            }
+        );
+        assert_eq!(of_reply(None, None, false), HostHints::default());
+        assert_eq!(of_reply(Some(62), None, false).distance, Some(3));
     }
 
     #[test]

@@ -314,20 +314,13 @@ impl Monitor {
                 match sweep.alive.get(&a) {
                     Some(alive) => {
                         let name = names.remove(&a);
-                        let local = alive.reason == "localhost";
+                        let hints = hints::of_reply(alive.ttl, None, alive.reason == "localhost");
                         let s = Sighting {
                             reason: alive.reason.clone(),
                             mac: macs.get(&a).cloned(),
                             name,
-                            os_hint: alive
-                                .ttl
-                                .filter(|_| !local)
-                                .map(|t| hints::os_hint(t, None)),
-                            distance: if local {
-                                Some(0)
-                            } else {
-                                alive.ttl.map(|t| hints::distance(t, false))
-                            },
+                            os_hint: hints.os_hint,
+                            distance: hints.distance,
                             source: if self.network_addrs.contains(&a) {
                                 "network"
                             } else {
