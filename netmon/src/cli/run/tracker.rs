@@ -327,7 +327,7 @@ impl Tracker {
         let mut out = Vec::with_capacity(ended.len());
         for flow in ended {
             self.forget_udp_peer(&flow);
-            out.push(self.idle_close(&flow));
+            out.push(self.own_close(&flow, flow.last_active_ns, "udp_idle"));
         }
         out
     }
@@ -433,27 +433,29 @@ impl Tracker {
         let mut out = Vec::with_capacity(vanished.len());
         for key in vanished {
             if let Some(flow) = self.flows.close(&key) {
-                out.push(self.missed_close(&flow, now_ns));
+                // An upper bound: the socket went away since the last look.
+                out.push(self.own_close(&flow, now_ns, "missed"));
             }
         }
         out
     }
 
-    fn missed_close(&self, flow: &Flow, now_ns: u64) -> Event {
+    /// A `close` netmon makes itself: `reason` says why, `end_ns` is when the flow was
+    /// last known to be alive (its duration's end; none for flows older than netmon).
+    fn own_close(&self, flow: &Flow, end_ns: u64, reason: &str) -> Event {
         let c = flow.counters();
         Event {
             ts: Utc::now(),
             host: self.host.clone(),
             body: EventBody::Close(Close {
                 conn: flow.connection(self.backend_of(flow)),
-                // An upper bound: the socket went away since the last look.
                 duration_ms: (!flow.existing)
-                    .then(|| now_ns.saturating_sub(flow.start_ns) as f64 / 1e6),
+                    .then(|| end_ns.saturating_sub(flow.start_ns) as f64 / 1e6),
                 bytes_sent: c.bytes_sent,
                 bytes_received: c.bytes_received,
                 packets_sent: c.packets_sent,
                 packets_received: c.packets_received,
-                reason: Some("missed".into()),
+                reason: Some(reason.into()),
             }),
         }
     }
@@ -474,24 +476,6 @@ impl Tracker {
                 bytes_received: c.bytes_received,
                 packets_sent: c.packets_sent,
                 packets_received: c.packets_received,
-            }),
-        }
-    }
-
-    fn idle_close(&self, flow: &Flow) -> Event {
-        let c = flow.counters();
-        Event {
-            ts: Utc::now(),
-            host: self.host.clone(),
-            body: EventBody::Close(Close {
-                conn: flow.connection(self.backend_of(flow)),
-                duration_ms: (!flow.existing)
-                    .then(|| flow.last_active_ns.saturating_sub(flow.start_ns) as f64 / 1e6),
-                bytes_sent: c.bytes_sent,
-                bytes_received: c.bytes_received,
-                packets_sent: c.packets_sent,
-                packets_received: c.packets_received,
-                reason: Some("udp_idle".into()),
             }),
         }
     }
