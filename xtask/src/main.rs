@@ -24,7 +24,12 @@ struct Cli {
 enum Task {
     /// Install what building and testing needs (nightly rust-src, bpf-linker, Debian
     /// packages). Quick when everything is there.
-    Setup,
+    Setup {
+        /// Instead: prove the fresh-machine path (build bpf-linker into a temporary
+        /// root with no stamp, then link the eBPF object with it), whatever is installed.
+        #[arg(long)]
+        from_scratch: bool,
+    },
     /// Build the eBPF object (bpfel-unknown-none) into target/bpfel-unknown-none/release.
     BuildEbpf,
     /// Set up, build, lint and run every test: unit, CLI, root integration (local and
@@ -47,7 +52,13 @@ enum Task {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
-        Task::Setup => setup::setup(),
+        Task::Setup { from_scratch } => {
+            if from_scratch {
+                setup::check_from_scratch()
+            } else {
+                setup::setup()
+            }
+        }
         Task::BuildEbpf => setup::setup().and_then(|()| build::build_ebpf()),
         Task::Test(args) => test::test(args),
         Task::Run { args } => setup::setup().and_then(|()| run::run(&args)),

@@ -24,6 +24,9 @@ pub fn test(args: TestArgs) -> Result<()> {
     };
     let mut steps: Vec<(&str, Result<()>)> = Vec::new();
     let mut skipped: Vec<&str> = Vec::new();
+    // The fresh-machine path, whatever this machine has installed already: a
+    // bpf-linker built from scratch into a throw-away root links the eBPF object.
+    steps.push(("set-up from scratch", setup::check_from_scratch()));
     steps.push((
         "fmt",
         exec::run(&mut cargo(&["fmt", "--all", "--", "--check"])),
