@@ -16,6 +16,7 @@ pub mod event;
 pub mod flow;
 pub mod kernel_btf;
 pub mod output;
+pub mod privileges;
 pub mod probe;
 pub mod process;
 pub mod procfs;
