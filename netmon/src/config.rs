@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::rules::RulesConfig;
 
+mod span;
+pub use span::Span;
+
 /// Read when no `--config` is given and the file exists.
 pub const DEFAULT_PATH: &str = "/etc/netmon/netmon.toml";
 
@@ -94,13 +97,22 @@ impl std::error::Error for ConfigError {}
 
 /// Parses a configuration text; `file` only names it in errors.
 pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    parse_with_warnings(text, file).map(|(config, _)| config)
+}
+
+/// As [`parse`], also returning a warning (file, line, key, what to write instead) for
+/// each deprecated key it accepted.
+pub fn parse_with_warnings(
+    text: &str,
+    file: &Path,
+) -> Result<(Config, Vec<ConfigError>), ConfigError> {
     let de = toml::Deserializer::parse(text).map_err(|e| located(text, file, String::new(), &e))?;
-    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         let key = if key == "." { String::new() } else { key };
         located(text, file, key, e.inner())
     })?;
-    config.validate().map_err(|(key, message)| {
+    let at = |(key, message): (String, String)| {
         let (line, column) = find_key(text, &key);
         ConfigError {
             file: file.to_owned(),
@@ -109,11 +121,13 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             key,
             message,
         }
-    })?;
-    Ok(config)
+    };
+    let warnings = config.rules.upgrade().into_iter().map(at).collect();
+    config.validate().map_err(at)?;
+    Ok((config, warnings))
 }
 
-/// Reads and parses `path`.
+/// Reads and parses `path`; prints a warning line on stderr for each deprecated key.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_owned(),
@@ -122,7 +136,11 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
         key: String::new(),
         message: format!("cannot read the configuration file: {e}"),
     })?;
-    parse(&text, path)
+    let (config, warnings) = parse_with_warnings(&text, path)?;
+    for w in warnings {
+        eprintln!("netmon: warning: {w}");
+    }
+    Ok(config)
 }
 
 /// The configuration in effect: `explicit` if given, else [`DEFAULT_PATH`] if it

@@ -5,6 +5,7 @@
 //! `cli::run` (the ring-buffer loop) touch aya and the kernel. `sockets` (sock_diag,
 //! `/proc/*/fd`) and `process` (`/proc/<pid>`) read the system through thin edges
 //! around pure parsers.
+pub mod addr;
 pub mod analysis;
 pub mod cli;
 pub mod clock;
