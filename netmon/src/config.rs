@@ -349,6 +349,41 @@ allow = ["10.0.0.0/24"]
     }
 
     #[test]
+    fn windows_are_durations_and_window_s_is_deprecated() {
+        let c = parse(
+            "[rules.external_connections]\nwindow = \"2m\"\n[rules.dns_tunneling]\nwindow = 30\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.rules.external_connections.window, Span::from_secs(120));
+        assert_eq!(c.rules.dns_tunneling.window, Span::from_secs(30));
+        let text = "[rules]\ncooldown_s = 10\n[rules.dns_tunneling]\nwindow_s = 90\n";
+        let (c, warnings) = parse_with_warnings(text, Path::new("netmon.toml")).unwrap();
+        assert_eq!(c.rules.dns_tunneling.window, Span::from_secs(90));
+        assert_eq!(c.rules.dns_tunneling.window_s, None, "moved to `window`");
+        assert_eq!(warnings.len(), 1);
+        let w = warnings[0].to_string();
+        assert_eq!(
+            w,
+            "netmon.toml:4:1: key `rules.dns_tunneling.window_s`: `window_s` is deprecated \
+             and will be removed: write `window = \"90s\"`"
+        );
+        // Shown as the current spelling.
+        let shown = toml::to_string(&c.rules.dns_tunneling).unwrap();
+        assert!(shown.contains("window = \"90s\""), "{shown}");
+        assert!(!shown.contains("window_s"), "{shown}");
+        let e = err("[rules.external_connections]\nwindow = \"0s\"\n");
+        assert_eq!(e.key, "rules.external_connections.window");
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("at least 1 second"), "{e}");
+        let e = err("[rules.dns_tunneling]\nwindow = \"soon\"\n");
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("not a duration"), "{e}");
+        let e = err("[rules.dns_tunneling]\nwindow = \"99999999999999999999999999d\"\n");
+        assert!(e.message.contains("not a duration"), "{e}");
+    }
+
+    #[test]
     fn custom_rules_need_unique_names() {
         let e = err(
             "[[rules.custom]]\nname = \"SUSPICIOUS_PORT\"\nseverity = \"low\"\nsummary = \"x\"\n",
