@@ -2,9 +2,11 @@
 //! `EXTERNAL_CONNECTIONS` (one process talks to many unique external addresses within a
 //! window: fan-out or scanning).
 //!
-//! Active connections are counted by an [`ActiveConnections`] implementation: the
-//! minimal [`ConnTable`] here follows connect/accept/close events itself; a fuller flow
-//! table can take its place behind the same trait.
+//! Active connections are counted by an [`ActiveConnections`] implementation: `netmon
+//! run` and `replay` use the minimal [`ConnTable`] here, which follows connect/accept/
+//! close events itself; `netmon snapshot` passes the sockets it read (`Held` in
+//! `cli/snapshot/events.rs`). The flow table (`flow.rs`) could take its place behind the
+//! same trait.
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     net::IpAddr,
