@@ -360,7 +360,6 @@ allow = ["10.0.0.0/24"]
         let text = "[rules]\ncooldown_s = 10\n[rules.dns_tunneling]\nwindow_s = 90\n";
         let (c, warnings) = parse_with_warnings(text, Path::new("netmon.toml")).unwrap();
         assert_eq!(c.rules.dns_tunneling.window, Span::from_secs(90));
-        assert_eq!(c.rules.dns_tunneling.window_s, None, "moved to `window`");
         assert_eq!(warnings.len(), 1);
         let w = warnings[0].to_string();
         assert_eq!(
@@ -376,6 +375,9 @@ allow = ["10.0.0.0/24"]
         assert_eq!(e.key, "rules.external_connections.window");
         assert_eq!(e.line, Some(2));
         assert!(e.message.contains("at least 1 second"), "{e}");
+        let e = err("[rules]\n[rules.dns_tunneling]\nwindow_s = 0\n");
+        assert_eq!(e.key, "rules.dns_tunneling.window_s");
+        assert_eq!(e.line, Some(3));
         let e = err("[rules.dns_tunneling]\nwindow = \"soon\"\n");
         assert_eq!(e.line, Some(2));
         assert!(e.message.contains("not a duration"), "{e}");

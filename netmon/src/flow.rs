@@ -19,6 +19,10 @@
 //!   buckets) and an idle-order index (16-byte entries): about 200 bytes per flow with
 //!   the maps' overhead; process context is shared (`Arc`), never copied per flow.
 //!   `tests::sizes_the_comments_state` keeps these figures true.
+//!
+//! Over 600 lines on purpose: about 580 of code for one data structure whose slab and
+//! two indexes must change together (split, its invariants would cross files), and
+//! its unit tests below.
 use std::{
     collections::{BTreeSet, HashMap},
     net::{IpAddr, Ipv6Addr, SocketAddr},

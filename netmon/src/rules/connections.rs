@@ -257,7 +257,7 @@ pub struct ExternalConnectionsConfig {
     /// Unique external addresses of one process within `window` that fire the rule.
     pub threshold: usize,
     pub window: Span,
-    /// Deprecated spelling of `window`, in whole seconds (moved there on load).
+    /// Deprecated spelling of `window`, in whole seconds (copied there on load).
     #[serde(skip_serializing)]
     pub window_s: Option<u64>,
     /// Addresses that are not external (replaces the built-in private/loopback list).
@@ -301,10 +301,10 @@ impl RuleSection for ExternalConnectionsConfig {
                "internal_cidrs": self.internal_cidrs, "allow": self.allow})
     }
     fn validate(&self) -> Result<(), (String, String)> {
-        check_window(self.window)
+        check_window(self.window, self.window_s)
     }
     fn upgrade(&mut self) -> Vec<(String, String)> {
-        upgrade_window(&mut self.window_s, &mut self.window)
+        upgrade_window(self.window_s, &mut self.window)
     }
     fn build(&self, ctx: &mut Build) -> Box<dyn Rule> {
         Box::new(ExternalConnections::new(self, ctx.cooldown_s))

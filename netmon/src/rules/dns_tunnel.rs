@@ -89,7 +89,7 @@ pub struct DnsTunnelingConfig {
     pub severity: Option<Severity>,
     pub cooldown_s: Option<u64>,
     pub window: Span,
-    /// Deprecated spelling of `window`, in whole seconds (moved there on load).
+    /// Deprecated spelling of `window`, in whole seconds (copied there on load).
     #[serde(skip_serializing)]
     pub window_s: Option<u64>,
     /// Labels that make the registered domain (2: `example.com`).
@@ -161,10 +161,10 @@ impl RuleSection for DnsTunnelingConfig {
         if self.domain_labels == 0 {
             return Err(("domain_labels".into(), "expected at least 1".into()));
         }
-        check_window(self.window)
+        check_window(self.window, self.window_s)
     }
     fn upgrade(&mut self) -> Vec<(String, String)> {
-        upgrade_window(&mut self.window_s, &mut self.window)
+        upgrade_window(self.window_s, &mut self.window)
     }
     fn build(&self, ctx: &mut Build) -> Box<dyn Rule> {
         Box::new(DnsTunneling::new(self, ctx.cooldown_s))

@@ -133,17 +133,24 @@ pub trait RuleSection {
     fn build(&self, ctx: &mut Build) -> Box<dyn Rule>;
 }
 
-/// Validation shared by the tables that have a `window`.
-pub fn check_window(w: Span) -> Result<(), (String, String)> {
+/// Validation shared by the tables that have a `window` (the error names `window_s`
+/// when that is what the file wrote).
+pub fn check_window(w: Span, window_s: Option<u64>) -> Result<(), (String, String)> {
     if w.as_std() < std::time::Duration::from_secs(1) {
-        return Err(("window".into(), "expected at least 1 second".into()));
+        let key = if window_s.is_some() {
+            "window_s"
+        } else {
+            "window"
+        };
+        return Err((key.into(), "expected at least 1 second".into()));
     }
     Ok(())
 }
 
-/// The `window_s = N` of older configurations, moved to `window`; the warning to show.
-pub fn upgrade_window(window_s: &mut Option<u64>, window: &mut Span) -> Vec<(String, String)> {
-    let Some(secs) = window_s.take() else {
+/// The `window_s = N` of older configurations, copied to `window` (it wins); the
+/// warning to show.
+pub fn upgrade_window(window_s: Option<u64>, window: &mut Span) -> Vec<(String, String)> {
+    let Some(secs) = window_s else {
         return Vec::new();
     };
     *window = Span::from_secs(secs);
