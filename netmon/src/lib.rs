@@ -1,8 +1,8 @@
 //! netmon: a Linux network monitor on eBPF. `docs/architecture.md` maps the tree.
 //!
 //! Layers, arrows pointing down only: the contract (`event`); pure state and ideas
-//! (`addr`, `flow`, `dns`, `process`, `clock`, `config`), which take plain values and
-//! return plain values; the kernel edge (`probe` loads and attaches, `decode` turns ring
+//! (`addr`, `escape`, `flow`, `dns`, `process`, `clock`, `config`), which take plain
+//! values and return plain values; the kernel edge (`probe` loads and attaches, `decode` turns ring
 //! records into events; only `probe` and the ring-buffer reader in `cli::run` touch
 //! aya); the pipeline of `netmon run` (today `cli::run`, `cli::run::tracker`, `analysis`,
 //! `rules`, `output`); the faces (`cli`, `scan`). `sockets` (sock_diag, `/proc/*/fd`),
