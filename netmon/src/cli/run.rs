@@ -286,8 +286,6 @@ impl Pump {
             .context("cannot poll the ring buffer")?;
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-        // A stop must work even when the reader of the output stalls (see watchdog.rs).
-        watchdog::install().context("cannot start the stop watchdog")?;
         // The scanner runs beside the loop on the same thread; it only awaits sockets
         // and timers, so the ring buffer is served between its steps.
         let mut scan_events: Option<mpsc::Receiver<Event>> = None;
@@ -309,7 +307,9 @@ impl Pump {
         // report (processed next) wins. Before the probe line, so that whatever
         // happens after that line (a listener closing, say) happens after the seed.
         self.tracker.seed(BootClock::monotonic_now_ns());
-        // The last step that needs more than reading /proc: drop the rest.
+        // The last step that needs more than reading /proc: drop the rest. Before any
+        // thread starts: capabilities belong to a thread, and a thread started earlier
+        // would keep them all.
         if !self.keep_privileges {
             let keep = privileges::kept_after_start(self.scan.is_some());
             if let Err(e) = privileges::drop_after_start(&keep) {
@@ -318,6 +318,8 @@ impl Pump {
                 );
             }
         }
+        // A stop must work even when the reader of the output stalls (see watchdog.rs).
+        watchdog::install().context("cannot start the stop watchdog")?;
         // Announce only once signals are handled: whoever reacts to the probe line by
         // stopping netmon must get the orderly shutdown and the final stats.
         if !self.write(&probe)? {
