@@ -15,6 +15,7 @@ pub mod event;
 pub mod flow;
 pub mod kernel_btf;
 pub mod output;
+pub mod pipeline;
 pub mod probe;
 pub mod process;
 pub mod procfs;
