@@ -242,7 +242,7 @@ impl Stages {
                 _ = sigterm.recv() => break,
             }
         }
-        if let Some(scanner) = self.scanner.take() {
+        if let Some(scanner) = &mut self.scanner {
             let left = scanner.stop();
             self.hub.emit_all(left).await?;
         }

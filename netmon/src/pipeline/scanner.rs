@@ -65,8 +65,9 @@ impl Scanner {
         self.counters.borrow().clone()
     }
 
-    /// Stops the task; the change events it had made and not yet handed over.
-    pub fn stop(mut self) -> Vec<Event> {
+    /// Stops the task; the change events it had made and not yet handed over. Its
+    /// counters stay readable (for the final `stats`).
+    pub fn stop(&mut self) -> Vec<Event> {
         self.task.abort();
         self.feed.abort();
         let mut left = Vec::new();
@@ -75,6 +76,7 @@ impl Scanner {
                 left.push(event);
             }
         }
+        self.changes = None;
         left
     }
 }
