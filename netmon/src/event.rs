@@ -307,7 +307,9 @@ pub struct FlowSummary {
 pub struct Stats {
     /// Seconds since netmon started.
     pub uptime_s: f64,
-    /// Events received from the kernel, per type.
+    /// Events netmon wrote before this line, per type (every path counts: kernel
+    /// events, netmon's own closes and `flow` summaries, `dns`, alerts, scanner
+    /// changes, `probe`); `stats` lines themselves are not counted.
     pub events: BTreeMap<String, u64>,
     /// Events the kernel could not hand over (ring buffer full), in total.
     pub lost: u64,
@@ -341,6 +343,20 @@ pub struct Stats {
     /// The scanner's counters, when `[scan]` allows a network (see `scan/monitor.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scan: Option<crate::scan::monitor::MonitorCounters>,
+    /// Each consumer of the pipeline's hub (the sink, the history writer, …) by name:
+    /// what waits in its queue and what it missed because its queue was full (see
+    /// `pipeline/hub.rs`). The sink is never dropped for: it is waited for.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub consumers: BTreeMap<String, ConsumerStats>,
+}
+
+/// `stats.consumers.<name>`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerStats {
+    /// Events in the consumer's queue now, not yet taken.
+    pub queued: u64,
+    /// Events it missed since start because its queue was full (or it had stopped).
+    pub dropped: u64,
 }
 
 /// `stats.flows`.
