@@ -3,7 +3,7 @@
 //! `netmon scan` command and the inventory monitor both use.
 //!
 //! Layout: pure parts (`target`, `ports`, `rate`, `service` parsers, `hints`,
-//! `inventory`, `config`, `report`) are unit-tested without a network; the probes
+//! `inventory`, `config`) are unit-tested without a network; the probes
 //! (`discover`, `connect`, `syn`, `udp`, `neigh`, `rdns`, `traceroute`) do the I/O.
 //! This module must not write output: it returns results and the caller renders them.
 //!
@@ -35,7 +35,6 @@ pub mod net;
 pub mod ports;
 pub mod rate;
 pub mod rdns;
-pub mod report;
 pub mod service;
 pub mod syn;
 pub mod target;
@@ -43,7 +42,7 @@ pub mod text;
 pub mod traceroute;
 pub mod udp;
 
-pub use report::{HostState, PortState, ScanHost, ScanPort};
+pub use crate::event::scan::{HostState, PortState, ScanHost, ScanPort};
 
 use crate::event::Proto;
 use discover::DiscoveryOptions;
@@ -465,7 +464,7 @@ pub async fn run_with_limiter(
             }
         }
     }
-    let mut traces: HashMap<IpAddr, Vec<report::TraceHop>> = HashMap::new();
+    let mut traces: HashMap<IpAddr, Vec<crate::event::scan::TraceHop>> = HashMap::new();
     if opts.traceroute {
         for &a in live
             .iter()
