@@ -352,7 +352,13 @@ pub async fn run_with_limiter(
                 progress.clone(),
                 trouble.clone(),
             )
-            .await;
+            .await
+            .unwrap_or_else(|e| {
+                outcome.warnings.push(format!(
+                    "the connect scan failed ({e}): its ports are reported filtered"
+                ));
+                HashMap::new()
+            });
             let fd = trouble.fd_exhausted.load(Ordering::Relaxed);
             let lp = trouble.ports_exhausted.load(Ordering::Relaxed);
             if fd > 0 {

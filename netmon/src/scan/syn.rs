@@ -244,10 +244,21 @@ pub async fn scan(
         r.abort();
     }
     let (mut states, replies) = std::mem::take(&mut *shared.lock().unwrap());
-    let trouble = connect::LocalTrouble::default();
-    for dst in own_port_jobs {
-        states.insert(dst, connect::probe(dst, timeout, &trouble).await);
-        progress.done.fetch_add(1, Ordering::Relaxed);
+    if !own_port_jobs.is_empty() {
+        // Counted in `progress` by the connect scan itself.
+        let trouble = Arc::new(connect::LocalTrouble::default());
+        let n = own_port_jobs.len();
+        states.extend(
+            connect::scan(
+                own_port_jobs,
+                timeout,
+                n,
+                rate.clone(),
+                progress.clone(),
+                trouble,
+            )
+            .await?,
+        );
     }
     for &dst in jobs {
         if let std::collections::hash_map::Entry::Vacant(e) = states.entry(dst) {
