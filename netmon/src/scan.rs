@@ -75,6 +75,8 @@ pub struct ScanOptions {
     pub discovery: bool,
     pub discovery_opts: DiscoveryOptions,
     pub service_detection: bool,
+    /// How long detecting one port's service may take (all its probes together).
+    pub service_timeout: Duration,
     pub reverse_dns: bool,
     pub traceroute: bool,
     pub allow_public: bool,
@@ -97,6 +99,7 @@ impl Default for ScanOptions {
             discovery: true,
             discovery_opts: DiscoveryOptions::default(),
             service_detection: true,
+            service_timeout: DEFAULT_SERVICE_TIMEOUT,
             reverse_dns: true,
             traceroute: false,
             allow_public: false,
@@ -109,6 +112,9 @@ impl Default for ScanOptions {
 /// `netmon scan`'s default packets per second: polite to a LAN, quick enough for a
 /// handful of hosts' top ports.
 pub const DEFAULT_RATE_PPS: u32 = 2000;
+
+/// How long service detection of one port may take by default (`--service-timeout`).
+pub const DEFAULT_SERVICE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a scan could not run at all.
 #[derive(Debug, thiserror::Error)]
@@ -437,8 +443,7 @@ pub async fn run_with_limiter(
         for sa in open_tcp {
             let permit = sem.clone().acquire_owned().await.expect("open semaphore");
             let d = DetectOptions {
-                greeting_wait: Duration::from_millis(800).min(opts.timeout * 2),
-                probe_timeout: opts.timeout.max(Duration::from_millis(500)) * 2,
+                timeout: opts.service_timeout,
                 host_name: names.get(&sa.ip()).cloned().unwrap_or_default(),
             };
             let (rate, progress) = (rate.clone(), progress.clone());

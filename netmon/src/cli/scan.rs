@@ -69,6 +69,10 @@ pub struct ScanArgs {
     /// Skip service detection (report port states only).
     #[arg(long)]
     pub no_service: bool,
+    /// How long service detection of one open port may take, all its probes together
+    /// (the ports are detected in parallel, so this bounds the whole phase).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_timeout)]
+    pub service_timeout: Duration,
     /// Skip reverse DNS (nmap's -n).
     #[arg(short = 'n', long = "no-dns")]
     pub no_dns: bool,
@@ -118,6 +122,7 @@ impl ScanArgs {
                 ..DiscoveryOptions::default()
             },
             service_detection: !self.no_service,
+            service_timeout: self.service_timeout,
             reverse_dns: !self.no_dns,
             traceroute: self.traceroute,
             allow_public: self.allow_public,

@@ -349,6 +349,7 @@ impl Monitor {
                 discovery: false,
                 discovery_opts: DiscoveryOptions::default(),
                 service_detection: cfg.service_detection,
+                service_timeout: (cfg.timeout * 2).max(super::DEFAULT_SERVICE_TIMEOUT),
                 reverse_dns: false,
                 traceroute: false,
                 allow_public: false,
