@@ -109,9 +109,11 @@ impl Default for ScanOptions {
     }
 }
 
-/// `netmon scan`'s default packets per second: polite to a LAN, quick enough for a
-/// handful of hosts' top ports.
-pub const DEFAULT_RATE_PPS: u32 = 2000;
+/// `netmon scan`'s default cap on packets per second: none. The SYN scan's congestion
+/// window (`rate::Window`) and the connect scan's bounded connects in flight pace a
+/// typed scan by what the target answers; `--rate` adds a hard cap, and the monitor of
+/// `netmon run` keeps its own fixed budget (`scan.rate_pps`).
+pub const DEFAULT_RATE_PPS: u32 = 0;
 
 /// How long service detection of one port may take by default (`--service-timeout`).
 pub const DEFAULT_SERVICE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -54,7 +54,9 @@ pub struct ScanArgs {
     /// you are allowed to.
     #[arg(long)]
     pub allow_public: bool,
-    /// Packets per second, all probes together (0: no limit, for loopback and labs).
+    /// Hard cap on packets per second, all probes together (0: none). Without it the
+    /// SYN scan paces itself by a congestion window (as nmap's) and the connect scan by
+    /// its connects in flight.
     #[arg(long, value_name = "PPS", default_value_t = scan::DEFAULT_RATE_PPS)]
     pub rate: u32,
     /// How long to wait for each answer: seconds, or with a unit (`500ms`, `2s`).
