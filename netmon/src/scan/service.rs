@@ -4,8 +4,8 @@
 //! a TLS ClientHello, a Redis `INFO`, a PostgreSQL `SSLRequest`, a memcached `version`).
 //!
 //! The parsers (`identify_*`, `parse_*`) are pure; `detect` does the I/O, one short
-//! connection per probe, the probes of a port in parallel after a short head start for
-//! the likely one, the whole bounded by `--service-timeout`.
+//! connection per probe, the probes of a port in parallel after a head start for the
+//! likely one, the whole bounded by `--service-timeout`.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
@@ -521,33 +521,37 @@ fn winner(
 
 /// Identifies the service on an open TCP port: one short connection per probe, each
 /// taking a token from the rate limiter, the whole bounded by `opts.timeout`. The
-/// port's likely probe and the greeting go first; when they have not identified the
-/// service within a head start (a quarter of the timeout, at most 500 ms) the other
-/// probes run in parallel, so a silent port costs one timeout, not one per probe.
-/// Never fails: a port nothing identified gets the port's usual name, marked as a
-/// guess.
+/// port's likely probe (its client-first protocol, else the greeting) goes first,
+/// alone, so a server that serves one connection at a time answers it; when it has not
+/// identified the service within a head start (half the timeout, at most 800 ms) the
+/// other probes run in parallel, so a silent port costs one timeout, not one per probe.
+/// A greeting is waited for a head start at most (a server-first protocol speaks at
+/// once, and a silent connection would hold such a server). Never fails: a port
+/// nothing identified gets the port's usual name, marked as a guess.
 pub async fn detect(addr: SocketAddr, opts: &DetectOptions, rate: &RateLimiter) -> ServiceInfo {
     let port = addr.port();
     let order = probe_order(port);
     let started = Instant::now();
     let deadline = started + opts.timeout;
-    let head_start = started + (opts.timeout / 4).min(Duration::from_millis(500));
+    let head = (opts.timeout / 2).min(Duration::from_millis(800));
+    let head_start = started + head;
     let opts = Arc::new(opts.clone());
     let mut outcomes: Vec<Option<ProbeOutcome>> = order.iter().map(|_| None).collect();
     let mut set = JoinSet::new();
-    let first = order
-        .iter()
-        .position(|p| *p == Probe::Greeting)
-        .map_or(order.len(), |i| i + 1);
     let launch = async |set: &mut JoinSet<_>, range: std::ops::Range<usize>| {
         for i in range {
             rate.acquire().await;
             let (probe, opts) = (order[i], opts.clone());
-            set.spawn(async move { (i, run_probe(addr, probe, &opts, deadline).await) });
+            let until = if probe == Probe::Greeting {
+                deadline.min(Instant::now() + head)
+            } else {
+                deadline
+            };
+            set.spawn(async move { (i, run_probe(addr, probe, &opts, until).await) });
         }
     };
-    launch(&mut set, 0..first).await;
-    let mut launched = first;
+    launch(&mut set, 0..1).await;
+    let mut launched = 1;
     loop {
         if let Some(found) = winner(&order, &outcomes, port, false) {
             return found;

@@ -254,7 +254,7 @@ pub async fn scan(
                     window.on_answer(Some(at.saturating_duration_since(when)));
                 } else {
                     window.on_answer(None);
-                    window.on_loss(at);
+                    window.on_loss(at.into_std());
                 }
             }
         }
@@ -294,7 +294,7 @@ pub async fn scan(
             rate.acquire().await;
             let pkt = syn_packet(SocketAddr::new(src_ip, f.port), dst, cookie(key, dst));
             if send(&f.sock, &pkt, dst.ip()).await? == Sent::AfterFullQueue {
-                window.on_loss(Instant::now());
+                window.on_loss(std::time::Instant::now());
             }
             let when = Instant::now();
             sent.insert(dst, (when, tries));
