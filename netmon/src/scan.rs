@@ -464,7 +464,12 @@ pub async fn run_with_limiter(
     phase_done("udp scan and services");
     // 5. Names, MACs, hints, routes.
     progress.start_phase("host details", live.len() as u64);
-    let macs = neigh::table().unwrap_or_default();
+    let macs = neigh::table().unwrap_or_else(|e| {
+        outcome
+            .warnings
+            .push(format!("{e}: hosts are reported without MAC addresses"));
+        HashMap::new()
+    });
     let mut dns: HashMap<IpAddr, String> = HashMap::new();
     if opts.reverse_dns {
         let mut set = JoinSet::new();

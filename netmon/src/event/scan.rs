@@ -154,4 +154,8 @@ pub struct MonitorCounters {
     pub pings: u64,
     pub port_scans: u64,
     pub state_write_errors: u64,
+    /// Sweeps whose neighbour (ARP/NDP) table could not be read, so their hosts have
+    /// no MAC address.
+    #[serde(default)]
+    pub neighbour_errors: u64,
 }

@@ -273,7 +273,11 @@ impl Monitor {
             };
             let sweep = discover::sweep(&all, &opts, self.rate.clone()).await;
             self.counters.pings += all.len() as u64;
-            let macs = neigh::table().unwrap_or_default();
+            // Without the table the hosts only lack their MAC addresses: counted.
+            let macs = neigh::table().unwrap_or_else(|_| {
+                self.counters.neighbour_errors += 1;
+                HashMap::new()
+            });
             // Names for live hosts that have none yet, looked up side by side.
             let mut names: HashMap<IpAddr, String> = HashMap::new();
             if cfg.reverse_dns {

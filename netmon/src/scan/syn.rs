@@ -159,8 +159,16 @@ fn open_family(v6: bool) -> io::Result<Family> {
 }
 
 type Shared = Arc<Mutex<(HashMap<SocketAddr, PortState>, HashMap<IpAddr, (u8, u16)>)>>;
-/// First answers, with when they came, for the sender's window (drained each turn).
-type Answers = Arc<Mutex<Vec<(SocketAddr, Instant)>>>;
+/// The probes of this scan (what a reply must answer), the first answers with when
+/// they came, for the sender's window (drained each turn), and a wake-up for the
+/// sender when one comes.
+#[derive(Default)]
+struct AnswerLog {
+    pending: HashSet<SocketAddr>,
+    log: Mutex<Vec<(SocketAddr, Instant)>>,
+    notify: Notify,
+}
+type Answers = Arc<AnswerLog>;
 
 /// Tries per port (nmap's `--max-retries 2`): a port unanswered after the last reads
 /// filtered.
@@ -196,26 +204,22 @@ pub async fn scan(
         }
     }
     let shared: Shared = Arc::default();
-    let answers: Answers = Arc::default();
-    let answered = Arc::new(Notify::new());
-    let pending: Arc<HashSet<SocketAddr>> = Arc::new(jobs.iter().copied().collect());
+    let answers: Answers = Arc::new(AnswerLog {
+        pending: jobs.iter().copied().collect(),
+        ..AnswerLog::default()
+    });
     let mut receivers = Vec::new();
     for f in &families {
-        let (sock, shared, answers, answered, pending, progress, port, v6) = (
+        let (sock, shared, answers, progress, port, v6) = (
             f.sock.clone(),
             shared.clone(),
             answers.clone(),
-            answered.clone(),
-            pending.clone(),
             progress.clone(),
             f.port,
             f.v6,
         );
         receivers.push(tokio::spawn(async move {
-            receive(
-                sock, v6, port, key, pending, shared, answers, answered, progress,
-            )
-            .await
+            receive(sock, v6, port, key, shared, answers, progress).await
         }));
     }
     // Where each probe goes from; unroutable ones read filtered, and on loopback the
@@ -247,7 +251,7 @@ pub async fn scan(
     loop {
         // Answers since the last turn: each frees its place and grows the window; an
         // answer to a retransmission proves a loss.
-        std::mem::swap(&mut fresh, &mut *answers.lock().unwrap());
+        std::mem::swap(&mut fresh, &mut *answers.log.lock().unwrap());
         for (from, at) in fresh.drain(..) {
             if let Some((when, tries)) = sent.remove(&from) {
                 if tries == 0 {
@@ -306,7 +310,7 @@ pub async fn scan(
         });
         let _ = tokio::time::timeout(
             next_timeout.clamp(Duration::from_micros(200), Duration::from_millis(20)),
-            answered.notified(),
+            answers.notify.notified(),
         )
         .await;
     }
@@ -372,10 +376,8 @@ async fn receive(
     v6: bool,
     port: u16,
     key: u64,
-    pending: Arc<HashSet<SocketAddr>>,
     shared: Shared,
     answers: Answers,
-    answered: Arc<Notify>,
     progress: Arc<Progress>,
 ) {
     loop {
@@ -399,7 +401,7 @@ async fn receive(
                         continue;
                     }
                     let from = SocketAddr::new(r.from, tcp.sport);
-                    if !pending.contains(&from) {
+                    if !answers.pending.contains(&from) {
                         continue;
                     }
                     let Some(state) = judge(&tcp, port, cookie(key, from)) else {
@@ -407,8 +409,8 @@ async fn receive(
                     };
                     let mut s = shared.lock().unwrap();
                     if s.0.insert(from, state).is_none() {
-                        answers.lock().unwrap().push((from, Instant::now()));
-                        answered.notify_one();
+                        answers.log.lock().unwrap().push((from, Instant::now()));
+                        answers.notify.notify_one();
                         progress.done.fetch_add(1, Ordering::Relaxed);
                         if state == PortState::Open {
                             progress.open.fetch_add(1, Ordering::Relaxed);
