@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::rules::RulesConfig;
 
+mod span;
+pub use span::Span;
+
 /// Read when no `--config` is given and the file exists.
 pub const DEFAULT_PATH: &str = "/etc/netmon/netmon.toml";
 
@@ -94,13 +97,22 @@ impl std::error::Error for ConfigError {}
 
 /// Parses a configuration text; `file` only names it in errors.
 pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    parse_with_warnings(text, file).map(|(config, _)| config)
+}
+
+/// As [`parse`], also returning a warning (file, line, key, what to write instead) for
+/// each deprecated key it accepted.
+pub fn parse_with_warnings(
+    text: &str,
+    file: &Path,
+) -> Result<(Config, Vec<ConfigError>), ConfigError> {
     let de = toml::Deserializer::parse(text).map_err(|e| located(text, file, String::new(), &e))?;
-    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         let key = if key == "." { String::new() } else { key };
         located(text, file, key, e.inner())
     })?;
-    config.validate().map_err(|(key, message)| {
+    let at = |(key, message): (String, String)| {
         let (line, column) = find_key(text, &key);
         ConfigError {
             file: file.to_owned(),
@@ -109,11 +121,13 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             key,
             message,
         }
-    })?;
-    Ok(config)
+    };
+    let warnings = config.rules.upgrade().into_iter().map(at).collect();
+    config.validate().map_err(at)?;
+    Ok((config, warnings))
 }
 
-/// Reads and parses `path`.
+/// Reads and parses `path`; prints a warning line on stderr for each deprecated key.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_owned(),
@@ -122,7 +136,11 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
         key: String::new(),
         message: format!("cannot read the configuration file: {e}"),
     })?;
-    parse(&text, path)
+    let (config, warnings) = parse_with_warnings(&text, path)?;
+    for w in warnings {
+        eprintln!("netmon: warning: {w}");
+    }
+    Ok(config)
 }
 
 /// The configuration in effect: `explicit` if given, else [`DEFAULT_PATH`] if it
@@ -328,6 +346,43 @@ allow = ["10.0.0.0/24"]
         let e = err("[scan]\nallow = [\"10.0.0.0/24\"]\nports = \"70000\"\n");
         assert_eq!(e.key, "scan.ports");
         assert_eq!(e.line, Some(3));
+    }
+
+    #[test]
+    fn windows_are_durations_and_window_s_is_deprecated() {
+        let c = parse(
+            "[rules.external_connections]\nwindow = \"2m\"\n[rules.dns_tunneling]\nwindow = 30\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.rules.external_connections.window, Span::from_secs(120));
+        assert_eq!(c.rules.dns_tunneling.window, Span::from_secs(30));
+        let text = "[rules]\ncooldown_s = 10\n[rules.dns_tunneling]\nwindow_s = 90\n";
+        let (c, warnings) = parse_with_warnings(text, Path::new("netmon.toml")).unwrap();
+        assert_eq!(c.rules.dns_tunneling.window, Span::from_secs(90));
+        assert_eq!(warnings.len(), 1);
+        let w = warnings[0].to_string();
+        assert_eq!(
+            w,
+            "netmon.toml:4:1: key `rules.dns_tunneling.window_s`: `window_s` is deprecated \
+             and will be removed: write `window = \"90s\"`"
+        );
+        // Shown as the current spelling.
+        let shown = toml::to_string(&c.rules.dns_tunneling).unwrap();
+        assert!(shown.contains("window = \"90s\""), "{shown}");
+        assert!(!shown.contains("window_s"), "{shown}");
+        let e = err("[rules.external_connections]\nwindow = \"0s\"\n");
+        assert_eq!(e.key, "rules.external_connections.window");
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("at least 1 second"), "{e}");
+        let e = err("[rules]\n[rules.dns_tunneling]\nwindow_s = 0\n");
+        assert_eq!(e.key, "rules.dns_tunneling.window_s");
+        assert_eq!(e.line, Some(3));
+        let e = err("[rules.dns_tunneling]\nwindow = \"soon\"\n");
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("not a duration"), "{e}");
+        let e = err("[rules.dns_tunneling]\nwindow = \"99999999999999999999999999d\"\n");
+        assert!(e.message.contains("not a duration"), "{e}");
     }
 
     #[test]

@@ -1,20 +1,25 @@
-//! netmon: a Linux network monitor on eBPF.
+//! netmon: a Linux network monitor on eBPF. `docs/architecture.md` maps the tree.
 //!
-//! Pure modules (`event`, `decode`, `clock`, `output`, `flow`, `rules`, `dns`) take
-//! plain values and return plain values; only `probe` (loading and attaching) and
-//! `cli::run` (the ring-buffer loop) touch aya and the kernel. `sockets` (sock_diag,
-//! `/proc/*/fd`) and `process` (`/proc/<pid>`) read the system through thin edges
-//! around pure parsers.
+//! Layers, arrows pointing down only: the contract (`event`); pure state and ideas
+//! (`addr`, `escape`, `flow`, `dns`, `process`, `clock`, `config`), which take plain
+//! values and return plain values; the kernel edge (`probe` loads and attaches, `decode` turns ring
+//! records into events; only `probe` and the ring-buffer reader in `cli::run` touch
+//! aya); the pipeline of `netmon run` (today `cli::run`, `cli::run::tracker`, `analysis`,
+//! `rules`, `output`); the faces (`cli`, `scan`). `sockets` (sock_diag, `/proc/*/fd`),
+//! `procfs` and `system` read the host through thin edges around pure parsers.
+pub mod addr;
 pub mod analysis;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod dns;
+pub mod escape;
 pub mod event;
 pub mod flow;
 pub mod kernel_btf;
 pub mod output;
+pub mod privileges;
 pub mod probe;
 pub mod process;
 pub mod procfs;

@@ -5,10 +5,14 @@
 //! Each rule turns an event into zero or more [`Hit`]s; the [`Engine`] applies the
 //! cooldown per condition (rule plus what it is about) and counts the hits it held
 //! back, reporting them in the next alert's `hits`.
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-};
+//!
+//! A built-in rule is one file here: the rule, its `[rules.<section>]` table, and the
+//! [`RuleSpec`] it describes itself with (name, default severity, purpose, section);
+//! plus one line in the registry in `config.rs`. The engine, [`describe`], the
+//! configuration's checks and `netmon snapshot` all read that registry. Arrows point
+//! down: `rule.rs` and `matchers.rs` at the bottom, the rule files above them,
+//! `config.rs` above those, this file on top.
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -20,41 +24,16 @@ pub mod dns_tunnel;
 pub mod listeners;
 pub mod matchers;
 pub mod ports;
+pub mod rule;
 
 pub use config::RulesConfig;
 pub use matchers::{NoResolver, ProcessResolver};
-
-use crate::event::{
-    Alert, Connection, Direction, Endpoint, Event, EventBody, FlowSample, ProcessInfo, RuleStats,
-    Severity,
+pub use rule::{
+    FlowView, Hit, MAX_SAMPLES, Rule, RuleSection, RuleSpec, flow_view, pid_of, push_sample,
+    sample_of, who,
 };
 
-/// Flows an alert carries at most.
-pub const MAX_SAMPLES: usize = 5;
-
-/// One rule firing on one condition, before the cooldown decides whether it alerts.
-#[derive(Clone, Debug)]
-pub struct Hit {
-    pub rule: String,
-    pub severity: Severity,
-    /// What the hit is about (`pid=42 port=31337`); with the rule, the cooldown's key.
-    pub condition: String,
-    pub summary: String,
-    pub recommendation: String,
-    pub process: Option<ProcessInfo>,
-    pub flows: Vec<FlowSample>,
-    pub score: Option<u32>,
-    pub details: BTreeMap<String, serde_json::Value>,
-    /// Seconds this condition stays quiet after an alert.
-    pub cooldown_s: u64,
-}
-
-/// A detection rule.
-pub trait Rule {
-    fn name(&self) -> &str;
-    /// Looks at one event; pushes a hit for each condition it fires on.
-    fn check(&mut self, ev: &Event, resolver: &mut dyn ProcessResolver, hits: &mut Vec<Hit>);
-}
+use crate::event::{Alert, Event, EventBody, RuleStats};
 
 /// The state of one condition's cooldown.
 struct Cooldown {
@@ -90,43 +69,15 @@ impl Engine {
     ) -> Engine {
         let mut rules: Vec<Box<dyn Rule>> = Vec::new();
         if cfg.enabled {
-            let cd = cfg.cooldown_s;
-            if cfg.suspicious_port.enabled {
-                rules.push(Box::new(ports::SuspiciousPort::new(
-                    &cfg.suspicious_port,
-                    cd,
-                )));
-            }
-            if cfg.high_connection_count.enabled {
-                rules.push(Box::new(connections::HighConnectionCount::new(
-                    &cfg.high_connection_count,
-                    cd,
-                    table,
-                )));
-            }
-            if cfg.external_connections.enabled {
-                rules.push(Box::new(connections::ExternalConnections::new(
-                    &cfg.external_connections,
-                    cd,
-                )));
-            }
-            if cfg.unusual_listeners.enabled {
-                rules.push(Box::new(listeners::UnusualListeners::new(
-                    &cfg.unusual_listeners,
-                    cd,
-                )));
-            }
-            if cfg.dns_tunneling.enabled {
-                rules.push(Box::new(dns_tunnel::DnsTunneling::new(
-                    &cfg.dns_tunneling,
-                    cd,
-                )));
-            }
-            if cfg.port_risk.enabled {
-                rules.push(Box::new(ports::PortRisk::new(&cfg.port_risk, cd)));
+            let mut ctx = rule::Build {
+                cooldown_s: cfg.cooldown_s,
+                connections: Some(table),
+            };
+            for section in cfg.builtin().filter(|s| s.enabled()) {
+                rules.push(section.build(&mut ctx));
             }
             for c in cfg.custom.iter().filter(|c| c.enabled) {
-                rules.push(Box::new(custom::CustomRule::new(c, cd)));
+                rules.push(Box::new(custom::CustomRule::new(c, cfg.cooldown_s)));
             }
         }
         Engine {
@@ -224,90 +175,6 @@ impl Engine {
     }
 }
 
-/// The parts of a connection event rules look at.
-pub struct FlowView<'a> {
-    pub kind: &'static str,
-    pub conn: &'a Connection,
-    /// The other side (null for `listen`).
-    pub remote: Option<&'a IpAddr>,
-    /// The service's port: destination of an outbound flow, local port of an inbound
-    /// one or a listener.
-    pub service_port: u16,
-}
-
-/// Connection events rules check: connect, accept, udp, listen (not close).
-pub fn flow_view(ev: &Event) -> Option<FlowView<'_>> {
-    let (kind, conn) = match &ev.body {
-        EventBody::Connect(c) => ("connect", c),
-        EventBody::Accept(c) => ("accept", c),
-        EventBody::Udp(c) => ("udp", c),
-        EventBody::Listen(c) => ("listen", c),
-        _ => return None,
-    };
-    let remote = match kind {
-        "accept" => conn.src.as_ref().map(|e| &e.ip),
-        "listen" => None,
-        _ => Some(&conn.dst.ip),
-    };
-    Some(FlowView {
-        kind,
-        conn,
-        remote,
-        service_port: conn.dst.port,
-    })
-}
-
-/// The sample an alert carries for a connection event.
-pub fn sample_of(ev: &Event) -> Option<FlowSample> {
-    match &ev.body {
-        EventBody::Dns(d) => Some(FlowSample {
-            ts: ev.ts,
-            kind: "dns".into(),
-            proto: d.proto,
-            direction: Some(match d.role {
-                crate::event::DnsRole::Client => Direction::Outbound,
-                crate::event::DnsRole::Server => Direction::Inbound,
-            }),
-            src: Some(d.src.clone()),
-            dst: Endpoint {
-                name: Some(d.query.clone()),
-                ..d.dst.clone()
-            },
-        }),
-        _ => {
-            let c = ev.body.connection()?;
-            Some(FlowSample {
-                ts: ev.ts,
-                kind: ev.body.type_name().into(),
-                proto: c.proto,
-                direction: c.direction,
-                src: c.src.clone(),
-                dst: c.dst.clone(),
-            })
-        }
-    }
-}
-
-/// `comm[pid]`, or `an unknown process`, for summaries.
-pub fn who(p: Option<&ProcessInfo>) -> String {
-    match p {
-        Some(p) => format!("{}[{}]", p.comm, p.pid),
-        None => "an unknown process".into(),
-    }
-}
-
-pub fn pid_of(p: Option<&ProcessInfo>) -> String {
-    p.map_or_else(|| "unknown".into(), |p| p.pid.to_string())
-}
-
-/// Keeps the last `MAX_SAMPLES` items.
-pub fn push_sample(samples: &mut Vec<FlowSample>, s: FlowSample) {
-    if samples.len() >= MAX_SAMPLES {
-        samples.remove(0);
-    }
-    samples.push(s);
-}
-
 /// One line of `netmon rules list`.
 #[derive(Clone, Debug, Serialize)]
 pub struct RuleInfo {
@@ -318,93 +185,49 @@ pub struct RuleInfo {
     pub cooldown_s: u64,
     /// The rule's effective parameters.
     pub settings: BTreeMap<String, serde_json::Value>,
+    /// One line on what the rule looks for, with its main setting (`netmon snapshot`).
+    #[serde(skip)]
+    pub purpose: String,
 }
 
-/// The effective rules of a configuration, built-in first, then custom ones.
+/// The effective rules of a configuration, built-in first (in registry order), then
+/// custom ones.
 pub fn describe(cfg: &RulesConfig) -> Vec<RuleInfo> {
     use serde_json::json;
-    let on = |enabled: bool| cfg.enabled && enabled;
-    let sev = |s: Option<Severity>, d: Severity| s.unwrap_or(d).name().to_owned();
-    let cd = |c: Option<u64>| c.unwrap_or(cfg.cooldown_s);
-    let mut out = Vec::new();
-    let mut push = |rule: &str, enabled, severity, cooldown_s, settings: serde_json::Value| {
-        let settings = match settings {
+    let object = |v: serde_json::Value| -> BTreeMap<String, serde_json::Value> {
+        match v {
             serde_json::Value::Object(m) => m.into_iter().collect(),
             _ => BTreeMap::new(),
-        };
+        }
+    };
+    let mut out = Vec::new();
+    for s in cfg.builtin() {
+        let spec = s.spec();
+        let settings = object(s.settings());
         out.push(RuleInfo {
-            rule: rule.into(),
-            enabled,
-            severity,
-            cooldown_s,
+            rule: spec.name.into(),
+            enabled: cfg.enabled && s.enabled(),
+            severity: s
+                .severity()
+                .or(spec.default_severity)
+                .map_or_else(|| "by score".to_owned(), |s| s.name().to_owned()),
+            cooldown_s: s.cooldown_s().unwrap_or(cfg.cooldown_s),
+            purpose: spec.purpose_with(&settings),
             settings,
         });
-    };
-    let c = &cfg.suspicious_port;
-    push(
-        "SUSPICIOUS_PORT",
-        on(c.enabled),
-        sev(c.severity, Severity::High),
-        cd(c.cooldown_s),
-        json!({"ports": c.ports.iter().chain(&c.extra_ports).map(|p| p.to_string()).collect::<Vec<_>>(), "allow": c.allow}),
-    );
-    let c = &cfg.high_connection_count;
-    push(
-        "HIGH_CONNECTION_COUNT",
-        on(c.enabled),
-        sev(c.severity, Severity::Medium),
-        cd(c.cooldown_s),
-        json!({"threshold": c.threshold, "allow": c.allow}),
-    );
-    let c = &cfg.external_connections;
-    push(
-        "EXTERNAL_CONNECTIONS",
-        on(c.enabled),
-        sev(c.severity, Severity::Low),
-        cd(c.cooldown_s),
-        json!({"threshold": c.threshold, "window_s": c.window_s, "internal_cidrs": c.internal_cidrs, "allow": c.allow}),
-    );
-    let c = &cfg.unusual_listeners;
-    push(
-        "UNUSUAL_LISTENERS",
-        on(c.enabled),
-        sev(c.severity, Severity::Medium),
-        cd(c.cooldown_s),
-        json!({"allowed_ports": c.allowed_ports.iter().chain(&c.extra_allowed_ports).map(|p| p.to_string()).collect::<Vec<_>>(), "allow": c.allow}),
-    );
-    let c = &cfg.dns_tunneling;
-    push(
-        "DNS_TUNNELING",
-        on(c.enabled),
-        sev(c.severity, Severity::High),
-        cd(c.cooldown_s),
-        json!({"window_s": c.window_s, "domain_labels": c.domain_labels, "query_rate": c.query_rate,
-               "unique_subdomains": c.unique_subdomains, "suspicious_names": c.suspicious_names,
-               "long_label": c.long_label, "entropy_bits": c.entropy_bits, "txt_null": c.txt_null,
-               "min_score": c.min_score, "allow_domains": c.allow_domains, "allow": c.allow}),
-    );
-    let c = &cfg.port_risk;
-    let table: Vec<serde_json::Value> = ports::risk_table(&c.ports)
-        .iter()
-        .map(|e| json!({"port": e.port, "service": e.service, "score": e.score}))
-        .collect();
-    push(
-        "PORT_RISK",
-        on(c.enabled),
-        c.severity
-            .map_or_else(|| "by score".to_owned(), |s| s.name().to_owned()),
-        cd(c.cooldown_s),
-        json!({"min_score": c.min_score, "ports": table, "allow": c.allow}),
-    );
+    }
     for c in &cfg.custom {
-        push(
-            &c.name,
-            on(c.enabled),
-            c.severity.name().to_owned(),
-            cd(c.cooldown_s),
-            json!({"summary": c.summary, "events": c.events, "direction": c.direction, "proto": c.proto,
-                   "ports": c.ports, "cidrs": c.cidrs, "process": c.process, "exe": c.exe, "users": c.users}),
-        );
+        let settings = object(json!({"summary": c.summary, "events": c.events,
+            "direction": c.direction, "proto": c.proto, "ports": c.ports, "cidrs": c.cidrs,
+            "process": c.process, "exe": c.exe, "users": c.users}));
+        out.push(RuleInfo {
+            rule: c.name.clone(),
+            enabled: cfg.enabled && c.enabled,
+            severity: c.severity.name().to_owned(),
+            cooldown_s: c.cooldown_s.unwrap_or(cfg.cooldown_s),
+            purpose: rule::fill(custom::PURPOSE, &settings),
+            settings,
+        });
     }
     out
 }
@@ -522,7 +345,95 @@ mod tests {
     fn describe_lists_every_builtin_rule() {
         let list = describe(&RulesConfig::default());
         let names: Vec<&str> = list.iter().map(|r| r.rule.as_str()).collect();
-        assert_eq!(names, config::BUILTIN);
+        let builtin: Vec<&str> = config::builtin_specs().iter().map(|s| s.name).collect();
+        assert_eq!(names, builtin);
+        assert_eq!(
+            names,
+            [
+                "SUSPICIOUS_PORT",
+                "HIGH_CONNECTION_COUNT",
+                "EXTERNAL_CONNECTIONS",
+                "UNUSUAL_LISTENERS",
+                "DNS_TUNNELING",
+                "PORT_RISK"
+            ]
+        );
         assert!(list.iter().all(|r| r.enabled));
+    }
+
+    #[test]
+    fn every_registered_rule_describes_itself() {
+        let cfg = RulesConfig::default();
+        let mut names = Vec::new();
+        let mut sections = Vec::new();
+        for s in cfg.builtin() {
+            let spec = s.spec();
+            assert!(!spec.name.is_empty() && spec.name == spec.name.to_uppercase());
+            assert!(!spec.purpose.is_empty(), "{} has no purpose", spec.name);
+            assert!(!spec.purpose.contains('?'), "{}", spec.name);
+            // A default severity, or the per-hit one PORT_RISK takes from its score.
+            assert!(
+                spec.default_severity.is_some() || spec.name == "PORT_RISK",
+                "{} has no default severity",
+                spec.name
+            );
+            // Its section is its table: the key of `[rules.<section>]` in the file.
+            let table = toml::Table::try_from(&cfg).unwrap();
+            assert!(
+                table.contains_key(spec.section),
+                "{}: no [rules.{}]",
+                spec.name,
+                spec.section
+            );
+            let text = format!("[rules.{}]\nenabled = false\n", spec.section);
+            let c = crate::config::parse(&text, std::path::Path::new("x")).unwrap();
+            let off = describe(&c.rules);
+            assert!(
+                !off.iter().find(|r| r.rule == spec.name).unwrap().enabled,
+                "{}",
+                spec.name
+            );
+            // Its purpose fills from its own settings.
+            let info = describe(&cfg)
+                .into_iter()
+                .find(|r| r.rule == spec.name)
+                .unwrap();
+            assert!(
+                !info.purpose.contains('?'),
+                "{}: {}",
+                spec.name,
+                info.purpose
+            );
+            assert_eq!(
+                Engine::new(&cfg, Box::new(NoResolver))
+                    .names()
+                    .iter()
+                    .filter(|n| *n == spec.name)
+                    .count(),
+                1
+            );
+            names.push(spec.name);
+            sections.push(spec.section);
+        }
+        names.dedup();
+        sections.dedup();
+        assert_eq!(names.len(), 6);
+        assert_eq!(sections.len(), 6);
+    }
+
+    #[test]
+    fn a_misspelt_rule_is_an_error_naming_file_and_line() {
+        let e = crate::config::parse(
+            "[rules]\ncooldown_s = 10\n\n[rules.suspicous_port]\nenabled = false\n",
+            std::path::Path::new("netmon.toml"),
+        )
+        .unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.starts_with("netmon.toml:4:"), "{shown}");
+        assert!(shown.contains("unknown field `suspicous_port`"), "{shown}");
+        // The message lists the real sections, so the fix is in sight.
+        for spec in config::builtin_specs() {
+            assert!(shown.contains(&format!("`{}`", spec.section)), "{shown}");
+        }
     }
 }

@@ -172,14 +172,33 @@ impl Netmon {
     /// Starts netmon with `backend`; `Err` with its stderr when it exits before
     /// printing its `probe` line (e.g. a backend this kernel refuses).
     pub fn try_start(backend: &str, extra: &[&str]) -> Result<Netmon, String> {
+        Netmon::try_start_wrapped(&[], &netmon_bin(), backend, extra)
+    }
+
+    /// As [`Netmon::try_start`], with the binary `netmon` started through `wrapper`
+    /// (e.g. `setpriv --reuid … --ambient-caps …`), when `wrapper` is not empty.
+    pub fn try_start_wrapped(
+        wrapper: &[&str],
+        netmon: &std::path::Path,
+        backend: &str,
+        extra: &[&str],
+    ) -> Result<Netmon, String> {
         let mut args = vec!["run", "--format", "json", "--backend", backend];
         args.extend_from_slice(extra);
-        let mut child = Command::new(netmon_bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(netmon);
+                c
+            }
+            None => Command::new(netmon),
+        };
+        let mut child = command
             .args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", netmon_bin().display()));
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", netmon.display()));
         let stderr_text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = stderr_text.clone();

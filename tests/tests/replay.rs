@@ -216,3 +216,34 @@ fn rules_list_shows_the_effective_rules() {
     let text = netmon(&["rules", "list"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("SUSPICIOUS_PORT        on  high"));
 }
+
+#[test]
+fn a_deprecated_window_s_loads_with_one_warning_naming_file_and_line() {
+    let file = std::env::temp_dir().join(format!("netmon-window-s-{}.toml", std::process::id()));
+    std::fs::write(
+        &file,
+        "[rules]\ncooldown_s = 5\n[rules.dns_tunneling]\nwindow_s = 90\n",
+    )
+    .unwrap();
+    let path = file.to_string_lossy().into_owned();
+    let check = netmon(&["rules", "check", &path]);
+    let list = netmon(&["rules", "list", "--format", "json", "--config", &path]);
+    let _ = std::fs::remove_file(&file);
+    let stderr = String::from_utf8_lossy(&check.stderr).into_owned();
+    assert!(check.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "netmon: warning: {path}:4:1: key `rules.dns_tunneling.window_s`: `window_s` is \
+             deprecated and will be removed: write `window = \"90s\"`"
+        )
+    );
+    // It took effect, shown in the current spelling.
+    let rules: Vec<serde_json::Value> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let dns = rules.iter().find(|r| r["rule"] == "DNS_TUNNELING").unwrap();
+    assert_eq!(dns["settings"]["window"], "90s");
+    assert!(dns["settings"].get("window_s").is_none());
+}

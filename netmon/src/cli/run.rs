@@ -32,6 +32,7 @@ use crate::{
     event::{Direction, Event, EventBody, Stats},
     flow::{FlowConfig, NS_PER_S},
     output::{Format, Sink},
+    privileges,
     probe::{BackendChoice, LoadOptions, LossCounters, SkippedRuns, Tracer},
     process,
     procfs::ProcResolver,
@@ -70,6 +71,11 @@ pub struct RunArgs {
     /// (and counted in `stats`).
     #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub max_flows: u64,
+    /// Keep every privilege netmon started with. By default, once its programs are
+    /// attached, netmon keeps only CAP_SYS_PTRACE and CAP_SYS_ADMIN (and CAP_NET_RAW
+    /// when the scanner runs) and sets no_new_privs (see docs/security.md).
+    #[arg(long)]
+    pub keep_privileges: bool,
     #[command(flatten)]
     pub config: super::ConfigArgs,
 }
@@ -171,6 +177,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         analyzer: Analyzer::new(&config, Box::new(ProcResolver::default())),
         batch: Vec::new(),
         scan: None,
+        keep_privileges: args.keep_privileges,
     };
     let intervals = Intervals {
         stats: Duration::from_secs(args.stats_interval),
@@ -206,6 +213,8 @@ struct Pump {
     tracker: Tracker,
     /// The scanner's side of the loop, when `[scan]` allows a network.
     scan: Option<ScanFeed>,
+    /// `--keep-privileges`: skip the drop after start.
+    keep_privileges: bool,
 }
 
 /// What the event loop keeps of the scanner task: where remote peers go and where its
@@ -300,6 +309,15 @@ impl Pump {
         // report (processed next) wins. Before the probe line, so that whatever
         // happens after that line (a listener closing, say) happens after the seed.
         self.tracker.seed(BootClock::monotonic_now_ns());
+        // The last step that needs more than reading /proc: drop the rest.
+        if !self.keep_privileges {
+            let keep = privileges::kept_after_start(self.scan.is_some());
+            if let Err(e) = privileges::drop_after_start(&keep) {
+                eprintln!(
+                    "netmon: warning: still running with every privilege it started with: {e}"
+                );
+            }
+        }
         // Announce only once signals are handled: whoever reacts to the probe line by
         // stopping netmon must get the orderly shutdown and the final stats.
         if !self.write(&probe)? {

@@ -358,7 +358,7 @@ fn plan_text(args: &SnapshotArgs, rules: &RulesConfig, config_file: Option<&Path
             on.len()
         );
         for r in &on {
-            let _ = writeln!(s, "  - {} ({}): {}", r.rule, r.severity, rule_purpose(r));
+            let _ = writeln!(s, "  - {} ({}): {}", r.rule, r.severity, r.purpose);
         }
     }
     let _ = writeln!(
@@ -366,43 +366,6 @@ fn plan_text(args: &SnapshotArgs, rules: &RulesConfig, config_file: Option<&Path
         "Not run: DNS_TUNNELING (it needs a stream of DNS queries: netmon run or replay)."
     );
     s
-}
-
-/// One line on what a rule looks for in a snapshot, with its main setting.
-fn rule_purpose(r: &RuleInfo) -> String {
-    let setting = |k: &str| r.settings.get(k).map_or("?".into(), |v| v.to_string());
-    match r.rule.as_str() {
-        "SUSPICIOUS_PORT" => {
-            let ports =
-                r.settings
-                    .get("ports")
-                    .and_then(|p| p.as_array())
-                    .map_or(String::new(), |p| {
-                        p.iter()
-                            .filter_map(|x| x.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    });
-            format!("a listener on, or a connection to or from, a known-bad port ({ports})")
-        }
-        "HIGH_CONNECTION_COUNT" => format!(
-            "a process holding at least {} open TCP connections",
-            setting("threshold")
-        ),
-        "EXTERNAL_CONNECTIONS" => format!(
-            "a process connected to at least {} unique external addresses",
-            setting("threshold")
-        ),
-        "UNUSUAL_LISTENERS" => "a TCP listener on a port outside the allowed service ports".into(),
-        "PORT_RISK" => format!(
-            "a listener on, or a connection to, a risky service (risk score {} or more)",
-            setting("min_score")
-        ),
-        _ => {
-            let summary = r.settings.get("summary").and_then(|v| v.as_str());
-            format!("custom rule: {}", summary.unwrap_or("-"))
-        }
-    }
 }
 
 /// Builds the report from sockets and a lookup of the processes holding an inode.
@@ -506,29 +469,9 @@ pub fn build(
     }
 }
 
-/// Public (routable) unicast: not loopback, private (RFC 1918), CGNAT (RFC 6598),
-/// link-local, unspecified, broadcast, documentation-free check, multicast or IPv6 ULA.
+/// Public (routable) unicast: see [`crate::addr::is_external`].
 pub fn is_external(ip: IpAddr) -> bool {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || (o[0] == 100 && (o[1] & 0xc0) == 64))
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80)
-        }
-    }
+    crate::addr::is_external(ip)
 }
 
 fn proto_name(p: Proto) -> &'static str {

@@ -2,9 +2,11 @@
 //! `EXTERNAL_CONNECTIONS` (one process talks to many unique external addresses within a
 //! window: fan-out or scanning).
 //!
-//! Active connections are counted by an [`ActiveConnections`] implementation: the
-//! minimal [`ConnTable`] here follows connect/accept/close events itself; a fuller flow
-//! table can take its place behind the same trait.
+//! Active connections are counted by an [`ActiveConnections`] implementation: `netmon
+//! run` and `replay` use the minimal [`ConnTable`] here, which follows connect/accept/
+//! close events itself; `netmon snapshot` passes the sockets it read (`Held` in
+//! `cli/snapshot/events.rs`). The flow table (`flow.rs`) could take its place behind the
+//! same trait.
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     net::IpAddr,
@@ -13,13 +15,33 @@ use std::{
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use serde::{Deserialize, Serialize};
+
 use super::{
-    Hit, ProcessResolver, Rule,
-    config::{ExternalConnectionsConfig, HighConnectionCountConfig},
-    matchers::{Allow, Cidr, any_cidr},
-    push_sample, sample_of, who,
+    matchers::{Allow, Cidr, ProcessResolver, any_cidr},
+    rule::{
+        Build, Hit, Rule, RuleSection, RuleSpec, check_window, push_sample, sample_of,
+        upgrade_window, who,
+    },
 };
-use crate::event::{Direction, Endpoint, Event, EventBody, FlowSample, Proto, Severity};
+use crate::{
+    config::Span,
+    event::{Direction, Endpoint, Event, EventBody, FlowSample, Proto, Severity},
+};
+
+pub const HIGH_CONNECTION_COUNT: RuleSpec = RuleSpec {
+    name: "HIGH_CONNECTION_COUNT",
+    section: "high_connection_count",
+    default_severity: Some(Severity::Medium),
+    purpose: "a process holding at least {threshold} open TCP connections",
+};
+
+pub const EXTERNAL_CONNECTIONS: RuleSpec = RuleSpec {
+    name: "EXTERNAL_CONNECTIONS",
+    section: "external_connections",
+    default_severity: Some(Severity::Low),
+    purpose: "a process connected to at least {threshold} unique external addresses",
+};
 
 /// Who holds which active connections.
 pub trait ActiveConnections {
@@ -100,6 +122,55 @@ impl ActiveConnections for ConnTable {
     }
 }
 
+/// `[rules.high_connection_count]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HighConnectionCountConfig {
+    pub enabled: bool,
+    pub severity: Option<Severity>,
+    pub cooldown_s: Option<u64>,
+    /// Active connections of one process that fire the rule.
+    pub threshold: usize,
+    pub allow: Allow,
+}
+
+impl Default for HighConnectionCountConfig {
+    fn default() -> Self {
+        HighConnectionCountConfig {
+            enabled: true,
+            severity: None,
+            cooldown_s: None,
+            threshold: 50,
+            allow: Allow::default(),
+        }
+    }
+}
+
+impl RuleSection for HighConnectionCountConfig {
+    fn spec(&self) -> &'static RuleSpec {
+        &HIGH_CONNECTION_COUNT
+    }
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+    fn severity(&self) -> Option<Severity> {
+        self.severity
+    }
+    fn cooldown_s(&self) -> Option<u64> {
+        self.cooldown_s
+    }
+    fn settings(&self) -> serde_json::Value {
+        json!({"threshold": self.threshold, "allow": self.allow})
+    }
+    fn build(&self, ctx: &mut Build) -> Box<dyn Rule> {
+        let table = ctx
+            .connections
+            .take()
+            .unwrap_or_else(|| Box::new(ConnTable::default()));
+        Box::new(HighConnectionCount::new(self, ctx.cooldown_s, table))
+    }
+}
+
 pub struct HighConnectionCount {
     table: Box<dyn ActiveConnections>,
     threshold: usize,
@@ -118,7 +189,7 @@ impl HighConnectionCount {
             table,
             threshold: cfg.threshold.max(1),
             allow: cfg.allow.clone(),
-            severity: cfg.severity.unwrap_or(Severity::Medium),
+            severity: HIGH_CONNECTION_COUNT.severity(cfg.severity),
             cooldown_s: cfg.cooldown_s.unwrap_or(cooldown_s),
         }
     }
@@ -126,7 +197,7 @@ impl HighConnectionCount {
 
 impl Rule for HighConnectionCount {
     fn name(&self) -> &str {
-        "HIGH_CONNECTION_COUNT"
+        HIGH_CONNECTION_COUNT.name
     }
 
     fn check(&mut self, ev: &Event, resolver: &mut dyn ProcessResolver, hits: &mut Vec<Hit>) {
@@ -176,6 +247,70 @@ struct Fanout {
     samples: Vec<FlowSample>,
 }
 
+/// `[rules.external_connections]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExternalConnectionsConfig {
+    pub enabled: bool,
+    pub severity: Option<Severity>,
+    pub cooldown_s: Option<u64>,
+    /// Unique external addresses of one process within `window` that fire the rule.
+    pub threshold: usize,
+    pub window: Span,
+    /// Deprecated spelling of `window`, in whole seconds (copied there on load).
+    #[serde(skip_serializing)]
+    pub window_s: Option<u64>,
+    /// Addresses that are not external (replaces the built-in private/loopback list).
+    pub internal_cidrs: Vec<Cidr>,
+    pub allow: Allow,
+}
+
+impl Default for ExternalConnectionsConfig {
+    fn default() -> Self {
+        ExternalConnectionsConfig {
+            enabled: true,
+            severity: None,
+            cooldown_s: None,
+            threshold: 20,
+            window: Span::from_secs(60),
+            window_s: None,
+            internal_cidrs: crate::addr::INTERNAL_BLOCKS
+                .iter()
+                .map(|c| c.parse().expect("built-in CIDR"))
+                .collect(),
+            allow: Allow::default(),
+        }
+    }
+}
+
+impl RuleSection for ExternalConnectionsConfig {
+    fn spec(&self) -> &'static RuleSpec {
+        &EXTERNAL_CONNECTIONS
+    }
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+    fn severity(&self) -> Option<Severity> {
+        self.severity
+    }
+    fn cooldown_s(&self) -> Option<u64> {
+        self.cooldown_s
+    }
+    fn settings(&self) -> serde_json::Value {
+        json!({"threshold": self.threshold, "window": self.window,
+               "internal_cidrs": self.internal_cidrs, "allow": self.allow})
+    }
+    fn validate(&self) -> Result<(), (String, String)> {
+        check_window(self.window, self.window_s)
+    }
+    fn upgrade(&mut self) -> Vec<(String, String)> {
+        upgrade_window(self.window_s, &mut self.window)
+    }
+    fn build(&self, ctx: &mut Build) -> Box<dyn Rule> {
+        Box::new(ExternalConnections::new(self, ctx.cooldown_s))
+    }
+}
+
 pub struct ExternalConnections {
     per_pid: HashMap<u32, Fanout>,
     threshold: usize,
@@ -193,10 +328,10 @@ impl ExternalConnections {
         ExternalConnections {
             per_pid: HashMap::new(),
             threshold: cfg.threshold.max(1),
-            window: chrono::Duration::seconds(cfg.window_s as i64),
+            window: cfg.window.as_chrono(),
             internal: cfg.internal_cidrs.clone(),
             allow: cfg.allow.clone(),
-            severity: cfg.severity.unwrap_or(Severity::Low),
+            severity: EXTERNAL_CONNECTIONS.severity(cfg.severity),
             cooldown_s: cfg.cooldown_s.unwrap_or(cooldown_s),
         }
     }
@@ -204,7 +339,7 @@ impl ExternalConnections {
 
 impl Rule for ExternalConnections {
     fn name(&self) -> &str {
-        "EXTERNAL_CONNECTIONS"
+        EXTERNAL_CONNECTIONS.name
     }
 
     fn check(&mut self, ev: &Event, resolver: &mut dyn ProcessResolver, hits: &mut Vec<Hit>) {
@@ -260,7 +395,7 @@ impl Rule for ExternalConnections {
         details.insert("threshold".into(), json!(self.threshold));
         details.insert("window_s".into(), json!(self.window.num_seconds()));
         hits.push(Hit {
-            rule: "EXTERNAL_CONNECTIONS".into(),
+            rule: EXTERNAL_CONNECTIONS.name.into(),
             severity: self.severity,
             condition: format!("pid={}", p.pid),
             summary: format!(
@@ -351,7 +486,7 @@ mod tests {
     fn fans_out_to_external_addresses_only() {
         let cfg = ExternalConnectionsConfig {
             threshold: 3,
-            window_s: 10,
+            window: Span::from_secs(10),
             ..Default::default()
         };
         let mut r = ExternalConnections::new(&cfg, 300);

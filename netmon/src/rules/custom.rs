@@ -5,14 +5,67 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
+use serde::{Deserialize, Serialize};
+
 use super::{
-    Hit, ProcessResolver, Rule,
-    config::{CustomRuleConfig, EventKind},
-    flow_view,
-    matchers::{any_cidr, any_port, process_matches},
-    pid_of, sample_of, who,
+    matchers::{Cidr, PortRange, ProcessResolver, any_cidr, any_port, process_matches},
+    rule::{Hit, Rule, flow_view, pid_of, sample_of, who},
 };
-use crate::event::Event;
+use crate::event::{Direction, Event, Proto, Severity};
+
+/// What `netmon snapshot` says a custom rule looks for (see `RuleSpec::purpose`).
+pub const PURPOSE: &str = "custom rule: {summary}";
+
+/// Which events a custom rule looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Connect,
+    Accept,
+    Udp,
+    Listen,
+}
+
+/// `[[rules.custom]]`: every condition given must hold (empty lists match anything).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomRuleConfig {
+    pub name: String,
+    pub severity: Severity,
+    pub summary: String,
+    #[serde(default)]
+    pub recommendation: Option<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub cooldown_s: Option<u64>,
+    /// Event types (default: connect, accept, udp, listen).
+    #[serde(default)]
+    pub events: Vec<EventKind>,
+    #[serde(default)]
+    pub direction: Option<Direction>,
+    #[serde(default)]
+    pub proto: Option<Proto>,
+    /// The service port: destination of outbound flows, local port of inbound ones.
+    #[serde(default)]
+    pub ports: Vec<PortRange>,
+    /// The remote address (for `listen`, the local one).
+    #[serde(default)]
+    pub cidrs: Vec<Cidr>,
+    /// Process names (comm).
+    #[serde(default)]
+    pub process: Vec<String>,
+    /// Executable paths.
+    #[serde(default)]
+    pub exe: Vec<String>,
+    /// User names or numeric uids.
+    #[serde(default)]
+    pub users: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
 
 pub struct CustomRule {
     cfg: CustomRuleConfig,

@@ -15,11 +15,26 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use serde::{Deserialize, Serialize};
+
 use super::{
-    Hit, ProcessResolver, Rule, config::DnsTunnelingConfig, matchers::Allow, push_sample,
-    sample_of, who,
+    matchers::{Allow, ProcessResolver},
+    rule::{
+        Build, Hit, Rule, RuleSection, RuleSpec, check_window, push_sample, sample_of,
+        upgrade_window, who,
+    },
 };
-use crate::event::{DnsRole, Event, EventBody, FlowSample, ProcessInfo, Severity};
+use crate::{
+    config::Span,
+    event::{DnsRole, Event, EventBody, FlowSample, ProcessInfo, Severity},
+};
+
+pub const DNS_TUNNELING: RuleSpec = RuleSpec {
+    name: "DNS_TUNNELING",
+    section: "dns_tunneling",
+    default_severity: Some(Severity::High),
+    purpose: "DNS queries to one domain that look like a tunnel (score {min_score} or more)",
+};
 
 /// Reverse-lookup zones: bulk PTR lookups are not tunnels.
 const SKIPPED_ZONES: &[&str] = &["in-addr.arpa", "ip6.arpa"];
@@ -62,6 +77,97 @@ impl Domain {
         }
         self.suspicious -= q.suspicious as usize;
         self.txt_null -= q.txt_null as usize;
+    }
+}
+
+/// `[rules.dns_tunneling]`: per registered domain, within `window`, each indicator
+/// adds to a score; the rule fires when the score reaches `min_score`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsTunnelingConfig {
+    pub enabled: bool,
+    pub severity: Option<Severity>,
+    pub cooldown_s: Option<u64>,
+    pub window: Span,
+    /// Deprecated spelling of `window`, in whole seconds (copied there on load).
+    #[serde(skip_serializing)]
+    pub window_s: Option<u64>,
+    /// Labels that make the registered domain (2: `example.com`).
+    pub domain_labels: usize,
+    /// Queries to one domain in the window (+1).
+    pub query_rate: usize,
+    /// Distinct names under one domain in the window (+1).
+    pub unique_subdomains: usize,
+    /// Queries with a long or high-entropy subdomain in the window (+2).
+    pub suspicious_names: usize,
+    /// A label at least this long makes a name suspicious.
+    pub long_label: usize,
+    /// Shannon entropy (bits per character) of a subdomain of 24+ characters that makes
+    /// a name suspicious.
+    pub entropy_bits: f64,
+    /// TXT and NULL queries to one domain in the window (+2).
+    pub txt_null: usize,
+    /// Score that fires the rule.
+    pub min_score: u32,
+    /// Domains never checked (and their subdomains).
+    pub allow_domains: Vec<String>,
+    pub allow: Allow,
+}
+
+impl Default for DnsTunnelingConfig {
+    fn default() -> Self {
+        DnsTunnelingConfig {
+            enabled: true,
+            severity: None,
+            cooldown_s: None,
+            window: Span::from_secs(60),
+            window_s: None,
+            domain_labels: 2,
+            query_rate: 200,
+            unique_subdomains: 100,
+            suspicious_names: 20,
+            long_label: 40,
+            entropy_bits: 4.0,
+            txt_null: 50,
+            min_score: 3,
+            allow_domains: Vec::new(),
+            allow: Allow::default(),
+        }
+    }
+}
+
+impl RuleSection for DnsTunnelingConfig {
+    fn spec(&self) -> &'static RuleSpec {
+        &DNS_TUNNELING
+    }
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+    fn severity(&self) -> Option<Severity> {
+        self.severity
+    }
+    fn cooldown_s(&self) -> Option<u64> {
+        self.cooldown_s
+    }
+    fn settings(&self) -> serde_json::Value {
+        json!({"window": self.window, "domain_labels": self.domain_labels,
+               "query_rate": self.query_rate, "unique_subdomains": self.unique_subdomains,
+               "suspicious_names": self.suspicious_names, "long_label": self.long_label,
+               "entropy_bits": self.entropy_bits, "txt_null": self.txt_null,
+               "min_score": self.min_score, "allow_domains": self.allow_domains,
+               "allow": self.allow})
+    }
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.domain_labels == 0 {
+            return Err(("domain_labels".into(), "expected at least 1".into()));
+        }
+        check_window(self.window, self.window_s)
+    }
+    fn upgrade(&mut self) -> Vec<(String, String)> {
+        upgrade_window(self.window_s, &mut self.window)
+    }
+    fn build(&self, ctx: &mut Build) -> Box<dyn Rule> {
+        Box::new(DnsTunneling::new(self, ctx.cooldown_s))
     }
 }
 
@@ -124,8 +230,8 @@ impl DnsTunneling {
             cfg: cfg.clone(),
             allow: cfg.allow.clone(),
             domains: HashMap::new(),
-            window: chrono::Duration::seconds(cfg.window_s as i64),
-            severity: cfg.severity.unwrap_or(Severity::High),
+            window: cfg.window.as_chrono(),
+            severity: DNS_TUNNELING.severity(cfg.severity),
             cooldown_s: cfg.cooldown_s.unwrap_or(cooldown_s),
         }
     }
@@ -149,7 +255,7 @@ impl DnsTunneling {
 
 impl Rule for DnsTunneling {
     fn name(&self) -> &str {
-        "DNS_TUNNELING"
+        DNS_TUNNELING.name
     }
 
     fn check(&mut self, ev: &Event, resolver: &mut dyn ProcessResolver, hits: &mut Vec<Hit>) {
@@ -233,16 +339,16 @@ impl Rule for DnsTunneling {
         details.insert("suspicious_names".into(), json!(state.suspicious));
         details.insert("txt_null_queries".into(), json!(state.txt_null));
         details.insert("score".into(), json!(score));
-        details.insert("window_s".into(), json!(c.window_s));
+        details.insert("window_s".into(), json!(self.window.num_seconds()));
         details.insert("sample_names".into(), json!(state.names));
         hits.push(Hit {
-            rule: "DNS_TUNNELING".into(),
+            rule: DNS_TUNNELING.name.into(),
             severity: self.severity,
             condition: format!("domain={domain}"),
             summary: format!(
                 "DNS to {domain} looks like a tunnel ({} within {} s), last asked by {}",
                 reasons.join(", "),
-                c.window_s,
+                self.window.num_seconds(),
                 who(state.process.as_ref())
             ),
             recommendation: format!(

@@ -4,13 +4,84 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
+use serde::{Deserialize, Serialize};
+
 use super::{
-    Hit, ProcessResolver, Rule,
-    config::UnusualListenersConfig,
-    matchers::{Allow, PortRange, any_port},
-    pid_of, sample_of, who,
+    matchers::{Allow, PortRange, ProcessResolver, any_port},
+    rule::{Build, Hit, Rule, RuleSection, RuleSpec, pid_of, sample_of, who},
 };
 use crate::event::{Event, EventBody, Severity};
+
+pub const UNUSUAL_LISTENERS: RuleSpec = RuleSpec {
+    name: "UNUSUAL_LISTENERS",
+    section: "unusual_listeners",
+    default_severity: Some(Severity::Medium),
+    purpose: "a TCP listener on a port outside the allowed service ports",
+};
+
+/// `[rules.unusual_listeners]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UnusualListenersConfig {
+    pub enabled: bool,
+    pub severity: Option<Severity>,
+    pub cooldown_s: Option<u64>,
+    /// Ports a listener may use without an alert (replaces the built-in list).
+    pub allowed_ports: Vec<PortRange>,
+    /// Added to `allowed_ports`.
+    pub extra_allowed_ports: Vec<PortRange>,
+    pub allow: Allow,
+}
+
+/// Well-known service ports.
+pub const DEFAULT_ALLOWED_LISTEN_PORTS: &[u16] = &[
+    22, 25, 53, 67, 68, 80, 110, 123, 143, 443, 465, 587, 631, 853, 993, 995, 1883, 3000, 3306,
+    5000, 5353, 5432, 5672, 6379, 8000, 8080, 8443, 8883, 9000, 9090, 9100, 9200, 9300, 11211,
+    27017,
+];
+
+impl Default for UnusualListenersConfig {
+    fn default() -> Self {
+        UnusualListenersConfig {
+            enabled: true,
+            severity: None,
+            cooldown_s: None,
+            allowed_ports: DEFAULT_ALLOWED_LISTEN_PORTS
+                .iter()
+                .map(|p| PortRange::one(*p))
+                .collect(),
+            extra_allowed_ports: Vec::new(),
+            allow: Allow::default(),
+        }
+    }
+}
+
+impl RuleSection for UnusualListenersConfig {
+    fn spec(&self) -> &'static RuleSpec {
+        &UNUSUAL_LISTENERS
+    }
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+    fn severity(&self) -> Option<Severity> {
+        self.severity
+    }
+    fn cooldown_s(&self) -> Option<u64> {
+        self.cooldown_s
+    }
+    fn settings(&self) -> serde_json::Value {
+        let ports: Vec<String> = self
+            .allowed_ports
+            .iter()
+            .chain(&self.extra_allowed_ports)
+            .map(|p| p.to_string())
+            .collect();
+        json!({"allowed_ports": ports, "allow": self.allow})
+    }
+    fn build(&self, ctx: &mut Build) -> Box<dyn Rule> {
+        Box::new(UnusualListeners::new(self, ctx.cooldown_s))
+    }
+}
 
 pub struct UnusualListeners {
     allowed: Vec<PortRange>,
@@ -29,7 +100,7 @@ impl UnusualListeners {
                 .copied()
                 .collect(),
             allow: cfg.allow.clone(),
-            severity: cfg.severity.unwrap_or(Severity::Medium),
+            severity: UNUSUAL_LISTENERS.severity(cfg.severity),
             cooldown_s: cfg.cooldown_s.unwrap_or(cooldown_s),
         }
     }
@@ -37,7 +108,7 @@ impl UnusualListeners {
 
 impl Rule for UnusualListeners {
     fn name(&self) -> &str {
-        "UNUSUAL_LISTENERS"
+        UNUSUAL_LISTENERS.name
     }
 
     fn check(&mut self, ev: &Event, resolver: &mut dyn ProcessResolver, hits: &mut Vec<Hit>) {

@@ -3,32 +3,20 @@
 //! file, and its parse error says what was expected.
 use std::{fmt, net::IpAddr, str::FromStr};
 
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::event::ProcessInfo;
 
-/// An address block: `10.0.0.0/8`, `fd00::/8`, or a single address.
+/// An address block: `10.0.0.0/8`, `fd00::/8`, or a single address (an [`IpNet`] that
+/// also parses a bare address and says what was expected).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
+pub struct Cidr(pub IpNet);
 
 impl Cidr {
     pub fn contains(&self, ip: &IpAddr) -> bool {
         // v4-mapped IPv6 is compared as IPv4.
-        let ip = ip.to_canonical();
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(&ip.to_canonical())
     }
 }
 
@@ -45,23 +33,21 @@ impl FromStr for Cidr {
             None => (s, None),
         };
         let addr: IpAddr = addr.trim().parse().map_err(|_| expected())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|&p| p <= max)
-                .ok_or_else(expected)?,
-            None => max,
+        let net = match prefix {
+            Some(p) => {
+                let p: u8 = p.trim().parse().map_err(|_| expected())?;
+                IpNet::new(addr, p).map_err(|_| expected())?
+            }
+            None => IpNet::from(addr),
         };
-        Ok(Cidr { addr, prefix })
+        Ok(Cidr(net))
     }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        // Unlike `IpNet`'s own, always with the prefix (`10.0.0.1/32`).
+        write!(f, "{}/{}", self.0.addr(), self.0.prefix_len())
     }
 }
 
@@ -300,7 +286,7 @@ mod tests {
         let all: Cidr = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains(&"1.2.3.4".parse().unwrap()));
         let one: Cidr = "fd00::1".parse().unwrap();
-        assert_eq!(one.prefix, 128);
+        assert_eq!(one.0.prefix_len(), 128);
         assert!(one.contains(&"fd00::1".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("nope".parse::<Cidr>().is_err());

@@ -6,13 +6,25 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
-    Hit, ProcessResolver, Rule,
-    config::{PortRiskConfig, SuspiciousPortConfig},
-    flow_view,
-    matchers::{Allow, PortRange, any_port},
-    pid_of, sample_of, who,
+    matchers::{Allow, PortRange, ProcessResolver, any_port},
+    rule::{Build, Hit, Rule, RuleSection, RuleSpec, flow_view, pid_of, sample_of, who},
 };
 use crate::event::{Event, Severity};
+
+pub const SUSPICIOUS_PORT: RuleSpec = RuleSpec {
+    name: "SUSPICIOUS_PORT",
+    section: "suspicious_port",
+    default_severity: Some(Severity::High),
+    purpose: "a listener on, or a connection to or from, a known-bad port ({ports})",
+};
+
+pub const PORT_RISK: RuleSpec = RuleSpec {
+    name: "PORT_RISK",
+    section: "port_risk",
+    // Each hit's severity follows the service's score (`severity_of_score`).
+    default_severity: None,
+    purpose: "a listener on, or a connection to, a risky service (risk score {min_score} or more)",
+};
 
 /// Ports known from backdoors, RATs and anonymity networks, with why.
 pub const DEFAULT_SUSPICIOUS_PORTS: &[(u16, &str)] = &[
@@ -27,6 +39,63 @@ pub const DEFAULT_SUSPICIOUS_PORTS: &[(u16, &str)] = &[
     (9150, "Tor Browser SOCKS proxy"),
 ];
 
+/// `[rules.suspicious_port]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SuspiciousPortConfig {
+    pub enabled: bool,
+    pub severity: Option<Severity>,
+    pub cooldown_s: Option<u64>,
+    /// Replaces the built-in list.
+    pub ports: Vec<PortRange>,
+    /// Added to `ports`.
+    pub extra_ports: Vec<PortRange>,
+    pub allow: Allow,
+}
+
+impl Default for SuspiciousPortConfig {
+    fn default() -> Self {
+        SuspiciousPortConfig {
+            enabled: true,
+            severity: None,
+            cooldown_s: None,
+            ports: DEFAULT_SUSPICIOUS_PORTS
+                .iter()
+                .map(|(p, _)| PortRange::one(*p))
+                .collect(),
+            extra_ports: Vec::new(),
+            allow: Allow::default(),
+        }
+    }
+}
+
+impl RuleSection for SuspiciousPortConfig {
+    fn spec(&self) -> &'static RuleSpec {
+        &SUSPICIOUS_PORT
+    }
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+    fn severity(&self) -> Option<Severity> {
+        self.severity
+    }
+    fn cooldown_s(&self) -> Option<u64> {
+        self.cooldown_s
+    }
+    fn settings(&self) -> serde_json::Value {
+        let ports: Vec<String> = self
+            .ports
+            .iter()
+            .chain(&self.extra_ports)
+            .map(|p| p.to_string())
+            .collect();
+        json!({"ports": ports, "allow": self.allow})
+    }
+    fn build(&self, ctx: &mut Build) -> Box<dyn Rule> {
+        Box::new(SuspiciousPort::new(self, ctx.cooldown_s))
+    }
+}
+
 pub struct SuspiciousPort {
     ports: Vec<PortRange>,
     allow: Allow,
@@ -39,7 +108,7 @@ impl SuspiciousPort {
         SuspiciousPort {
             ports: cfg.ports.iter().chain(&cfg.extra_ports).copied().collect(),
             allow: cfg.allow.clone(),
-            severity: cfg.severity.unwrap_or(Severity::High),
+            severity: SUSPICIOUS_PORT.severity(cfg.severity),
             cooldown_s: cfg.cooldown_s.unwrap_or(cooldown_s),
         }
     }
@@ -54,7 +123,7 @@ fn port_note(port: u16) -> Option<&'static str> {
 
 impl Rule for SuspiciousPort {
     fn name(&self) -> &str {
-        "SUSPICIOUS_PORT"
+        SUSPICIOUS_PORT.name
     }
 
     fn check(&mut self, ev: &Event, resolver: &mut dyn ProcessResolver, hits: &mut Vec<Hit>) {
@@ -194,6 +263,70 @@ pub fn severity_of_score(score: u32) -> Severity {
     }
 }
 
+/// `[rules.port_risk]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PortRiskConfig {
+    pub enabled: bool,
+    /// When set, every PORT_RISK alert has this severity instead of one from its score.
+    pub severity: Option<Severity>,
+    pub cooldown_s: Option<u64>,
+    /// Services scoring below this do not alert.
+    pub min_score: u32,
+    /// `[[rules.port_risk.ports]]`: added to, or replacing entries of, the built-in table.
+    pub ports: Vec<RiskEntry>,
+    pub allow: Allow,
+}
+
+impl Default for PortRiskConfig {
+    fn default() -> Self {
+        PortRiskConfig {
+            enabled: true,
+            severity: None,
+            cooldown_s: None,
+            min_score: 5,
+            ports: Vec::new(),
+            allow: Allow::default(),
+        }
+    }
+}
+
+impl RuleSection for PortRiskConfig {
+    fn spec(&self) -> &'static RuleSpec {
+        &PORT_RISK
+    }
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+    fn severity(&self) -> Option<Severity> {
+        self.severity
+    }
+    fn cooldown_s(&self) -> Option<u64> {
+        self.cooldown_s
+    }
+    fn settings(&self) -> serde_json::Value {
+        let table: Vec<serde_json::Value> = risk_table(&self.ports)
+            .iter()
+            .map(|e| json!({"port": e.port, "service": e.service, "score": e.score}))
+            .collect();
+        json!({"min_score": self.min_score, "ports": table, "allow": self.allow})
+    }
+    fn validate(&self) -> Result<(), (String, String)> {
+        for (i, e) in self.ports.iter().enumerate() {
+            if e.score > 10 {
+                return Err((
+                    format!("ports[{i}].score"),
+                    format!("{} is out of range: expected 0 to 10", e.score),
+                ));
+            }
+        }
+        Ok(())
+    }
+    fn build(&self, ctx: &mut Build) -> Box<dyn Rule> {
+        Box::new(PortRisk::new(self, ctx.cooldown_s))
+    }
+}
+
 pub struct PortRisk {
     table: BTreeMap<u16, RiskEntry>,
     min_score: u32,
@@ -219,7 +352,7 @@ impl PortRisk {
 
 impl Rule for PortRisk {
     fn name(&self) -> &str {
-        "PORT_RISK"
+        PORT_RISK.name
     }
 
     fn check(&mut self, ev: &Event, resolver: &mut dyn ProcessResolver, hits: &mut Vec<Hit>) {

@@ -304,7 +304,8 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         _ => return None,
     };
     let secs = n * mult;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    // `try_`: a huge value ("99999999999999999999999d") is an error, not a panic.
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 mod secs {

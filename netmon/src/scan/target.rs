@@ -134,23 +134,19 @@ pub fn net_hosts(net: &IpNet) -> Vec<IpAddr> {
 }
 
 fn v4_hosts(n: &Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
-    let (a, b) = (u32::from(n.network()), u32::from(n.broadcast()));
-    let (a, b) = if n.prefix_len() <= 30 {
-        (a + 1, b - 1)
-    } else {
-        (a, b)
-    };
-    (a..=b).map(Ipv4Addr::from)
+    // ipnet leaves out the network and broadcast addresses below /31, as wanted.
+    n.hosts()
 }
 
 fn v6_hosts(n: &Ipv6Net) -> impl Iterator<Item = Ipv6Addr> {
-    let (a, b) = (u128::from(n.network()), u128::from(n.broadcast()));
-    let (a, b) = if n.prefix_len() <= 126 {
-        (a + 1, b - 1)
-    } else {
-        (a, b)
-    };
-    (a..=b).map(Ipv6Addr::from)
+    // ipnet's IPv6 hosts are every address; as for IPv4, the first and last are left
+    // out up to /126.
+    let mut hosts = n.hosts();
+    if n.prefix_len() <= 126 {
+        hosts.next();
+        hosts.next_back();
+    }
+    hosts
 }
 
 fn net_size(net: &IpNet) -> u128 {
@@ -278,25 +274,9 @@ pub async fn resolve(name: &str) -> Result<Vec<IpAddr>, TargetError> {
 }
 
 /// Whether `ip` is a loopback, private, link-local or unique-local address: one that
-/// `netmon scan` scans without `--allow-public`.
+/// `netmon scan` scans without `--allow-public` (defined in [`crate::addr`]).
 pub fn is_private(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                // 100.64.0.0/10, shared address space (carrier-grade NAT, RFC 6598)
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private(&IpAddr::V4(v4));
-            }
-            let s0 = v6.segments()[0];
-            v6.is_loopback() || (s0 & 0xfe00) == 0xfc00 || (s0 & 0xffc0) == 0xfe80
-        }
-    }
+    crate::addr::is_private(*ip)
 }
 
 /// Addresses nothing may be scanned at: unspecified, multicast, broadcast (an

@@ -1,0 +1,245 @@
+//! What every rule is made of, and nothing else: the [`Rule`] trait and its [`Hit`]s,
+//! the [`RuleSpec`] a built-in rule describes itself with, the [`RuleSection`] trait its
+//! `[rules.<section>]` table implements, and the small helpers rules share (views of
+//! connection events, samples, names for summaries).
+//!
+//! The bottom of `rules/`: the rule files import from here and from `matchers`, never
+//! from `config` (which imports them) or from the engine in `rules.rs`.
+use std::{collections::BTreeMap, net::IpAddr};
+
+use super::{connections::ActiveConnections, matchers::ProcessResolver};
+use crate::config::Span;
+use crate::event::{
+    Connection, Direction, Endpoint, Event, EventBody, FlowSample, ProcessInfo, Severity,
+};
+
+/// Flows an alert carries at most.
+pub const MAX_SAMPLES: usize = 5;
+
+/// One rule firing on one condition, before the cooldown decides whether it alerts.
+#[derive(Clone, Debug)]
+pub struct Hit {
+    pub rule: String,
+    pub severity: Severity,
+    /// What the hit is about (`pid=42 port=31337`); with the rule, the cooldown's key.
+    pub condition: String,
+    pub summary: String,
+    pub recommendation: String,
+    pub process: Option<ProcessInfo>,
+    pub flows: Vec<FlowSample>,
+    pub score: Option<u32>,
+    pub details: BTreeMap<String, serde_json::Value>,
+    /// Seconds this condition stays quiet after an alert.
+    pub cooldown_s: u64,
+}
+
+/// A detection rule.
+pub trait Rule {
+    fn name(&self) -> &str;
+    /// Looks at one event; pushes a hit for each condition it fires on.
+    fn check(&mut self, ev: &Event, resolver: &mut dyn ProcessResolver, hits: &mut Vec<Hit>);
+}
+
+/// What a built-in rule says about itself. Each rule file defines one per rule; the
+/// registry in `config.rs` reaches them through [`RuleSection::spec`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleSpec {
+    /// The rule's name in alerts (`SUSPICIOUS_PORT`).
+    pub name: &'static str,
+    /// Its table in the configuration: `suspicious_port` is `[rules.suspicious_port]`.
+    pub section: &'static str,
+    /// The severity of its alerts when the table sets none; `None` when each hit
+    /// decides (PORT_RISK's severity follows the service's score).
+    pub default_severity: Option<Severity>,
+    /// One line on what the rule looks for, as `netmon snapshot` prints it. `{key}` is
+    /// replaced by that setting of [`RuleSection::settings`] (a list joined by `, `).
+    pub purpose: &'static str,
+}
+
+impl RuleSpec {
+    /// The severity of the rule's alerts: `set` in its table, else its default (a rule
+    /// without a default decides per hit and does not ask).
+    pub fn severity(&self, set: Option<Severity>) -> Severity {
+        set.or(self.default_severity).unwrap_or(Severity::Medium)
+    }
+
+    /// [`RuleSpec::purpose`] with its `{key}`s filled from `settings` (`?` when absent).
+    pub fn purpose_with(&self, settings: &BTreeMap<String, serde_json::Value>) -> String {
+        fill(self.purpose, settings)
+    }
+}
+
+/// Replaces each `{key}` of `template` by the setting `key`: a string as it is, a list
+/// joined by `, `, anything else as JSON; `?` when there is no such setting.
+pub fn fill(template: &str, settings: &BTreeMap<String, serde_json::Value>) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        out.push_str(&rest[..open]);
+        let key = &rest[open + 1..open + close];
+        out.push_str(&match settings.get(key) {
+            Some(v) => shown(v),
+            None => "?".into(),
+        });
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn shown(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) => items.iter().map(shown).collect::<Vec<_>>().join(", "),
+        other => other.to_string(),
+    }
+}
+
+/// What the engine hands a rule's constructor besides the rule's own table.
+pub struct Build {
+    /// `[rules] cooldown_s`: the cooldown when the table sets none.
+    pub cooldown_s: u64,
+    /// Active connections for HIGH_CONNECTION_COUNT when the caller counts them itself
+    /// (`netmon snapshot`); taken by the first rule that wants it.
+    pub connections: Option<Box<dyn ActiveConnections>>,
+}
+
+/// A built-in rule's `[rules.<section>]` table: what the registry needs to run the
+/// rule, list it, and check it.
+pub trait RuleSection {
+    /// The rule this table configures.
+    fn spec(&self) -> &'static RuleSpec;
+    /// `enabled` in the table.
+    fn enabled(&self) -> bool;
+    /// `severity` in the table (overrides [`RuleSpec::default_severity`]).
+    fn severity(&self) -> Option<Severity>;
+    /// `cooldown_s` in the table (overrides `[rules] cooldown_s`).
+    fn cooldown_s(&self) -> Option<u64>;
+    /// The rule's effective parameters, for `netmon rules list` (a JSON object).
+    fn settings(&self) -> serde_json::Value;
+    /// Checks what serde cannot: the key under the table (`window`) and the problem.
+    fn validate(&self) -> Result<(), (String, String)> {
+        Ok(())
+    }
+    /// Moves deprecated keys to their current form; for each, the key under the table
+    /// and a warning saying what to write instead.
+    fn upgrade(&mut self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    /// The running rule.
+    fn build(&self, ctx: &mut Build) -> Box<dyn Rule>;
+}
+
+/// Validation shared by the tables that have a `window` (the error names `window_s`
+/// when that is what the file wrote).
+pub fn check_window(w: Span, window_s: Option<u64>) -> Result<(), (String, String)> {
+    if w.as_std() < std::time::Duration::from_secs(1) {
+        let key = if window_s.is_some() {
+            "window_s"
+        } else {
+            "window"
+        };
+        return Err((key.into(), "expected at least 1 second".into()));
+    }
+    Ok(())
+}
+
+/// The `window_s = N` of older configurations, copied to `window` (it wins); the
+/// warning to show.
+pub fn upgrade_window(window_s: Option<u64>, window: &mut Span) -> Vec<(String, String)> {
+    let Some(secs) = window_s else {
+        return Vec::new();
+    };
+    *window = Span::from_secs(secs);
+    vec![(
+        "window_s".into(),
+        format!("`window_s` is deprecated and will be removed: write `window = \"{secs}s\"`"),
+    )]
+}
+
+/// The parts of a connection event rules look at.
+pub struct FlowView<'a> {
+    pub kind: &'static str,
+    pub conn: &'a Connection,
+    /// The other side (null for `listen`).
+    pub remote: Option<&'a IpAddr>,
+    /// The service's port: destination of an outbound flow, local port of an inbound
+    /// one or a listener.
+    pub service_port: u16,
+}
+
+/// Connection events rules check: connect, accept, udp, listen (not close).
+pub fn flow_view(ev: &Event) -> Option<FlowView<'_>> {
+    let (kind, conn) = match &ev.body {
+        EventBody::Connect(c) => ("connect", c),
+        EventBody::Accept(c) => ("accept", c),
+        EventBody::Udp(c) => ("udp", c),
+        EventBody::Listen(c) => ("listen", c),
+        _ => return None,
+    };
+    let remote = match kind {
+        "accept" => conn.src.as_ref().map(|e| &e.ip),
+        "listen" => None,
+        _ => Some(&conn.dst.ip),
+    };
+    Some(FlowView {
+        kind,
+        conn,
+        remote,
+        service_port: conn.dst.port,
+    })
+}
+
+/// The sample an alert carries for a connection event.
+pub fn sample_of(ev: &Event) -> Option<FlowSample> {
+    match &ev.body {
+        EventBody::Dns(d) => Some(FlowSample {
+            ts: ev.ts,
+            kind: "dns".into(),
+            proto: d.proto,
+            direction: Some(match d.role {
+                crate::event::DnsRole::Client => Direction::Outbound,
+                crate::event::DnsRole::Server => Direction::Inbound,
+            }),
+            src: Some(d.src.clone()),
+            dst: Endpoint {
+                name: Some(d.query.clone()),
+                ..d.dst.clone()
+            },
+        }),
+        _ => {
+            let c = ev.body.connection()?;
+            Some(FlowSample {
+                ts: ev.ts,
+                kind: ev.body.type_name().into(),
+                proto: c.proto,
+                direction: c.direction,
+                src: c.src.clone(),
+                dst: c.dst.clone(),
+            })
+        }
+    }
+}
+
+/// `comm[pid]`, or `an unknown process`, for summaries.
+pub fn who(p: Option<&ProcessInfo>) -> String {
+    match p {
+        Some(p) => format!("{}[{}]", p.comm, p.pid),
+        None => "an unknown process".into(),
+    }
+}
+
+pub fn pid_of(p: Option<&ProcessInfo>) -> String {
+    p.map_or_else(|| "unknown".into(), |p| p.pid.to_string())
+}
+
+/// Keeps the last `MAX_SAMPLES` items.
+pub fn push_sample(samples: &mut Vec<FlowSample>, s: FlowSample) {
+    if samples.len() >= MAX_SAMPLES {
+        samples.remove(0);
+    }
+    samples.push(s);
+}
