@@ -204,6 +204,8 @@ pub mod cap {
     pub const UDP_SEND: usize = 4;
     /// The `dns` programs do not consult `cap_backend`: DNS has one backend (cgroup skb).
     pub const DNS: usize = 5;
+    /// `sched_process_exit` does not consult `cap_backend` either (one backend).
+    pub const PROCESS_EXIT: usize = 6;
     pub const COUNT: usize = 8;
 }
 

@@ -1,7 +1,7 @@
 //! TCP flow logic shared by every backend: what a state transition, a connect, an
 //! accept or a listen means for the maps and which event it emits.
 //!
-//! The entry points (`tcp_state.rs` for the tracepoint, `kfuncs.rs` for fentry and
+//! The entry points (`tracepoint_tcp.rs` for the tracepoint, `fentry_kprobe.rs` for fentry and
 //! kprobes) only find the socket, the states and the tuple. Each capability has one
 //! owning backend (`KernelConfig::cap_backend`): only the owner touches that
 //! capability's maps and emits its events, so backends can be mixed without duplicates.
