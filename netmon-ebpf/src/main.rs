@@ -11,6 +11,7 @@
 #![allow(internal_features)]
 
 mod cgroup_dns;
+mod cgroup_skb;
 mod cgroup_udp;
 mod emit;
 mod fentry_kprobe;

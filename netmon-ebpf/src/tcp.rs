@@ -54,6 +54,28 @@ pub fn owns(cfg: &KernelConfig, capability: usize, backend: u32) -> bool {
     cfg.cap_backend[capability] as u32 == backend
 }
 
+/// Whether `on_transition` does anything for `old → new` (kept beside its `match`).
+#[inline(always)]
+pub fn handles(old: i32, new: i32) -> bool {
+    matches!(
+        (old, new),
+        (TCP_CLOSE, TCP_SYN_SENT)
+            | (TCP_SYN_SENT, _)
+            | (_, TCP_LISTEN)
+            | (TCP_LISTEN, TCP_CLOSE)
+            | (TCP_SYN_RECV, TCP_ESTABLISHED)
+            | (
+                TCP_ESTABLISHED
+                    | TCP_FIN_WAIT1
+                    | TCP_FIN_WAIT2
+                    | TCP_CLOSE_WAIT
+                    | TCP_LAST_ACK
+                    | TCP_CLOSING,
+                TCP_CLOSE,
+            )
+    )
+}
+
 /// A state change of socket `sk`, as the tracepoint or `tcp_set_state()` sees it.
 /// The tuple is only read when needed.
 #[inline(always)]

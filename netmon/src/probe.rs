@@ -68,6 +68,19 @@ pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     /// Ports whose traffic is DNS; empty leaves the `dns` capability out.
     pub dns_ports: Vec<u16>,
+    /// Batched wake-ups: the programs wake the reader only once this many bytes are
+    /// unread (`None`: the ring buffer's own policy, a wake-up whenever the reader has
+    /// caught up). A reader that sets it must also drain on a timer: below the
+    /// threshold nothing wakes it.
+    pub wakeup_bytes: Option<u32>,
+}
+
+impl LoadOptions {
+    /// The wake-up threshold `netmon run` uses: a quarter of the ring, so a reader
+    /// woken late still has three quarters of it to absorb a burst.
+    pub fn batched_wakeup_bytes(ring_buffer_bytes: u32) -> u32 {
+        (ring_buffer_bytes / 4).max(1)
+    }
 }
 
 /// The loaded object with everything attached. Drop it to detach.
@@ -112,9 +125,11 @@ impl Tracer {
         };
         // One parse of the kernel's BTF serves the loader and every fentry attach.
         let btf = aya::Btf::from_sys_fs().ok();
+        let wakeup_bytes = u64::from(opts.wakeup_bytes.unwrap_or(0));
         let mut ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
             .map_max_entries(map_names::EVENTS, opts.ring_buffer_bytes)
+            .override_global(map_names::WAKEUP_BYTES, &wakeup_bytes, true)
             .load(EBPF_OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
         let mut config = KernelConfig {
@@ -139,8 +154,12 @@ impl Tracer {
                 Capability::Dns => maps::fill_dns_ports(&mut ebpf, &opts.dns_ports),
                 _ => Ok(()),
             };
-            attach::attach_optional(&mut ebpf, cap, ready, &mut report, &mut cx);
+            if attach::attach_optional(&mut ebpf, cap, ready, &mut report, &mut cx) {
+                // The egress program is shared with UDP: it looks for DNS from now on.
+                config.cap_backend[cap.wire_index()] = BackendChoice::Tracepoint.wire_id();
+            }
         }
+        maps::write_config(&mut ebpf, config)?;
         let netns_known = config.sock_net != netmon_common::NO_OFFSET
             && config.net_ns_inum != netmon_common::NO_OFFSET;
         Ok(Tracer {

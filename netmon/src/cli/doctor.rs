@@ -197,6 +197,7 @@ pub fn diagnose() -> Diagnosis {
             ring_buffer_bytes: 4096 * 4,
             // Also try the optional DNS capability (port 53), as `run` does.
             dns_ports: vec![53],
+            wakeup_bytes: None,
         }) {
             // Dropping the tracer detaches everything at once.
             Ok(tracer) => Some(tracer.report.clone()),

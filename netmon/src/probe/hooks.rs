@@ -201,6 +201,10 @@ const TCP_STATE_TP: Hook = hook(
     },
 );
 
+/// One egress program serves UDP (tracepoint backend) and DNS: each packet pays for
+/// one program run, and it asks `cap_backend` which of the two it is wanted for.
+const SKB_EGRESS: Hook = hook("skb_egress", Attach::CgroupSkbEgress);
+
 /// Every way netmon knows to observe each capability. The order of backends to try
 /// is `fentry`, `kprobe`, `tracepoint` (see `BackendChoice::order`).
 pub(super) static HOOK_GROUPS: &[HookGroup] = &[
@@ -300,7 +304,7 @@ pub(super) static HOOK_GROUPS: &[HookGroup] = &[
             hook("udp_connect6", Attach::CgroupSockAddr),
             hook("udp_sendmsg4", Attach::CgroupSockAddr),
             hook("udp_sendmsg6", Attach::CgroupSockAddr),
-            hook("udp_egress", Attach::CgroupSkbEgress),
+            SKB_EGRESS,
         ],
     },
     // Optional, attached after the core whatever the backend (see `attach_optional`).
@@ -329,8 +333,8 @@ pub(super) static HOOK_GROUPS: &[HookGroup] = &[
             hook("dns_connect6", Attach::CgroupSockAddr),
             hook("dns_sendmsg4", Attach::CgroupSockAddr),
             hook("dns_sendmsg6", Attach::CgroupSockAddr),
-            hook("dns_egress", Attach::CgroupSkbEgress),
-            hook("dns_ingress", Attach::CgroupSkbIngress),
+            SKB_EGRESS,
+            hook("skb_ingress", Attach::CgroupSkbIngress),
         ],
     },
 ];

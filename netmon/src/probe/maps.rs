@@ -161,18 +161,27 @@ pub(super) fn write_config(ebpf: &mut Ebpf, config: KernelConfig) -> Result<(), 
     })
 }
 
-/// Fills `DNS_PORTS` before the `dns` programs attach.
+/// Fills the `DNS_PORTS` bitmap before the `dns` programs attach.
 pub(super) fn fill_dns_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), String> {
     let map = ebpf
         .map_mut(maps::DNS_PORTS)
         .ok_or_else(|| format!("map {} is missing from the eBPF object", maps::DNS_PORTS))?;
-    let mut map: BpfHashMap<&mut MapData, u16, u8> =
-        BpfHashMap::try_from(map).map_err(|e| format!("map {}: {e}", maps::DNS_PORTS))?;
-    for port in ports {
-        map.insert(port, 1, 0)
+    let mut map: Array<&mut MapData, u32> =
+        Array::try_from(map).map_err(|e| format!("map {}: {e}", maps::DNS_PORTS))?;
+    for (word, bits) in port_bitmap(ports) {
+        map.set(word, bits, 0)
             .map_err(|e| format!("map {}: {e}", maps::DNS_PORTS))?;
     }
     Ok(())
+}
+
+/// The non-zero words of the `DNS_PORTS` bitmap for `ports`: (index, bits).
+fn port_bitmap(ports: &[u16]) -> BTreeMap<u32, u32> {
+    let mut words = BTreeMap::new();
+    for &port in ports {
+        *words.entry(u32::from(port) / 32).or_default() |= 1u32 << (port % 32);
+    }
+    words
 }
 
 #[cfg(test)]
@@ -186,6 +195,15 @@ mod tests {
         assert_eq!(fdinfo_field(text, "run_cnt"), Some(12));
         assert_eq!(fdinfo_field(text, "misses"), None);
         assert_eq!(fdinfo_field("prog_type:\t5\n", "recursion_misses"), None);
+    }
+
+    #[test]
+    fn dns_ports_become_bitmap_words() {
+        let words = port_bitmap(&[53, 5353, 63, 32]);
+        assert_eq!(words.len(), 2);
+        assert_eq!(words[&1], (1 << (53 - 32)) | (1 << 31) | 1);
+        assert_eq!(words[&(5353 / 32)], 1 << (5353 % 32));
+        assert!(u32::from(u16::MAX) / 32 < netmon_common::DNS_PORT_WORDS);
     }
 
     #[test]
