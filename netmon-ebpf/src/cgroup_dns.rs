@@ -68,7 +68,14 @@ fn remember_dns_owner(ctx: &SockAddrContext) {
     // SAFETY: a helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let process = current_process();
-    let _ = SOCKET_OWNERS.insert(cookie, process, 0);
+    if let Err(e) = SOCKET_OWNERS.insert(cookie, process, 0) {
+        aya_log_ebpf::warn!(
+            (),
+            "SOCKET_OWNERS insert failed ({}): pid {}",
+            e,
+            process.pid
+        );
+    }
 }
 
 /// Where a packet's DNS payload lies, and its endpoints.
@@ -155,6 +162,13 @@ pub fn capture(ctx: &SkBuffContext, direction: u32) -> Result<(), i64> {
         )
     };
     if rc != 0 {
+        aya_log_ebpf::warn!(
+            (),
+            "DNS payload copy failed ({}): {} bytes at {}",
+            rc,
+            n,
+            seg.payload_off
+        );
         entry.discard(0);
         return Ok(());
     }

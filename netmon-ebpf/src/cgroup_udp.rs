@@ -51,7 +51,14 @@ fn remember_owner(ctx: &SockAddrContext) {
     // SAFETY: a helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let process = current_process();
-    let _ = SOCKET_OWNERS.insert(cookie, process, 0);
+    if let Err(e) = SOCKET_OWNERS.insert(cookie, process, 0) {
+        aya_log_ebpf::warn!(
+            (),
+            "SOCKET_OWNERS insert failed ({}): pid {}",
+            e,
+            process.pid
+        );
+    }
 }
 
 /// A UDP datagram leaving the host (IPv6 when `is_ipv6`).

@@ -60,10 +60,18 @@ pub fn read_kernel_at<T>(base: u64, offset: u32) -> Option<T> {
 /// Network-namespace inode of a `struct sock *`, 0 when the offsets are unknown.
 #[inline(always)]
 pub fn sock_netns(cfg: &KernelConfig, sk: u64) -> u32 {
-    match read_kernel_at::<u64>(sk, cfg.sock_net) {
+    let inum = match read_kernel_at::<u64>(sk, cfg.sock_net) {
         Some(net) => read_kernel_at::<u32>(net, cfg.net_ns_inum).unwrap_or(0),
         None => 0,
+    };
+    if inum == 0 && cfg.sock_net != NO_OFFSET {
+        aya_log_ebpf::debug!(
+            (),
+            "network namespace read as 0 (sock_net offset {})",
+            cfg.sock_net
+        );
     }
+    inum
 }
 
 /// A zeroed connection event with its header filled in.
@@ -131,6 +139,7 @@ pub fn submit(event: &ConnEvent) {
 
 #[inline(always)]
 pub fn count_lost(kind: u32) {
+    aya_log_ebpf::warn!((), "ring buffer full: an event of kind {} is lost", kind);
     if let Some(counter) = LOST.get_ptr_mut(kind) {
         // SAFETY: per-CPU slot, so no other CPU writes it concurrently.
         unsafe { *counter += 1 };

@@ -16,11 +16,13 @@ use crate::{event::ProbeReport, kernel_btf, system};
 
 mod attach;
 mod hooks;
+mod log;
 mod maps;
 mod tracefs;
 
 pub use attach::kprobes_available;
 pub use hooks::{BackendChoice, Capability};
+pub use log::EbpfLog;
 pub use maps::{LossCounters, SkippedRuns, UdpPeers};
 pub use tracefs::verify_format;
 
@@ -73,6 +75,10 @@ pub struct LoadOptions {
     /// caught up). A reader that sets it must also drain on a timer: below the
     /// threshold nothing wakes it.
     pub wakeup_bytes: Option<u32>,
+    /// Which of the programs' own messages to forward (to stderr).
+    pub ebpf_log: EbpfLog,
+    /// Forward them to stdout instead (`netmon doctor --trace`).
+    pub ebpf_log_to_stdout: bool,
 }
 
 impl LoadOptions {
@@ -86,6 +92,8 @@ impl LoadOptions {
 /// The loaded object with everything attached. Drop it to detach.
 pub struct Tracer {
     ebpf: Ebpf,
+    /// Forwards the programs' log when `--ebpf-log` is not `off`.
+    _log: Option<log::Forwarder>,
     pub report: ProbeReport,
     /// Whether events carry the network namespace (the BTF offsets were found).
     pub netns_known: bool,
@@ -130,8 +138,19 @@ impl Tracer {
             .btf(btf.as_ref())
             .map_max_entries(map_names::EVENTS, opts.ring_buffer_bytes)
             .override_global(map_names::WAKEUP_BYTES, &wakeup_bytes, true)
+            .override_global(log::LEVEL_GLOBAL, &opts.ebpf_log.kernel_level(), true)
             .load(EBPF_OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
+        let log = match opts.ebpf_log {
+            EbpfLog::Off => None,
+            _ => match log::Forwarder::start(&mut ebpf, opts.ebpf_log_to_stdout) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    warnings.push(e);
+                    None
+                }
+            },
+        };
         let mut config = KernelConfig {
             self_pid: std::process::id(),
             ..offsets
@@ -164,6 +183,7 @@ impl Tracer {
             && config.net_ns_inum != netmon_common::NO_OFFSET;
         Ok(Tracer {
             ebpf,
+            _log: log,
             report,
             netns_known,
         })

@@ -65,6 +65,11 @@ pub struct RunArgs {
     /// netmon otherwise reads it on this timer: far fewer wake-ups on a busy host.
     #[arg(long, value_name = "MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub max_latency_ms: u64,
+    /// Forward the eBPF programs' own diagnostics to stderr: `warn` (anomalies such as
+    /// failed map inserts or a full ring buffer) or `debug` (also what they skip).
+    /// `off` costs nothing: the programs do not even format their messages.
+    #[arg(long, value_enum, value_name = "LEVEL", default_value = "off")]
+    pub ebpf_log: crate::probe::EbpfLog,
     /// Seconds between `flow` summaries of long-lived flows (bytes so far).
     #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub flow_interval: u64,
@@ -121,6 +126,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         wakeup_bytes: Some(LoadOptions::batched_wakeup_bytes(
             args.ring_buffer_kib * 1024,
         )),
+        ebpf_log: args.ebpf_log,
+        ebpf_log_to_stdout: false,
     })?;
     for w in &tracer.report.warnings {
         eprintln!("netmon: warning: {w}");
