@@ -245,7 +245,8 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
     if all || args.which == Which::Scan {
         let (section, met) = scan::run(&env, args.rounds)?;
         emit(section)?;
-        if !met {
+        // A quick pass proves the benchmark runs; its figures are not targets.
+        if !met && !args.quick {
             bail!("the scanner missed a performance target (see the table above)");
         }
     }
