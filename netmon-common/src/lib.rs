@@ -25,9 +25,14 @@ pub mod maps {
     pub const SOCKET_OWNERS: &str = "SOCKET_OWNERS";
     /// `LRU_HASH<UdpPeerKey, UdpPeerStats>`: UDP peers already reported, with counters.
     pub const UDP_PEERS: &str = "UDP_PEERS";
-    /// `HASH<u16 port (host byte order), u8>`: ports whose traffic is DNS (53 plus the
-    /// configured `dns.ports`); userspace fills it before attaching the `dns` programs.
+    /// `ARRAY<u32>` of [`DNS_PORT_WORDS`](super::DNS_PORT_WORDS) entries, a bitmap of
+    /// ports (host byte order; bit `port % 32` of entry `port / 32`) whose traffic is DNS
+    /// (53 plus the configured `dns.ports`); userspace fills it before attaching the
+    /// `dns` programs.
     pub const DNS_PORTS: &str = "DNS_PORTS";
+    /// Global (`u64`, set by the loader before the programs load): unread bytes in
+    /// `EVENTS` from which a submit wakes the reader; 0 = the ring buffer's default.
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
 }
 
 /// Event kinds (`EventHeader::kind`).
@@ -82,6 +87,9 @@ pub mod dns_flags {
 /// Bytes of a DNS message a [`DnsEvent`] carries at most. Longer messages are cut
 /// (`payload_len` still says how long they were) and userspace counts them as truncated.
 pub const DNS_PAYLOAD_MAX: usize = 512;
+
+/// Entries of the `DNS_PORTS` bitmap: 32 ports each.
+pub const DNS_PORT_WORDS: u32 = 65536 / 32;
 
 /// `AF_INET` / `AF_INET6` as the kernel numbers them.
 pub const AF_INET: u16 = 2;
@@ -202,8 +210,11 @@ pub mod cap {
     pub const TCP_LISTEN: usize = 2;
     pub const TCP_CLOSE: usize = 3;
     pub const UDP_SEND: usize = 4;
-    /// The `dns` programs do not consult `cap_backend`: DNS has one backend (cgroup skb).
+    /// DNS has one backend (cgroup); non-zero once its programs are attached, which
+    /// tells the shared egress program to look for DNS.
     pub const DNS: usize = 5;
+    /// `sched_process_exit` does not consult `cap_backend` (one backend, one program).
+    pub const PROCESS_EXIT: usize = 6;
     pub const COUNT: usize = 8;
 }
 

@@ -1,20 +1,25 @@
-//! netmon's kernel programs. One module per hook family; this file only wires them
-//! together and owns the license and panic handler every aya program needs.
+//! netmon's kernel programs. Files are named by hook family: `fentry_kprobe.rs`
+//! (fentry/fexit and kprobe/kretprobe programs on kernel functions),
+//! `tracepoint_*.rs` (tracepoints), `cgroup_*.rs` (cgroup sock_addr and skb hooks).
+//! The logic they share is in `tcp.rs`, `udp.rs` and `emit.rs`, the maps in `maps.rs`.
+//! This file only wires them together and owns the license and panic handler every
+//! aya program needs.
 #![no_std]
 #![no_main]
-// BPF's atomic add for shared counters (see udp_cgroup.rs).
+// BPF's atomic add for shared counters (see udp.rs).
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
-mod dns;
+mod cgroup_dns;
+mod cgroup_skb;
+mod cgroup_udp;
 mod emit;
-mod kfuncs;
+mod fentry_kprobe;
 mod maps;
-mod process_exit;
 mod tcp;
-mod tcp_state;
+mod tracepoint_exit;
+mod tracepoint_tcp;
 mod udp;
-mod udp_cgroup;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use netmon_common::{
-    FlowStart, KernelConfig, ListenerKey, Process, UdpPeerKey, UdpPeerStats, kind,
+    DNS_PORT_WORDS, FlowStart, KernelConfig, ListenerKey, Process, UdpPeerKey, UdpPeerStats, kind,
 };
 
 #[map(name = "EVENTS")]
@@ -32,5 +32,17 @@ pub static SOCKET_OWNERS: LruHashMap<u64, Process> = LruHashMap::with_max_entrie
 #[map(name = "UDP_PEERS")]
 pub static UDP_PEERS: LruHashMap<UdpPeerKey, UdpPeerStats> = LruHashMap::with_max_entries(65536, 0);
 
+/// A bitmap of the 65,536 ports: bit `port % 32` of entry `port / 32`. An array, not a
+/// hash: the verifier inlines array lookups, and the packet programs ask it about
+/// every TCP packet when DNS is on.
 #[map(name = "DNS_PORTS")]
-pub static DNS_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+pub static DNS_PORTS: Array<u32> = Array::with_max_entries(DNS_PORT_WORDS, 0);
+
+/// Whether `port` (host byte order) carries DNS.
+#[inline(always)]
+pub fn is_dns_port(port: u16) -> bool {
+    match DNS_PORTS.get((port >> 5) as u32) {
+        Some(word) => (*word >> (port & 31)) & 1 != 0,
+        None => false,
+    }
+}

@@ -1,7 +1,7 @@
 //! TCP flow logic shared by every backend: what a state transition, a connect, an
 //! accept or a listen means for the maps and which event it emits.
 //!
-//! The entry points (`tcp_state.rs` for the tracepoint, `kfuncs.rs` for fentry and
+//! The entry points (`tracepoint_tcp.rs` for the tracepoint, `fentry_kprobe.rs` for fentry and
 //! kprobes) only find the socket, the states and the tuple. Each capability has one
 //! owning backend (`KernelConfig::cap_backend`): only the owner touches that
 //! capability's maps and emits its events, so backends can be mixed without duplicates.
@@ -9,6 +9,8 @@ use netmon_common::{
     AF_INET, AF_INET6, ConnEvent, FlowStart, IPPROTO_TCP, KernelConfig, ListenerKey, Process, cap,
     flags, kind,
 };
+
+use aya_log_ebpf::{debug, warn};
 
 use crate::{
     emit::{current_process, is_self, ktime_ns, new_event, read_kernel_at, sock_netns, submit},
@@ -52,6 +54,28 @@ pub trait TupleSource {
 #[inline(always)]
 pub fn owns(cfg: &KernelConfig, capability: usize, backend: u32) -> bool {
     cfg.cap_backend[capability] as u32 == backend
+}
+
+/// Whether `on_transition` does anything for `old → new` (kept beside its `match`).
+#[inline(always)]
+pub fn handles(old: i32, new: i32) -> bool {
+    matches!(
+        (old, new),
+        (TCP_CLOSE, TCP_SYN_SENT)
+            | (TCP_SYN_SENT, _)
+            | (_, TCP_LISTEN)
+            | (TCP_LISTEN, TCP_CLOSE)
+            | (TCP_SYN_RECV, TCP_ESTABLISHED)
+            | (
+                TCP_ESTABLISHED
+                    | TCP_FIN_WAIT1
+                    | TCP_FIN_WAIT2
+                    | TCP_CLOSE_WAIT
+                    | TCP_LAST_ACK
+                    | TCP_CLOSING,
+                TCP_CLOSE,
+            )
+    )
 }
 
 /// A state change of socket `sk`, as the tracepoint or `tcp_set_state()` sees it.
@@ -125,7 +149,9 @@ pub fn on_transition(
 #[inline(always)]
 pub fn remember_connecting(sk: u64) {
     let process = current_process();
-    let _ = CONNECTING.insert(sk, process, 0);
+    if let Err(e) = CONNECTING.insert(sk, process, 0) {
+        warn!((), "CONNECTING insert failed ({}): pid {}", e, process.pid);
+    }
 }
 
 /// The handshake of an outbound connection ended: ESTABLISHED, or CLOSE on failure.
@@ -133,7 +159,14 @@ pub fn remember_connecting(sk: u64) {
 fn on_connect_done(cfg: &KernelConfig, backend: u32, sk: u64, new: i32, tuple: &Tuple) {
     // SAFETY: the value is copied out before the entry is removed.
     let Some(process) = (unsafe { CONNECTING.get(sk) }).copied() else {
-        return; // connect() began before netmon started
+        // connect() began before netmon started, or its entry was evicted.
+        debug!(
+            (),
+            "connect done without a recorded connect(): port {} → {}",
+            tuple.local_port,
+            tuple.remote_port
+        );
+        return;
     };
     let _ = CONNECTING.remove(sk);
     if is_self(cfg, &process) {
@@ -158,7 +191,12 @@ fn on_connect_done(cfg: &KernelConfig, backend: u32, sk: u64, new: i32, tuple: &
 pub fn on_listen(cfg: &KernelConfig, backend: u32, sk: u64, tuple: &Tuple) {
     let process = current_process();
     let key = listener_key(cfg, sk, tuple.local_port);
-    let _ = LISTENERS.insert(key, process, 0);
+    if let Err(e) = LISTENERS.insert(key, process, 0) {
+        warn!(
+            (),
+            "LISTENERS insert failed ({}): port {}", e, tuple.local_port
+        );
+    }
     if is_self(cfg, &process) {
         return;
     }
@@ -226,6 +264,13 @@ fn on_close(cfg: &KernelConfig, backend: u32, sk: u64, old: i32, tuple: &Tuple) 
         }
         None => {
             // The flow began before netmon started: local side first.
+            debug!(
+                (),
+                "close of a flow netmon did not see begin: port {} → {}, state {}",
+                tuple.local_port,
+                tuple.remote_port,
+                old
+            );
             event = new_event(kind::CLOSE, backend, Process::EMPTY);
             event.flags |= flags::PROCESS_UNKNOWN | flags::DIRECTION_UNKNOWN;
             fill_outbound(&mut event, tuple);
@@ -261,7 +306,9 @@ fn remember_flow(sk: u64, flow_flags: u32, process: Process) {
         _pad: 0,
         process,
     };
-    let _ = TCP_FLOWS.insert(sk, start, 0);
+    if let Err(e) = TCP_FLOWS.insert(sk, start, 0) {
+        warn!((), "TCP_FLOWS insert failed ({}): pid {}", e, process.pid);
+    }
 }
 
 #[inline(always)]
@@ -325,6 +372,10 @@ pub fn tuple_of_sock(cfg: &KernelConfig, sk: u64) -> Option<Tuple> {
         local_addr = read_kernel_at::<[u8; 16]>(sk, cfg.skc_v6_rcv_saddr)?;
         remote_addr = read_kernel_at::<[u8; 16]>(sk, cfg.skc_v6_daddr)?;
     } else {
+        debug!(
+            (),
+            "socket of unknown family {} (offset {})", family, cfg.skc_family
+        );
         return None;
     }
     Some(Tuple {

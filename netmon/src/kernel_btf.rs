@@ -17,14 +17,25 @@ pub struct ResolvedOffsets {
     pub missing: Vec<String>,
 }
 
-/// Reads the kernel's BTF and resolves every offset netmon uses.
-pub fn resolve() -> Result<ResolvedOffsets, btf_rs::Error> {
-    // Mmap parses only the few types netmon asks for (parsing all of vmlinux was most
-    // of netmon's start-up time), but sysfs only supports mmap of this file since 6.16:
-    // older kernels answer ENODEV, and then the whole file is read and parsed.
-    let btf = Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap)
-        .or_else(|_| Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Cache))?;
-    Ok(resolve_from(&btf))
+/// Reads the kernel's BTF and resolves every offset netmon uses, once per process:
+/// `netmon doctor` and the loader it runs share the answer. The error is the reason
+/// the file could not be read.
+pub fn resolve() -> Result<&'static ResolvedOffsets, &'static str> {
+    static RESOLVED: std::sync::OnceLock<Result<ResolvedOffsets, String>> =
+        std::sync::OnceLock::new();
+    RESOLVED
+        .get_or_init(|| {
+            // Mmap parses only the few types netmon asks for (parsing all of vmlinux
+            // was most of netmon's start-up time), but sysfs only supports mmap of this
+            // file since 6.16: older kernels answer ENODEV, and then the whole file is
+            // read and parsed.
+            let btf = Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap)
+                .or_else(|_| Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Cache))
+                .map_err(|e| e.to_string())?;
+            Ok(resolve_from(&btf))
+        })
+        .as_ref()
+        .map_err(String::as_str)
 }
 
 pub fn resolve_from(btf: &Btf) -> ResolvedOffsets {

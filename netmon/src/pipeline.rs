@@ -51,6 +51,11 @@ pub struct Options {
     pub backend: BackendChoice,
     pub ring_buffer_bytes: u32,
     pub stats_interval: Duration,
+    /// The ring buffer's drain timer: the programs wake netmon only when the ring is
+    /// filling (see `LoadOptions::batched_wakeup_bytes`), so this bounds the latency.
+    pub max_latency: Duration,
+    /// The eBPF programs' own diagnostics (`--ebpf-log`).
+    pub ebpf_log: crate::probe::EbpfLog,
     pub flows: FlowConfig,
     /// Between `flow` summaries of long-lived flows.
     pub flow_interval: Duration,
@@ -85,6 +90,9 @@ pub fn run(opts: Options) -> Result<()> {
         } else {
             Vec::new()
         },
+        wakeup_bytes: Some(LoadOptions::batched_wakeup_bytes(opts.ring_buffer_bytes)),
+        ebpf_log: opts.ebpf_log,
+        ebpf_log_to_stdout: false,
     })?;
     for w in &tracer.report.warnings {
         eprintln!("netmon: warning: {w}");
@@ -214,8 +222,13 @@ impl Stages {
         let mut stats_ticker = every(opts.stats_interval);
         let mut flow_ticker = every(opts.flow_interval);
         let mut udp_ticker = every(opts.udp_interval);
+        let mut drain_ticker = every(opts.max_latency);
+        drain_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = drain_ticker.tick() => {
+                    self.drain().await?;
+                }
                 ready = self.reader.wait() => {
                     ready?;
                     self.drain().await?;

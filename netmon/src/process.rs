@@ -3,7 +3,7 @@
 //! process exits, so a reused pid never inherits another program's context.
 //!
 //! Exits come from the kernel (`sched:sched_process_exit`, see
-//! `netmon-ebpf/src/process_exit.rs`); as a second guard, an entry whose `comm` no
+//! `netmon-ebpf/src/tracepoint_exit.rs`); as a second guard, an entry whose `comm` no
 //! longer matches the event's is read again. A process that is gone before netmon
 //! looks keeps the kernel's fields and gets null context; every failed read is
 //! counted by reason. The parsers (`cgroup`, `status`, `passwd`) are pure and

@@ -6,11 +6,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// Capabilities netmon needs to load and attach its programs (bits of `CapEff`).
-const CAP_NET_ADMIN: u32 = 12;
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+/// The Linux capabilities netmon asks about (bit numbers of `CapEff`,
+/// include/uapi/linux/capability.h): loading programs needs BPF+PERFMON (or SYS_ADMIN
+/// before 5.8) and NET_ADMIN; the scanner's raw sockets need NET_RAW.
+pub const CAP_NET_ADMIN: u32 = 12;
+pub const CAP_NET_RAW: u32 = 13;
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
 
 /// Why the host cannot run netmon as it is.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +32,14 @@ pub enum SystemError {
     NoCgroup2,
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: io::Error },
+}
+
+/// Whether this process has capability `cap` (one of the `CAP_*` above) in effect.
+pub fn has_capability(cap: u32) -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| effective_caps(&s))
+        .is_some_and(|caps| caps & (1u64 << cap) != 0)
 }
 
 /// Checks the effective capabilities of this process.

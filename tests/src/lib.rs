@@ -157,6 +157,8 @@ pub struct Netmon {
     pub seen: Vec<Event>,
     /// Lines that did not parse as events (must stay empty).
     pub bad_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Everything netmon wrote to stderr so far.
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Netmon {
@@ -232,6 +234,7 @@ impl Netmon {
             events: rx,
             seen: Vec::new(),
             bad_lines,
+            stderr: stderr_text.clone(),
         };
         let Some(probe) = netmon.wait_for(Duration::from_secs(60), |e| {
             matches!(e.body, EventBody::Probe(_))

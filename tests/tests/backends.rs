@@ -368,3 +368,41 @@ fn doctor_agrees_with_run() {
         assert!(text.contains(word), "doctor text lacks {word}:\n{text}");
     }
 }
+
+/// The programs' own diagnostics (aya-log): with `--ebpf-log debug` the close of a flow
+/// that began before netmon started is logged with its ports; with the default (`off`)
+/// nothing is, on every backend.
+#[test]
+fn ebpf_log_reports_what_the_programs_skip_and_is_silent_by_default() {
+    require_root!();
+    let _ns = NetNs::new();
+    for (flag, expect) in [(Some("debug"), true), (None, false)] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // The flow begins before netmon: its close is a flow netmon did not see begin.
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let local = client.local_addr().unwrap().port();
+        let (server, _) = listener.accept().unwrap();
+        let extra: Vec<&str> = flag.map(|f| vec!["--ebpf-log", f]).unwrap_or_default();
+        let mut netmon = Netmon::start(&extra);
+        drop(client);
+        drop(server);
+        let closed = netmon.wait_for(Duration::from_secs(20), |e| {
+            e.body.type_name() == "close"
+                && e.body.connection().is_some_and(|c| {
+                    c.dst.port == port || c.src.as_ref().is_some_and(|s| s.port == port)
+                })
+        });
+        assert!(closed.is_some(), "no close for port {port}");
+        let stderr = netmon.stderr.clone();
+        let (status, _) = netmon.stop();
+        assert!(status.success());
+        let text = stderr.lock().unwrap().clone();
+        let line = format!("close of a flow netmon did not see begin: port {local} → {port}");
+        if expect {
+            assert!(text.contains(&line), "no `{line}` in stderr:\n{text}");
+        } else {
+            assert!(!text.contains("netmon: ebpf"), "logged while off:\n{text}");
+        }
+    }
+}

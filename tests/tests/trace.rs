@@ -521,3 +521,46 @@ fn closed_stdout_ends_netmon_quietly() {
     assert!(status.success(), "exit {status}, stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// The programs wake netmon only when the ring buffer fills up (batched wake-ups), and
+/// netmon drains it on a timer (`--max-latency-ms`, 50 by default): a lone connection
+/// on an otherwise idle host must still appear within that bound, not wait for the
+/// ring to fill (it never would).
+#[test]
+fn a_lone_connection_appears_within_the_latency_bound() {
+    require_root!();
+    let ns = NetNs::new();
+    let mut netmon = Netmon::start(&[]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut latencies = Vec::new();
+    for _ in 0..5 {
+        // Quiet before each connection, so nothing else fills the ring meanwhile.
+        netmon.collect_for(Duration::from_millis(200));
+        let start = std::time::Instant::now();
+        let conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let local = conn.local_addr().unwrap().port();
+        let seen = netmon.wait_for(WAIT, |e| {
+            e.body.type_name() == "connect"
+                && e.body.connection().is_some_and(|c| {
+                    c.netns == Some(ns.inode)
+                        && c.dst.port == port
+                        && c.src.as_ref().is_some_and(|s| s.port == local)
+                })
+        });
+        let latency = start.elapsed();
+        assert!(seen.is_some(), "the connect never appeared");
+        latencies.push(latency);
+        drop(conn);
+        let _ = listener.accept();
+    }
+    latencies.sort();
+    let median = latencies[latencies.len() / 2];
+    // 50 ms of timer, plus scheduling slack on a loaded two-core machine.
+    assert!(
+        median <= Duration::from_millis(50 + 150),
+        "median delivery latency {median:?} (all: {latencies:?})"
+    );
+    let (status, _) = netmon.stop();
+    assert!(status.success());
+}

@@ -44,6 +44,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // Benchmarks: per-program run times (`bpftool prog show`), instruction counts.
     "bpftool",
     "valgrind",
+    // `bench overhead`'s web workload: wrk against nginx on 127.0.0.1.
+    "wrk",
+    "nginx-light",
 ];
 
 pub const NIGHTLY: &str = "nightly";

@@ -72,6 +72,12 @@ pub fn test(args: TestArgs) -> Result<()> {
     } else {
         steps.push(("integration (VMs)", vm::run(&vm::VmArgs::default())));
     }
+    // A short pass of every benchmark, so one that no longer runs fails here rather
+    // than rotting until someone measures (its figures are not kept).
+    steps.push((
+        "benchmarks (quick pass)",
+        exec::run(&mut cargo(&["xtask", "bench", "all", "--quick"])),
+    ));
     // cargo-fuzz over the DNS parser and the config parser, bounded in time.
     steps.push((
         "fuzz (DNS, config; 20 s each)",

@@ -22,6 +22,11 @@ pub struct DoctorArgs {
     /// `text` (default) or `json`.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+    /// Instead of the checks: attach as `netmon run` would, with the programs'
+    /// diagnostics at `debug`, make a loopback TCP connection and a UDP exchange, and
+    /// print for SECONDS what the programs logged (root).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub trace: Option<u64>,
 }
 
 /// One fact about the host: fine or not, what was seen, how to fix it.
@@ -49,6 +54,9 @@ pub struct Diagnosis {
 }
 
 pub fn run(args: DoctorArgs) -> Result<ExitCode> {
+    if let Some(seconds) = args.trace {
+        return trace(seconds);
+    }
     let diagnosis = diagnose();
     let out = match args.format {
         Format::Json => serde_json::to_string_pretty(&diagnosis)? + "\n",
@@ -197,6 +205,9 @@ pub fn diagnose() -> Diagnosis {
             ring_buffer_bytes: 4096 * 4,
             // Also try the optional DNS capability (port 53), as `run` does.
             dns_ports: vec![53],
+            wakeup_bytes: None,
+            ebpf_log: probe::EbpfLog::Off,
+            ebpf_log_to_stdout: false,
         }) {
             // Dropping the tracer detaches everything at once.
             Ok(tracer) => Some(tracer.report.clone()),
@@ -233,6 +244,62 @@ pub fn diagnose() -> Diagnosis {
         auto,
         can_run,
     }
+}
+
+/// `--trace SECONDS`: the programs' own log while netmon makes a little traffic.
+fn trace(seconds: u64) -> Result<ExitCode> {
+    use std::{
+        io::{Read as _, Write as _},
+        net::{TcpListener, TcpStream, UdpSocket},
+    };
+
+    let tracer = Tracer::start(&LoadOptions {
+        backend: BackendChoice::Auto,
+        ring_buffer_bytes: 4096 * 4,
+        dns_ports: vec![53],
+        wakeup_bytes: None,
+        ebpf_log: probe::EbpfLog::Debug,
+        ebpf_log_to_stdout: true,
+    })?;
+    println!(
+        "netmon doctor --trace: attached ({}); the programs' messages for {seconds} s:",
+        tracer
+            .report
+            .capabilities
+            .iter()
+            .map(|c| format!(
+                "{}={}",
+                c.capability,
+                c.backend.as_deref().unwrap_or("none")
+            ))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    // Traffic of our own on loopback: the programs see it like any other (netmon's
+    // own events are dropped in the kernel, after the checks that log).
+    let exchange = || -> std::io::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let mut client = TcpStream::connect(listener.local_addr()?)?;
+        let (mut server, _) = listener.accept()?;
+        client.write_all(b"netmon doctor")?;
+        let mut buf = [0u8; 13];
+        server.read_exact(&mut buf)?;
+        drop(client);
+        drop(server);
+        let a = UdpSocket::bind("127.0.0.1:0")?;
+        let b = UdpSocket::bind("127.0.0.1:0")?;
+        a.send_to(b"netmon doctor", b.local_addr()?)?;
+        b.recv_from(&mut buf)?;
+        Ok(())
+    };
+    if let Err(e) = exchange() {
+        eprintln!("netmon: warning: the loopback exchange failed: {e}");
+    }
+    std::thread::sleep(std::time::Duration::from_secs(seconds));
+    // Dropping the tracer forwards what is left, then detaches everything.
+    drop(tracer);
+    println!("netmon doctor --trace: done");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn used(r: &ProbeReport, backend: &str) -> bool {

@@ -30,6 +30,16 @@ pub struct RunArgs {
     /// Ring buffer size in KiB: a power of two, at least 4. Bigger absorbs longer bursts.
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,
+    /// Longest an event waits in the kernel before netmon reads it, in milliseconds.
+    /// The programs wake netmon only when the ring buffer fills up (a quarter full) and
+    /// netmon otherwise reads it on this timer: far fewer wake-ups on a busy host.
+    #[arg(long, value_name = "MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub max_latency_ms: u64,
+    /// Forward the eBPF programs' own diagnostics to stderr: `warn` (anomalies such as
+    /// failed map inserts or a full ring buffer) or `debug` (also what they skip).
+    /// `off` costs nothing: the programs do not even format their messages.
+    #[arg(long, value_enum, value_name = "LEVEL", default_value = "off")]
+    pub ebpf_log: crate::probe::EbpfLog,
     /// Seconds between `flow` summaries of long-lived flows (bytes so far).
     #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub flow_interval: u64,
@@ -72,6 +82,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         backend: args.backend,
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
         stats_interval: Duration::from_secs(args.stats_interval),
+        max_latency: Duration::from_millis(args.max_latency_ms),
+        ebpf_log: args.ebpf_log,
         flows: FlowConfig {
             cap: args.max_flows as usize,
             udp_idle_ns: args.udp_timeout * NS_PER_S,

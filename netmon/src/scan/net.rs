@@ -11,14 +11,9 @@ use std::{
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
-const CAP_NET_RAW: u32 = 13;
-
 /// Whether this process may open raw sockets.
 pub fn has_net_raw() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| crate::system::effective_caps(&s))
-        .is_some_and(|caps| caps & (1 << CAP_NET_RAW) != 0)
+    crate::system::has_capability(crate::system::CAP_NET_RAW)
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit in force.

@@ -2,27 +2,19 @@
 //! without kprobes or fentry.
 //!
 //! `cgroup/connect{4,6}` and `cgroup/sendmsg{4,6}` run in the sending process, so they
-//! record which process owns each UDP socket (by socket cookie). `cgroup_skb/egress`
-//! sees every datagram with its real source address, port and length and hands it to
-//! `udp.rs`, which reports new peers and counts the rest.
+//! record which process owns each UDP socket (by socket cookie). The egress skb
+//! program (`cgroup_skb.rs`) sees every datagram with its real source address, port
+//! and length and hands it here, then to `udp.rs`, which reports new peers and counts
+//! the rest.
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::generated::bpf_get_socket_cookie,
-    macros::{cgroup_skb, cgroup_sock_addr},
+    macros::cgroup_sock_addr,
     programs::{SkBuffContext, SockAddrContext},
 };
-use netmon_common::{IPPROTO_UDP, Process, backend, flags};
+use netmon_common::{IPPROTO_UDP, KernelConfig, Process, backend, flags};
 
-use crate::{
-    emit::{config, current_process},
-    maps::SOCKET_OWNERS,
-    udp,
-};
-
-/// Return value of cgroup hooks that lets the operation proceed.
-const ALLOW: i32 = 1;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+use crate::{cgroup_skb::ALLOW, emit::current_process, maps::SOCKET_OWNERS, udp};
 
 #[cgroup_sock_addr(connect4)]
 pub fn udp_connect4(ctx: SockAddrContext) -> i32 {
@@ -59,23 +51,19 @@ fn remember_owner(ctx: &SockAddrContext) {
     // SAFETY: a helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let process = current_process();
-    let _ = SOCKET_OWNERS.insert(cookie, process, 0);
+    if let Err(e) = SOCKET_OWNERS.insert(cookie, process, 0) {
+        aya_log_ebpf::warn!(
+            (),
+            "SOCKET_OWNERS insert failed ({}): pid {}",
+            e,
+            process.pid
+        );
+    }
 }
 
-#[cgroup_skb(egress)]
-pub fn udp_egress(ctx: SkBuffContext) -> i32 {
-    let _ = try_udp_egress(&ctx);
-    ALLOW
-}
-
+/// A UDP datagram leaving the host (IPv6 when `is_ipv6`).
 #[inline(always)]
-fn try_udp_egress(ctx: &SkBuffContext) -> Option<()> {
-    let eth_proto = u16::from_be(ctx.skb.protocol() as u16);
-    let is_ipv6 = match eth_proto {
-        ETH_P_IP => false,
-        ETH_P_IPV6 => true,
-        _ => return None,
-    };
+pub fn on_egress(ctx: &SkBuffContext, cfg: &KernelConfig, is_ipv6: bool) -> Option<()> {
     let datagram = udp::parse(is_ipv6, &SkbBytes(ctx))?;
     // SAFETY: a helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
@@ -85,7 +73,7 @@ fn try_udp_egress(ctx: &SkBuffContext) -> Option<()> {
         Some(p) => (p, 0),
         None => (Process::EMPTY, flags::PROCESS_UNKNOWN),
     };
-    udp::on_datagram(&config(), backend::TRACEPOINT, process, unknown, &datagram);
+    udp::on_datagram(cfg, backend::TRACEPOINT, process, unknown, &datagram);
     Some(())
 }
 

@@ -8,8 +8,8 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use netmon_common::{EventHeader, backend, kind};
 
 use crate::{
-    emit::{config, current_process, is_self, ktime_ns},
-    maps::{EVENTS, LOST},
+    emit::{config, count_lost, current_process, is_self, ktime_ns, submit_flags},
+    maps::EVENTS,
 };
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
@@ -27,14 +27,9 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     match EVENTS.reserve::<EventHeader>(0) {
         Some(mut entry) => {
             entry.write(header);
-            entry.submit(0);
+            entry.submit(submit_flags());
         }
-        None => {
-            if let Some(counter) = LOST.get_ptr_mut(kind::EXIT) {
-                // SAFETY: per-CPU slot, so no other CPU writes it concurrently.
-                unsafe { *counter += 1 };
-            }
-        }
+        None => count_lost(kind::EXIT),
     }
     0
 }

@@ -1,7 +1,8 @@
-//! DNS packets from cgroup skb hooks (cgroup v2 root, every kernel netmon supports,
-//! whatever its kprobe/fentry situation): UDP datagrams and TCP segments to or from a
-//! DNS port (`DNS_PORTS`: 53 plus the configured ones) are copied, up to
-//! `DNS_PAYLOAD_MAX` bytes with their real length, into the ring buffer as `DnsEvent`s.
+//! DNS packets from the cgroup skb programs (`cgroup_skb.rs`; cgroup v2 root, every
+//! kernel netmon supports, whatever its kprobe/fentry situation): UDP datagrams and
+//! TCP segments to or from a DNS port (`DNS_PORTS`: 53 plus the configured ones) are
+//! copied, up to `DNS_PAYLOAD_MAX` bytes with their real length, into the ring buffer
+//! as `DnsEvent`s.
 //!
 //! Attribution: the socket cookie of the packet's socket maps to the process that last
 //! connected or sent on it (`SOCKET_OWNERS`). The `dns_connect*`/`dns_sendmsg*` hooks
@@ -12,7 +13,7 @@
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::generated::{bpf_get_socket_cookie, bpf_skb_load_bytes},
-    macros::{cgroup_skb, cgroup_sock_addr},
+    macros::cgroup_sock_addr,
     programs::{SkBuffContext, SockAddrContext},
 };
 use netmon_common::{
@@ -21,14 +22,10 @@ use netmon_common::{
 };
 
 use crate::{
-    emit::{config, count_lost, current_process, is_self, ktime_ns},
-    maps::{DNS_PORTS, EVENTS, SOCKET_OWNERS},
+    cgroup_skb::{ALLOW, ETH_P_IP, ETH_P_IPV6},
+    emit::{config, count_lost, current_process, is_self, ktime_ns, submit_flags},
+    maps::{EVENTS, SOCKET_OWNERS, is_dns_port},
 };
-
-/// Return value of cgroup hooks that lets the operation proceed.
-const ALLOW: i32 = 1;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
 
 #[cgroup_sock_addr(connect4)]
 pub fn dns_connect4(ctx: SockAddrContext) -> i32 {
@@ -65,26 +62,20 @@ fn remember_dns_owner(ctx: &SockAddrContext) {
     }
     // `user_port` holds the port in network byte order in its low 16 bits.
     let port = u16::from_be(user_port as u16);
-    // SAFETY: a plain lookup; the value is not kept.
-    if unsafe { DNS_PORTS.get(port) }.is_none() {
+    if !is_dns_port(port) {
         return;
     }
     // SAFETY: a helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let process = current_process();
-    let _ = SOCKET_OWNERS.insert(cookie, process, 0);
-}
-
-#[cgroup_skb(egress)]
-pub fn dns_egress(ctx: SkBuffContext) -> i32 {
-    let _ = try_dns_packet(&ctx, dns_flags::EGRESS);
-    ALLOW
-}
-
-#[cgroup_skb(ingress)]
-pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
-    let _ = try_dns_packet(&ctx, 0);
-    ALLOW
+    if let Err(e) = SOCKET_OWNERS.insert(cookie, process, 0) {
+        aya_log_ebpf::warn!(
+            (),
+            "SOCKET_OWNERS insert failed ({}): pid {}",
+            e,
+            process.pid
+        );
+    }
 }
 
 /// Where a packet's DNS payload lies, and its endpoints.
@@ -100,14 +91,14 @@ struct Segment {
     payload_len: u32,
 }
 
+/// Copies the DNS message in `ctx` (a packet to or from a DNS port; `direction` is
+/// `dns_flags::EGRESS` or 0) into the ring buffer.
 #[inline(always)]
-fn try_dns_packet(ctx: &SkBuffContext, direction: u32) -> Result<(), i64> {
+pub fn capture(ctx: &SkBuffContext, direction: u32) -> Result<(), i64> {
     let Some(seg) = parse_segment(ctx)? else {
         return Ok(());
     };
-    // SAFETY: plain lookups; the values are not kept.
-    let dns_port =
-        unsafe { DNS_PORTS.get(seg.dst_port).is_some() || DNS_PORTS.get(seg.src_port).is_some() };
+    let dns_port = is_dns_port(seg.dst_port) || is_dns_port(seg.src_port);
     if !dns_port || seg.payload_len == 0 {
         return Ok(()); // not DNS, or a bare TCP ACK/SYN/FIN
     }
@@ -171,10 +162,17 @@ fn try_dns_packet(ctx: &SkBuffContext, direction: u32) -> Result<(), i64> {
         )
     };
     if rc != 0 {
+        aya_log_ebpf::warn!(
+            (),
+            "DNS payload copy failed ({}): {} bytes at {}",
+            rc,
+            n,
+            seg.payload_off
+        );
         entry.discard(0);
         return Ok(());
     }
-    entry.submit(0);
+    entry.submit(submit_flags());
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use netmon_common::{AF_INET, AF_INET6, IPPROTO_TCP, backend};
 
 use crate::{
     emit::config,
-    tcp::{Tuple, TupleSource, on_transition},
+    tcp::{Tuple, TupleSource, handles, on_transition},
 };
 
 // Field offsets of the tracepoint record. The layout has been stable since 4.16;
@@ -44,6 +44,11 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     let sk: u64 = unsafe { ctx.read_at(SKADDR) }.map_err(|e| e as i64)?;
     let old: i32 = unsafe { ctx.read_at(OLDSTATE) }.map_err(|e| e as i64)?;
     let new: i32 = unsafe { ctx.read_at(NEWSTATE) }.map_err(|e| e as i64)?;
+    // Most transitions of a connection (FIN_WAIT1 → FIN_WAIT2, SYN_RECV on the
+    // listener's side…) mean nothing to netmon: leave before any map lookup.
+    if !handles(old, new) {
+        return Ok(());
+    }
     let cfg = config();
     on_transition(&cfg, backend::TRACEPOINT, sk, old, new, &RecordTuple(ctx));
     Ok(())
@@ -77,6 +82,7 @@ fn read_tuple(ctx: &TracePointContext) -> Option<Tuple> {
             local_addr[..4].copy_from_slice(&s);
             remote_addr[..4].copy_from_slice(&d);
         } else {
+            aya_log_ebpf::debug!((), "inet_sock_set_state of unknown family {}", family);
             return None;
         }
         Some(Tuple {
