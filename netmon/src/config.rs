@@ -27,6 +27,8 @@ pub struct Config {
     pub dns: DnsConfig,
     /// `[scan]`: the active scanner's monitor (see `scan/config.rs`).
     pub scan: crate::scan::config::ScanConfig,
+    /// `[history]`: the embedded history (see `history.rs`, docs/history.md).
+    pub history: crate::history::HistoryConfig,
 }
 
 /// `[dns]`.
@@ -151,6 +153,7 @@ impl Config {
                 _ => ("scan".to_owned(), text),
             });
         }
+        self.history.validate()?;
         for (i, p) in self.dns.ports.iter().enumerate() {
             if *p == 0 {
                 return Err((format!("dns.ports[{i}]"), "port 0 is not a port".into()));

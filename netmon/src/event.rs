@@ -341,6 +341,22 @@ pub struct Stats {
     /// The scanner's counters, when `[scan]` allows a network (see `scan/monitor.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scan: Option<crate::scan::monitor::MonitorCounters>,
+    /// The history writer's counters, when the history is on (see `history.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistoryStats>,
+}
+
+/// `stats.history`: what the history writer kept and what it could not.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryStats {
+    /// Events committed to the database.
+    pub written: u64,
+    /// Transactions committed.
+    pub batches: u64,
+    /// Failures: opening, writing or pruning the database (each also warned on stderr).
+    pub errors: u64,
+    /// Events not kept: the writer's queue was full, or their batch failed.
+    pub dropped: u64,
 }
 
 /// `stats.flows`.

@@ -479,6 +479,7 @@ impl Pump {
                 dns: self.analyzer.dns_stats(),
                 rules: self.analyzer.rule_stats(),
                 scan: self.scan.as_ref().map(|s| s.counters.borrow().clone()),
+                history: None,
             }),
         };
         self.write(&stats)
