@@ -69,12 +69,18 @@ struct Where {
 
 impl Where {
     fn push(&mut self, sql: &str, values: impl IntoIterator<Item = Value>) {
-        let mut sql = sql.to_owned();
-        for v in values {
-            self.params.push(v);
-            sql = sql.replacen('?', &format!("?{}", self.params.len()), 1);
+        // Each `?` becomes the number of its value in the whole statement.
+        let mut values = values.into_iter();
+        let mut out = String::with_capacity(sql.len() + 8);
+        let mut pieces = sql.split('?');
+        out.push_str(pieces.next().unwrap_or(""));
+        for piece in pieces {
+            self.params
+                .push(values.next().expect("a value for every `?`"));
+            out.push_str(&format!("?{}", self.params.len()));
+            out.push_str(piece);
         }
-        self.parts.push(sql);
+        self.parts.push(out);
     }
 
     fn sql(&self) -> String {
