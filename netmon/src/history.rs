@@ -129,7 +129,7 @@ impl std::fmt::Display for Span {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = self.0.as_secs();
         for (unit, n) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3_600), ("m", 60)] {
-            if s >= n && s % n == 0 {
+            if s >= n && s.is_multiple_of(n) {
                 return write!(f, "{}{unit}", s / n);
             }
         }
@@ -185,17 +185,17 @@ pub enum Error {
 /// damaged one, is renamed `<file>.corrupt-<unix time>` (never overwritten) and a new
 /// one is made; the returned warning says so.
 pub fn open_writer(path: &Path) -> Result<(Connection, Option<Error>), Error> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|source| Error::Directory {
-                    dir: dir.to_owned(),
-                    source,
-                })?;
-        }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| Error::Directory {
+                dir: dir.to_owned(),
+                source,
+            })?;
     }
     if !path.exists() {
         // Created here, 0600, so SQLite's own -wal and -shm files (which copy the

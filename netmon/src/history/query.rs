@@ -280,30 +280,28 @@ impl Source for Store {
         let mut params = w.params;
         params.extend([lo, h_lo, h_hi, hi, limit(q)].map(Value::Integer));
         let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(params), |r| {
-                Ok(FlowRow {
-                    comm: r.get(0)?,
-                    exe: r.get(1)?,
-                    user: r.get(2)?,
-                    proto: r.get(3)?,
-                    direction: r.get(4)?,
-                    local_ip: r.get(5)?,
-                    local_port: r.get(6)?,
-                    remote_ip: r.get(7)?,
-                    remote_port: r.get(8)?,
-                    remote_name: r.get(9)?,
-                    connections: u(r.get(10)?).unwrap_or(0),
-                    bytes_sent: u(r.get(11)?).unwrap_or(0),
-                    bytes_received: u(r.get(12)?).unwrap_or(0),
-                    packets_sent: u(r.get(13)?).unwrap_or(0),
-                    packets_received: u(r.get(14)?).unwrap_or(0),
-                    first: secs(r.get(15)?),
-                    last: secs(r.get(16)?),
-                })
-            })?
-            .collect();
-        rows
+        stmt.query_map(rusqlite::params_from_iter(params), |r| {
+            Ok(FlowRow {
+                comm: r.get(0)?,
+                exe: r.get(1)?,
+                user: r.get(2)?,
+                proto: r.get(3)?,
+                direction: r.get(4)?,
+                local_ip: r.get(5)?,
+                local_port: r.get(6)?,
+                remote_ip: r.get(7)?,
+                remote_port: r.get(8)?,
+                remote_name: r.get(9)?,
+                connections: u(r.get(10)?).unwrap_or(0),
+                bytes_sent: u(r.get(11)?).unwrap_or(0),
+                bytes_received: u(r.get(12)?).unwrap_or(0),
+                packets_sent: u(r.get(13)?).unwrap_or(0),
+                packets_received: u(r.get(14)?).unwrap_or(0),
+                first: secs(r.get(15)?),
+                last: secs(r.get(16)?),
+            })
+        })?
+        .collect()
     }
 
     fn alerts(&self, q: &Question) -> rusqlite::Result<Vec<AlertRow>> {

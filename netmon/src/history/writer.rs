@@ -411,10 +411,10 @@ fn process_id(
     p: &ProcessInfo,
 ) -> rusqlite::Result<i64> {
     let key = (p.pid, p.comm.clone(), p.uid);
-    if let Some((detail, id)) = cache.get(&key) {
-        if Arc::ptr_eq(detail, &p.detail) || **detail == *p.detail {
-            return Ok(*id);
-        }
+    if let Some((detail, id)) = cache.get(&key)
+        && (Arc::ptr_eq(detail, &p.detail) || **detail == *p.detail)
+    {
+        return Ok(*id);
     }
     let d = &*p.detail;
     let container = d
