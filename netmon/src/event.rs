@@ -307,7 +307,9 @@ pub struct FlowSummary {
 pub struct Stats {
     /// Seconds since netmon started.
     pub uptime_s: f64,
-    /// Events received from the kernel, per type.
+    /// Events netmon wrote before this line, per type (every path counts: kernel
+    /// events, netmon's own closes and `flow` summaries, `dns`, alerts, scanner
+    /// changes, `probe`); `stats` lines themselves are not counted.
     pub events: BTreeMap<String, u64>,
     /// Events the kernel could not hand over (ring buffer full), in total.
     pub lost: u64,
@@ -344,6 +346,11 @@ pub struct Stats {
     /// The history writer's counters, when the history is on (see `history.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<HistoryStats>,
+    /// Each consumer of the pipeline's hub (the sink, the history writer, …) by name:
+    /// what waits in its queue and what it missed because its queue was full (see
+    /// `pipeline/hub.rs`). The sink is never dropped for: it is waited for.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub consumers: BTreeMap<String, ConsumerStats>,
 }
 
 /// `stats.history`: what the history writer kept and what it could not.
@@ -355,7 +362,18 @@ pub struct HistoryStats {
     pub batches: u64,
     /// Failures: opening, writing or pruning the database (each also warned on stderr).
     pub errors: u64,
-    /// Events not kept: the writer's queue was full, or their batch failed.
+    /// Events not kept because the database could not take them (their batch failed,
+    /// or it could not be opened); what its full queue missed is in
+    /// `stats.consumers.history.dropped`.
+    pub dropped: u64,
+}
+
+/// `stats.consumers.<name>`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerStats {
+    /// Events in the consumer's queue now, not yet taken.
+    pub queued: u64,
+    /// Events it missed since start because its queue was full (or it had stopped).
     pub dropped: u64,
 }
 

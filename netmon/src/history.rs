@@ -20,6 +20,7 @@ use std::{
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod import;
 pub mod query;
 pub mod retention;
 pub mod schema;

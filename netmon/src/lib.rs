@@ -2,10 +2,10 @@
 //!
 //! Pure modules (`event`, `decode`, `clock`, `output`, `flow`, `rules`, `dns`) take
 //! plain values and return plain values; only `probe` (loading and attaching) and
-//! `cli::run` (the ring-buffer loop) touch aya and the kernel. `sockets` (sock_diag,
+//! `pipeline::reader` (the ring-buffer drain) touch aya and the kernel; `pipeline`
+//! holds the stages of `netmon run`, one file each. `sockets` (sock_diag,
 //! `/proc/*/fd`) and `process` (`/proc/<pid>`) read the system through thin edges
 //! around pure parsers.
-pub mod analysis;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -16,9 +16,9 @@ pub mod flow;
 pub mod history;
 pub mod kernel_btf;
 pub mod output;
+pub mod pipeline;
 pub mod probe;
 pub mod process;
-pub mod procfs;
 pub mod query;
 pub mod rules;
 pub mod scan;

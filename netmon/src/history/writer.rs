@@ -11,6 +11,7 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -50,11 +51,6 @@ impl Counters {
             dropped: self.dropped.load(Ordering::Relaxed),
         }
     }
-
-    /// Events the writer never got (its queue was full): counted by whoever fed it.
-    pub fn count_dropped(&self, n: u64) {
-        self.dropped.fetch_add(n, Ordering::Relaxed);
-    }
 }
 
 /// The running writer thread.
@@ -65,10 +61,12 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer on `events`. It ends, after committing what it has, when every
-    /// sender of `events` is gone; [`Writer::finish`] waits for that.
+    /// sender of `events` is gone; [`Writer::finish`] waits for that. `hosts_json`: the
+    /// scanner's old state file, imported once when the database is first opened.
     pub fn spawn(
         config: HistoryConfig,
         events: mpsc::Receiver<Arc<Event>>,
+        hosts_json: Option<PathBuf>,
     ) -> std::io::Result<Writer> {
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
@@ -79,7 +77,7 @@ impl Writer {
                     .enable_time()
                     .build()
                     .expect("a current-thread runtime with a timer starts");
-                rt.block_on(WriterLoop::new(config, c).run(events));
+                rt.block_on(WriterLoop::new(config, c, hosts_json).run(events));
             })?;
         Ok(Writer {
             thread: Some(thread),
@@ -111,10 +109,16 @@ struct WriterLoop {
     aggregator: Aggregator,
     next_prune: Instant,
     prune: Option<retention::Pruner>,
+    /// The scanner's old state file, until it has been looked at.
+    hosts_json: Option<PathBuf>,
 }
 
 impl WriterLoop {
-    fn new(config: HistoryConfig, counters: Arc<Counters>) -> WriterLoop {
+    fn new(
+        config: HistoryConfig,
+        counters: Arc<Counters>,
+        hosts_json: Option<PathBuf>,
+    ) -> WriterLoop {
         let now = Instant::now();
         WriterLoop {
             next_prune: now,
@@ -127,6 +131,7 @@ impl WriterLoop {
             batch_started: None,
             aggregator: Aggregator::default(),
             prune: None,
+            hosts_json,
         }
     }
 
@@ -197,7 +202,21 @@ impl WriterLoop {
                         self.config.path.display()
                     );
                 }
-                self.store = Some(Store::new(conn));
+                let mut store = Store::new(conn);
+                if let Some(path) = self.hosts_json.take() {
+                    match super::import::hosts_json(&mut store.conn, &path) {
+                        Ok(Some(n)) => eprintln!(
+                            "netmon: history: imported {n} hosts from {} (once; the file is left as it is)",
+                            path.display()
+                        ),
+                        Ok(None) => {}
+                        Err(e) => {
+                            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                            self.warn(format!("cannot import the scanner's hosts: {e}"));
+                        }
+                    }
+                }
+                self.store = Some(store);
             }
             Err(e) => {
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -1014,7 +1033,7 @@ mod tests {
             ..HistoryConfig::default()
         };
         let (tx, rx) = mpsc::channel(events.len() + 1);
-        let writer = Writer::spawn(config, rx).unwrap();
+        let writer = Writer::spawn(config, rx, None).unwrap();
         let counters = writer.counters();
         for e in events {
             tx.try_send(Arc::new(e)).unwrap();
