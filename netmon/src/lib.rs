@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod dns;
+pub mod escape;
 pub mod event;
 pub mod flow;
 pub mod history;

@@ -127,6 +127,8 @@ pub fn run(opts: Options) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // The reader registers the ring buffer with the runtime's reactor.
+    let _runtime_context = runtime.enter();
     let mut hub = Hub::new();
     let sink_thread = sink::spawn(sink, hub.subscribe_lossless("sink", sink::QUEUE))
         .context("cannot start the output thread")?;

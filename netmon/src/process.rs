@@ -13,6 +13,9 @@
 //! `netmon run` enriches events from it and its rules ask it what an event does not
 //! carry (through [`Processes`], a handle shared by the stages of the pipeline's one
 //! thread); `netmon snapshot`'s rules ask a [`ProcessCache`] of their own.
+//!
+//! Over 600 lines: the container-cgroup parser's cases and the tests that pin them
+//! (about half the file) belong beside the cache they feed.
 use std::{
     cell::RefCell,
     collections::{BTreeMap, HashMap},

@@ -17,6 +17,9 @@ use crate::{
 pub mod flows;
 
 /// One ring-buffer record, decoded by the reader.
+// Nearly every record is an `Event`, and records only pass through a reused buffer:
+// boxing the big variant would cost an allocation per event for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Record {
     /// A process exited (`sched_process_exit`).
     Exit(u32),

@@ -3,7 +3,7 @@
 //! on three intervals, and the inventory's change events come out.
 //!
 //! `netmon run` spawns [`Monitor::run`] beside its event loop, feeds it flow peers
-//! and writes the events it sends back (see `cli/run.rs`); the tests drive
+//! and emits the events it sends back (see `pipeline/scanner.rs`); the tests drive
 //! [`Monitor::tick`] directly. With `scan.allow` empty it is inert.
 //!
 //! `Schedule` (pure) decides what is due; it never lets a host be probed more often
