@@ -334,6 +334,24 @@ allow = ["10.0.0.0/24"]
     }
 
     #[test]
+    fn history_section_parses_and_names_bad_keys() {
+        let c = parse(
+            "[history]\npath = \"/tmp/h.db\"\nraw_retention = \"2d\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.history.raw_retention, crate::history::Span::days(2));
+        assert_eq!(c.history.path, PathBuf::from("/tmp/h.db"));
+        let e = err("[history]\nraw_retention = \"7x\"\n");
+        assert_eq!(e.key, "history.raw_retention");
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("unknown unit"), "{e}");
+        let e = err("[history]\nminute_retention = \"0s\"\n");
+        assert_eq!(e.key, "history.minute_retention");
+        assert_eq!(e.line, Some(2));
+    }
+
+    #[test]
     fn custom_rules_need_unique_names() {
         let e = err(
             "[[rules.custom]]\nname = \"SUSPICIOUS_PORT\"\nseverity = \"low\"\nsummary = \"x\"\n",

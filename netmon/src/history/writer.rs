@@ -818,7 +818,14 @@ struct Seen {
     last: Totals,
 }
 
-type FlowId = (crate::event::Proto, Option<(IpAddr, u16)>, (IpAddr, u16));
+/// A flow's identity: the direction too, since on loopback both ends of one
+/// connection are local sockets with the same addresses.
+type FlowId = (
+    crate::event::Proto,
+    Option<Direction>,
+    Option<(IpAddr, u16)>,
+    (IpAddr, u16),
+);
 
 /// Flows followed at most; beyond it the oldest knowledge is dropped (a flow's later
 /// `flow` or `close` then counts its bytes from zero on a freshly keyed row).
@@ -863,6 +870,7 @@ impl Aggregator {
         };
         let id: FlowId = (
             c.proto,
+            c.direction,
             c.src.as_ref().map(|s| (s.ip, s.port)),
             (c.dst.ip, c.dst.port),
         );
@@ -999,6 +1007,29 @@ mod tests {
         assert_eq!(rows[0].1.local_port, 0);
         assert_eq!(rows[0].1.remote_port, 443);
         assert!(a.take().is_empty());
+    }
+
+    #[test]
+    fn both_ends_of_a_loopback_connection_are_two_flows() {
+        // On loopback the client's and the server's socket share the addresses.
+        let mut a = Aggregator::default();
+        let out = conn(Direction::Outbound, 40000, 8080);
+        let inb = conn(Direction::Inbound, 40000, 8080);
+        a.add(&at(60, EventBody::Connect(out.clone())));
+        a.add(&at(60, EventBody::Accept(inb.clone())));
+        a.add(&at(61, close(inb, 2000, 1000)));
+        a.add(&at(61, close(out, 1000, 2000)));
+        let rows = a.take();
+        let find = |d: &str| rows.iter().find(|r| r.1.direction == d).unwrap().2;
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (find("outbound").connections, find("outbound").bytes_sent),
+            (1, 1000)
+        );
+        assert_eq!(
+            (find("inbound").connections, find("inbound").bytes_sent),
+            (1, 2000)
+        );
     }
 
     #[test]
