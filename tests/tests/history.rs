@@ -454,7 +454,17 @@ fn retention_prunes_raw_events_sooner_than_the_minute_totals() {
         let _ = s.read_to_end(&mut Vec::new());
     }
     server.join().unwrap();
-    let count = |sql: &str| -> u64 { sqlite3(&db, sql).parse().unwrap_or(0) };
+    // Until the writer has made its tables, a count is 0.
+    let count = |sql: &str| -> u64 {
+        let ready = sqlite3(
+            &db,
+            "SELECT count(*) FROM sqlite_master WHERE name = 'events'",
+        );
+        if ready != "1" {
+            return 0;
+        }
+        sqlite3(&db, sql).parse().unwrap_or(0)
+    };
     let raw = format!("SELECT count(*) FROM events WHERE dst_port = {port}");
     let minutes = format!(
         "SELECT coalesce(sum(connections), 0) FROM flow_minute m JOIN flow_keys k ON k.id = m.key_id WHERE k.remote_port = {port}"
