@@ -122,7 +122,7 @@ impl Stream {
             if n % 20 == 4 || n % 20 == 5 {
                 conn.proto = Proto::Udp;
             }
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 if conn.proto == Proto::Udp {
                     conn.bytes = Some(120);
                     EventBody::Udp(conn)

@@ -101,10 +101,7 @@ fn serve(listener: TcpListener, reply: usize, conns: usize) -> thread::JoinHandl
     })
 }
 
-fn close_events<'a>(
-    seen: &'a [Event],
-    port: u16,
-) -> impl Iterator<Item = &'a netmon::event::Close> {
+fn close_events(seen: &[Event], port: u16) -> impl Iterator<Item = &netmon::event::Close> {
     seen.iter().filter_map(move |e| match &e.body {
         EventBody::Close(c) if c.conn.dst.port == port => Some(c),
         _ => None,
