@@ -8,6 +8,10 @@
 //! disk full, locked) costs a warning on stderr, `stats.history.errors` and the
 //! events of the failed batches (`stats.history.dropped`); it retries opening every
 //! [`REOPEN_EVERY`]. A damaged file is moved aside and a new one started.
+//!
+//! Over 600 lines (about half of it tests): the loop, the event→row mapping and the
+//! flow aggregator are still one file; the next split is `history/rows.rs` (the
+//! mapping) and `history/aggregate.rs` (`Aggregator`, `FlowKey`).
 use std::{
     collections::HashMap,
     net::IpAddr,
