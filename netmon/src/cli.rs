@@ -6,6 +6,7 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Args, Parser, Subcommand};
 
 pub mod doctor;
+pub mod history;
 pub mod hosts;
 pub mod replay;
 pub mod rules;
@@ -56,6 +57,12 @@ pub enum Command {
     Scan(scan::ScanArgs),
     /// Print the host inventory that the scanner in `netmon run` keeps.
     Hosts(hosts::HostsArgs),
+    /// Query the history that `netmon run` keeps: events, flows, alerts, hosts.
+    ///
+    /// Opens the file read-only: works while `netmon run` writes, and for any user who
+    /// can read it. See docs/history.md.
+    #[command(subcommand)]
+    History(history::What),
 }
 
 /// `--config`, shared by every subcommand that reads the configuration file.
@@ -89,6 +96,7 @@ pub fn main() -> ExitCode {
         Command::Doctor(args) => doctor::run(args),
         Command::Scan(args) => scan::run(args),
         Command::Hosts(args) => hosts::run(args),
+        Command::History(what) => history::run(history::HistoryArgs { what }),
     };
     match result {
         Ok(code) => code,

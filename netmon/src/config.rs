@@ -30,6 +30,8 @@ pub struct Config {
     pub dns: DnsConfig,
     /// `[scan]`: the active scanner's monitor (see `scan/config.rs`).
     pub scan: crate::scan::config::ScanConfig,
+    /// `[history]`: the embedded history (see `history.rs`, docs/history.md).
+    pub history: crate::history::HistoryConfig,
 }
 
 /// `[dns]`.
@@ -169,6 +171,7 @@ impl Config {
                 _ => ("scan".to_owned(), text),
             });
         }
+        self.history.validate()?;
         for (i, p) in self.dns.ports.iter().enumerate() {
             if *p == 0 {
                 return Err((format!("dns.ports[{i}]"), "port 0 is not a port".into()));
@@ -383,6 +386,24 @@ allow = ["10.0.0.0/24"]
         assert!(e.message.contains("not a duration"), "{e}");
         let e = err("[rules.dns_tunneling]\nwindow = \"99999999999999999999999999d\"\n");
         assert!(e.message.contains("not a duration"), "{e}");
+    }
+
+    #[test]
+    fn history_section_parses_and_names_bad_keys() {
+        let c = parse(
+            "[history]\npath = \"/tmp/h.db\"\nraw_retention = \"2d\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.history.raw_retention, crate::history::Span::days(2));
+        assert_eq!(c.history.path, PathBuf::from("/tmp/h.db"));
+        let e = err("[history]\nraw_retention = \"7x\"\n");
+        assert_eq!(e.key, "history.raw_retention");
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("unknown unit"), "{e}");
+        let e = err("[history]\nminute_retention = \"0s\"\n");
+        assert_eq!(e.key, "history.minute_retention");
+        assert_eq!(e.line, Some(2));
     }
 
     #[test]

@@ -345,11 +345,29 @@ pub struct Stats {
     /// The scanner's counters, when `[scan]` allows a network (see `scan/monitor.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scan: Option<scan::MonitorCounters>,
+    /// The history writer's counters, when the history is on (see `history.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistoryStats>,
     /// Each consumer of the pipeline's hub (the sink, the history writer, …) by name:
     /// what waits in its queue and what it missed because its queue was full (see
     /// `pipeline/hub.rs`). The sink is never dropped for: it is waited for.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub consumers: BTreeMap<String, ConsumerStats>,
+}
+
+/// `stats.history`: what the history writer kept and what it could not.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryStats {
+    /// Events committed to the database.
+    pub written: u64,
+    /// Transactions committed.
+    pub batches: u64,
+    /// Failures: opening, writing or pruning the database (each also warned on stderr).
+    pub errors: u64,
+    /// Events not kept because the database could not take them (their batch failed,
+    /// or it could not be opened); what its full queue missed is in
+    /// `stats.consumers.history.dropped`.
+    pub dropped: u64,
 }
 
 /// `stats.consumers.<name>`.

@@ -67,6 +67,8 @@ pub struct Options {
     pub stalled_consumer: Option<usize>,
     /// `--keep-privileges`: skip the drop after start (see `privileges.rs`).
     pub keep_privileges: bool,
+    /// The history to keep (`[history]`, `--history`), or none (`--no-history`).
+    pub history: Option<crate::history::HistoryConfig>,
 }
 
 /// Types `stats.events` always lists, 0 included.
@@ -156,6 +158,19 @@ pub fn run(opts: Options) -> Result<()> {
     let sink_thread = sink::spawn(sink, hub.subscribe_lossless("sink", sink::QUEUE))
         .context("cannot start the output thread")?;
     let _stalled = opts.stalled_consumer.map(|n| hub.subscribe("stalled", n));
+    // The history writer: its own thread and queue; a full queue drops for it alone
+    // (`stats.consumers.history`), a failing disk only costs `stats.history.errors`.
+    let history = match &opts.history {
+        Some(h) => Some(
+            crate::history::Writer::spawn(
+                h.clone(),
+                hub.subscribe("history", h.queue),
+                Some(config.scan.state_file.clone()),
+            )
+            .context("cannot start the history writer thread")?,
+        ),
+        None => None,
+    };
     let mut stages = Stages {
         reader: Reader::new(ring, losses, skipped, host.clone())?,
         enrich: Enricher::new(flows, host.clone()),
@@ -164,6 +179,7 @@ pub fn run(opts: Options) -> Result<()> {
         host,
         started: Instant::now(),
         scanner: None,
+        history: history.as_ref().map(crate::history::Writer::counters),
         records: Vec::new(),
         enriched: Vec::new(),
         alerts: Vec::new(),
@@ -174,6 +190,10 @@ pub fn run(opts: Options) -> Result<()> {
     // (a broken pipe, a full disk) is the one to report.
     stages.hub.close();
     let written = sink::join(sink_thread);
+    // The writer commits what it holds once its queue is closed.
+    if let Some(history) = history {
+        history.finish();
+    }
     // The reader holds duplicates of the program fds (for `skipped_runs`): closed
     // first, so that dropping `tracer` (and every link it owns) unloads every program.
     drop(stages);
@@ -193,6 +213,8 @@ struct Stages {
     host: String,
     started: Instant,
     scanner: Option<scanner::Scanner>,
+    /// The history writer's counters (`stats.history`), when it runs.
+    history: Option<std::sync::Arc<crate::history::Counters>>,
     /// Scratch buffers, reused: records read, events enriched, alerts of one event.
     records: Vec<Record>,
     enriched: Vec<Event>,
@@ -356,6 +378,7 @@ impl Stages {
                 dns: self.enrich.dns_stats(),
                 rules: self.detect.stats(),
                 scan: self.scanner.as_ref().map(scanner::Scanner::counters),
+                history: self.history.as_ref().map(|c| c.snapshot()),
                 consumers: self.hub.consumer_stats(),
             }),
         };

@@ -12,6 +12,9 @@
 //! - `pipeline` ([`pipeline`]): decode → stages → JSON in-process (criterion).
 //! - `scan` ([`scan`]): `netmon scan` side by side with nmap (full connect scan, /24
 //!   discovery) in network namespaces it creates.
+//! - `history` ([`history`]): the history writer's rate (paced at 100,000 events/s and
+//!   flat out), `netmon history flows --since 24h` over 10 million events, size per
+//!   million events.
 //!
 //! Root is needed for `overhead`, `loss` and `scan` (netmon loads programs; the storm
 //! and the scan lab create network namespaces). Every storm is bounded in time and count
@@ -26,6 +29,7 @@ use clap::{Args, ValueEnum};
 
 use crate::{build, exec, setup};
 
+mod history;
 mod loss;
 mod overhead;
 mod pipeline;
@@ -46,6 +50,8 @@ pub enum Which {
     Pipeline,
     /// Scanner: `netmon scan` vs nmap, full connect scan and /24 discovery.
     Scan,
+    /// History: writer rate, `history flows --since 24h` over 10 M events, file size.
+    History,
     /// All of the above, in order.
     All,
 }
@@ -115,6 +121,9 @@ pub struct BenchArgs {
     /// figures mean nothing.
     #[arg(long)]
     pub quick: bool,
+    /// History: events the fill writes (the query runs over them).
+    #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1000..=100_000_000))]
+    pub history_events: u64,
     /// Print the report only; leave docs/benchmarks.md as it is.
     #[arg(long)]
     pub no_doc: bool,
@@ -248,6 +257,13 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
         // A quick pass proves the benchmark runs; its figures are not targets.
         if !met && !args.quick {
             bail!("the scanner missed a performance target (see the table above)");
+        }
+    }
+    if all || args.which == Which::History {
+        let (section, met) = history::run(&env, args.history_events)?;
+        emit(section)?;
+        if !met {
+            bail!("the history missed a performance target (see the table above)");
         }
     }
     Ok(())

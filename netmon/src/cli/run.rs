@@ -57,10 +57,34 @@ pub struct RunArgs {
     pub keep_privileges: bool,
     #[command(flatten)]
     pub config: super::ConfigArgs,
+    /// Keep the history in FILE (SQLite) instead of `[history] path`
+    /// (/var/lib/netmon/netmon.db by default). See docs/history.md.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_history")]
+    pub history: Option<PathBuf>,
+    /// Keep no history (also `[history] enabled = false`).
+    #[arg(long)]
+    pub no_history: bool,
     /// Test only: subscribe a consumer with a queue of N events that never reads, to
     /// show that a stalled consumer loses only its own events (`stats.consumers`).
     #[arg(long, value_name = "N", hide = true)]
     pub test_stalled_consumer: Option<usize>,
+}
+
+/// The history `netmon run` keeps: `--no-history` or `enabled = false` keep none;
+/// `--history FILE` overrides the configured file.
+fn history_config(
+    configured: &crate::history::HistoryConfig,
+    file: Option<PathBuf>,
+    off: bool,
+) -> Option<crate::history::HistoryConfig> {
+    if off || (!configured.enabled && file.is_none()) {
+        return None;
+    }
+    let mut h = configured.clone();
+    if let Some(file) = file {
+        h.path = file;
+    }
+    Some(h)
 }
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {
@@ -92,10 +116,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         flow_interval: Duration::from_secs(args.flow_interval),
         // Often enough that a UDP flow closes within a quarter of its timeout.
         udp_interval: Duration::from_secs((args.udp_timeout / 4).clamp(1, 15)),
-        config: args.config.load()?,
         stalled_consumer: args.test_stalled_consumer,
         keep_privileges: args.keep_privileges,
+        history: None,
+        config: args.config.load()?,
     };
+    let mut opts = opts;
+    opts.history = history_config(&opts.config.history, args.history, args.no_history);
     pipeline::run(opts)?;
     Ok(ExitCode::SUCCESS)
 }
