@@ -41,6 +41,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // Benchmarks: per-program run times (`bpftool prog show`), instruction counts.
     "bpftool",
     "valgrind",
+    // tests/tests/report.rs: the HTML report loaded in headless Chromium (DOM dump,
+    // screenshot).
+    "chromium",
 ];
 
 pub const NIGHTLY: &str = "nightly";

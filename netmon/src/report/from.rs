@@ -100,6 +100,15 @@ pub fn snapshot(snap: &Snapshot, inventory: Option<&Inventory>) -> Data {
             d.connections.push(connection(s));
         }
     }
+    // Read without script, the table is by process, then remote end.
+    d.connections.sort_by(|a, b| {
+        (&a.comm, &a.remote_ip, a.remote_port, a.local_port).cmp(&(
+            &b.comm,
+            &b.remote_ip,
+            b.remote_port,
+            b.local_port,
+        ))
+    });
     d.listeners = snap
         .listening
         .iter()
