@@ -171,7 +171,9 @@ impl Data {
 
     /// Remote addresses by connection count (then bytes), at most `n`.
     pub fn top_hosts(&self, n: usize) -> Vec<TopHost> {
-        let mut m: BTreeMap<&str, (u64, u64, &str, &Geo, BTreeSet<&str>)> = BTreeMap::new();
+        // Per address: connections, bytes, a name, its geo, the processes.
+        type Sum<'a> = (u64, u64, &'a str, &'a Geo, BTreeSet<&'a str>);
+        let mut m: BTreeMap<&str, Sum> = BTreeMap::new();
         for c in &self.connections {
             if c.remote_ip.is_empty() {
                 continue;

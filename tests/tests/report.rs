@@ -59,7 +59,10 @@ fn report(args: &[&str]) -> (std::process::ExitStatus, String) {
         .args(args)
         .output()
         .expect("run netmon report");
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn chromium(args: &[&str], profile: &Path) -> std::process::Output {
@@ -177,8 +180,15 @@ fn html_and_csv_report_of_a_scenario_render_in_chromium() {
             .starts_with("default-src 'none';")
     );
     assert_eq!(doc.select(&sel("script")).count(), 1);
-    assert_eq!(doc.select(&sel("i")).count(), 0, "the hostile <i> became markup");
-    assert!(page.contains("&lt;i&gt;x&quot;'&amp;\\x07=1"), "hostile name escaped");
+    assert_eq!(
+        doc.select(&sel("i")).count(),
+        0,
+        "the hostile <i> became markup"
+    );
+    assert!(
+        page.contains("&lt;i&gt;x&quot;'&amp;\\x07=1"),
+        "hostile name escaped"
+    );
 
     // Chromium, offline (the namespace has only lo), renders it.
     let profile = dir.join("chromium-profile");
@@ -240,7 +250,9 @@ fn html_and_csv_report_of_a_scenario_render_in_chromium() {
     let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
     let to_service: Vec<&csv::StringRecord> = rows
         .iter()
-        .filter(|r| &r[col("remote_ip")] == "203.0.113.7" && r[col("remote_port")] == port.to_string())
+        .filter(|r| {
+            &r[col("remote_ip")] == "203.0.113.7" && r[col("remote_port")] == port.to_string()
+        })
         .collect();
     assert_eq!(to_service.len(), 3, "{rows:?}");
     for r in &to_service {
@@ -303,7 +315,10 @@ fn a_corrupt_database_is_one_warning_and_the_report_is_still_written() {
         .collect();
     assert_eq!(written.len(), 2, "two reports, one per period: {written:?}");
     let page = std::fs::read_to_string(dir.join(&written[0])).unwrap();
-    assert!(page.contains("not a MaxMind DB file"), "the note is in the report");
+    assert!(
+        page.contains("not a MaxMind DB file"),
+        "the note is in the report"
+    );
     let (status, stderr) = report(&["--output", "x-{nope}.html"]);
     assert_eq!(status.code(), Some(2));
     assert!(stderr.contains("unknown placeholder {nope}"), "{stderr}");

@@ -268,8 +268,8 @@ fn once(args: &ReportArgs, plan: &Plan) -> Result<Option<PathBuf>> {
 
 fn from_sockets(args: &ReportArgs, config: &Config) -> Data {
     let rules = super::snapshot::snapshot_rules(&config.rules);
-    let (snap, _errors) = super::snapshot::gather(&rules, args.all_netns, true, 20);
-    let mut snap = snap;
+    // A failed sock_diag part is a note in the report (`from::snapshot`).
+    let (mut snap, _errors) = super::snapshot::gather(&rules, args.all_netns, true, 20);
     snap.host = system::hostname();
     // The scanner's inventory, when `netmon run` keeps one.
     let inventory = crate::scan::monitor::load_state(&config.scan.state_file).ok();

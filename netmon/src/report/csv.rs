@@ -39,6 +39,11 @@ fn ts(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
         .unwrap_or_default()
 }
 
+/// Process, protocol, remote address and port.
+type FlowKey<'a> = (&'a str, &'a str, &'a str, u16);
+/// Connections, bytes sent and received, and the first connection (its name and geo).
+type FlowSum<'a> = (u64, u64, u64, &'a super::Connection);
+
 pub fn render(d: &Data, table: Table) -> Result<Vec<u8>, csv::Error> {
     let mut w = csv::WriterBuilder::new()
         .terminator(csv::Terminator::CRLF)
@@ -81,8 +86,7 @@ pub fn render(d: &Data, table: Table) -> Result<Vec<u8>, csv::Error> {
                 "process,proto,remote_ip,remote_port,remote_name,country,asn,as_org,connections,bytes_sent,bytes_received"
                     .split(',').map(str::to_owned).collect(),
             )?;
-            let mut m: BTreeMap<(&str, &str, &str, u16), (u64, u64, u64, &super::Connection)> =
-                BTreeMap::new();
+            let mut m: BTreeMap<FlowKey, FlowSum> = BTreeMap::new();
             for c in &d.connections {
                 let e = m
                     .entry((&c.comm, &c.proto, &c.remote_ip, c.remote_port))
