@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod history;
 pub mod hosts;
 pub mod replay;
+pub mod report;
 pub mod rules;
 pub mod run;
 pub mod scan;
@@ -63,6 +64,11 @@ pub enum Command {
     /// can read it. See docs/history.md.
     #[command(subcommand)]
     History(history::What),
+    /// Write a report to keep or send: one self-contained HTML page (or a CSV table)
+    /// of the current sockets, or of the history over a window (`--since 24h`), with
+    /// alerts, connections, processes, remote hosts with country/ASN, listening ports,
+    /// the scanner's inventory and DNS names. See docs/report.md.
+    Report(report::ReportArgs),
 }
 
 /// `--config`, shared by every subcommand that reads the configuration file.
@@ -97,6 +103,7 @@ pub fn main() -> ExitCode {
         Command::Scan(args) => scan::run(args),
         Command::Hosts(args) => hosts::run(args),
         Command::History(what) => history::run(history::HistoryArgs { what }),
+        Command::Report(args) => report::run(args),
     };
     match result {
         Ok(code) => code,

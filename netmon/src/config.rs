@@ -32,6 +32,8 @@ pub struct Config {
     pub scan: crate::scan::config::ScanConfig,
     /// `[history]`: the embedded history (see `history.rs`, docs/history.md).
     pub history: crate::history::HistoryConfig,
+    /// `[geoip]`: offline geolocation and ASN databases (see `geoip.rs`, docs/report.md).
+    pub geoip: crate::geoip::GeoipConfig,
 }
 
 /// `[dns]`.

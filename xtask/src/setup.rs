@@ -47,6 +47,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // `bench overhead`'s web workload: wrk against nginx on 127.0.0.1.
     "wrk",
     "nginx-light",
+    // tests/tests/report.rs: the HTML report loaded in headless Chromium (DOM dump,
+    // screenshot).
+    "chromium",
 ];
 
 pub const NIGHTLY: &str = "nightly";

@@ -171,13 +171,50 @@ pub fn snapshot(args: SnapshotArgs) -> Result<ExitCode> {
         write_ok(out.write_all(text.as_bytes()))?;
         return Ok(ExitCode::SUCCESS);
     }
+    let (report, errors) = gather(&rules, args.all_netns, args.show_all, args.top);
+
+    let text = match args.format {
+        Format::Json => {
+            let mut s = serde_json::to_string(&report).context("rendering the report")?;
+            s.push('\n');
+            s
+        }
+        Format::Text => render_text(&report, args.show_all),
+    };
+    write_ok(out.write_all(text.as_bytes()).and_then(|()| out.flush()))?;
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("netmon: snapshot is incomplete: {e}");
+        }
+        return Ok(ExitCode::from(crate::cli::EXIT_ERROR));
+    }
+    let serious = report
+        .alerts
+        .iter()
+        .any(|a| a.severity >= crate::event::Severity::High);
+    Ok(if serious {
+        ExitCode::from(crate::cli::EXIT_FINDING)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Reads the current sockets (this namespace; every one with `all_netns`), their
+/// processes, and runs `rules` over them: the report, and the sock_diag parts that
+/// failed (the report lacks those sockets). `netmon report` gathers its snapshot here.
+pub fn gather(
+    rules: &RulesConfig,
+    all_netns: bool,
+    show_all: bool,
+    top: usize,
+) -> (Report, Vec<sockets::SockDiagError>) {
     let started = Instant::now();
     let own = sockets::own_netns();
     let (mut sockets, mut errors) = sockets::dump_partial(DumpOptions::ALL);
     for s in &mut sockets {
         s.netns = own;
     }
-    if args.all_netns {
+    if all_netns {
         for (netns, pid) in sockets::namespaces(Path::new("/proc")) {
             if Some(netns) == own {
                 continue;
@@ -219,7 +256,7 @@ pub fn snapshot(args: SnapshotArgs) -> Result<ExitCode> {
             })
             .unwrap_or_default()
     };
-    let mut report = build(&sockets, &owners_of, args.show_all, args.top);
+    let mut report = build(&sockets, &owners_of, show_all, top);
     report.host = system::hostname();
     report.netns = own;
     // Every socket, whether or not the report lists them (`--show-all`).
@@ -229,31 +266,7 @@ pub fn snapshot(args: SnapshotArgs) -> Result<ExitCode> {
     report.unreadable.process = cache.stats().unreadable;
     report.unreadable.sock_diag = errors.iter().map(|e| format!("{e:#}")).collect();
     report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
-
-    let text = match args.format {
-        Format::Json => {
-            let mut s = serde_json::to_string(&report).context("rendering the report")?;
-            s.push('\n');
-            s
-        }
-        Format::Text => render_text(&report, args.show_all),
-    };
-    write_ok(out.write_all(text.as_bytes()).and_then(|()| out.flush()))?;
-    if !errors.is_empty() {
-        for e in &errors {
-            eprintln!("netmon: snapshot is incomplete: {e}");
-        }
-        return Ok(ExitCode::from(crate::cli::EXIT_ERROR));
-    }
-    let serious = report
-        .alerts
-        .iter()
-        .any(|a| a.severity >= crate::event::Severity::High);
-    Ok(if serious {
-        ExitCode::from(crate::cli::EXIT_FINDING)
-    } else {
-        ExitCode::SUCCESS
-    })
+    (report, errors)
 }
 
 /// The rules of `cfg` that make sense on a point-in-time view: all but DNS_TUNNELING,
