@@ -93,7 +93,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("netmon: {err:#}");
+            crate::eline!("netmon: {err:#}");
             ExitCode::from(EXIT_ERROR)
         }
     }

@@ -26,4 +26,5 @@ pub mod procfs;
 pub mod rules;
 pub mod scan;
 pub mod sockets;
+pub mod stderr;
 pub mod system;

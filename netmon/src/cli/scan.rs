@@ -55,7 +55,8 @@ pub struct ScanArgs {
     #[arg(long)]
     pub allow_public: bool,
     /// Packets per second, all probes together (0: no limit, for loopback and labs).
-    #[arg(long, value_name = "PPS", default_value_t = scan::DEFAULT_RATE_PPS)]
+    #[arg(long, value_name = "PPS", default_value_t = scan::DEFAULT_RATE_PPS,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub rate: u32,
     /// How long to wait for each answer: seconds, or with a unit (`500ms`, `2s`).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_timeout)]
@@ -139,7 +140,7 @@ pub fn run(args: ScanArgs) -> Result<ExitCode> {
         anyhow::Ok(scan::run(&planned, &opts).await)
     })?;
     for w in &outcome.warnings {
-        eprintln!("netmon: warning: {w}");
+        crate::eline!("netmon: warning: {w}");
     }
     let host = system::hostname();
     let stdout = std::io::stdout();
@@ -194,7 +195,7 @@ pub fn run(args: ScanArgs) -> Result<ExitCode> {
         Err(e) => return Err(e).context("cannot write the scan results"),
     }
     if args.format == Format::Json {
-        eprintln!("{summary}");
+        crate::eline!("{summary}");
     }
     Ok(ExitCode::SUCCESS)
 }
