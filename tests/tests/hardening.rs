@@ -283,3 +283,33 @@ fn rules_list_says_whether_an_allow_entry_is_a_name_or_a_path() {
     assert!(line("tor").contains("(name:"), "{list}");
     assert!(line("/usr/bin/tor").contains("(path:"), "{list}");
 }
+
+#[test]
+fn replay_text_escapes_a_hostile_process_name() {
+    // The recording of a process that renamed itself (`prctl(PR_SET_NAME)`) to clear
+    // the screen and forge a line of its own.
+    let events = std::fs::read_to_string(fixtures().join("suspicious_port-fires.jsonl")).unwrap();
+    let hostile = events.replace(
+        "\"comm\": \"nc\"",
+        "\"comm\": \"\\u001b[2J\\u001b[Hnc\\n[CRITICAL] FORGED\\u202e\"",
+    );
+    assert_ne!(hostile, events, "the fixture names a process `nc`");
+    let path = temp_file("hostile-comm.jsonl", hostile.as_bytes());
+    let out = netmon(
+        &["replay", "--format", "text", path.to_str().unwrap()],
+        Stdio::piped(),
+        Stdio::piped(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("[HIGH] SUSPICIOUS_PORT"), "{shown}");
+    assert!(
+        !shown.contains('\x1b') && !shown.contains('\u{202e}'),
+        "{shown}"
+    );
+    assert!(
+        !shown.lines().any(|l| l.starts_with("[CRITICAL]")),
+        "a forged line: {shown}"
+    );
+    assert!(shown.contains("\\x1b[2J"), "the escape shows: {shown}");
+}
