@@ -393,10 +393,12 @@ mod tests {
         let to = |s, ip| conn("connect", s, 9, ("10.0.0.2", 40000), (ip, 443));
         let fires = |third: i64| {
             let mut engine = Engine::new(&cfg, Box::new(NoResolver));
-            // Two addresses, then the clock steps back 2 h, then a third.
+            // Two addresses, then the clock steps back 2 h (the step itself takes no
+            // time on the rule clock), then a third.
             let events = [
                 to(0, "8.8.8.1"),
                 to(5, "8.8.8.2"),
+                to(-7200, "8.8.8.2"),
                 to(-7200 + third, "8.8.8.3"),
             ];
             let got = alerts(&mut engine, &events);
