@@ -92,6 +92,8 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // A closed stdout (`| head`) ends any command quietly, wherever it was seen.
+        Err(err) if crate::output::is_output_closed(&err) => ExitCode::SUCCESS,
         Err(err) => {
             crate::eline!("netmon: {err:#}");
             ExitCode::from(EXIT_ERROR)

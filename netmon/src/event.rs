@@ -8,6 +8,8 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod scan;
+
 /// One line of output.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -43,19 +45,19 @@ pub enum EventBody {
     /// A detection rule fired (see `rules.rs`).
     Alert(Alert),
     /// Scanner: one scanned host (`netmon scan`).
-    Host(crate::scan::report::ScanHost),
+    Host(scan::ScanHost),
     /// Scanner: one open port (`netmon scan`).
-    Port(crate::scan::report::ScanPort),
+    Port(scan::ScanPort),
     /// Inventory: a host answered that was unknown or down.
-    HostUp(crate::scan::report::HostChange),
+    HostUp(scan::HostChange),
     /// Inventory: a known host stopped answering (it stays in the inventory).
-    HostDown(crate::scan::report::HostChange),
+    HostDown(scan::HostChange),
     /// Inventory: a port of a known host opened.
-    PortOpened(crate::scan::report::PortChange),
+    PortOpened(scan::PortChange),
     /// Inventory: an open port closed.
-    PortClosed(crate::scan::report::PortChange),
+    PortClosed(scan::PortChange),
     /// Inventory: an open port answers with another service or version.
-    ServiceChanged(crate::scan::report::ServiceChange),
+    ServiceChanged(scan::ServiceChange),
 }
 
 impl EventBody {
@@ -307,7 +309,9 @@ pub struct FlowSummary {
 pub struct Stats {
     /// Seconds since netmon started.
     pub uptime_s: f64,
-    /// Events received from the kernel, per type.
+    /// Events netmon wrote before this line, per type (every path counts: kernel
+    /// events, netmon's own closes and `flow` summaries, `dns`, alerts, scanner
+    /// changes, `probe`); `stats` lines themselves are not counted.
     pub events: BTreeMap<String, u64>,
     /// Events the kernel could not hand over (ring buffer full), in total.
     pub lost: u64,
@@ -340,7 +344,21 @@ pub struct Stats {
     pub rules: Option<RuleStats>,
     /// The scanner's counters, when `[scan]` allows a network (see `scan/monitor.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scan: Option<crate::scan::monitor::MonitorCounters>,
+    pub scan: Option<scan::MonitorCounters>,
+    /// Each consumer of the pipeline's hub (the sink, the history writer, …) by name:
+    /// what waits in its queue and what it missed because its queue was full (see
+    /// `pipeline/hub.rs`). The sink is never dropped for: it is waited for.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub consumers: BTreeMap<String, ConsumerStats>,
+}
+
+/// `stats.consumers.<name>`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerStats {
+    /// Events in the consumer's queue now, not yet taken.
+    pub queued: u64,
+    /// Events it missed since start because its queue was full (or it had stopped).
+    pub dropped: u64,
 }
 
 /// `stats.flows`.

@@ -2,13 +2,13 @@
 //!
 //! Layers, arrows pointing down only: the contract (`event`); pure state and ideas
 //! (`addr`, `escape`, `flow`, `dns`, `process`, `clock`, `config`), which take plain
-//! values and return plain values; the kernel edge (`probe` loads and attaches, `decode` turns ring
-//! records into events; only `probe` and the ring-buffer reader in `cli::run` touch
-//! aya); the pipeline of `netmon run` (today `cli::run`, `cli::run::tracker`, `analysis`,
-//! `rules`, `output`); the faces (`cli`, `scan`). `sockets` (sock_diag, `/proc/*/fd`),
-//! `procfs` and `system` read the host through thin edges around pure parsers.
+//! values and return plain values; the kernel edge (`probe` loads and attaches,
+//! `decode` turns ring records into events; only `probe` and `pipeline::reader` touch
+//! aya); the pipeline of `netmon run` (`pipeline`: reader → enrich → detect → hub →
+//! consumers, one file each, with `rules` and `output`); the faces (`cli`, `scan`).
+//! `sockets` (sock_diag, `/proc/*/fd`), `system` and `privileges` meet the host
+//! through thin edges around pure parsers.
 pub mod addr;
-pub mod analysis;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -19,10 +19,10 @@ pub mod event;
 pub mod flow;
 pub mod kernel_btf;
 pub mod output;
+pub mod pipeline;
 pub mod privileges;
 pub mod probe;
 pub mod process;
-pub mod procfs;
 pub mod rules;
 pub mod scan;
 pub mod sockets;

@@ -11,6 +11,34 @@ use chrono::SecondsFormat;
 
 use crate::event::{Connection, Event, EventBody};
 
+/// The reader of netmon's output went away (a broken pipe: the shipper died, `| head`
+/// finished). Not a failure: `main` ends quietly with status 0 when the error that
+/// stopped a command is this one, ripgrep-style, so no writer needs to thread a
+/// "still open" flag back up.
+#[derive(Debug, thiserror::Error)]
+#[error("the reader of the output went away")]
+pub struct OutputClosed;
+
+/// A write's result for commands: a broken pipe becomes [`OutputClosed`]; any other
+/// error says what could not be written (`what`, e.g. "events").
+pub fn written<T>(r: io::Result<T>, what: &str) -> anyhow::Result<T> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(OutputClosed.into()),
+        Err(e) => Err(anyhow::anyhow!("cannot write {what}: {e}")),
+    }
+}
+
+/// Whether `err` (or anything in its chain) is the output closing, which ends a
+/// command quietly.
+pub fn is_output_closed(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.is::<OutputClosed>()
+            || e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// `--format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {

@@ -62,8 +62,10 @@ pub enum Error {
 /// inherits it) to `keep` ∩ what it has: permitted and effective become that set,
 /// inheritable and ambient are emptied, and the bounding set is cut when allowed.
 ///
-/// Call on the thread that runs the event loop after the last privileged step;
-/// threads that already exist keep their own sets (netmon starts none before).
+/// Capabilities belong to a thread: call this while the process has one thread, after
+/// the last privileged step and before any other thread starts (threads started later
+/// inherit the reduced sets; one started earlier would keep everything). The test
+/// `tests/tests/privileges.rs` checks every thread of a running netmon.
 pub fn drop_after_start(keep: &CapsHashSet) -> Result<Dropped, Error> {
     // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {

@@ -8,10 +8,20 @@
 //! looks keeps the kernel's fields and gets null context; every failed read is
 //! counted by reason. The parsers (`cgroup`, `status`, `passwd`) are pure and
 //! unit-tested; only [`ProcessCache`] touches the file system.
+//!
+//! This is the one process-context cache and the one `/etc/passwd` reader of netmon:
+//! `netmon run` enriches events from it and its rules ask it what an event does not
+//! carry (through [`Processes`], a handle shared by the stages of the pipeline's one
+//! thread); `netmon snapshot`'s rules ask a [`ProcessCache`] of their own.
+//!
+//! Over 600 lines: the container-cgroup parser's cases and the tests that pin them
+//! (about half the file) belong beside the cache they feed.
 use std::{
+    cell::RefCell,
     collections::{BTreeMap, HashMap},
     fs, io,
     path::{Path, PathBuf},
+    rc::Rc,
     sync::Arc,
 };
 
@@ -19,6 +29,7 @@ use netmon_common::{EventHeader, kind};
 
 use crate::{
     event::{Container, ProcessDetail, ProcessInfo, ProcessStats},
+    rules::ProcessResolver,
     sockets::reason,
 };
 
@@ -77,7 +88,11 @@ impl ProcessCache {
         {
             return e.detail.clone();
         }
-        let (detail, read_comm) = self.read(pid, uid);
+        let (detail, read_comm) = self.read(pid, Some(uid));
+        self.insert(pid, read_comm.unwrap_or_else(|| comm.to_owned()), detail)
+    }
+
+    fn insert(&mut self, pid: u32, comm: String, detail: ProcessDetail) -> Arc<ProcessDetail> {
         let detail = Arc::new(detail);
         if self.entries.len() >= self.max_entries {
             self.entries.clear();
@@ -85,11 +100,29 @@ impl ProcessCache {
         self.entries.insert(
             pid,
             Entry {
-                comm: read_comm.unwrap_or_else(|| comm.to_owned()),
+                comm,
                 detail: detail.clone(),
             },
         );
         detail
+    }
+
+    /// The executable of `pid` when only the pid is known (what a rule asks of a
+    /// process its event did not describe): from the cache, else read and cached.
+    pub fn exe(&mut self, pid: u32) -> Option<String> {
+        if pid == 0 {
+            return None;
+        }
+        if let Some(e) = self.entries.get(&pid) {
+            return e.detail.exe.clone();
+        }
+        let (detail, comm) = self.read(pid, None);
+        let exe = detail.exe.clone();
+        // Gone (no comm read): nothing worth caching; the next event reads again.
+        if let Some(comm) = comm {
+            self.insert(pid, comm, detail);
+        }
+        exe
     }
 
     /// The process exited: forget it.
@@ -135,11 +168,12 @@ impl ProcessCache {
         *self.unreadable.entry(reason(e).to_owned()).or_default() += 1;
     }
 
-    /// Reads the context of `pid`; the `comm` it had then, when readable.
-    fn read(&mut self, pid: u32, uid: u32) -> (ProcessDetail, Option<String>) {
+    /// Reads the context of `pid` (whose real uid is `uid`, or what its `status`
+    /// says when not given); the `comm` it had then, when readable.
+    fn read(&mut self, pid: u32, uid: Option<u32>) -> (ProcessDetail, Option<String>) {
         let dir = self.proc_root.join(pid.to_string());
         let mut detail = ProcessDetail {
-            user: self.user_name(uid),
+            user: uid.and_then(|uid| self.user_name(uid)),
             ..ProcessDetail::default()
         };
         let status = match fs::read_to_string(dir.join("status")) {
@@ -150,6 +184,9 @@ impl ProcessCache {
             }
         };
         let st = parse_status(&status);
+        if uid.is_none() {
+            detail.user = st.uid.and_then(|uid| self.user_name(uid));
+        }
         detail.ppid = st.ppid;
         match fs::read_link(dir.join("exe")) {
             Ok(p) => detail.exe = Some(p.to_string_lossy().into_owned()),
@@ -167,13 +204,53 @@ impl ProcessCache {
         (detail, st.name)
     }
 
-    fn user_name(&mut self, uid: u32) -> Option<String> {
+    /// The name of user `uid`: the first `/etc/passwd` line with that uid, as
+    /// `getpwuid` answers (read once, on first use).
+    pub fn user_name(&mut self, uid: u32) -> Option<String> {
         let users = self.users.get_or_insert_with(|| {
             fs::read_to_string(&self.passwd_path)
                 .map(|t| parse_passwd(&t))
                 .unwrap_or_default()
         });
         users.get(&uid).cloned()
+    }
+}
+
+impl ProcessResolver for ProcessCache {
+    fn exe(&mut self, pid: u32) -> Option<String> {
+        ProcessCache::exe(self, pid)
+    }
+
+    fn user(&mut self, uid: u32) -> Option<String> {
+        self.user_name(uid)
+    }
+}
+
+/// The pipeline's one [`ProcessCache`], shared by the stages of its one thread: the
+/// enrichment stage fills events from it, the rules ask it (as their
+/// [`ProcessResolver`]) what an event did not carry, so a process is read once.
+/// Not `Send`: the stages that share it run on the pipeline's thread.
+#[derive(Clone, Default)]
+pub struct Processes(Rc<RefCell<ProcessCache>>);
+
+impl Processes {
+    pub fn new(cache: ProcessCache) -> Processes {
+        Processes(Rc::new(RefCell::new(cache)))
+    }
+
+    /// The cache, for one call (never held across another stage's).
+    pub fn get(&self) -> std::cell::RefMut<'_, ProcessCache> {
+        self.0.borrow_mut()
+    }
+}
+
+impl ProcessResolver for Processes {
+    fn exe(&mut self, pid: u32) -> Option<String> {
+        self.get().exe(pid)
+    }
+
+    fn user(&mut self, uid: u32) -> Option<String> {
+        self.get().user_name(uid)
     }
 }
 
@@ -239,7 +316,8 @@ pub fn parse_cmdline(raw: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(&joined).into_owned())
 }
 
-/// uid → name from `/etc/passwd` text.
+/// uid → name from `/etc/passwd` text. A uid listed twice (an alias such as `toor`
+/// after `root`) keeps its first name, as `getpwuid` does.
 pub fn parse_passwd(text: &str) -> HashMap<u32, String> {
     let mut users = HashMap::new();
     for line in text.lines() {
@@ -505,6 +583,55 @@ mod tests {
         assert_eq!(users.get(&0).map(String::as_str), Some("root"));
         assert_eq!(users.get(&1000).map(String::as_str), Some("alice"));
         assert_eq!(users.len(), 2);
+    }
+
+    #[test]
+    fn a_uid_listed_twice_keeps_its_first_name_as_getpwuid_does() {
+        let users = parse_passwd(
+            "root:x:0:0:root:/root:/bin/bash\ntoor:x:0:0:alias:/root:/bin/sh\nbob:x:1001:1001::/b:/bin/sh\nrobert:x:1001:1001::/b:/bin/sh\n",
+        );
+        assert_eq!(users.get(&0).map(String::as_str), Some("root"));
+        assert_eq!(users.get(&1001).map(String::as_str), Some("bob"));
+        // The cache and the rules' resolver are the same reader: they agree.
+        let root = temp_dir("dup-uid");
+        let passwd = root.join("passwd");
+        fs::write(
+            &passwd,
+            "bob:x:1001:1001::/b:/bin/sh\nrobert:x:1001:1001::/b:/bin/sh\n",
+        )
+        .unwrap();
+        fake_proc(&root, 4343, "curl", "/usr/bin/curl");
+        let mut shared = Processes::new(ProcessCache::new(&root, &passwd));
+        // (fake_proc's process runs as uid 1000, unknown here.)
+        assert_eq!(
+            shared.get().detail(4343, 1001, "curl").user.as_deref(),
+            Some("bob")
+        );
+        assert_eq!(
+            ProcessResolver::user(&mut shared, 1001).as_deref(),
+            Some("bob")
+        );
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn the_rules_resolver_answers_from_the_cache_and_fills_it() {
+        let root = temp_dir("resolver");
+        let passwd = root.join("passwd");
+        fs::write(&passwd, "alice:x:1000:1000::/home/alice:/bin/sh\n").unwrap();
+        fake_proc(&root, 5151, "dig", "/usr/bin/dig");
+        let mut shared = Processes::new(ProcessCache::new(&root, &passwd));
+        let mut rules_side = shared.clone();
+        assert_eq!(rules_side.exe(5151).as_deref(), Some("/usr/bin/dig"));
+        // Read once: a changed /proc is not read again, by either side.
+        fake_proc(&root, 5151, "dig", "/usr/bin/other");
+        assert_eq!(rules_side.exe(5151).as_deref(), Some("/usr/bin/dig"));
+        let d = shared.get().detail(5151, 1000, "dig");
+        assert_eq!(d.exe.as_deref(), Some("/usr/bin/dig"));
+        assert_eq!(d.user.as_deref(), Some("alice"));
+        assert_eq!(shared.get().stats().cached, 1);
+        assert_eq!(ProcessResolver::exe(&mut shared, 999_998), None);
+        let _ = fs::remove_dir_all(&root);
     }
 
     /// A fake `/proc` with one process, to drive the cache without real processes.

@@ -3,7 +3,7 @@
 //! `netmon scan` command and the inventory monitor both use.
 //!
 //! Layout: pure parts (`target`, `ports`, `rate`, `service` parsers, `hints`,
-//! `inventory`, `config`, `report`) are unit-tested without a network; the probes
+//! `inventory`, `config`) are unit-tested without a network; the probes
 //! (`discover`, `connect`, `syn`, `udp`, `neigh`, `rdns`, `traceroute`) do the I/O.
 //! This module must not write output: it returns results and the caller renders them.
 //!
@@ -35,7 +35,6 @@ pub mod net;
 pub mod ports;
 pub mod rate;
 pub mod rdns;
-pub mod report;
 pub mod service;
 pub mod syn;
 pub mod target;
@@ -43,7 +42,7 @@ pub mod text;
 pub mod traceroute;
 pub mod udp;
 
-pub use report::{HostState, PortState, ScanHost, ScanPort};
+pub use crate::event::scan::{HostState, PortState, ScanHost, ScanPort};
 
 use crate::event::Proto;
 use discover::DiscoveryOptions;
@@ -76,6 +75,8 @@ pub struct ScanOptions {
     pub discovery: bool,
     pub discovery_opts: DiscoveryOptions,
     pub service_detection: bool,
+    /// How long detecting one port's service may take (all its probes together).
+    pub service_timeout: Duration,
     pub reverse_dns: bool,
     pub traceroute: bool,
     pub allow_public: bool,
@@ -98,6 +99,7 @@ impl Default for ScanOptions {
             discovery: true,
             discovery_opts: DiscoveryOptions::default(),
             service_detection: true,
+            service_timeout: DEFAULT_SERVICE_TIMEOUT,
             reverse_dns: true,
             traceroute: false,
             allow_public: false,
@@ -107,9 +109,14 @@ impl Default for ScanOptions {
     }
 }
 
-/// `netmon scan`'s default packets per second: polite to a LAN, quick enough for a
-/// handful of hosts' top ports.
-pub const DEFAULT_RATE_PPS: u32 = 2000;
+/// `netmon scan`'s default cap on packets per second: none. The SYN scan's congestion
+/// window (`rate::Window`) and the connect scan's bounded connects in flight pace a
+/// typed scan by what the target answers; `--rate` adds a hard cap, and the monitor of
+/// `netmon run` keeps its own fixed budget (`scan.rate_pps`).
+pub const DEFAULT_RATE_PPS: u32 = 0;
+
+/// How long service detection of one port may take by default (`--service-timeout`).
+pub const DEFAULT_SERVICE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a scan could not run at all.
 #[derive(Debug, thiserror::Error)]
@@ -353,7 +360,13 @@ pub async fn run_with_limiter(
                 progress.clone(),
                 trouble.clone(),
             )
-            .await;
+            .await
+            .unwrap_or_else(|e| {
+                outcome.warnings.push(format!(
+                    "the connect scan failed ({e}): its ports are reported filtered"
+                ));
+                HashMap::new()
+            });
             let fd = trouble.fd_exhausted.load(Ordering::Relaxed);
             let lp = trouble.ports_exhausted.load(Ordering::Relaxed);
             if fd > 0 {
@@ -432,8 +445,7 @@ pub async fn run_with_limiter(
         for sa in open_tcp {
             let permit = sem.clone().acquire_owned().await.expect("open semaphore");
             let d = DetectOptions {
-                greeting_wait: Duration::from_millis(800).min(opts.timeout * 2),
-                probe_timeout: opts.timeout.max(Duration::from_millis(500)) * 2,
+                timeout: opts.service_timeout,
                 host_name: names.get(&sa.ip()).cloned().unwrap_or_default(),
             };
             let (rate, progress) = (rate.clone(), progress.clone());
@@ -452,7 +464,12 @@ pub async fn run_with_limiter(
     phase_done("udp scan and services");
     // 5. Names, MACs, hints, routes.
     progress.start_phase("host details", live.len() as u64);
-    let macs = neigh::table().unwrap_or_default();
+    let macs = neigh::table().unwrap_or_else(|e| {
+        outcome
+            .warnings
+            .push(format!("{e}: hosts are reported without MAC addresses"));
+        HashMap::new()
+    });
     let mut dns: HashMap<IpAddr, String> = HashMap::new();
     if opts.reverse_dns {
         let mut set = JoinSet::new();
@@ -465,7 +482,7 @@ pub async fn run_with_limiter(
             }
         }
     }
-    let mut traces: HashMap<IpAddr, Vec<report::TraceHop>> = HashMap::new();
+    let mut traces: HashMap<IpAddr, Vec<crate::event::scan::TraceHop>> = HashMap::new();
     if opts.traceroute {
         for &a in live
             .iter()

@@ -12,9 +12,23 @@ const WAIT: Duration = Duration::from_secs(20);
 /// `CAP_SYS_PTRACE` (19) and `CAP_SYS_ADMIN` (21).
 const KEPT: u64 = 1 << 19 | 1 << 21;
 
-/// `CapEff`, `CapPrm`, `CapBnd` (hex) and `NoNewPrivs` of a process.
+/// `CapEff`, `CapPrm`, `CapBnd` (hex) and `NoNewPrivs` of a process: the same in every
+/// one of its threads (capabilities are per thread), else the test fails.
 fn privileges_of(pid: u32) -> (u64, u64, u64, u32) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let mut all = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|t| (t.file_name(), status_privileges(&t.path().join("status"))));
+    let (_, first) = all.next().expect("a process without threads");
+    for (tid, p) in all {
+        assert_eq!(p, first, "thread {tid:?} of {pid} has other privileges");
+    }
+    first
+}
+
+fn status_privileges(path: &std::path::Path) -> (u64, u64, u64, u32) {
+    let pid = path.display();
+    let status = std::fs::read_to_string(path).unwrap();
     let field = |name: &str| {
         status
             .lines()

@@ -250,6 +250,58 @@ fn stats_lines_count_events_and_losses() {
     }
 }
 
+/// The hub's guarantee: a consumer that never reads loses only its own events, each
+/// one counted (`stats.consumers.stalled`), while the sink still writes every event and
+/// `stats.events` counts every line written, whatever made it.
+#[test]
+fn a_stalled_consumer_loses_only_its_own_events_and_the_sink_gets_every_one() {
+    require_root!();
+    let ns = NetNs::new();
+    let mut netmon = Netmon::start(&["--stats-interval", "1", "--test-stalled-consumer", "8"]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    const CONNECTIONS: usize = 40;
+    for _ in 0..CONNECTIONS {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (a, _) = listener.accept().unwrap();
+        drop(c);
+        drop(a);
+    }
+    let closes = |e: &netmon::event::Event| matches!(&e.body, EventBody::Stats(s) if s.events.get("close").copied().unwrap_or(0) >= 2 * CONNECTIONS as u64);
+    assert!(
+        netmon.wait_for(WAIT, closes).is_some(),
+        "the closes were not counted"
+    );
+    let (status, events) = netmon.stop();
+    assert!(status.success(), "netmon exited with {status}");
+    let last = events.last().expect("no events");
+    let EventBody::Stats(s) = &last.body else {
+        panic!("the last line is not stats: {last:?}")
+    };
+    assert!(s.r#final);
+    let before = &events[..events.len() - 1];
+    // The sink missed nothing: every type is counted as often as it was written.
+    let mut written = std::collections::BTreeMap::<String, u64>::new();
+    for e in before
+        .iter()
+        .filter(|e| !matches!(e.body, EventBody::Stats(_)))
+    {
+        *written.entry(e.body.type_name().to_owned()).or_default() += 1;
+    }
+    for (kind, n) in &written {
+        assert_eq!(s.events.get(kind), Some(n), "{kind}: {s:?}");
+    }
+    for (kind, n) in &s.events {
+        assert_eq!(written.get(kind).copied().unwrap_or(0), *n, "{kind}: {s:?}");
+    }
+    assert!(conn_events(&events, "connect", ns.inode).count() >= CONNECTIONS);
+    assert_eq!(s.consumers["sink"].dropped, 0, "{s:?}");
+    // The stalled consumer holds its first 8 events and missed all the others.
+    let stalled = &s.consumers["stalled"];
+    assert_eq!(stalled.queued, 8, "{s:?}");
+    assert_eq!(stalled.dropped, before.len() as u64 - 8, "{s:?}");
+}
+
 /// (major, minor) of the running kernel.
 fn kernel_version() -> (u32, u32) {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");

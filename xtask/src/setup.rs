@@ -36,6 +36,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // listener from `openssl s_server`).
     "python3",
     "openssl",
+    // tests/scan.rs: packet loss on a test namespace's link where the kernel has no netem
+    // (`nft … numgen random … drop`).
+    "nftables",
     // The tests' HTTP clients.
     "curl",
     // Benchmarks: per-program run times (`bpftool prog show`), instruction counts.

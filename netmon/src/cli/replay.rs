@@ -15,9 +15,9 @@ use clap::Args;
 
 use super::{ConfigArgs, EXIT_FINDING};
 use crate::{
-    analysis::Analyzer,
     event::{Event, EventBody},
-    output::{Format, Sink},
+    output::{Format, Sink, written},
+    pipeline::detect::Detector,
     rules::NoResolver,
 };
 
@@ -41,7 +41,8 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
         let f = File::open(&args.file).with_context(|| format!("cannot open {name}"))?;
         Box::new(BufReader::new(f))
     };
-    let mut analyzer = Analyzer::new(&config, Box::new(NoResolver));
+    // The recording already has its `dns` events and names: only the rules run.
+    let mut detector = Detector::new(&config.rules, Box::new(NoResolver));
     let mut sink = Sink::stdout(args.format);
     let mut alerts = Vec::new();
     let (mut events, mut bad, mut fired) = (0u64, 0u64, 0u64);
@@ -62,7 +63,7 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
                         continue;
                     }
                     events += 1;
-                    analyzer.alerts_only(&event, &mut alerts);
+                    detector.check(&event, &mut alerts);
                     None
                 }
                 Err(e) => Some(format!("not an event: {e}")),
@@ -77,16 +78,10 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
         }
         for a in alerts.drain(..) {
             fired += 1;
-            match sink.write(&a) {
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
-                r => r.context("writing alerts")?,
-            }
+            written(sink.write(&a), "alerts")?;
         }
     }
-    match sink.flush() {
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
-        r => r.context("writing alerts")?,
-    }
+    written(sink.flush(), "alerts")?;
     crate::eline!(
         "netmon: replayed {events} events from {name}: {fired} alerts, {bad} lines skipped"
     );

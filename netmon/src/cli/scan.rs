@@ -54,9 +54,10 @@ pub struct ScanArgs {
     /// you are allowed to.
     #[arg(long)]
     pub allow_public: bool,
-    /// Packets per second, all probes together (0: no limit, for loopback and labs).
-    #[arg(long, value_name = "PPS", default_value_t = scan::DEFAULT_RATE_PPS,
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    /// Hard cap on packets per second, all probes together (0: none). Without it the
+    /// SYN scan paces itself by a congestion window (as nmap's) and the connect scan by
+    /// its connects in flight.
+    #[arg(long, value_name = "PPS", default_value_t = scan::DEFAULT_RATE_PPS)]
     pub rate: u32,
     /// How long to wait for each answer: seconds, or with a unit (`500ms`, `2s`).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_timeout)]
@@ -70,6 +71,10 @@ pub struct ScanArgs {
     /// Skip service detection (report port states only).
     #[arg(long)]
     pub no_service: bool,
+    /// How long service detection of one open port may take, all its probes together
+    /// (the ports are detected in parallel, so this bounds the whole phase).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_timeout)]
+    pub service_timeout: Duration,
     /// Skip reverse DNS (nmap's -n).
     #[arg(short = 'n', long = "no-dns")]
     pub no_dns: bool,
@@ -119,6 +124,7 @@ impl ScanArgs {
                 ..DiscoveryOptions::default()
             },
             service_detection: !self.no_service,
+            service_timeout: self.service_timeout,
             reverse_dns: !self.no_dns,
             traceroute: self.traceroute,
             allow_public: self.allow_public,

@@ -32,7 +32,6 @@ use crate::{
     event::{Alert, Endpoint, Event, EventBody, Family, ProcessInfo, Proto},
     output::Format,
     process::ProcessCache,
-    procfs::ProcResolver,
     rules::{self, Engine, ProcessResolver, RuleInfo, RulesConfig},
     sockets::{self, DumpOptions, SocketInfo},
     system,
@@ -225,7 +224,7 @@ pub fn snapshot(args: SnapshotArgs) -> Result<ExitCode> {
     report.netns = own;
     // Every socket, whether or not the report lists them (`--show-all`).
     let events = events::socket_events(&sockets, &owners_of, report.ts, &report.host);
-    (report.rules, report.alerts) = detect(&rules, &events, Box::new(ProcResolver::default()));
+    (report.rules, report.alerts) = detect(&rules, &events, Box::new(ProcessCache::default()));
     report.unreadable.proc_fd = owners.unreadable;
     report.unreadable.process = cache.stats().unreadable;
     report.unreadable.sock_diag = errors.iter().map(|e| format!("{e:#}")).collect();

@@ -155,7 +155,7 @@ pub fn any_cidr(cidrs: &[Cidr], ip: &IpAddr) -> bool {
 }
 
 /// What the rules may ask about a process beyond what events carry: its executable and
-/// its user's name. Live runs read `/proc` and `/etc/passwd` (`crate::procfs`); replay
+/// its user's name. Live runs ask the process-context cache (`crate::process`); replay
 /// and tests answer from nothing or from a table.
 pub trait ProcessResolver {
     /// Path of the executable of `pid`, if known.

@@ -4,6 +4,8 @@
 //! ```toml
 //! [scan]
 //! allow = ["10.0.0.0/24", "fd00::/64"]   # the only networks ever touched
+//! allow_public = false                   # public ranges in `allow` need true
+//! allow_widest_v4 = 16                   # no `allow` entry wider than a /16 (v6: /48)
 //! networks = ["10.0.0.0/24"]             # swept for new hosts (inside `allow`)
 //! discovery_interval = "10m"             # sweep of `networks` (and new flow peers)
 //! port_scan_interval = "1h"              # port scan of each known live host
@@ -26,8 +28,16 @@ use crate::event::Proto;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScanConfig {
-    /// Networks the monitor may send probes to. Empty: scanning is off.
+    /// Networks the monitor may send probes to. Empty: scanning is off. Each entry at
+    /// most as wide as `allow_widest_v4` / `allow_widest_v6`, and private unless
+    /// `allow_public`; a cloud metadata address only when listed exactly.
     pub allow: Vec<IpNet>,
+    /// Let `allow` hold public (not loopback, private, link-local, ULA) ranges.
+    pub allow_public: bool,
+    /// The shortest prefix an IPv4 `allow` entry may have (default 16: a /16).
+    pub allow_widest_v4: u8,
+    /// The shortest prefix an IPv6 `allow` entry may have (default 48).
+    pub allow_widest_v6: u8,
     /// Networks swept for new hosts on `discovery_interval`; each inside `allow`.
     pub networks: Vec<IpNet>,
     /// Also discover remote peers seen in flows (when inside `allow`).
@@ -71,6 +81,9 @@ impl Default for ScanConfig {
     fn default() -> Self {
         ScanConfig {
             allow: Vec::new(),
+            allow_public: false,
+            allow_widest_v4: 16,
+            allow_widest_v6: 48,
             networks: Vec::new(),
             flow_peers: true,
             discovery_interval: Duration::from_secs(600),
@@ -109,6 +122,32 @@ pub enum ConfigError {
     TooMany { key: &'static str, max: u64 },
     #[error("scan.networks: {net} is too large to sweep (at most {max} addresses)")]
     NetworkTooLarge { net: IpNet, max: u64 },
+    #[error(
+        "scan.allow: {net} is wider than /{widest} (scan.allow_widest_v{family}); list narrower networks or raise that limit"
+    )]
+    AllowTooWide { net: IpNet, widest: u8, family: u8 },
+    #[error(
+        "scan.allow: {net} holds public addresses; set scan.allow_public = true if netmon may really scan them"
+    )]
+    AllowPublic { net: IpNet },
+    #[error("scan.allow: {net}: {reason}")]
+    AllowUnscannable { net: IpNet, reason: &'static str },
+    #[error("scan.allow_widest_v{family}: {value} is not a prefix length (0 to {max})")]
+    AllowWidest { family: u8, value: u8, max: u8 },
+}
+
+/// Cloud instance metadata services (AWS, GCP, Azure, OpenStack; AWS's IPv6 one):
+/// never probed unless `scan.allow` lists the address itself (as a /32 or /128), so a
+/// link-local or ULA `allow` entry does not quietly include them.
+pub const METADATA_ADDRS: [std::net::IpAddr; 2] = [
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 169, 254)),
+    std::net::IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+];
+
+/// Whether `ip` is a cloud metadata address (also as IPv4-mapped IPv6).
+pub fn is_metadata(ip: &std::net::IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    METADATA_ADDRS.contains(&ip)
 }
 
 /// Checked settings the monitor runs on.
@@ -119,9 +158,21 @@ pub struct MonitorSettings {
 }
 
 impl MonitorSettings {
-    /// Whether the monitor may touch `ip`.
+    /// Whether the monitor may touch `ip`: inside `allow`, never an always-refused
+    /// address (also as IPv4-mapped IPv6), a metadata address only when listed exactly.
     pub fn allows(&self, ip: &std::net::IpAddr) -> bool {
-        self.raw.allow.iter().any(|n| n.contains(ip))
+        let ip = ip.to_canonical();
+        if super::target::unscannable_reason(&ip).is_some() {
+            return false;
+        }
+        if is_metadata(&ip) {
+            return self
+                .raw
+                .allow
+                .iter()
+                .any(|n| n.prefix_len() == n.max_prefix_len() && n.addr() == ip);
+        }
+        self.raw.allow.iter().any(|n| n.contains(&ip))
     }
 
     pub fn enabled(&self) -> bool {
@@ -140,6 +191,22 @@ impl ScanConfig {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        for (family, value, max) in [
+            (4, self.allow_widest_v4, 32),
+            (6, self.allow_widest_v6, 128),
+        ] {
+            if value > max {
+                return Err(ConfigError::AllowWidest { family, value, max });
+            }
+        }
+        for net in &self.allow {
+            check_allow_entry(
+                net,
+                self.allow_widest_v4,
+                self.allow_widest_v6,
+                self.allow_public,
+            )?;
+        }
         for net in &self.networks {
             if !self.allow.iter().any(|a| a.contains(net)) {
                 return Err(ConfigError::NetworkNotAllowed { net: *net, allowed });
@@ -202,6 +269,41 @@ impl ScanConfig {
             ports,
         })
     }
+}
+
+/// One `scan.allow` entry: not wider than the limit of its family, not public unless
+/// allowed, not made only of addresses nothing may scan.
+fn check_allow_entry(
+    net: &IpNet,
+    widest_v4: u8,
+    widest_v6: u8,
+    allow_public: bool,
+) -> Result<(), ConfigError> {
+    let (widest, family) = match net {
+        IpNet::V4(_) => (widest_v4, 4),
+        IpNet::V6(_) => (widest_v6, 6),
+    };
+    if net.prefix_len() < widest {
+        return Err(ConfigError::AllowTooWide {
+            net: *net,
+            widest,
+            family,
+        });
+    }
+    let (first, last) = (net.network(), net.broadcast());
+    if let Some(reason) = super::target::unscannable_reason(&first)
+        .filter(|_| super::target::unscannable_reason(&last).is_some())
+    {
+        return Err(ConfigError::AllowUnscannable { net: *net, reason });
+    }
+    // The private blocks are CIDR blocks none of which borders another, so a network
+    // is wholly private exactly when its first and last addresses are.
+    let private = super::target::is_private(&first.to_canonical())
+        && super::target::is_private(&last.to_canonical());
+    if !private && !allow_public {
+        return Err(ConfigError::AllowPublic { net: *net });
+    }
+    Ok(())
 }
 
 /// `top:N` or a port spec.
@@ -357,6 +459,68 @@ mod tests {
         assert!(toml::from_str::<File>("[scan]\nping_interval = \"soon\"").is_err());
         assert!(toml::from_str::<File>("[scan]\nallow = [\"10.0.0.0/33\"]").is_err());
         assert!(toml::from_str::<File>("[scan]\nbogus = 1").is_err());
+    }
+
+    #[test]
+    fn allow_entries_are_bounded_private_and_spare_the_metadata_address() {
+        let with = |allow: &[&str], public: bool| ScanConfig {
+            allow: allow.iter().map(|n| n.parse().unwrap()).collect(),
+            allow_public: public,
+            ..ScanConfig::default()
+        };
+        // Everything, or a wide range: refused whatever allow_public says.
+        for wide in ["0.0.0.0/0", "::/0", "10.0.0.0/8", "fd00::/8"] {
+            let err = with(&[wide], true).validate().unwrap_err().to_string();
+            assert!(err.contains(wide) && err.contains("allow_widest"), "{err}");
+        }
+        // The limit is configurable.
+        let mut c = with(&["10.0.0.0/8"], false);
+        c.allow_widest_v4 = 8;
+        assert!(c.validate().is_ok());
+        c.allow_widest_v4 = 33;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("allow_widest_v4")
+        );
+        // Public ranges need allow_public.
+        let err = with(&["203.0.113.0/24"], false)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("203.0.113.0/24") && err.contains("allow_public"),
+            "{err}"
+        );
+        assert!(with(&["203.0.113.0/24"], true).validate().is_ok());
+        assert!(with(&["2001:db8::/48"], false).validate().is_err());
+        assert!(
+            with(&["10.1.0.0/16", "fd00:1::/48", "::1/128"], false)
+                .validate()
+                .is_ok()
+        );
+        // Multicast is refused as an entry.
+        assert!(with(&["224.0.0.0/24"], true).validate().is_err());
+        // The metadata address: not through a link-local range, only listed exactly.
+        let s = with(&["169.254.0.0/16", "fd00:ec2::/64"], false)
+            .validate()
+            .unwrap();
+        assert!(s.allows(&"169.254.1.1".parse().unwrap()));
+        for md in ["169.254.169.254", "fd00:ec2::254", "::ffff:169.254.169.254"] {
+            assert!(!s.allows(&md.parse().unwrap()), "{md}");
+        }
+        let s = with(&["169.254.169.254/32", "fd00:ec2::254/128"], false)
+            .validate()
+            .unwrap();
+        assert!(s.allows(&"169.254.169.254".parse().unwrap()));
+        assert!(s.allows(&"fd00:ec2::254".parse().unwrap()));
+        // IPv4-mapped IPv6 is judged as the IPv4 address it is.
+        let s = with(&["10.9.0.0/16"], false).validate().unwrap();
+        assert!(s.allows(&"::ffff:10.9.0.1".parse().unwrap()));
+        assert!(!s.allows(&"::ffff:10.8.0.1".parse().unwrap()));
+        let s = with(&["203.0.113.0/24"], true).validate().unwrap();
+        assert!(!s.allows(&"::ffff:0.0.0.0".parse().unwrap()));
     }
 
     #[test]

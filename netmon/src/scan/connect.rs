@@ -7,18 +7,23 @@
 //! TIME_WAIT); `ECONNREFUSED` → closed; timeout or an ICMP unreachable → filtered.
 //! Running out of descriptors (`EMFILE`/`ENFILE`) or local ports (`EADDRNOTAVAIL`)
 //! waits and retries instead of misreporting the port.
+//!
+//! Sockets are `socket2::Socket`s (owned: closed on drop) and the handshakes still in
+//! flight wait in a `mio::Poll`; this module has no `unsafe`.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     io,
     net::SocketAddr,
+    os::fd::AsRawFd,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use tokio::{net::TcpSocket, sync::Semaphore, task::JoinSet};
+use mio::{Events, Interest, Poll, Token, unix::SourceFd};
+use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::{PortState, Progress, rate::RateLimiter};
 
@@ -31,8 +36,9 @@ pub struct LocalTrouble {
     pub ports_exhausted: AtomicU64,
 }
 
-/// Scans every address in `jobs` on a thread of its own (`scan_blocking`); returns each
-/// one's state. Falls back to one task per port if that thread cannot run.
+/// Scans every address in `jobs` on threads of their own (`scan_sharded`), off the
+/// async runtime; returns each one's state, or why the scan could not run (no poll
+/// instance, a socket that could not be made).
 pub async fn scan(
     jobs: Vec<SocketAddr>,
     timeout: Duration,
@@ -40,20 +46,12 @@ pub async fn scan(
     rate: Arc<RateLimiter>,
     progress: Arc<Progress>,
     trouble: Arc<LocalTrouble>,
-) -> HashMap<SocketAddr, PortState> {
-    let (r, p, t) = (rate.clone(), progress.clone(), trouble.clone());
-    let jobs = Arc::new(jobs);
-    let j = jobs.clone();
-    let fast =
-        tokio::task::spawn_blocking(move || scan_sharded(&j, timeout, concurrency, &r, &p, &t))
-            .await;
-    match fast {
-        Ok(Ok(states)) => states,
-        _ => {
-            progress.done.store(0, Ordering::Relaxed);
-            scan_tasks(jobs.to_vec(), timeout, concurrency, rate, progress, trouble).await
-        }
-    }
+) -> io::Result<HashMap<SocketAddr, PortState>> {
+    tokio::task::spawn_blocking(move || {
+        scan_sharded(&jobs, timeout, concurrency, &rate, &progress, &trouble)
+    })
+    .await
+    .map_err(|e| io::Error::other(format!("the connect scan thread failed: {e}")))?
 }
 
 /// `scan_blocking` on one thread per CPU (at most 4), each with its share of the ports
@@ -96,114 +94,11 @@ pub fn scan_sharded(
     })
 }
 
-/// The same scan with one tokio task per port.
-pub async fn scan_tasks(
-    jobs: Vec<SocketAddr>,
-    timeout: Duration,
-    concurrency: usize,
-    rate: Arc<RateLimiter>,
-    progress: Arc<Progress>,
-    trouble: Arc<LocalTrouble>,
-) -> HashMap<SocketAddr, PortState> {
-    let sem = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut set = JoinSet::new();
-    let mut out = HashMap::with_capacity(jobs.len());
-    for addr in jobs {
-        let permit = sem
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore never closed");
-        rate.acquire().await;
-        let (progress, trouble) = (progress.clone(), trouble.clone());
-        set.spawn(async move {
-            let state = probe(addr, timeout, &trouble).await;
-            drop(permit);
-            progress.done.fetch_add(1, Ordering::Relaxed);
-            if state == PortState::Open {
-                progress.open.fetch_add(1, Ordering::Relaxed);
-            }
-            (addr, state)
-        });
-        // Collect finished tasks as we go so the set stays small.
-        while let Some(Ok((a, s))) = set.try_join_next() {
-            out.insert(a, s);
-        }
-    }
-    while let Some(r) = set.join_next().await {
-        if let Ok((a, s)) = r {
-            out.insert(a, s);
-        }
-    }
-    out
-}
-
-/// One connect, with retries for local resource exhaustion.
-pub async fn probe(addr: SocketAddr, timeout: Duration, trouble: &LocalTrouble) -> PortState {
-    for attempt in 0..50u32 {
-        match try_connect(addr, timeout).await {
-            Ok(state) => return state,
-            Err(e) if is_fd_exhaustion(&e) => {
-                trouble.fd_exhausted.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(5 + u64::from(attempt) * 5)).await;
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
-                trouble.ports_exhausted.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20 + u64::from(attempt) * 20)).await;
-            }
-            Err(_) => return PortState::Filtered,
-        }
-    }
-    PortState::Filtered
-}
-
-fn is_fd_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
-    )
-}
-
-/// `Ok(state)` for an answer from the network, `Err` for local trouble.
-async fn try_connect(addr: SocketAddr, timeout: Duration) -> io::Result<PortState> {
-    let sock = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    // A reset instead of FIN on close: no TIME_WAIT piles up on either side.
-    socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO))?;
-    match tokio::time::timeout(timeout, sock.connect(addr)).await {
-        Err(_) => Ok(PortState::Filtered),
-        Ok(Ok(stream)) => {
-            // A connect from a local port to the same port on the same address meets
-            // itself (TCP simultaneous open): that is not a listener.
-            if stream.local_addr().ok() == Some(addr) {
-                return Ok(PortState::Closed);
-            }
-            Ok(PortState::Open)
-        }
-        Ok(Err(e)) => match e.raw_os_error() {
-            Some(libc::ECONNREFUSED) => Ok(PortState::Closed),
-            Some(
-                libc::EHOSTUNREACH
-                | libc::ENETUNREACH
-                | libc::ETIMEDOUT
-                | libc::EACCES
-                | libc::EPERM,
-            ) => Ok(PortState::Filtered),
-            Some(libc::ECONNRESET) => Ok(PortState::Closed),
-            _ if is_fd_exhaustion(&e) || e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Err(e),
-            _ => Ok(PortState::Filtered),
-        },
-    }
-}
-
-/// The connect scan proper: one thread of its own with an epoll set, plain
+/// The connect scan proper: one thread of its own with a `mio::Poll`, plain
 /// non-blocking sockets and no per-port task, so that the kernel's work (a SYN and a RST
 /// per closed port) is most of what a port costs. Per closed port on a local or
-/// namespace link this is four system calls: `socket`, `connect`, `getsockopt(SO_ERROR)`
-/// (the RST has usually been processed before `connect` returns) and `close`; sockets
-/// still waiting go into the epoll set with their deadline.
+/// namespace link this is two system calls on a reused socket (see `start`); sockets
+/// still waiting go into the poll set with their deadline.
 pub fn scan_blocking(
     jobs: &[SocketAddr],
     timeout: Duration,
@@ -212,34 +107,21 @@ pub fn scan_blocking(
     progress: &Progress,
     trouble: &LocalTrouble,
 ) -> io::Result<HashMap<SocketAddr, PortState>> {
-    use std::collections::VecDeque;
-    use std::os::fd::RawFd;
-    use std::time::Instant;
-
-    // SAFETY: plain syscall; the fd is closed by `Epoll`'s drop.
-    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if epfd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    struct Epoll(RawFd);
-    impl Drop for Epoll {
-        fn drop(&mut self) {
-            // SAFETY: our own fd.
-            unsafe { libc::close(self.0) };
-        }
-    }
-    let ep = Epoll(epfd);
-
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(1024);
     let mut out = HashMap::with_capacity(jobs.len());
-    let mut in_flight: HashMap<RawFd, (SocketAddr, u64)> = HashMap::new();
-    let mut deadlines: VecDeque<(RawFd, u64, Instant)> = VecDeque::new();
+    // Handshakes in flight, by slot (the poll token); `free` holds empty slots.
+    let mut slots: Vec<Option<InFlight>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let mut in_flight = 0usize;
+    // (slot, generation, deadline) in start order, so the front expires first.
+    let mut deadlines: VecDeque<(usize, u64, Instant)> = VecDeque::new();
     let mut retry: Vec<SocketAddr> = Vec::new();
     let mut next = 0usize;
     let mut generation = 0u64;
-    let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
     let mut backoff_until: Option<Instant> = None;
     // Reusable sockets, per family (see `start`).
-    let (mut spare4, mut spare6): (Vec<RawFd>, Vec<RawFd>) = (Vec::new(), Vec::new());
+    let (mut spare4, mut spare6): (Vec<Socket>, Vec<Socket>) = (Vec::new(), Vec::new());
     let record = |out: &mut HashMap<SocketAddr, PortState>, addr: SocketAddr, st: PortState| {
         progress.done.fetch_add(1, Ordering::Relaxed);
         if st == PortState::Open {
@@ -254,8 +136,7 @@ pub fn scan_blocking(
         if may_start {
             backoff_until = None;
         }
-        while may_start && in_flight.len() < concurrency && (next < jobs.len() || !retry.is_empty())
-        {
+        while may_start && in_flight < concurrency && (next < jobs.len() || !retry.is_empty()) {
             let addr = retry.pop().unwrap_or_else(|| {
                 next += 1;
                 jobs[next - 1]
@@ -270,27 +151,32 @@ pub fn scan_blocking(
                 &mut spare6
             };
             match start(addr, spare) {
-                Started::Reusable(fd, st) => {
-                    spare.push(fd);
+                Started::Reusable(sock, st) => {
+                    spare.push(sock);
                     record(&mut out, addr, st);
                 }
-                Started::Done(fd, st) => {
-                    close_fd(fd, st == PortState::Open);
+                Started::Done(sock, st) => {
+                    close(sock, st == PortState::Open);
                     record(&mut out, addr, st);
                 }
-                Started::Pending(fd) => {
-                    let mut ev = libc::epoll_event {
-                        events: (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32,
-                        u64: fd as u64,
-                    };
-                    // SAFETY: valid epoll fd, socket fd and event.
-                    if unsafe { libc::epoll_ctl(ep.0, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
-                        close_fd(fd, false);
-                        return Err(io::Error::last_os_error());
-                    }
+                Started::Pending(sock) => {
+                    let slot = free.pop().unwrap_or_else(|| {
+                        slots.push(None);
+                        slots.len() - 1
+                    });
+                    poll.registry().register(
+                        &mut SourceFd(&sock.as_raw_fd()),
+                        Token(slot),
+                        Interest::WRITABLE,
+                    )?;
                     generation += 1;
-                    in_flight.insert(fd, (addr, generation));
-                    deadlines.push_back((fd, generation, Instant::now() + timeout));
+                    slots[slot] = Some(InFlight {
+                        sock,
+                        addr,
+                        generation,
+                    });
+                    in_flight += 1;
+                    deadlines.push_back((slot, generation, Instant::now() + timeout));
                 }
                 Started::Exhausted(e) => {
                     if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
@@ -306,71 +192,83 @@ pub fn scan_blocking(
                 Started::Failed(e) => return Err(e),
             }
         }
-        if in_flight.is_empty() && next >= jobs.len() && retry.is_empty() {
+        if in_flight == 0 && next >= jobs.len() && retry.is_empty() {
             break;
         }
         if backoff_until.is_some() {
             // Out of descriptors or ports: free the spares too.
-            for fd in spare4.drain(..).chain(spare6.drain(..)) {
-                close_fd(fd, false);
-            }
+            spare4.clear();
+            spare6.clear();
         }
-        let wait_ms = deadlines.front().map_or(10, |(_, _, d)| {
-            d.saturating_duration_since(Instant::now())
-                .as_millis()
-                .min(10) as i32
-        });
-        // SAFETY: events is a valid buffer of the length given.
-        let n =
-            unsafe { libc::epoll_wait(ep.0, events.as_mut_ptr(), events.len() as i32, wait_ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+        let wait = deadlines
+            .front()
+            .map_or(Duration::from_millis(10), |(_, _, d)| {
+                d.saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(10))
+            });
+        match poll.poll(&mut events, Some(wait)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
-        for ev in &events[..n as usize] {
-            let fd = ev.u64 as RawFd;
-            let Some((addr, _)) = in_flight.remove(&fd) else {
+        for ev in &events {
+            // The slot's socket is closed below, which also takes it out of the poll
+            // set (epoll forgets a descriptor once its last reference is closed).
+            let Some(f) = slots.get_mut(ev.token().0).and_then(Option::take) else {
                 continue;
             };
-            let st = match so_error(fd) {
-                0 if is_self_connect(fd, addr) => PortState::Closed,
-                0 => PortState::Open,
-                e => state_of_errno(e),
+            free.push(ev.token().0);
+            in_flight -= 1;
+            let st = match f.sock.take_error() {
+                Ok(None) if is_self_connect(&f.sock, f.addr) => PortState::Closed,
+                Ok(None) => PortState::Open,
+                Ok(Some(e)) => state_of_errno(e.raw_os_error().unwrap_or(libc::EIO)),
+                Err(_) => PortState::Filtered,
             };
-            close_fd(fd, st == PortState::Open);
-            record(&mut out, addr, st);
+            close(f.sock, st == PortState::Open);
+            record(&mut out, f.addr, st);
         }
         let now = Instant::now();
-        while let Some(&(fd, g, d)) = deadlines.front() {
+        while let Some(&(slot, g, d)) = deadlines.front() {
             if d > now {
                 break;
             }
             deadlines.pop_front();
-            if in_flight.get(&fd).is_some_and(|(_, gen_)| *gen_ == g) {
-                let (addr, _) = in_flight.remove(&fd).expect("checked");
-                close_fd(fd, false);
-                record(&mut out, addr, PortState::Filtered);
+            if slots[slot].as_ref().is_some_and(|f| f.generation == g) {
+                let f = slots[slot].take().expect("checked");
+                free.push(slot);
+                in_flight -= 1;
+                record(&mut out, f.addr, PortState::Filtered);
             }
         }
-    }
-    for fd in spare4.into_iter().chain(spare6) {
-        close_fd(fd, false);
     }
     Ok(out)
 }
 
+/// A handshake waiting in the poll set.
+struct InFlight {
+    sock: Socket,
+    addr: SocketAddr,
+    /// Tells this use of the slot from a later one (for the deadline queue).
+    generation: u64,
+}
+
 enum Started {
     /// Answered at once and the socket is reusable (refused, unreachable).
-    Reusable(i32, PortState),
-    /// Answered at once (connected): the fd needs closing.
-    Done(i32, PortState),
-    Pending(i32),
+    Reusable(Socket, PortState),
+    /// Answered at once (connected): the socket must be closed.
+    Done(Socket, PortState),
+    Pending(Socket),
     /// Out of descriptors or local ports: retry later.
     Exhausted(io::Error),
     Failed(io::Error),
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
+    )
 }
 
 /// Starts one connect, on a spare socket when there is one.
@@ -381,66 +279,43 @@ enum Started {
 /// still going, `EISCONN` when it completed. A failed connect also returns the socket
 /// to the unconnected state (Linux's `__inet_stream_connect`), so it can be reused for
 /// the next port: no `socket`/`close` pair per closed port.
-fn start(addr: SocketAddr, spare: &mut Vec<i32>) -> Started {
-    let fd = match spare.pop() {
-        Some(fd) => fd,
-        None => {
-            let family = if addr.is_ipv4() {
-                libc::AF_INET
-            } else {
-                libc::AF_INET6
-            };
-            // SAFETY: plain syscall.
-            let fd = unsafe {
-                libc::socket(
-                    family,
-                    libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                    0,
-                )
-            };
-            if fd < 0 {
-                let e = io::Error::last_os_error();
-                return if is_fd_exhaustion(&e) {
-                    Started::Exhausted(e)
-                } else {
-                    Started::Failed(e)
-                };
-            }
-            fd
-        }
+fn start(addr: SocketAddr, spare: &mut Vec<Socket>) -> Started {
+    let sock = match spare.pop() {
+        Some(s) => s,
+        None => match Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.nonblocking().cloexec(),
+            None,
+        ) {
+            Ok(s) => s,
+            Err(e) if is_fd_exhaustion(&e) => return Started::Exhausted(e),
+            Err(e) => return Started::Failed(e),
+        },
     };
-    let sa = socket2::SockAddr::from(addr);
-    let connect = || {
-        // SAFETY: sa is a valid sockaddr of the length given.
-        let rc = unsafe { libc::connect(fd, sa.as_ptr().cast(), sa.len()) };
-        if rc == 0 {
-            0
-        } else {
-            io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO)
-        }
+    let sa = SockAddr::from(addr);
+    let connect = |sock: &Socket| match sock.connect(&sa) {
+        Ok(()) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
     };
-    let connected = |fd| {
-        let st = if is_self_connect(fd, addr) {
+    let connected = |sock: Socket| {
+        let st = if is_self_connect(&sock, addr) {
             PortState::Closed
         } else {
             PortState::Open
         };
-        Started::Done(fd, st)
+        Started::Done(sock, st)
     };
-    match connect() {
-        0 => connected(fd),
-        libc::EINPROGRESS => match connect() {
-            libc::EALREADY | libc::EINPROGRESS => Started::Pending(fd),
-            libc::EISCONN | 0 => connected(fd),
-            e => Started::Reusable(fd, state_of_errno(e)),
+    match connect(&sock) {
+        0 => connected(sock),
+        libc::EINPROGRESS => match connect(&sock) {
+            libc::EALREADY | libc::EINPROGRESS => Started::Pending(sock),
+            libc::EISCONN | 0 => connected(sock),
+            e => Started::Reusable(sock, state_of_errno(e)),
         },
         e @ (libc::EADDRNOTAVAIL | libc::EMFILE | libc::ENFILE | libc::ENOBUFS) => {
-            close_fd(fd, false);
             Started::Exhausted(io::Error::from_raw_os_error(e))
         }
-        e => Started::Reusable(fd, state_of_errno(e)),
+        e => Started::Reusable(sock, state_of_errno(e)),
     }
 }
 
@@ -451,72 +326,17 @@ fn state_of_errno(e: i32) -> PortState {
     }
 }
 
-fn so_error(fd: i32) -> i32 {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: valid fd and out-pointers of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 { libc::EBADF } else { err }
-}
-
 /// A connect from a local port to the same port on the same address meets itself (TCP
 /// simultaneous open): that is not a listener.
-fn is_self_connect(fd: i32, addr: SocketAddr) -> bool {
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: valid fd and a sockaddr_storage-sized buffer.
-    let rc = unsafe {
-        libc::getsockname(
-            fd,
-            (&mut ss as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return false;
-    }
-    let port = match i32::from(ss.ss_family) {
-        // SAFETY: the family says which struct it is.
-        libc::AF_INET => u16::from_be(unsafe {
-            (*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()).sin_port
-        }),
-        libc::AF_INET6 => u16::from_be(unsafe {
-            (*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()).sin6_port
-        }),
-        _ => return false,
-    };
-    // SAFETY: ss holds the sockaddr getsockname wrote.
-    let ip = unsafe { super::net::sockaddr_ip(&ss) };
-    ip == Some(addr.ip()) && port == addr.port()
+fn is_self_connect(sock: &Socket, addr: SocketAddr) -> bool {
+    sock.local_addr().ok().and_then(|a| a.as_socket()) == Some(addr)
 }
 
 /// Closes a probe socket; an open port's connection is reset (linger 0) so neither side
 /// keeps a TIME_WAIT.
-fn close_fd(fd: i32, reset: bool) {
+fn close(sock: Socket, reset: bool) {
     if reset {
-        let l = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: valid fd and struct.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&l as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
+        let _ = sock.set_linger(Some(Duration::ZERO));
     }
-    // SAFETY: our own fd, closed once.
-    unsafe { libc::close(fd) };
+    drop(sock);
 }

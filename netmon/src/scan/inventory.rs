@@ -10,12 +10,11 @@ use std::{collections::BTreeMap, net::IpAddr};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    HostState, PortState,
-    report::{HostChange, PortChange, ServiceChange},
-    service::ServiceInfo,
+use super::{HostState, PortState, service::ServiceInfo};
+use crate::event::{
+    EventBody, Proto,
+    scan::{HostChange, PortChange, ServiceChange},
 };
-use crate::event::{EventBody, Proto};
 
 /// The state file's format version.
 pub const STATE_VERSION: u32 = 1;

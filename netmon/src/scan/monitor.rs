@@ -3,7 +3,7 @@
 //! on three intervals, and the inventory's change events come out.
 //!
 //! `netmon run` spawns [`Monitor::run`] beside its event loop, feeds it flow peers
-//! and writes the events it sends back (see `cli/run.rs`); the tests drive
+//! and emits the events it sends back (see `pipeline/scanner.rs`); the tests drive
 //! [`Monitor::tick`] directly. With `scan.allow` empty it is inert.
 //!
 //! `Schedule` (pure) decides what is due; it never lets a host be probed more often
@@ -18,7 +18,6 @@ use std::{
 };
 
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
 use tokio::{
     sync::{mpsc, watch},
     time::Instant,
@@ -35,6 +34,7 @@ use super::{
     rate::RateLimiter,
     rdns, target,
 };
+pub use crate::event::scan::MonitorCounters;
 use crate::{event::Event, system};
 
 /// What is due at a moment.
@@ -132,23 +132,6 @@ impl Schedule {
         }
         next.max(now)
     }
-}
-
-/// The monitor's counters: `stats.scan` of `netmon run`.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MonitorCounters {
-    /// Hosts in the inventory (up or down).
-    pub hosts: u64,
-    /// Of those, hosts up at the last check.
-    pub hosts_up: u64,
-    /// Flow peers ignored because they are outside `scan.allow`.
-    pub peers_outside_allow: u64,
-    /// Peers ignored because the inventory is full (`scan.max_hosts`).
-    pub peers_over_limit: u64,
-    pub sweeps: u64,
-    pub pings: u64,
-    pub port_scans: u64,
-    pub state_write_errors: u64,
 }
 
 /// The monitor: owns the inventory, the schedule and the rate limiter.
@@ -290,7 +273,11 @@ impl Monitor {
             };
             let sweep = discover::sweep(&all, &opts, self.rate.clone()).await;
             self.counters.pings += all.len() as u64;
-            let macs = neigh::table().unwrap_or_default();
+            // Without the table the hosts only lack their MAC addresses: counted.
+            let macs = neigh::table().unwrap_or_else(|_| {
+                self.counters.neighbour_errors += 1;
+                HashMap::new()
+            });
             // Names for live hosts that have none yet, looked up side by side.
             let mut names: HashMap<IpAddr, String> = HashMap::new();
             if cfg.reverse_dns {
@@ -366,6 +353,7 @@ impl Monitor {
                 discovery: false,
                 discovery_opts: DiscoveryOptions::default(),
                 service_detection: cfg.service_detection,
+                service_timeout: (cfg.timeout * 2).max(super::DEFAULT_SERVICE_TIMEOUT),
                 reverse_dns: false,
                 traceroute: false,
                 allow_public: false,

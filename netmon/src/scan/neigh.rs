@@ -1,116 +1,116 @@
 //! The kernel's neighbour table (ARP for IPv4, NDP for IPv6) over rtnetlink: which MAC
 //! address answered for an address on a local link. Read after discovery, whose probes
-//! are what fill the table. `parse_dump` is pure and unit-tested.
+//! are what fill the table.
+//!
+//! Messages are built and parsed by the rust-netlink crates (`netlink-packet-route`),
+//! never by hand. A failure (no netlink socket, a kernel error such as `EPERM` in the
+//! middle of the dump, a message that does not parse) is an error the caller reports,
+//! never a silently empty table. `parse_batch` is pure and unit-tested.
 use std::{collections::HashMap, io, net::IpAddr};
 
-const RTM_GETNEIGH: u16 = 30;
-const RTM_NEWNEIGH: u16 = 28;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_ERROR: u16 = 2;
-const NDA_DST: u16 = 1;
-const NDA_LLADDR: u16 = 2;
-/// Neighbour states that mean the link-layer address is known and was confirmed at
-/// some point (`NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_PERMANENT`).
-const NUD_VALID: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x80;
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+};
+use netlink_sys::{Socket as NlSocket, SocketAddr as NlAddr, protocols::NETLINK_ROUTE};
 
-/// IP → MAC (`aa:bb:cc:dd:ee:ff`) for every valid entry of the table.
-pub fn table() -> io::Result<HashMap<IpAddr, String>> {
-    // SAFETY: plain socket syscalls on an fd we own and close.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        );
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let result = dump(fd);
-        libc::close(fd);
-        result
-    }
+/// Why the neighbour table could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum NeighError {
+    #[error("cannot open a netlink route socket: {0}")]
+    Open(#[source] io::Error),
+    #[error("the neighbour table dump failed: {0}")]
+    Request(#[source] io::Error),
+    #[error("the kernel's neighbour table answer does not parse: {0}")]
+    Parse(String),
 }
 
-unsafe fn dump(fd: i32) -> io::Result<HashMap<IpAddr, String>> {
-    // nlmsghdr (16) + ndmsg (12)
-    let mut req = [0u8; 28];
-    req[0..4].copy_from_slice(&28u32.to_ne_bytes());
-    req[4..6].copy_from_slice(&RTM_GETNEIGH.to_ne_bytes());
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-    req[6..8].copy_from_slice(&flags.to_ne_bytes());
-    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    req[16] = libc::AF_UNSPEC as u8;
-    // SAFETY: req is a valid buffer of the length given.
-    if unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+/// IP → MAC (`aa:bb:cc:dd:ee:ff`) for every valid entry of the table.
+pub fn table() -> Result<HashMap<IpAddr, String>, NeighError> {
+    let mut nl = NlSocket::new(NETLINK_ROUTE).map_err(NeighError::Open)?;
+    nl.bind_auto().map_err(NeighError::Open)?;
+    nl.connect(&NlAddr::new(0, 0)).map_err(NeighError::Open)?;
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNeighbour(
+        NeighbourMessage::default(),
+    ));
+    req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.header.sequence_number = 1;
+    req.finalize();
+    let mut buf = vec![0u8; req.buffer_len()];
+    req.serialize(&mut buf);
+    nl.send(&buf, 0).map_err(NeighError::Request)?;
     let mut out = HashMap::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // SAFETY: buf is valid for its length.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if parse_dump(&buf[..n as usize], &mut out) {
+        let n = nl.recv(&mut &mut buf[..], 0).map_err(NeighError::Request)?;
+        if n == 0 || parse_batch(&buf[..n], &mut out)? {
             return Ok(out);
         }
     }
 }
 
-/// Adds the entries of one netlink reply to `out`; true when the dump is complete.
-pub fn parse_dump(mut buf: &[u8], out: &mut HashMap<IpAddr, String>) -> bool {
-    let u16_at = |b: &[u8], i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
-    while buf.len() >= 16 {
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if len < 16 || len > buf.len() {
-            return true;
+/// Adds the entries of one netlink reply to `out`; `Ok(true)` when the dump is
+/// complete, an error when the kernel reported one or a message does not parse.
+pub fn parse_batch(
+    mut bytes: &[u8],
+    out: &mut HashMap<IpAddr, String>,
+) -> Result<bool, NeighError> {
+    while bytes.len() >= 16 {
+        let len = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        if len < 16 || len > bytes.len() {
+            return Err(NeighError::Parse(format!(
+                "message length {len} of {}",
+                bytes.len()
+            )));
         }
-        let ty = u16_at(buf, 4);
-        if ty == NLMSG_DONE || ty == NLMSG_ERROR {
-            return true;
-        }
-        if ty == RTM_NEWNEIGH && len >= 28 {
-            let msg = &buf[16..len];
-            let state = u16_at(msg, 8);
-            let mut ip = None;
-            let mut mac = None;
-            let mut attrs = &msg[12..];
-            while attrs.len() >= 4 {
-                let alen = usize::from(u16_at(attrs, 0));
-                if alen < 4 || alen > attrs.len() {
-                    break;
-                }
-                let data = &attrs[4..alen];
-                match u16_at(attrs, 2) {
-                    NDA_DST if data.len() == 4 => {
-                        ip = Some(IpAddr::from(<[u8; 4]>::try_from(data).expect("len 4")))
-                    }
-                    NDA_DST if data.len() == 16 => {
-                        ip = Some(IpAddr::from(<[u8; 16]>::try_from(data).expect("len 16")))
-                    }
-                    NDA_LLADDR if data.len() == 6 => mac = Some(format_mac(data)),
-                    _ => {}
-                }
-                attrs = &attrs[(alen + 3) & !3..];
-                if attrs.len() < 4 {
-                    break;
+        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len])
+            .map_err(|e| NeighError::Parse(e.to_string()))?;
+        match msg.payload {
+            NetlinkPayload::Done(_) => return Ok(true),
+            NetlinkPayload::Error(e) if e.code.is_some() => {
+                return Err(NeighError::Request(e.to_io()));
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => {
+                if let Some((ip, mac)) = entry(&n) {
+                    out.insert(ip, mac);
                 }
             }
-            if let (Some(ip), Some(mac)) = (ip, mac)
-                && state & NUD_VALID != 0
-                && mac != "00:00:00:00:00:00"
-            {
-                out.insert(ip, mac);
-            }
+            _ => {}
         }
-        let next = (len + 3) & !3;
-        if next >= buf.len() {
-            break;
-        }
-        buf = &buf[next..];
+        // Messages are 4-byte aligned.
+        bytes = bytes.get((len + 3) & !3..).unwrap_or(&[]);
     }
-    false
+    Ok(false)
+}
+
+/// An entry whose link-layer address is known and was confirmed at some point.
+fn entry(n: &NeighbourMessage) -> Option<(IpAddr, String)> {
+    if !matches!(
+        n.header.state,
+        NeighbourState::Reachable
+            | NeighbourState::Stale
+            | NeighbourState::Delay
+            | NeighbourState::Probe
+            | NeighbourState::Permanent
+    ) {
+        return None;
+    }
+    let mut ip = None;
+    let mut mac = None;
+    for a in &n.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => ip = Some((*v4).into()),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => ip = Some((*v6).into()),
+            NeighbourAttribute::LinkLayerAddress(l)
+                if l.len() == 6 && l.iter().any(|b| *b != 0) =>
+            {
+                mac = Some(format_mac(l))
+            }
+            _ => {}
+        }
+    }
+    Some((ip?, mac?))
 }
 
 pub fn format_mac(b: &[u8]) -> String {
@@ -122,41 +122,55 @@ pub fn format_mac(b: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use netlink_packet_core::{DoneMessage, ErrorMessage};
+    use netlink_packet_route::AddressFamily;
+
     use super::*;
 
-    fn neigh_msg(ip: &[u8], mac: &[u8], state: u16) -> Vec<u8> {
-        let mut attrs = Vec::new();
-        for (ty, data) in [(NDA_DST, ip), (NDA_LLADDR, mac)] {
-            let l = 4 + data.len();
-            attrs.extend((l as u16).to_ne_bytes());
-            attrs.extend(ty.to_ne_bytes());
-            attrs.extend(data);
-            while attrs.len() % 4 != 0 {
-                attrs.push(0);
-            }
-        }
-        let mut nd = vec![2u8, 0, 0, 0, 3, 0, 0, 0];
-        nd.extend(state.to_ne_bytes());
-        nd.extend([0, 1]);
-        nd.extend(attrs);
-        let mut m = Vec::new();
-        m.extend(((16 + nd.len()) as u32).to_ne_bytes());
-        m.extend(RTM_NEWNEIGH.to_ne_bytes());
-        m.extend([0u8; 10]);
-        m.extend(nd);
-        m
+    fn bytes(msg: NetlinkMessage<RouteNetlinkMessage>) -> Vec<u8> {
+        let mut msg = msg;
+        msg.finalize();
+        let mut buf = vec![0u8; msg.buffer_len()];
+        msg.serialize(&mut buf);
+        buf
+    }
+
+    fn neigh(ip: IpAddr, mac: [u8; 6], state: NeighbourState) -> Vec<u8> {
+        let mut n = NeighbourMessage::default();
+        n.header.family = if ip.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        n.header.state = state;
+        n.attributes.push(NeighbourAttribute::Destination(match ip {
+            IpAddr::V4(v) => NeighbourAddress::Inet(v),
+            IpAddr::V6(v) => NeighbourAddress::Inet6(v),
+        }));
+        n.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        bytes(NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(n)))
     }
 
     #[test]
     fn parses_valid_entries_and_skips_failed_ones() {
-        let mut buf = neigh_msg(&[10, 200, 0, 2], &[0x02, 0, 0, 0, 0, 0x0a], 0x02);
-        buf.extend(neigh_msg(&[10, 200, 0, 3], &[0x02, 0, 0, 0, 0, 0x0b], 0x20)); // FAILED
-        let mut v6 = [0u8; 16];
-        v6[0] = 0xfd;
-        v6[15] = 2;
-        buf.extend(neigh_msg(&v6, &[0x02, 0, 0, 0, 0, 0x0c], 0x04)); // STALE
+        let mut buf = neigh(
+            "10.200.0.2".parse().unwrap(),
+            [2, 0, 0, 0, 0, 0x0a],
+            NeighbourState::Reachable,
+        );
+        buf.extend(neigh(
+            "10.200.0.3".parse().unwrap(),
+            [2, 0, 0, 0, 0, 0x0b],
+            NeighbourState::Failed,
+        ));
+        buf.extend(neigh(
+            "fd00::2".parse().unwrap(),
+            [2, 0, 0, 0, 0, 0x0c],
+            NeighbourState::Stale,
+        ));
         let mut out = HashMap::new();
-        assert!(!parse_dump(&buf, &mut out));
+        assert!(!parse_batch(&buf, &mut out).unwrap());
         assert_eq!(out.len(), 2);
         assert_eq!(
             out[&"10.200.0.2".parse::<IpAddr>().unwrap()],
@@ -166,9 +180,37 @@ mod tests {
             out[&"fd00::2".parse::<IpAddr>().unwrap()],
             "02:00:00:00:00:0c"
         );
-        let mut done = vec![0u8; 20];
-        done[0] = 20;
-        done[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
-        assert!(parse_dump(&done, &mut out));
+        let done = bytes(NetlinkMessage::new(
+            Default::default(),
+            NetlinkPayload::Done(DoneMessage::default()),
+        ));
+        assert!(parse_batch(&done, &mut out).unwrap());
+    }
+
+    /// Issue 18 item 11: a kernel error in the dump is an error, not the end of an
+    /// empty table.
+    #[test]
+    fn a_kernel_error_is_reported_not_read_as_the_end() {
+        let mut e = ErrorMessage::default();
+        e.code = std::num::NonZeroI32::new(-libc::EPERM);
+        let err = bytes(NetlinkMessage::new(
+            Default::default(),
+            NetlinkPayload::Error(e),
+        ));
+        let mut out = HashMap::new();
+        match parse_batch(&err, &mut out) {
+            Err(NeighError::Request(e)) => assert_eq!(e.raw_os_error(), Some(libc::EPERM)),
+            other => panic!("expected the kernel's EPERM, got {other:?}"),
+        }
+        // A truncated message is a parse error.
+        let buf = neigh(
+            "10.0.0.1".parse().unwrap(),
+            [2, 0, 0, 0, 0, 1],
+            NeighbourState::Reachable,
+        );
+        assert!(matches!(
+            parse_batch(&buf[..buf.len() - 4], &mut out),
+            Err(NeighError::Parse(_))
+        ));
     }
 }

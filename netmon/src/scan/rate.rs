@@ -3,6 +3,13 @@
 //! every task of a scan, so the limit holds for the scan as a whole.
 //!
 //! `Bucket` is the pure token bucket (time passed in); `RateLimiter` wraps it for tasks.
+//!
+//! `Window` is the SYN scan's congestion window (as nmap's and TCP's): how many probes
+//! may be unanswered at once. It grows with every answer (doubling per round trip in
+//! slow start, then by one per window) and halves on a proven loss (a retransmitted
+//! probe answered) or a full send queue, at most once per round trip. With it
+//! `netmon scan` needs no fixed rate: `--rate` stays a hard cap on top, and the
+//! monitor of `netmon run` keeps its fixed, polite budget.
 use std::{
     sync::Mutex,
     time::{Duration, Instant},
@@ -93,6 +100,86 @@ impl RateLimiter {
     }
 }
 
+/// A congestion window over probes in flight; pure (time comes in).
+#[derive(Debug, Clone)]
+pub struct Window {
+    cwnd: f64,
+    ssthresh: f64,
+    min: f64,
+    max: f64,
+    /// Smoothed round trip of unambiguous answers (Karn: first tries only).
+    srtt: Option<Duration>,
+    last_cut: Option<Instant>,
+    /// How many times the window was cut (for tests and timing output).
+    pub cuts: u64,
+}
+
+impl Window {
+    /// Starts at `initial` probes in flight, never below `min` nor above `max`.
+    pub fn new(initial: usize, min: usize, max: usize) -> Window {
+        let (min, max) = (min.max(1) as f64, max.max(min.max(1)) as f64);
+        Window {
+            cwnd: (initial as f64).clamp(min, max),
+            ssthresh: max,
+            min,
+            max,
+            srtt: None,
+            last_cut: None,
+            cuts: 0,
+        }
+    }
+
+    /// How many probes may be unanswered now.
+    pub fn size(&self) -> usize {
+        self.cwnd as usize
+    }
+
+    /// One answer came; `rtt` when it answered a first try (an unambiguous sample).
+    pub fn on_answer(&mut self, rtt: Option<Duration>) {
+        if self.cwnd < self.ssthresh {
+            self.cwnd += 1.0;
+        } else {
+            self.cwnd += 1.0 / self.cwnd;
+        }
+        self.cwnd = self.cwnd.min(self.max);
+        if let Some(rtt) = rtt {
+            self.srtt = Some(match self.srtt {
+                None => rtt,
+                Some(s) => (s * 7 + rtt) / 8,
+            });
+        }
+    }
+
+    /// A probe was lost (its retransmission was answered) or the send queue was full:
+    /// halve the window, at most once per round trip.
+    pub fn on_loss(&mut self, now: Instant) {
+        let hold = self
+            .srtt
+            .unwrap_or(Duration::from_millis(10))
+            .max(Duration::from_millis(1));
+        if self
+            .last_cut
+            .is_some_and(|t| now.saturating_duration_since(t) < hold)
+        {
+            return;
+        }
+        self.last_cut = Some(now);
+        self.cuts += 1;
+        self.ssthresh = (self.cwnd / 2.0).max(self.min);
+        self.cwnd = self.ssthresh;
+    }
+
+    /// How long to wait for an answer before retransmitting: four smoothed round
+    /// trips (at least 50 ms), never more than `max` (the user's `--timeout`), and
+    /// `max` until an answer has been timed.
+    pub fn retransmit_timeout(&self, max: Duration) -> Duration {
+        match self.srtt {
+            None => max,
+            Some(s) => (s * 4).max(Duration::from_millis(50)).min(max),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +221,55 @@ mod tests {
         assert_eq!(b.take(later), Duration::ZERO);
         assert_eq!(b.take(later), Duration::ZERO);
         assert!(b.take(later) > Duration::ZERO);
+    }
+
+    #[test]
+    fn window_grows_with_answers_and_halves_once_per_round_trip_on_loss() {
+        let t0 = Instant::now();
+        let mut w = Window::new(10, 4, 1000);
+        assert_eq!(w.size(), 10);
+        // Slow start: one more per answer, so a window's worth of answers doubles it.
+        for _ in 0..10 {
+            w.on_answer(Some(Duration::from_millis(20)));
+        }
+        assert_eq!(w.size(), 20);
+        w.on_loss(t0);
+        assert_eq!(w.size(), 10);
+        // A second loss within the same round trip does not cut again.
+        w.on_loss(t0 + Duration::from_millis(5));
+        assert_eq!(w.size(), 10);
+        assert_eq!(w.cuts, 1);
+        // After the cut: congestion avoidance, about one more per window of answers.
+        for _ in 0..11 {
+            w.on_answer(None);
+        }
+        assert_eq!(w.size(), 11);
+        w.on_loss(t0 + Duration::from_millis(30));
+        assert_eq!(w.size(), 5);
+        // Never below the floor nor above the ceiling.
+        for i in 0..10 {
+            w.on_loss(t0 + Duration::from_secs(1 + i));
+        }
+        assert_eq!(w.size(), 4);
+        let mut w = Window::new(10, 4, 50);
+        for _ in 0..1000 {
+            w.on_answer(None);
+        }
+        assert_eq!(w.size(), 50);
+    }
+
+    #[test]
+    fn retransmit_timeout_follows_the_round_trip_within_bounds() {
+        let max = Duration::from_secs(1);
+        let mut w = Window::new(10, 4, 100);
+        assert_eq!(w.retransmit_timeout(max), max);
+        w.on_answer(Some(Duration::from_millis(20)));
+        assert_eq!(w.retransmit_timeout(max), Duration::from_millis(80));
+        let mut w = Window::new(10, 4, 100);
+        w.on_answer(Some(Duration::from_micros(30)));
+        assert_eq!(w.retransmit_timeout(max), Duration::from_millis(50));
+        w.on_answer(Some(Duration::from_secs(5)));
+        assert_eq!(w.retransmit_timeout(max), max);
     }
 
     #[tokio::test]

@@ -4,14 +4,16 @@
 //! a TLS ClientHello, a Redis `INFO`, a PostgreSQL `SSLRequest`, a memcached `version`).
 //!
 //! The parsers (`identify_*`, `parse_*`) are pure; `detect` does the I/O, one short
-//! connection per probe, bounded in time.
-use std::{net::SocketAddr, time::Duration};
+//! connection per probe, the probes of a port in parallel after a head start for the
+//! likely one, the whole bounded by `--service-timeout`.
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
-    time::{Instant, timeout},
+    task::JoinSet,
+    time::{Instant, timeout_at},
 };
 
 use super::{ports::well_known, rate::RateLimiter};
@@ -467,19 +469,15 @@ fn preferred_probe(port: u16) -> Option<Probe> {
 /// Options for `detect`.
 #[derive(Clone, Debug)]
 pub struct DetectOptions {
-    /// How long to wait for a greeting before sending probes.
-    pub greeting_wait: Duration,
-    /// Connect and read timeout of each probe.
-    pub probe_timeout: Duration,
+    /// The whole detection of one port (`--service-timeout`): every probe's connect
+    /// and read end by then.
+    pub timeout: Duration,
     /// Sent as SNI and HTTP `Host` when the target was given by name.
     pub host_name: String,
 }
 
-/// Identifies the service on an open TCP port: at most one connection per probe, each
-/// bounded by the timeouts, each taking a token from the rate limiter. Never fails:
-/// a port nothing identified gets the port's usual name, marked as a guess.
-pub async fn detect(addr: SocketAddr, opts: &DetectOptions, rate: &RateLimiter) -> ServiceInfo {
-    let port = addr.port();
+/// The probes for a port, most likely first.
+fn probe_order(port: u16) -> Vec<Probe> {
     let mut order = Vec::with_capacity(6);
     if let Some(p) = preferred_probe(port) {
         order.push(p);
@@ -496,23 +494,99 @@ pub async fn detect(addr: SocketAddr, opts: &DetectOptions, rate: &RateLimiter) 
             order.push(p);
         }
     }
-    let mut first_bytes: Option<Vec<u8>> = None;
-    for probe in order {
-        rate.acquire().await;
-        match run_probe(addr, probe, opts).await {
-            ProbeOutcome::Data(data) => {
-                if let Some(found) = identify(probe, port, &data) {
-                    return found;
+    order
+}
+
+/// The answer of the most likely probe that identified something, once every more
+/// likely probe has finished (`done`: all have, and a missing outcome is silence).
+fn winner(
+    order: &[Probe],
+    outcomes: &[Option<ProbeOutcome>],
+    port: u16,
+    done: bool,
+) -> Option<ServiceInfo> {
+    for (probe, outcome) in order.iter().zip(outcomes) {
+        match outcome {
+            None if !done => return None,
+            Some(ProbeOutcome::Data(d)) => {
+                if let Some(found) = identify(*probe, port, d) {
+                    return Some(found);
                 }
-                first_bytes.get_or_insert(data);
             }
-            ProbeOutcome::Silent => {}
-            // The port stopped accepting: nothing more to learn.
-            ProbeOutcome::Unreachable => break,
+            _ => {}
         }
     }
+    None
+}
+
+/// Identifies the service on an open TCP port: one short connection per probe, each
+/// taking a token from the rate limiter, the whole bounded by `opts.timeout`. The
+/// port's likely probe (its client-first protocol, else the greeting) goes first,
+/// alone, so a server that serves one connection at a time answers it; when it has not
+/// identified the service within a head start (half the timeout, at most 800 ms) the
+/// other probes run in parallel, so a silent port costs one timeout, not one per probe.
+/// A greeting is waited for a head start at most (a server-first protocol speaks at
+/// once, and a silent connection would hold such a server). Never fails: a port
+/// nothing identified gets the port's usual name, marked as a guess.
+pub async fn detect(addr: SocketAddr, opts: &DetectOptions, rate: &RateLimiter) -> ServiceInfo {
+    let port = addr.port();
+    let order = probe_order(port);
+    let started = Instant::now();
+    let deadline = started + opts.timeout;
+    let head = (opts.timeout / 2).min(Duration::from_millis(800));
+    let head_start = started + head;
+    let opts = Arc::new(opts.clone());
+    let mut outcomes: Vec<Option<ProbeOutcome>> = order.iter().map(|_| None).collect();
+    let mut set = JoinSet::new();
+    let launch = async |set: &mut JoinSet<_>, range: std::ops::Range<usize>| {
+        for i in range {
+            rate.acquire().await;
+            let (probe, opts) = (order[i], opts.clone());
+            let until = if probe == Probe::Greeting {
+                deadline.min(Instant::now() + head)
+            } else {
+                deadline
+            };
+            set.spawn(async move { (i, run_probe(addr, probe, &opts, until).await) });
+        }
+    };
+    launch(&mut set, 0..1).await;
+    let mut launched = 1;
+    loop {
+        if let Some(found) = winner(&order, &outcomes, port, false) {
+            return found;
+        }
+        let unreachable = outcomes
+            .iter()
+            .any(|o| matches!(o, Some(ProbeOutcome::Unreachable)));
+        // The port stopped accepting: nothing more to learn from more probes.
+        let more = launched < order.len() && !unreachable && Instant::now() < deadline;
+        let wait_until = if more {
+            head_start.min(deadline)
+        } else {
+            deadline
+        };
+        match tokio::time::timeout_at(wait_until, set.join_next()).await {
+            Ok(Some(Ok((i, outcome)))) => outcomes[i] = Some(outcome),
+            // A probe task that failed is silence.
+            Ok(Some(Err(_))) => {}
+            Ok(None) | Err(_) if more => {
+                launch(&mut set, launched..order.len()).await;
+                launched = order.len();
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    set.abort_all();
+    if let Some(found) = winner(&order, &outcomes, port, true) {
+        return found;
+    }
+    let first_bytes = order.iter().zip(&outcomes).find_map(|(_, o)| match o {
+        Some(ProbeOutcome::Data(d)) => Some(d.as_slice()),
+        _ => None,
+    });
     let mut out = ServiceInfo {
-        banner: first_bytes.as_deref().and_then(excerpt),
+        banner: first_bytes.and_then(excerpt),
         ..ServiceInfo::default()
     };
     if let Some(name) = well_known(Proto::Tcp, port) {
@@ -528,9 +602,14 @@ enum ProbeOutcome {
     Unreachable,
 }
 
-async fn run_probe(addr: SocketAddr, probe: Probe, opts: &DetectOptions) -> ProbeOutcome {
-    let deadline = Instant::now() + opts.probe_timeout;
-    let mut stream = match timeout(opts.probe_timeout, TcpStream::connect(addr)).await {
+/// One probe on a connection of its own, ending by `deadline`.
+async fn run_probe(
+    addr: SocketAddr,
+    probe: Probe,
+    opts: &DetectOptions,
+    deadline: Instant,
+) -> ProbeOutcome {
+    let mut stream = match timeout_at(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         _ => return ProbeOutcome::Unreachable,
     };
@@ -539,28 +618,20 @@ async fn run_probe(addr: SocketAddr, probe: Probe, opts: &DetectOptions) -> Prob
     } else {
         opts.host_name.clone()
     };
-    let wait = if probe == Probe::Greeting {
-        opts.greeting_wait
-    } else {
-        if stream.write_all(&probe_bytes(probe, &host)).await.is_err() {
-            return ProbeOutcome::Silent;
-        }
-        opts.probe_timeout
-    };
+    if probe != Probe::Greeting && stream.write_all(&probe_bytes(probe, &host)).await.is_err() {
+        return ProbeOutcome::Silent;
+    }
     let mut buf = vec![0u8; 4096];
     let mut got = 0;
-    let read_deadline = deadline
-        .min(Instant::now() + wait)
-        .max(Instant::now() + wait / 2);
     // Read until the first bytes arrive, then briefly for more (a greeting may come in
     // two segments; an HTTP reply's headers in a few).
     while got < buf.len() {
         let limit = if got == 0 {
-            read_deadline
+            deadline
         } else {
-            Instant::now() + Duration::from_millis(60)
+            deadline.min(Instant::now() + Duration::from_millis(60))
         };
-        match tokio::time::timeout_at(limit, stream.read(&mut buf[got..])).await {
+        match timeout_at(limit, stream.read(&mut buf[got..])).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
             Ok(Ok(n)) => got += n,
         }

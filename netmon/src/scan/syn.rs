@@ -1,7 +1,13 @@
 //! The SYN ("half-open") scan: a raw `IPPROTO_TCP` socket sends bare SYNs and reads
 //! the answers, so no connection is ever completed. Needs `CAP_NET_RAW`.
 //!
-//! Answers: SYN-ACK → open; RST → closed; nothing after two tries → filtered. Each
+//! Answers: SYN-ACK → open; RST → closed; nothing after three tries → filtered.
+//!
+//! Pacing: a congestion window (`rate::Window`) bounds the probes unanswered at once;
+//! it grows with answers and halves on a proven loss, and the retransmission timeout
+//! follows the measured round trip (bounded by `--timeout`), so a fast link is scanned
+//! at the speed it answers and a lossy one is retried instead of reading filtered.
+//! `--rate` caps the whole on top. Each
 //! SYN's sequence number is a keyed hash of the target address and port, so a reply
 //! is accepted only when its acknowledgement number matches (`ack == cookie + 1`): no
 //! per-probe state, no confusion with unrelated traffic.
@@ -18,7 +24,7 @@
 //! needed or added. On loopback the reserved port itself cannot be SYN-scanned (its
 //! own SYN would come back to it), so it is checked with a connect instead.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     io,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex, atomic::Ordering},
@@ -26,12 +32,12 @@ use std::{
 };
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tokio::{io::unix::AsyncFd, time::Instant};
+use tokio::{io::unix::AsyncFd, sync::Notify, time::Instant};
 
 use super::{
     PortState, Progress, connect,
     net::{self, checksum_add, checksum_finish, pseudo_header_sum},
-    rate::RateLimiter,
+    rate::{RateLimiter, Window},
 };
 
 pub struct SynResult {
@@ -153,6 +159,31 @@ fn open_family(v6: bool) -> io::Result<Family> {
 }
 
 type Shared = Arc<Mutex<(HashMap<SocketAddr, PortState>, HashMap<IpAddr, (u8, u16)>)>>;
+/// The probes of this scan (what a reply must answer), the first answers with when
+/// they came, for the sender's window (drained each turn), and a wake-up for the
+/// sender when one comes.
+#[derive(Default)]
+struct AnswerLog {
+    pending: HashSet<SocketAddr>,
+    log: Mutex<Vec<(SocketAddr, Instant)>>,
+    notify: Notify,
+}
+type Answers = Arc<AnswerLog>;
+
+/// Tries per port (nmap's `--max-retries 2`): a port unanswered after the last reads
+/// filtered.
+const MAX_TRIES: u8 = 3;
+/// The congestion window's start, floor and ceiling (probes unanswered at once).
+const INITIAL_WINDOW: usize = 64;
+const MIN_WINDOW: usize = 8;
+const MAX_WINDOW: usize = 16_384;
+
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    Now,
+    /// The device queue was full first (`ENOBUFS`): a congestion signal.
+    AfterFullQueue,
+}
 
 /// Scans `jobs` with SYNs; `Err` when no raw socket could be opened.
 pub async fn scan(
@@ -173,27 +204,90 @@ pub async fn scan(
         }
     }
     let shared: Shared = Arc::default();
-    let pending: Arc<HashSet<SocketAddr>> = Arc::new(jobs.iter().copied().collect());
+    let answers: Answers = Arc::new(AnswerLog {
+        pending: jobs.iter().copied().collect(),
+        ..AnswerLog::default()
+    });
     let mut receivers = Vec::new();
     for f in &families {
-        let (sock, shared, pending, progress, port, v6) = (
+        let (sock, shared, answers, progress, port, v6) = (
             f.sock.clone(),
             shared.clone(),
-            pending.clone(),
+            answers.clone(),
             progress.clone(),
             f.port,
             f.v6,
         );
         receivers.push(tokio::spawn(async move {
-            receive(sock, v6, port, key, pending, shared, progress).await
+            receive(sock, v6, port, key, shared, answers, progress).await
         }));
     }
+    // Where each probe goes from; unroutable ones read filtered, and on loopback the
+    // reserved port itself is checked with a connect (see the module's comment).
     let mut sources: HashMap<IpAddr, Option<IpAddr>> = HashMap::new();
     let mut own_port_jobs = Vec::new();
-    for attempt in 0..2 {
-        let mut last_send = Instant::now();
-        let mut unroutable = 0usize;
-        for &dst in jobs {
+    let mut queue: VecDeque<(SocketAddr, IpAddr, u8)> = VecDeque::with_capacity(jobs.len());
+    for &dst in jobs {
+        let f = families
+            .iter()
+            .find(|f| f.v6 == dst.is_ipv6())
+            .expect("a socket per family");
+        let src_ip = *sources
+            .entry(dst.ip())
+            .or_insert_with(|| net::source_for(dst.ip()).ok());
+        let Some(src_ip) = src_ip else { continue };
+        if dst.port() == f.port && net::is_local(dst.ip()) {
+            own_port_jobs.push(dst);
+            continue;
+        }
+        queue.push_back((dst, src_ip, 0));
+    }
+    // Probes unanswered now: when each was sent, and which try it was.
+    let mut sent: HashMap<SocketAddr, (Instant, u8)> = HashMap::new();
+    // The same in send order, for the retransmission timeouts.
+    let mut flight: VecDeque<(SocketAddr, IpAddr, Instant, u8)> = VecDeque::new();
+    let mut window = Window::new(INITIAL_WINDOW, MIN_WINDOW, MAX_WINDOW);
+    let mut fresh: Vec<(SocketAddr, Instant)> = Vec::new();
+    loop {
+        // Answers since the last turn: each frees its place and grows the window; an
+        // answer to a retransmission proves a loss.
+        std::mem::swap(&mut fresh, &mut *answers.log.lock().unwrap());
+        for (from, at) in fresh.drain(..) {
+            if let Some((when, tries)) = sent.remove(&from) {
+                if tries == 0 {
+                    window.on_answer(Some(at.saturating_duration_since(when)));
+                } else {
+                    window.on_answer(None);
+                    window.on_loss(at.into_std());
+                }
+            }
+        }
+        // Probes unanswered for a retransmission timeout are sent again (at most
+        // MAX_TRIES in all); after the last try the port reads filtered.
+        let now = Instant::now();
+        let rto = window.retransmit_timeout(timeout);
+        while let Some(&(dst, src, when, tries)) = flight.front() {
+            if sent.get(&dst).is_none_or(|s| s.0 != when) {
+                flight.pop_front();
+                continue;
+            }
+            if now.saturating_duration_since(when) < rto {
+                break;
+            }
+            flight.pop_front();
+            sent.remove(&dst);
+            if tries + 1 < MAX_TRIES {
+                queue.push_front((dst, src, tries + 1));
+            }
+        }
+        if queue.is_empty() && sent.is_empty() {
+            break;
+        }
+        // Send while the window has room.
+        while sent.len() < window.size() {
+            let Some((dst, src_ip, tries)) = queue.pop_front() else {
+                break;
+            };
             if shared.lock().unwrap().0.contains_key(&dst) {
                 continue;
             }
@@ -201,53 +295,44 @@ pub async fn scan(
                 .iter()
                 .find(|f| f.v6 == dst.is_ipv6())
                 .expect("a socket per family");
-            let src_ip = match sources.get(&dst.ip()) {
-                Some(Some(s)) => *s,
-                // No route: the port reads filtered, as with a connect scan.
-                Some(None) => {
-                    unroutable += 1;
-                    continue;
-                }
-                None => {
-                    let s = net::source_for(dst.ip()).ok();
-                    sources.insert(dst.ip(), s);
-                    match s {
-                        Some(s) => s,
-                        None => {
-                            unroutable += 1;
-                            continue;
-                        }
-                    }
-                }
-            };
-            if dst.port() == f.port && net::is_local(dst.ip()) {
-                if attempt == 0 {
-                    own_port_jobs.push(dst);
-                }
-                continue;
-            }
             rate.acquire().await;
             let pkt = syn_packet(SocketAddr::new(src_ip, f.port), dst, cookie(key, dst));
-            send(&f.sock, &pkt, dst.ip()).await?;
-            last_send = Instant::now();
-        }
-        // Wait for answers until `timeout` after the last SYN, or until all came.
-        let deadline = last_send + timeout;
-        while Instant::now() < deadline {
-            if shared.lock().unwrap().0.len() + own_port_jobs.len() + unroutable >= jobs.len() {
-                break;
+            if send(&f.sock, &pkt, dst.ip()).await? == Sent::AfterFullQueue {
+                window.on_loss(std::time::Instant::now());
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            let when = Instant::now();
+            sent.insert(dst, (when, tries));
+            flight.push_back((dst, src_ip, when, tries));
         }
+        // Wait for an answer, or for the oldest probe's timeout.
+        let next_timeout = flight.front().map_or(rto, |f| {
+            (f.2 + rto).saturating_duration_since(Instant::now())
+        });
+        let _ = tokio::time::timeout(
+            next_timeout.clamp(Duration::from_micros(200), Duration::from_millis(20)),
+            answers.notify.notified(),
+        )
+        .await;
     }
     for r in receivers {
         r.abort();
     }
     let (mut states, replies) = std::mem::take(&mut *shared.lock().unwrap());
-    let trouble = connect::LocalTrouble::default();
-    for dst in own_port_jobs {
-        states.insert(dst, connect::probe(dst, timeout, &trouble).await);
-        progress.done.fetch_add(1, Ordering::Relaxed);
+    if !own_port_jobs.is_empty() {
+        // Counted in `progress` by the connect scan itself.
+        let trouble = Arc::new(connect::LocalTrouble::default());
+        let n = own_port_jobs.len();
+        states.extend(
+            connect::scan(
+                own_port_jobs,
+                timeout,
+                n,
+                rate.clone(),
+                progress.clone(),
+                trouble,
+            )
+            .await?,
+        );
     }
     for &dst in jobs {
         if let std::collections::hash_map::Entry::Vacant(e) = states.entry(dst) {
@@ -258,14 +343,16 @@ pub async fn scan(
     Ok(SynResult { states, replies })
 }
 
-async fn send(sock: &AsyncFd<Socket>, pkt: &[u8], dst: IpAddr) -> io::Result<()> {
+async fn send(sock: &AsyncFd<Socket>, pkt: &[u8], dst: IpAddr) -> io::Result<Sent> {
     let addr = SockAddr::from(SocketAddr::new(dst, 0));
+    let mut sent = Sent::Now;
     for _ in 0..1000 {
         let mut guard = sock.writable().await?;
         match guard.try_io(|s| s.get_ref().send_to(pkt, &addr)) {
-            Ok(Ok(_)) => return Ok(()),
+            Ok(Ok(_)) => return Ok(sent),
             // The device queue is full: let it drain.
             Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                sent = Sent::AfterFullQueue;
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             // Unreachable networks and firewall refusals: the port will read filtered.
@@ -275,13 +362,13 @@ async fn send(sock: &AsyncFd<Socket>, pkt: &[u8], dst: IpAddr) -> io::Result<()>
                     Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EPERM | libc::EACCES)
                 ) =>
             {
-                return Ok(());
+                return Ok(sent);
             }
             Ok(Err(e)) => return Err(e),
             Err(_would_block) => continue,
         }
     }
-    Ok(())
+    Ok(sent)
 }
 
 async fn receive(
@@ -289,8 +376,8 @@ async fn receive(
     v6: bool,
     port: u16,
     key: u64,
-    pending: Arc<HashSet<SocketAddr>>,
     shared: Shared,
+    answers: Answers,
     progress: Arc<Progress>,
 ) {
     loop {
@@ -314,7 +401,7 @@ async fn receive(
                         continue;
                     }
                     let from = SocketAddr::new(r.from, tcp.sport);
-                    if !pending.contains(&from) {
+                    if !answers.pending.contains(&from) {
                         continue;
                     }
                     let Some(state) = judge(&tcp, port, cookie(key, from)) else {
@@ -322,6 +409,8 @@ async fn receive(
                     };
                     let mut s = shared.lock().unwrap();
                     if s.0.insert(from, state).is_none() {
+                        answers.log.lock().unwrap().push((from, Instant::now()));
+                        answers.notify.notify_one();
                         progress.done.fetch_add(1, Ordering::Relaxed);
                         if state == PortState::Open {
                             progress.open.fetch_add(1, Ordering::Relaxed);

@@ -279,9 +279,10 @@ pub fn is_private(ip: &IpAddr) -> bool {
     crate::addr::is_private(*ip)
 }
 
-/// Addresses nothing may be scanned at: unspecified, multicast, broadcast.
+/// Addresses nothing may be scanned at: unspecified, multicast, broadcast (an
+/// IPv4-mapped IPv6 address is judged as the IPv4 address it is).
 pub fn unscannable_reason(ip: &IpAddr) -> Option<&'static str> {
-    match ip {
+    match &ip.to_canonical() {
         IpAddr::V4(v4) if v4.is_unspecified() => Some("it is the unspecified address"),
         IpAddr::V4(v4) if v4.is_broadcast() => Some("it is the broadcast address"),
         IpAddr::V4(v4) if v4.is_multicast() => Some("it is a multicast address"),
@@ -291,13 +292,21 @@ pub fn unscannable_reason(ip: &IpAddr) -> Option<&'static str> {
     }
 }
 
-/// Checks one address against the public-target rule.
+/// Checks one address against the public-target rule. A cloud metadata address
+/// (`config::METADATA_ADDRS`) may only be scanned when the target names it alone.
 pub fn check_allowed(token: &str, ip: IpAddr, allow_public: bool) -> Result<(), TargetError> {
     if let Some(reason) = unscannable_reason(&ip) {
         return Err(TargetError::Unscannable {
             token: token.into(),
             addr: ip,
             reason,
+        });
+    }
+    if super::config::is_metadata(&ip) && token.parse::<IpAddr>() != Ok(ip) {
+        return Err(TargetError::Unscannable {
+            token: token.into(),
+            addr: ip,
+            reason: "it is a cloud metadata address (name it alone to scan it)",
         });
     }
     if !allow_public && !is_private(&ip) {
@@ -405,5 +414,23 @@ mod tests {
         assert!(check_allowed("2001:db8::1", "2001:db8::1".parse().unwrap(), false).is_err());
         assert!(check_allowed("x", "224.0.0.1".parse().unwrap(), true).is_err());
         assert!(check_allowed("x", "0.0.0.0".parse().unwrap(), true).is_err());
+        // IPv4-mapped IPv6 gets the same always-refused checks.
+        for mapped in [
+            "::ffff:224.0.0.1",
+            "::ffff:0.0.0.0",
+            "::ffff:255.255.255.255",
+        ] {
+            let ip: IpAddr = mapped.parse().unwrap();
+            assert!(check_allowed(mapped, ip, true).is_err(), "{mapped}");
+        }
+        // A metadata address: only when named alone.
+        let md: IpAddr = "169.254.169.254".parse().unwrap();
+        assert!(check_allowed("169.254.169.254", md, false).is_ok());
+        let err = check_allowed("169.254.0.0/16", md, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metadata"), "{err}");
+        let md6: IpAddr = "fd00:ec2::254".parse().unwrap();
+        assert!(check_allowed("fd00:ec2::/120", md6, false).is_err());
     }
 }

@@ -108,12 +108,12 @@ pub fn render(body: &EventBody, out: &mut String) {
 mod tests {
     use chrono::DateTime;
 
-    use super::super::{
-        PortState,
-        report::{PortChange, ScanPort, ServiceChange},
-    };
+    use super::super::PortState;
     use crate::{
-        event::{Event, EventBody, Proto},
+        event::{
+            Event, EventBody, Proto,
+            scan::{PortChange, ScanPort, ServiceChange},
+        },
         output::render_text,
     };
 

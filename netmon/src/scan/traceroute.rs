@@ -10,8 +10,8 @@ use tokio::time::Instant;
 use super::{
     net::{self, Icmp, IcmpErrorKind, IcmpMode, IcmpSocket},
     rate::RateLimiter,
-    report::TraceHop,
 };
+use crate::event::scan::TraceHop;
 
 /// The routers between here and `dst`, nearest first; the last hop is `dst` itself
 /// when it answered.

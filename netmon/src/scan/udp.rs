@@ -2,8 +2,14 @@
 //! elsewhere), sent on a connected socket so the kernel reports an ICMP port
 //! unreachable as `ECONNREFUSED`. A reply → open; port unreachable → closed; silence →
 //! open|filtered (UDP cannot tell those apart without an answer).
+//!
+//! The DNS query and its answer are built and parsed by hickory-proto (never by hand).
 use std::{net::SocketAddr, time::Duration};
 
+use hickory_proto::{
+    op::{Message, MessageType, OpCode, Query},
+    rr::{DNSClass, Name, RData, RecordType},
+};
 use tokio::net::UdpSocket;
 
 use super::{PortState, service::ServiceInfo};
@@ -13,19 +19,7 @@ const DNS_ID: u16 = 0x6e6d;
 /// The request sent to a UDP port.
 pub fn payload(port: u16) -> Vec<u8> {
     match port {
-        53 | 5353 => {
-            // A CHAOS TXT query for version.bind: BIND, dnsmasq, unbound and others
-            // answer with their version (or refuse, which still proves DNS).
-            let mut q = Vec::new();
-            q.extend(DNS_ID.to_be_bytes());
-            q.extend([0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-            for label in ["version", "bind"] {
-                q.push(label.len() as u8);
-                q.extend(label.as_bytes());
-            }
-            q.extend([0, 0, 16, 0, 3]); // root, TXT, CH
-            q
-        }
+        53 | 5353 => version_bind_query(),
         123 => {
             let mut p = vec![0u8; 48];
             p[0] = 0x23; // LI 0, version 4, mode 3 (client)
@@ -47,9 +41,12 @@ pub fn identify(port: u16, data: &[u8]) -> ServiceInfo {
         banner: super::service::excerpt(data),
         ..ServiceInfo::default()
     };
-    if data.len() >= 12 && u16::from_be_bytes([data[0], data[1]]) == DNS_ID && data[2] & 0x80 != 0 {
+    if let Some(version) = (port == 53 || port == 5353)
+        .then(|| dns_reply(data))
+        .flatten()
+    {
         s.name = Some("domain".into());
-        s.version = dns_txt_answer(data);
+        s.version = version;
         s.banner = None;
     } else if port == 123 && data.len() >= 48 && data[0] & 0x07 == 4 {
         s.name = Some("ntp".into());
@@ -64,39 +61,41 @@ pub fn identify(port: u16, data: &[u8]) -> ServiceInfo {
     s
 }
 
-/// The text of the first TXT answer of a DNS reply.
-fn dns_txt_answer(d: &[u8]) -> Option<String> {
-    let ancount = u16::from_be_bytes([d[6], d[7]]);
-    if ancount == 0 {
-        return None;
-    }
-    let mut i = 12;
-    // Skip the question name and its type/class.
-    i = skip_name(d, i)? + 4;
-    // The answer's name, then type, class, ttl, rdlength.
-    i = skip_name(d, i)?;
-    let ty = u16::from_be_bytes([*d.get(i)?, *d.get(i + 1)?]);
-    let rdlen = usize::from(u16::from_be_bytes([*d.get(i + 8)?, *d.get(i + 9)?]));
-    i += 10;
-    if ty != 16 || rdlen == 0 {
-        return None;
-    }
-    let len = usize::from(*d.get(i)?);
-    let text = d.get(i + 1..i + 1 + len)?;
-    Some(String::from_utf8_lossy(text).into_owned())
+/// A CHAOS TXT query for `version.bind`: BIND, dnsmasq, unbound and others answer
+/// with their version (or refuse, which still proves DNS).
+fn version_bind_query() -> Vec<u8> {
+    let mut m = Message::new(DNS_ID, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    let mut q = Query::query(
+        Name::from_labels(["version", "bind"]).unwrap_or_default(),
+        RecordType::TXT,
+    );
+    q.set_query_class(DNSClass::CH);
+    m.add_query(q);
+    // Encoding a fixed, valid message cannot fail; an empty datagram would still probe.
+    m.to_vec().unwrap_or_default()
 }
 
-fn skip_name(d: &[u8], mut i: usize) -> Option<usize> {
-    loop {
-        let l = *d.get(i)?;
-        if l == 0 {
-            return Some(i + 1);
-        }
-        if l & 0xc0 == 0xc0 {
-            return Some(i + 2);
-        }
-        i += 1 + usize::from(l);
+/// Longest version text kept from a DNS answer (it is the remote host's to choose).
+const MAX_VERSION_CHARS: usize = 120;
+
+/// A DNS reply to our query, parsed by hickory-proto: `Some(version)` when it is
+/// one (the version is the first TXT answer's text, when there is one).
+fn dns_reply(d: &[u8]) -> Option<Option<String>> {
+    let m = Message::from_vec(d).ok()?;
+    if m.metadata.id != DNS_ID || m.metadata.message_type != MessageType::Response {
+        return None;
     }
+    let version = m.answers.iter().find_map(|r| match &r.data {
+        RData::TXT(t) => t.txt_data.first().map(|s| {
+            String::from_utf8_lossy(s)
+                .chars()
+                .take(MAX_VERSION_CHARS)
+                .collect()
+        }),
+        _ => None,
+    });
+    Some(version)
 }
 
 /// Probes one UDP port (the caller paces it). Two tries, as datagrams get lost.
@@ -148,6 +147,42 @@ mod tests {
         let s = identify(53, &r);
         assert_eq!(s.name.as_deref(), Some("domain"));
         assert_eq!(s.version.as_deref(), Some("dnsmasq-2.90"));
+    }
+
+    #[test]
+    fn version_bind_query_is_chaos_txt() {
+        let m = Message::from_vec(&payload(53)).unwrap();
+        assert_eq!(m.metadata.id, DNS_ID);
+        let q = &m.queries[0];
+        assert_eq!(q.name().to_ascii(), "version.bind.");
+        assert_eq!(q.query_type(), RecordType::TXT);
+        assert_eq!(q.query_class(), DNSClass::CH);
+    }
+
+    #[test]
+    fn dns_reply_is_checked_and_bounded() {
+        use hickory_proto::rr::{Record, rdata::TXT};
+        let reply = |id: u16, text: &str| {
+            let mut m = Message::new(id, MessageType::Response, OpCode::Query);
+            let name = Name::from_ascii("version.bind.").unwrap();
+            let mut q = Query::query(name.clone(), RecordType::TXT);
+            q.set_query_class(DNSClass::CH);
+            m.add_query(q);
+            let mut r = Record::from_rdata(name, 0, RData::TXT(TXT::new(vec![text.into()])));
+            r.dns_class = DNSClass::CH;
+            m.add_answer(r);
+            m.to_vec().unwrap()
+        };
+        let long = "x".repeat(250);
+        let s = identify(53, &reply(DNS_ID, &long));
+        assert_eq!(s.name.as_deref(), Some("domain"));
+        assert_eq!(s.version.map(|v| v.len()), Some(MAX_VERSION_CHARS));
+        // Another id is not an answer to our query: only a port-number guess.
+        let s = identify(53, &reply(1, "bind-9"));
+        assert!(s.guessed && s.version.is_none());
+        // Garbage with our id is not DNS either.
+        let s = identify(53, &[0x6e, 0x6d, 0x80, 0, 0, 0, 0, 5, 0xff]);
+        assert!(s.version.is_none());
     }
 
     #[test]

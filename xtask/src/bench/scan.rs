@@ -11,9 +11,16 @@
 //!    --discovery-only` (nmap `-sn` alongside for reference). Target: under 5 s, exactly
 //!    the 10 hosts (the scanner's own address is kept outside the /24 so it cannot count).
 //!
+//! 3. Default settings (issue 21): `netmon scan HOST -p- --no-service -n` against
+//!    `nmap -p- -n HOST`, both with nothing else: as root (both SYN scans), as a user
+//!    without CAP_NET_RAW (`setpriv` to nobody: both connect scans), and as root against
+//!    a host whose link loses 2% of the packets each way (an nftables `numgen random`
+//!    rule in its namespace; plus 20 ms each way of netem delay where the kernel has
+//!    netem). Targets: the listeners found exactly, every round, at least 2x faster.
+//!
 //! Every packet stays inside namespaces this task creates (10.201.0.0/24, 10.202.0.0/24,
 //! 10.203.0.1 for the scanner) and deletes on exit, panics included. Needs root, `ip`,
-//! `nmap` and `socat`.
+//! `nmap`, `socat`, `nft` and `setpriv`.
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
@@ -104,6 +111,44 @@ fn build_lab(lab: &mut Lab, tag: &str, port_hosts: usize, disc_hosts: usize) -> 
         }
     }
     Ok(s)
+}
+
+/// The default-settings comparisons: label, target, run as nobody (no CAP_NET_RAW).
+const DEFAULTS: [(&str, &str, bool); 3] = [
+    ("as root (SYN), namespace host", "10.201.0.2", false),
+    (
+        "as a user without CAP_NET_RAW (connect), namespace host",
+        "10.201.0.2",
+        true,
+    ),
+    (
+        "as root, 2% loss each way, 20 ms delay each way",
+        "10.201.0.3",
+        false,
+    ),
+];
+
+/// 2% loss each way on namespace `ns`'s link (nftables), and 40 ms of netem delay on
+/// its egress (20 ms each way) where the kernel has netem; returns whether it has.
+fn lossy_link(ns: &str) -> Result<bool> {
+    let delayed = exec::capture(Command::new("ip").args([
+        "-n", ns, "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "40ms",
+    ]))
+    .is_ok_and(|o| o.status.success());
+    let rules = "table inet lossy {
+        chain in { type filter hook input priority 0; numgen random mod 50 0 drop; }
+        chain out { type filter hook output priority 0; numgen random mod 50 0 drop; }
+    }";
+    let file = std::env::temp_dir().join(format!("{ns}-lossy.nft"));
+    std::fs::write(&file, rules).context("cannot write the nftables rules")?;
+    let r = exec::run(
+        Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "-f"])
+            .arg(&file),
+    );
+    let _ = std::fs::remove_file(&file);
+    r?;
+    Ok(delayed)
 }
 
 /// CPU seconds (user + system) used by finished children so far.
@@ -208,7 +253,7 @@ pub fn run(env: &Env, rounds: u32) -> Result<(Section, bool)> {
         unsafe { geteuid() } == 0,
         "bench scan needs root (it creates network namespaces)"
     );
-    for tool in ["ip", "nmap", "socat"] {
+    for tool in ["ip", "nmap", "socat", "nft", "setpriv"] {
         ensure!(
             exec::on_path(tool),
             "bench scan needs `{tool}` (cargo xtask setup installs it)"
@@ -220,11 +265,18 @@ pub fn run(env: &Env, rounds: u32) -> Result<(Section, bool)> {
         children: Vec::new(),
     };
     let tag = format!("nmb{}", std::process::id());
-    let scanner = build_lab(&mut lab, &tag, 1, LIVE_HOSTS)?;
+    let scanner = build_lab(&mut lab, &tag, 2, LIVE_HOSTS)?;
     let target_ns = format!("{tag}-h0");
-    // The listeners on the target host, and the same on the scanner namespace's own
+    // 10.201.0.3: the same listeners behind a lossy (and, with netem, slow) link.
+    let lossy_ns = format!("{tag}-h1");
+    let delayed = lossy_link(&lossy_ns)?;
+    // The listeners on the target hosts, and the same on the scanner namespace's own
     // loopback.
-    for (ns, bind) in [(&target_ns, ""), (&scanner, ",bind=127.0.0.1")] {
+    for (ns, bind) in [
+        (&target_ns, ""),
+        (&lossy_ns, ""),
+        (&scanner, ",bind=127.0.0.1"),
+    ] {
         for &port in OPEN_PORTS {
             lab.children.push(
                 Command::new("ip")
@@ -255,6 +307,8 @@ pub fn run(env: &Env, rounds: u32) -> Result<(Section, bool)> {
     let mut ours_cpu: Vec<Vec<f64>> = vec![Vec::new(); scans.len()];
     let mut theirs_cpu: Vec<Vec<f64>> = vec![Vec::new(); scans.len()];
     let (mut d_ours, mut d_theirs) = (Vec::new(), Vec::new());
+    let mut def_ours: Vec<Vec<f64>> = vec![Vec::new(); DEFAULTS.len()];
+    let mut def_theirs: Vec<Vec<f64>> = vec![Vec::new(); DEFAULTS.len()];
     for round in 1..=rounds {
         let mut line = format!("round {round}:");
         for (k, (label, target)) in scans.iter().enumerate() {
@@ -295,6 +349,52 @@ pub fn run(env: &Env, rounds: u32) -> Result<(Section, bool)> {
             theirs[k].push(t2);
             theirs_cpu[k].push(c2);
             line.push_str(&format!(" {target} netmon {t:.2} s nmap {t2:.2} s;"));
+        }
+
+        for (k, (_, target, user)) in DEFAULTS.iter().enumerate() {
+            let as_user = |program: &Path, args: &[&str]| {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &scanner]);
+                if *user {
+                    c.args([
+                        "setpriv",
+                        "--reuid=65534",
+                        "--regid=65534",
+                        "--clear-groups",
+                    ]);
+                    c.args(["--inh-caps=-all", "--bounding-set=-all"]);
+                }
+                c.arg(program).args(args);
+                c
+            };
+            let (t, _, out) = timed(&mut as_user(
+                netmon,
+                &[
+                    "scan",
+                    target,
+                    "-p-",
+                    "--no-service",
+                    "-n",
+                    "--format",
+                    "json",
+                ],
+            ))?;
+            let found = netmon_open(&out)?;
+            ensure!(
+                found == expected_ports,
+                "round {round}, defaults {target}: netmon found {found:?}, expected {expected_ports:?}"
+            );
+            let (t2, _, out) = timed(&mut as_user(&nmap, &["-p-", "-n", "-oG", "-", target]))?;
+            let found = nmap_open(&out);
+            if found != expected_ports {
+                eprintln!("round {round}, defaults {target}: nmap found {found:?}");
+            }
+            def_ours[k].push(t);
+            def_theirs[k].push(t2);
+            line.push_str(&format!(
+                " defaults{} {target} netmon {t:.2} s nmap {t2:.2} s;",
+                if *user { " (user)" } else { "" }
+            ));
         }
 
         let (t, _, out) = timed(&mut in_ns(
@@ -363,6 +463,23 @@ pub fn run(env: &Env, rounds: u32) -> Result<(Section, bool)> {
             c_theirs / c_ours
         );
     }
+    let mut defaults_ok = true;
+    for (k, (label, _, _)) in DEFAULTS.iter().enumerate() {
+        let (m_ours, m_theirs) = (median(&def_ours[k]), median(&def_theirs[k]));
+        let ok = m_theirs / m_ours >= 2.0;
+        defaults_ok &= ok;
+        let label = if k == 2 && !delayed {
+            label.replace(", 20 ms delay each way", " (no netem here: no delay)")
+        } else {
+            label.to_string()
+        };
+        let _ = writeln!(
+            md,
+            "| defaults, 65535 ports, {label} | {m_ours:.2} s | {m_theirs:.2} s (`-p- -n`) | {:.1}x | >= 2x, same open ports | {} |",
+            m_theirs / m_ours,
+            verdict(ok)
+        );
+    }
     let (d_m_ours, d_m_theirs) = (median(&d_ours), median(&d_theirs));
     let disc_ok = d_m_ours < 5.0;
     let _ = writeln!(
@@ -377,6 +494,8 @@ pub fn run(env: &Env, rounds: u32) -> Result<(Section, bool)> {
          namespace host or loopback).\n\n**Commands**\n\n```sh\n{}\n# which runs, per round:\n\
          netmon scan TARGET -p- --method connect --rate 0 -n --no-service --format json\n\
          nmap -sT -p- -T4 -n -oG - TARGET\n\
+         netmon scan TARGET -p- --no-service -n --format json   # defaults (also as nobody)\n\
+         nmap -p- -n -oG - TARGET\n\
          netmon scan 10.202.0.0/24 --discovery-only -n --format json\n\
          nmap -sn -T4 -n -oG - 10.202.0.0/24\n```\n",
         env.command_line
@@ -390,7 +509,7 @@ pub fn run(env: &Env, rounds: u32) -> Result<(Section, bool)> {
             id: "scan",
             markdown: md,
         },
-        scan_ok && disc_ok,
+        scan_ok && disc_ok && defaults_ok,
     ))
 }
 

@@ -2,12 +2,16 @@
 //! `host` and `port` from `netmon scan`, and the inventory's change events `host_up`,
 //! `host_down`, `port_opened`, `port_closed`, `service_changed`. Like every event they
 //! travel in `event::Event`, so each line has `ts`, `type` and `host` (the local
-//! hostname); the scanned host's address is `addr`.
+//! hostname); the scanned host's address is `addr`. Also `stats.scan` of `netmon run`
+//! ([`MonitorCounters`]).
+//!
+//! Plain data: this module depends on nothing but `event` itself, and the scanner
+//! (`scan/`) builds these values; the arrows point from the scanner down to here.
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::Proto;
+use super::Proto;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -132,4 +136,26 @@ pub struct ServiceChange {
     pub old_version: Option<String>,
     pub service: Option<String>,
     pub version: Option<String>,
+}
+
+/// The scanner monitor's counters: `stats.scan` of `netmon run` (filled in by
+/// `scan/monitor.rs`).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorCounters {
+    /// Hosts in the inventory (up or down).
+    pub hosts: u64,
+    /// Of those, hosts up at the last check.
+    pub hosts_up: u64,
+    /// Flow peers ignored because they are outside `scan.allow`.
+    pub peers_outside_allow: u64,
+    /// Peers ignored because the inventory is full (`scan.max_hosts`).
+    pub peers_over_limit: u64,
+    pub sweeps: u64,
+    pub pings: u64,
+    pub port_scans: u64,
+    pub state_write_errors: u64,
+    /// Sweeps whose neighbour (ARP/NDP) table could not be read, so their hosts have
+    /// no MAC address.
+    #[serde(default)]
+    pub neighbour_errors: u64,
 }

@@ -2,9 +2,13 @@
 //! process-context cache, and produces what they add to the stream (the `close` of
 //! every ended flow with its process filled in, UDP idle closes, `flow` summaries).
 //!
-//! Owned by the single event loop (`Pump`), like everything there: no locks. It reads
-//! `/proc`, sock_diag and the kernel's `UDP_PEERS` map; the decisions themselves are
-//! the pure [`FlowTable`]'s.
+//! Owned by the enrichment stage (`pipeline/enrich.rs`) on the pipeline's one thread:
+//! no locks. It reads `/proc`, sock_diag and the kernel's `UDP_PEERS` map; the
+//! decisions themselves are the pure [`FlowTable`]'s.
+//!
+//! Over 600 lines: about 500 of code around one piece of state (the flows and what
+//! attributes them: listeners, interned processes) and 300 of tests; split further it
+//! would spread that state over files.
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
@@ -23,7 +27,7 @@ use crate::{
     },
     flow::{Counters, Flow, FlowConfig, FlowKey, FlowState, FlowTable, Open},
     probe::UdpPeers,
-    process::ProcessCache,
+    process::Processes,
     sockets::{self, DumpOptions, SocketInfo, TCP_LISTEN},
 };
 
@@ -45,7 +49,8 @@ pub enum Summaries {
 /// Flow tracking state of `netmon run`.
 pub struct Tracker {
     flows: FlowTable,
-    procs: ProcessCache,
+    /// The run's one process-context cache (the rules share it).
+    procs: Processes,
     udp_peers: Option<UdpPeers>,
     /// This process's network namespace: the one plain sock_diag dumps read.
     own_netns: Option<u32>,
@@ -67,6 +72,7 @@ pub struct Tracker {
 impl Tracker {
     pub fn new(
         cfg: FlowConfig,
+        procs: Processes,
         udp_peers: Option<UdpPeers>,
         netns_known: bool,
         backends: (String, String),
@@ -74,7 +80,7 @@ impl Tracker {
     ) -> Tracker {
         Tracker {
             flows: FlowTable::new(cfg),
-            procs: ProcessCache::default(),
+            procs,
             udp_peers,
             own_netns: sockets::own_netns(),
             netns_known,
@@ -88,10 +94,10 @@ impl Tracker {
     }
 
     #[cfg(test)]
-    fn with_cache(cfg: FlowConfig, procs: ProcessCache) -> Tracker {
+    fn with_cache(cfg: FlowConfig, procs: crate::process::ProcessCache) -> Tracker {
         Tracker {
             flows: FlowTable::new(cfg),
-            procs,
+            procs: Processes::new(procs),
             udp_peers: None,
             own_netns: Some(7),
             netns_known: true,
@@ -109,11 +115,11 @@ impl Tracker {
     }
 
     pub fn process_stats(&self) -> ProcessStats {
-        self.procs.stats()
+        self.procs.get().stats()
     }
 
     pub fn process_exited(&mut self, pid: u32) {
-        self.procs.exited(pid);
+        self.procs.get().exited(pid);
         self.interned.remove(&pid);
     }
 
@@ -154,7 +160,7 @@ impl Tracker {
             };
             let owner = by_pid
                 .entry(pid)
-                .or_insert_with(|| self.procs.from_proc(pid, self.cgroup2.as_deref()))
+                .or_insert_with(|| self.procs.get().from_proc(pid, self.cgroup2.as_deref()))
                 .clone();
             if let Some(owner) = owner {
                 let owner = self.intern(&owner);
@@ -172,7 +178,7 @@ impl Tracker {
                 .and_then(|&pid| {
                     by_pid
                         .entry(pid)
-                        .or_insert_with(|| self.procs.from_proc(pid, self.cgroup2.as_deref()))
+                        .or_insert_with(|| self.procs.get().from_proc(pid, self.cgroup2.as_deref()))
                         .clone()
                 });
             let direction = match s.proto {
@@ -233,7 +239,7 @@ impl Tracker {
                     match flow.as_ref().and_then(|f| f.process.as_ref()) {
                         // The context read when the flow began (the process may be gone).
                         Some(fp) if fp.pid == p.pid => p.detail = fp.detail.clone(),
-                        _ => self.procs.enrich(p),
+                        _ => self.procs.get().enrich(p),
                     }
                 }
                 let Some(flow) = flow else {
@@ -270,7 +276,7 @@ impl Tracker {
                     conn.process = self.listeners.get(&port).map(|p| (**p).clone());
                 }
                 if let Some(p) = conn.process.as_mut() {
-                    self.procs.enrich(p);
+                    self.procs.get().enrich(p);
                 }
                 if conn.failed {
                     return;
@@ -287,7 +293,7 @@ impl Tracker {
             }
             _ => {
                 if let Some(p) = conn.process.as_mut() {
-                    self.procs.enrich(p);
+                    self.procs.get().enrich(p);
                 }
                 if kind == "listen"
                     && let Some(p) = conn.process.as_ref()
@@ -590,7 +596,10 @@ fn udp_peer_key(pid: u32, remote: SocketAddr) -> UdpPeerKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Connection, Endpoint, Family};
+    use crate::{
+        event::{Connection, Endpoint, Family},
+        process::ProcessCache,
+    };
 
     fn conn(direction: Option<Direction>, src: &str, dst: &str, pid: Option<u32>) -> Connection {
         let src: SocketAddr = src.parse().unwrap();

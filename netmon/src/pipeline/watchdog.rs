@@ -1,7 +1,8 @@
 //! Makes SIGINT/SIGTERM stop netmon even when the reader of its output stopped reading.
 //!
-//! The event loop writes to stdout synchronously; when the pipe is full because the
-//! reader stalled, it sits in `write` and never sees the signal. The orderly stop
+//! The sink writes to stdout synchronously; when the pipe is full because the reader
+//! stalled, it sits in `write`, its queue fills, and the event loop waits for room in
+//! it (the sink gets every event) and never sees the signal. The orderly stop
 //! (drain, final `stats`, detach) cannot happen then, so after a stop signal a thread of
 //! its own watches the output: while bytes keep going out, it waits; when none went
 //! out for [`GRACE`], it says so on stderr and ends the process. Ending the process

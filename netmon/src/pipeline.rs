@@ -1,0 +1,371 @@
+//! `netmon run`'s pipeline, one stage per file, in the order an event goes through them:
+//!
+//! `reader` (ring-buffer drain: records → typed records) → `enrich` (flows, process
+//! context, DNS names) → `detect` (rules: alerts) → `hub` (one `emit` that counts
+//! `stats.events` and fans out `Arc<Event>`) → consumers, each on its own bounded queue:
+//! `sink` (JSON/text output, every event), `scanner` (peers to scan), and whatever
+//! subscribes with [`hub::Hub::subscribe`] (the history writer).
+//!
+//! One task on one thread owns the stages and their state (no locks); the timers that
+//! flush `stats`, `flow` summaries and UDP idle closes also live here. What netmon makes
+//! itself (summaries, its own closes, scanner changes, `probe`, `stats`) goes through
+//! the same `emit` as kernel events.
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use chrono::Utc;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    clock::BootClock,
+    config::Config,
+    event::{Event, EventBody, Stats},
+    flow::FlowConfig,
+    output::Format,
+    privileges,
+    probe::{BackendChoice, LoadOptions, Tracer},
+    process::Processes,
+    scan::monitor::Monitor,
+    system,
+};
+
+pub mod detect;
+pub mod enrich;
+pub mod hub;
+pub mod reader;
+pub mod scanner;
+pub mod sink;
+pub mod watchdog;
+
+use enrich::{Enricher, Record, flows::Summaries};
+use hub::{ConsumerGone, Hub};
+
+/// What `netmon run` was asked to do, checked (see `cli/run.rs`).
+pub struct Options {
+    pub format: Format,
+    /// Append to this file instead of writing to stdout.
+    pub output: Option<PathBuf>,
+    pub backend: BackendChoice,
+    pub ring_buffer_bytes: u32,
+    pub stats_interval: Duration,
+    pub flows: FlowConfig,
+    /// Between `flow` summaries of long-lived flows.
+    pub flow_interval: Duration,
+    /// Between looks for idle UDP flows.
+    pub udp_interval: Duration,
+    pub config: Config,
+    /// Test only: a consumer of this queue size that never reads, to show that a stalled
+    /// consumer loses only its own events (`stats.consumers.stalled`).
+    pub stalled_consumer: Option<usize>,
+    /// `--keep-privileges`: skip the drop after start (see `privileges.rs`).
+    pub keep_privileges: bool,
+}
+
+/// Types `stats.events` always lists, 0 included.
+const ALWAYS_COUNTED: [&str; 6] = ["connect", "accept", "udp", "listen", "close", "dns"];
+/// Records read from the ring buffer per step, between which the loop emits.
+const READ_BATCH: usize = 1024;
+
+/// Attaches, runs the pipeline until SIGINT/SIGTERM or until the reader of the output
+/// goes away ([`crate::output::OutputClosed`]), and detaches.
+pub fn run(opts: Options) -> Result<()> {
+    // Read the configuration and open the output before touching the kernel: a bad
+    // file fails with nothing attached.
+    let config = &opts.config;
+    let monitor = Monitor::new(&config.scan)?;
+    let sink = sink::open(opts.format, opts.output.as_deref())?;
+    let mut tracer = Tracer::start(&LoadOptions {
+        backend: opts.backend,
+        ring_buffer_bytes: opts.ring_buffer_bytes,
+        dns_ports: if config.dns.enabled {
+            config.dns.all_ports()
+        } else {
+            Vec::new()
+        },
+    })?;
+    for w in &tracer.report.warnings {
+        eprintln!("netmon: warning: {w}");
+    }
+    let ring = tracer.take_ring_buffer()?;
+    let losses = tracer.take_loss_counters()?;
+    let skipped = tracer.skipped_runs();
+    release_free_memory();
+    let host = system::hostname();
+    let udp_peers = match tracer.take_udp_peers() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            eprintln!("netmon: warning: UDP byte counters and idle expiry are off: {e}");
+            None
+        }
+    };
+    let backend_of = |cap: &str| {
+        tracer
+            .report
+            .capabilities
+            .iter()
+            .find(|c| c.capability == cap)
+            .and_then(|c| c.backend.clone())
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let processes = Processes::default();
+    let mut flows = enrich::flows::Tracker::new(
+        opts.flows,
+        processes.clone(),
+        udp_peers,
+        tracer.netns_known,
+        (backend_of("tcp_close"), backend_of("udp_send")),
+        host.clone(),
+    );
+    // Sockets that were open before netmon: seeded after attaching, so a flow that
+    // begins in between is in both the dump and the ring buffer, and the kernel's
+    // report (processed next) wins. Before the probe line, so that whatever happens
+    // after that line (a listener closing, say) happens after the seed.
+    flows.seed(BootClock::monotonic_now_ns());
+    // The last step that needs more than reading /proc (the seed reads every
+    // process's fds): drop the rest. Before any thread starts: capabilities belong to
+    // a thread, and one started earlier (the sink's, the watchdog's) would keep them.
+    if !opts.keep_privileges {
+        let keep = privileges::kept_after_start(monitor.enabled());
+        if let Err(e) = privileges::drop_after_start(&keep) {
+            eprintln!("netmon: warning: still running with every privilege it started with: {e}");
+        }
+    }
+    let probe = Event {
+        ts: Utc::now(),
+        host: host.clone(),
+        body: EventBody::Probe(tracer.report.clone()),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // The reader registers the ring buffer with the runtime's reactor.
+    let _runtime_context = runtime.enter();
+    let mut hub = Hub::new();
+    let sink_thread = sink::spawn(sink, hub.subscribe_lossless("sink", sink::QUEUE))
+        .context("cannot start the output thread")?;
+    let _stalled = opts.stalled_consumer.map(|n| hub.subscribe("stalled", n));
+    let mut stages = Stages {
+        reader: Reader::new(ring, losses, skipped, host.clone())?,
+        enrich: Enricher::new(flows, host.clone()),
+        detect: detect::Detector::new(&config.rules, Box::new(processes)),
+        hub,
+        host,
+        started: Instant::now(),
+        scanner: None,
+        records: Vec::new(),
+        enriched: Vec::new(),
+        alerts: Vec::new(),
+    };
+    let monitor = monitor.enabled().then_some(monitor);
+    let outcome = runtime.block_on(stages.event_loop(probe, &opts, monitor));
+    // Closing the hub ends the sink once it has written what it holds; its own error
+    // (a broken pipe, a full disk) is the one to report.
+    stages.hub.close();
+    let written = sink::join(sink_thread);
+    // The reader holds duplicates of the program fds (for `skipped_runs`): closed
+    // first, so that dropping `tracer` (and every link it owns) unloads every program.
+    drop(stages);
+    drop(tracer);
+    // When the sink stopped (`ConsumerGone`), its error says why.
+    written.and(outcome)
+}
+
+use reader::Reader;
+
+/// Every stage and its state; driven by [`Stages::event_loop`].
+struct Stages {
+    reader: Reader,
+    enrich: Enricher,
+    detect: detect::Detector,
+    hub: Hub,
+    host: String,
+    started: Instant,
+    scanner: Option<scanner::Scanner>,
+    /// Scratch buffers, reused: records read, events enriched, alerts of one event.
+    records: Vec<Record>,
+    enriched: Vec<Event>,
+    alerts: Vec<Event>,
+}
+
+impl Stages {
+    async fn event_loop(
+        &mut self,
+        probe: Event,
+        opts: &Options,
+        monitor: Option<Monitor>,
+    ) -> Result<()> {
+        let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        // A stop must work even when the reader of the output stalls (see watchdog.rs).
+        watchdog::install().context("cannot start the stop watchdog")?;
+        if let Some(monitor) = monitor {
+            self.scanner = Some(scanner::Scanner::start(monitor, &mut self.hub));
+        }
+        // Announce only once signals are handled: whoever reacts to the probe line by
+        // stopping netmon must get the orderly shutdown and the final stats.
+        self.hub.emit(probe).await?;
+        self.summaries(Summaries::Existing).await?;
+        let start = tokio::time::Instant::now();
+        let every = |d| tokio::time::interval_at(start + d, d);
+        let mut stats_ticker = every(opts.stats_interval);
+        let mut flow_ticker = every(opts.flow_interval);
+        let mut udp_ticker = every(opts.udp_interval);
+        loop {
+            tokio::select! {
+                ready = self.reader.wait() => {
+                    ready?;
+                    self.drain().await?;
+                }
+                _ = stats_ticker.tick() => {
+                    self.reader.resample_clock();
+                    // The flow table's maps leave their old arrays behind when they
+                    // grow; hand those pages back (about 10 MB at 100,000 flows).
+                    release_free_memory();
+                    self.dns_timeouts().await?;
+                    self.stats(false).await?;
+                }
+                _ = udp_ticker.tick() => {
+                    self.enrich.flows.read_udp_counters();
+                    let now_ns = BootClock::monotonic_now_ns();
+                    loop {
+                        let closes = self.enrich.flows.expire_udp(now_ns, 4096);
+                        if closes.is_empty() {
+                            break;
+                        }
+                        self.hub.emit_all(closes).await?;
+                    }
+                }
+                _ = flow_ticker.tick() => {
+                    let seen = self.enrich.flows.refresh_tcp_counters(BootClock::monotonic_now_ns());
+                    // Closes reported before the dump are handled before the sweep.
+                    self.drain().await?;
+                    let missed = self.enrich.flows.sweep_missed(seen, BootClock::monotonic_now_ns());
+                    self.hub.emit_all(missed).await?;
+                    self.summaries(Summaries::LongLived).await?;
+                }
+                Some(change) = next_change(&mut self.scanner) => {
+                    self.hub.emit(change).await?;
+                }
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+            }
+        }
+        if let Some(scanner) = &mut self.scanner {
+            let left = scanner.stop();
+            self.hub.emit_all(left).await?;
+        }
+        // Whatever the kernel handed over before the signal is still written.
+        self.drain().await?;
+        self.stats(true).await?;
+        Ok(())
+    }
+
+    /// Every record in the ring buffer, through every stage.
+    async fn drain(&mut self) -> Result<(), ConsumerGone> {
+        loop {
+            let mut records = std::mem::take(&mut self.records);
+            let n = self.reader.read(READ_BATCH, &mut records);
+            let now_ns = BootClock::monotonic_now_ns();
+            for record in records.drain(..) {
+                self.enrich.record(record, now_ns, &mut self.enriched);
+            }
+            self.records = records;
+            self.detect_and_emit().await?;
+            if n < READ_BATCH {
+                break;
+            }
+        }
+        self.dns_timeouts().await
+    }
+
+    /// Queries that waited too long: their `dns` events, through the rules.
+    async fn dns_timeouts(&mut self) -> Result<(), ConsumerGone> {
+        self.enrich.tick(Utc::now(), &mut self.enriched);
+        self.detect_and_emit().await
+    }
+
+    /// The enriched events, each followed by its alerts, into the hub.
+    async fn detect_and_emit(&mut self) -> Result<(), ConsumerGone> {
+        let mut enriched = std::mem::take(&mut self.enriched);
+        let result = self.detect_all(&mut enriched).await;
+        enriched.clear();
+        self.enriched = enriched;
+        result
+    }
+
+    async fn detect_all(&mut self, enriched: &mut Vec<Event>) -> Result<(), ConsumerGone> {
+        for event in enriched.drain(..) {
+            self.detect.check(&event, &mut self.alerts);
+            self.hub.emit(event).await?;
+            for alert in self.alerts.drain(..) {
+                self.hub.emit(alert).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `flow` summaries, made one at a time so 100,000 of them never sit in memory
+    /// together.
+    async fn summaries(&mut self, which: Summaries) -> Result<(), ConsumerGone> {
+        let now_ns = BootClock::monotonic_now_ns();
+        let mut written = 0;
+        let flows = &self.enrich.flows;
+        let clock = *self.reader.clock();
+        for event in flows.summaries(which, now_ns, &clock) {
+            self.hub.emit(event).await?;
+            written += 1;
+        }
+        self.enrich.flows.count_summaries(written);
+        Ok(())
+    }
+
+    async fn stats(&mut self, last: bool) -> Result<(), ConsumerGone> {
+        let (lost, lost_by_type) = self.reader.lost();
+        let skipped = self.reader.skipped_runs();
+        let stats = Event {
+            ts: Utc::now(),
+            host: self.host.clone(),
+            body: EventBody::Stats(Stats {
+                uptime_s: self.started.elapsed().as_secs_f64(),
+                events: self.hub.event_counts(&ALWAYS_COUNTED),
+                lost,
+                lost_by_type,
+                malformed: self.reader.malformed(),
+                skipped_runs: skipped.as_ref().map(|m| m.values().sum()),
+                skipped_runs_by_program: skipped.unwrap_or_default(),
+                r#final: last,
+                flows: Some(self.enrich.flows.flow_stats()),
+                processes: Some(self.enrich.flows.process_stats()),
+                dns: self.enrich.dns_stats(),
+                rules: self.detect.stats(),
+                scan: self.scanner.as_ref().map(scanner::Scanner::counters),
+                consumers: self.hub.consumer_stats(),
+            }),
+        };
+        self.hub.emit(stats).await
+    }
+}
+
+/// The scanner's next change event; never ready when there is no scanner.
+async fn next_change(scanner: &mut Option<scanner::Scanner>) -> Option<Event> {
+    match scanner {
+        Some(s) => s.next_change().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Loading parsed the kernel's BTF and the eBPF object, and growing maps free their
+/// old arrays; glibc keeps freed memory in the heap. `malloc_trim` hands every free
+/// page back, so the resident set is what netmon uses (it took a 6.18 start from 39
+/// to 14 MiB). Cheap enough for every `stats` tick.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -1,0 +1,108 @@
+//! The enrichment stage: what the kernel's records become before the rules see them.
+//! A process exit empties its cache entry; a DNS packet completes `dns` events and
+//! teaches the name cache which addresses each process resolved; every other event
+//! goes through the flow table and the process-context cache (`enrich/flows.rs`) and
+//! gains the name its process resolved for its peer (`dst.name`).
+//!
+//! Owns the flow tracker, the DNS transaction tracker and the name cache; shares the
+//! run's one process-context cache with the rules (`process::Processes`). Pure but for
+//! the `/proc`, sock_diag and `UDP_PEERS` reads of `flows`.
+use chrono::{DateTime, Utc};
+
+use crate::{
+    dns::{self, NameCache},
+    event::{Dns, DnsStats, Event, EventBody},
+};
+
+pub mod flows;
+
+/// One ring-buffer record, decoded by the reader.
+// Nearly every record is an `Event`, and records only pass through a reused buffer:
+// boxing the big variant would cost an allocation per event for nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Record {
+    /// A process exited (`sched_process_exit`).
+    Exit(u32),
+    /// A DNS packet, which may complete a transaction.
+    Dns(dns::Packet),
+    /// Any other event (connect, accept, udp, listen, close).
+    Event(Event),
+}
+
+pub struct Enricher {
+    /// Flows and process context.
+    pub flows: flows::Tracker,
+    transactions: dns::Tracker,
+    names: NameCache,
+    dns_seen: bool,
+    host: String,
+    scratch: Vec<Dns>,
+}
+
+impl Enricher {
+    pub fn new(flows: flows::Tracker, host: String) -> Enricher {
+        Enricher {
+            flows,
+            transactions: dns::Tracker::new(),
+            names: NameCache::default(),
+            dns_seen: false,
+            host,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Enriches one record; appends the events it makes (none, one, or the `dns`
+    /// events a packet completes) to `out`, in stream order.
+    pub fn record(&mut self, record: Record, now_ns: u64, out: &mut Vec<Event>) {
+        match record {
+            Record::Exit(pid) => self.flows.process_exited(pid),
+            Record::Dns(packet) => {
+                self.dns_seen = true;
+                let mut done = std::mem::take(&mut self.scratch);
+                self.transactions.on_packet(&packet, &mut done);
+                self.dns_events(&mut done, packet.ts, out);
+                self.scratch = done;
+            }
+            Record::Event(mut event) => {
+                self.flows.on_event(&mut event, now_ns);
+                self.name(&mut event);
+                out.push(event);
+            }
+        }
+    }
+
+    /// Queries that waited too long for a response: their `dns` events.
+    pub fn tick(&mut self, now: DateTime<Utc>, out: &mut Vec<Event>) {
+        let mut done = std::mem::take(&mut self.scratch);
+        self.transactions.expire(now, &mut done);
+        self.dns_events(&mut done, now, out);
+        self.scratch = done;
+    }
+
+    fn dns_events(&mut self, done: &mut Vec<Dns>, ts: DateTime<Utc>, out: &mut Vec<Event>) {
+        for d in done.drain(..) {
+            self.names.learn(ts, &d);
+            out.push(Event {
+                ts,
+                host: self.host.clone(),
+                body: EventBody::Dns(d),
+            });
+        }
+    }
+
+    /// `dst.name` of a connect or UDP flow: what its process resolved to that address.
+    fn name(&self, event: &mut Event) {
+        if let EventBody::Connect(c) | EventBody::Udp(c) = &mut event.body
+            && c.dst.name.is_none()
+            && let Some(p) = &c.process
+            && let Some(name) = self.names.lookup(event.ts, p.pid, &c.dst.ip)
+        {
+            c.dst.name = Some(name.to_owned());
+        }
+    }
+
+    /// `stats.dns`, once a DNS packet was seen.
+    pub fn dns_stats(&self) -> Option<DnsStats> {
+        self.dns_seen.then(|| self.transactions.stats.clone())
+    }
+}
