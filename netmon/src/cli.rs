@@ -110,7 +110,7 @@ pub fn main() -> ExitCode {
         // A closed stdout (`| head`) ends any command quietly, wherever it was seen.
         Err(err) if crate::output::is_output_closed(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("netmon: {err:#}");
+            crate::eline!("netmon: {err:#}");
             ExitCode::from(EXIT_ERROR)
         }
     }

@@ -142,7 +142,7 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     })?;
     let (config, warnings) = parse_with_warnings(&text, path)?;
     for w in warnings {
-        eprintln!("netmon: warning: {w}");
+        crate::eline!("netmon: warning: {w}");
     }
     Ok(config)
 }

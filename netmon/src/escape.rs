@@ -47,6 +47,16 @@ pub fn bounded(s: &str, max_chars: usize) -> Cow<'_, str> {
     }
 }
 
+/// The most characters of one remote-supplied string (a banner's version, a host's
+/// name, a DNS answer) that a text renderer shows.
+pub const MAX_REMOTE_CHARS: usize = 256;
+
+/// A remote-supplied string for a text renderer: cut to [`MAX_REMOTE_CHARS`], then
+/// escaped with [`for_terminal`].
+pub fn remote(s: &str) -> String {
+    for_terminal(&bounded(s, MAX_REMOTE_CHARS)).into_owned()
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control() || is_bidi_control(c)
 }

@@ -30,4 +30,5 @@ pub mod report;
 pub mod rules;
 pub mod scan;
 pub mod sockets;
+pub mod stderr;
 pub mod system;

@@ -90,10 +90,26 @@ impl Sink {
 }
 
 /// One line for people: time, type, addresses, process.
+///
+/// Every string in it is escaped ([`crate::escape::for_terminal`]): a one-line event is
+/// rendered, then escaped as a whole, so a control character or newline in any field
+/// (a `comm` set with `prctl`, a DNS answer, a banner) shows as a visible escape and
+/// can never forge a line; an alert's block escapes each of its lines the same way.
 pub fn render_text(event: &Event, out: &mut String) {
     let ts = event.ts.to_rfc3339_opts(SecondsFormat::Millis, true);
     let kind = event.body.type_name();
     let _ = write!(out, "{ts} {kind:<7} ");
+    if let EventBody::Alert(a) = &event.body {
+        alert_text(a, out);
+        return;
+    }
+    let mut line = String::with_capacity(256);
+    render_body(event, &mut line);
+    out.push_str(&crate::escape::for_terminal(&line));
+}
+
+/// The unescaped text of a one-line event's body.
+fn render_body(event: &Event, out: &mut String) {
     match &event.body {
         EventBody::Connect(c) | EventBody::Accept(c) | EventBody::Udp(c) => {
             conn_text(c, out);
@@ -205,14 +221,31 @@ fn dns_text(d: &crate::event::Dns, out: &mut String) {
 }
 
 /// An alert is a block: a headline, then indented facts, so it stands out in a stream
-/// of one-line events.
+/// of one-line events. Each line is escaped on its own.
 pub fn alert_text(a: &crate::event::Alert, out: &mut String) {
+    let mut block = String::with_capacity(512);
+    alert_lines(a, &mut block);
+    for (i, line) in block.split(LINE).enumerate() {
+        if i > 0 {
+            out.push_str("\n    ");
+        }
+        out.push_str(&crate::escape::for_terminal(line));
+    }
+}
+
+/// Separates the lines of [`alert_lines`]: a character no field can bring in unescaped
+/// because the fields are escaped first (`for_terminal` escapes it too).
+const LINE: char = '\u{1e}';
+
+fn alert_lines(a: &crate::event::Alert, out: &mut String) {
+    let esc = |s: &str| crate::escape::for_terminal(s).into_owned();
+    let (summary, recommendation) = (esc(&a.summary), esc(&a.recommendation));
     let _ = write!(
         out,
         "[{}] {}: {}",
         a.severity.name().to_uppercase(),
-        a.rule,
-        a.summary
+        esc(&a.rule),
+        summary
     );
     if let Some(score) = a.score {
         let _ = write!(out, " (score {score})");
@@ -220,12 +253,15 @@ pub fn alert_text(a: &crate::event::Alert, out: &mut String) {
     if a.hits > 1 {
         let _ = write!(out, " ({} hits since the last alert)", a.hits);
     }
-    let _ = write!(out, "\n    what to do: {}", a.recommendation);
+    let _ = write!(out, "{LINE}what to do: {recommendation}");
     if let Some(p) = &a.process {
         let _ = write!(
             out,
-            "\n    process: {}[{}] uid={} gid={}",
-            p.comm, p.pid, p.uid, p.gid
+            "{LINE}process: {}[{}] uid={} gid={}",
+            esc(&p.comm),
+            p.pid,
+            p.uid,
+            p.gid
         );
     }
     for f in &a.flows {
@@ -238,12 +274,12 @@ pub fn alert_text(a: &crate::event::Alert, out: &mut String) {
             .dst
             .name
             .as_ref()
-            .map(|n| format!(" ({n})"))
+            .map(|n| format!(" ({})", esc(n)))
             .unwrap_or_default();
         let _ = write!(
             out,
-            "\n    flow: {} {src}{}{name}",
-            f.kind,
+            "{LINE}flow: {} {src}{}{name}",
+            esc(&f.kind),
             endpoint(&f.dst.ip, f.dst.port)
         );
     }
@@ -315,6 +351,47 @@ mod tests {
                 existing: false,
             }),
         }
+    }
+
+    #[test]
+    fn hostile_strings_cannot_act_on_the_terminal_or_forge_lines() {
+        let hostile = "\x1b[2J\x1b[Hevil\nFORGED \u{202e}txt";
+        let mut ev = accept();
+        if let EventBody::Accept(c) = &mut ev.body {
+            c.process = Some(ProcessInfo::kernel(1, 1, hostile.into(), 0, 0, 0));
+        }
+        let mut out = String::new();
+        render_text(&ev, &mut out);
+        assert!(!out.contains('\x1b') && !out.contains('\n') && !out.contains('\u{202e}'));
+        assert!(
+            out.contains("\\x1b[2J\\x1b[Hevil\\nFORGED \\u{202e}txt"),
+            "{out}"
+        );
+
+        let alert = Event {
+            ts: ev.ts,
+            host: "h".into(),
+            body: EventBody::Alert(crate::event::Alert {
+                rule: "SUSPICIOUS_PORT".into(),
+                severity: crate::event::Severity::High,
+                summary: format!("{hostile} connected"),
+                recommendation: hostile.into(),
+                process: Some(ProcessInfo::kernel(1, 1, hostile.into(), 0, 0, 0)),
+                flows: Vec::new(),
+                key: "k".into(),
+                hits: 1,
+                score: None,
+                details: Default::default(),
+            }),
+        };
+        let mut out = String::new();
+        render_text(&alert, &mut out);
+        assert!(!out.contains('\x1b') && !out.contains('\u{202e}'), "{out}");
+        // The block's own three lines, none forged.
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[1].starts_with("    what to do: "), "{out}");
+        assert!(lines[2].starts_with("    process: "), "{out}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Detection rules: events in, alerts out. Pure: no aya, no I/O (what a rule needs to
 //! know about a process beyond the event comes through [`ProcessResolver`]); time is
-//! the events' own `ts`, so `netmon replay` gives the same alerts as the live run.
+//! [`RuleClock`], monotonic time made from the events' own `ts`, so `netmon replay`
+//! gives the same alerts as the live run and a wall-clock step back hides none.
 //!
 //! Each rule turns an event into zero or more [`Hit`]s; the [`Engine`] applies the
 //! cooldown per condition (rule plus what it is about) and counts the hits it held
@@ -35,6 +36,33 @@ pub use rule::{
 
 use crate::event::{Alert, Event, EventBody, RuleStats};
 
+/// The rules' clock: monotonic time made from the events' own timestamps. It advances
+/// by the time between consecutive events and never goes back, so a backward step of
+/// the wall clock (NTP, an operator, a recording spliced from two hosts) freezes it
+/// until time moves forward again instead of making every window and cooldown look
+/// hours long; and a replay still gives the live run's alerts, being pure arithmetic on
+/// the recorded `ts`. Windows and cooldowns are measured on it, never on `ev.ts`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RuleClock {
+    /// The last event's timestamp, and the rule time it was given.
+    last: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+impl RuleClock {
+    /// The rule time of an event stamped `ts`.
+    pub fn tick(&mut self, ts: DateTime<Utc>) -> DateTime<Utc> {
+        let now = match self.last {
+            None => ts,
+            Some((last_ts, last_now)) if ts > last_ts => last_now
+                .checked_add_signed(ts - last_ts)
+                .unwrap_or(last_now),
+            Some((_, last_now)) => last_now,
+        };
+        self.last = Some((ts, now));
+        now
+    }
+}
+
 /// The state of one condition's cooldown.
 struct Cooldown {
     last_alert: DateTime<Utc>,
@@ -50,6 +78,7 @@ pub struct Engine {
     resolver: Box<dyn ProcessResolver>,
     pub stats: RuleStats,
     hits: Vec<Hit>,
+    clock: RuleClock,
 }
 
 const MAX_COOLDOWNS: usize = 100_000;
@@ -86,6 +115,7 @@ impl Engine {
             resolver,
             stats: RuleStats::default(),
             hits: Vec::new(),
+            clock: RuleClock::default(),
         }
     }
 
@@ -106,12 +136,13 @@ impl Engine {
         ) {
             return;
         }
+        let now = self.clock.tick(ev.ts);
         let mut hits = std::mem::take(&mut self.hits);
         for rule in &mut self.rules {
-            rule.check(ev, self.resolver.as_mut(), &mut hits);
+            rule.check(ev, now, self.resolver.as_mut(), &mut hits);
         }
         for hit in hits.drain(..) {
-            if let Some(alert) = self.cool(ev.ts, hit) {
+            if let Some(alert) = self.cool(now, hit) {
                 out.push(Event {
                     ts: ev.ts,
                     host: ev.host.clone(),
@@ -122,7 +153,8 @@ impl Engine {
         self.hits = hits;
     }
 
-    /// Applies the condition's cooldown: an alert, or a counted hit held back.
+    /// Applies the condition's cooldown at rule time `ts`: an alert, or a counted hit
+    /// held back.
     fn cool(&mut self, ts: DateTime<Utc>, hit: Hit) -> Option<Alert> {
         let key = format!("{}:{}", hit.rule, hit.condition);
         if self.cooldowns.len() >= MAX_COOLDOWNS {
@@ -329,6 +361,54 @@ mod tests {
         assert_eq!(sp.len(), 1);
         assert_eq!(sp[0].hits, 4, "three held back plus this one");
         assert!(engine.stats.suppressed >= 4);
+    }
+
+    #[test]
+    fn a_backward_clock_step_does_not_suppress_alerts() {
+        let cfg = RulesConfig {
+            cooldown_s: 60,
+            ..RulesConfig::default()
+        };
+        let mut engine = Engine::new(&cfg, Box::new(NoResolver));
+        let hit = |s| conn("connect", s, 7, ("127.0.0.1", 40000), ("127.0.0.1", 31337));
+        let sp = |got: Vec<Alert>| got.iter().filter(|a| a.rule == "SUSPICIOUS_PORT").count();
+        assert_eq!(sp(alerts(&mut engine, &[hit(0)])), 1);
+        // The wall clock steps back an hour; 61 s later (by the monotonic clock) the
+        // cooldown has passed: the hit alerts, it is not held for the hour.
+        assert_eq!(sp(alerts(&mut engine, &[hit(-3600)])), 0, "0 s later");
+        assert_eq!(sp(alerts(&mut engine, &[hit(-3600 + 61)])), 1, "61 s later");
+        // Windows too: the clock freezes at a step back and then moves on.
+        let mut clock = RuleClock::default();
+        assert_eq!(clock.tick(at(100)), at(100));
+        assert_eq!(clock.tick(at(10)), at(100));
+        assert_eq!(clock.tick(at(15)), at(105));
+        assert_eq!(clock.tick(at(200)), at(290));
+    }
+
+    #[test]
+    fn external_connections_window_survives_a_backward_step() {
+        let mut cfg = RulesConfig::default();
+        cfg.external_connections.threshold = 3;
+        cfg.external_connections.window = crate::config::Span::from_secs(60);
+        let to = |s, ip| conn("connect", s, 9, ("10.0.0.2", 40000), (ip, 443));
+        let fires = |third: i64| {
+            let mut engine = Engine::new(&cfg, Box::new(NoResolver));
+            // Two addresses, then the clock steps back 2 h (the step itself takes no
+            // time on the rule clock), then a third.
+            let events = [
+                to(0, "8.8.8.1"),
+                to(5, "8.8.8.2"),
+                to(-7200, "8.8.8.2"),
+                to(-7200 + third, "8.8.8.3"),
+            ];
+            let got = alerts(&mut engine, &events);
+            got.iter().any(|a| a.rule == "EXTERNAL_CONNECTIONS")
+        };
+        // 5 s after the second by the monotonic clock: three within a minute.
+        assert!(fires(10));
+        // 2 min after: the first two have left the window; on the wall clock they
+        // would look 2 h in the future and count for 2 h.
+        assert!(!fires(125));
     }
 
     #[test]

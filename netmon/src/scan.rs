@@ -262,7 +262,7 @@ pub async fn run_with_limiter(
     let mut phase_start = Instant::now();
     let mut phase_done = |name: &str| {
         if timing {
-            eprintln!(
+            crate::eline!(
                 "netmon scan: {name} took {:.3} s",
                 phase_start.elapsed().as_secs_f64()
             );

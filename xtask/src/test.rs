@@ -78,13 +78,13 @@ pub fn test(args: TestArgs) -> Result<()> {
         "benchmarks (quick pass)",
         exec::run(&mut cargo(&["xtask", "bench", "all", "--quick"])),
     ));
-    // cargo-fuzz over the DNS parser and the config parser, bounded in time.
+    // cargo-fuzz over every parser of outside data (fuzz/run lists them), 10 s each.
     steps.push((
-        "fuzz (DNS, config; 20 s each)",
+        "fuzz (DNS, config, scan input, banners, ICMP, ring records; 10 s each)",
         exec::run(
             Command::new("bash")
                 .arg(root.join("fuzz/run"))
-                .arg("20")
+                .arg("10")
                 .current_dir(&root),
         ),
     ));

@@ -10,6 +10,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 
 use crate::{
+    escape::remote,
     output::Format,
     scan::{HostState, PortState, config::DEFAULT_STATE_FILE, monitor::load_state},
 };
@@ -58,13 +59,13 @@ pub fn run(args: HostsArgs) -> Result<ExitCode> {
                         h.addr.to_string()
                     )?;
                     if let Some(n) = &h.name {
-                        write!(out, " name={n}")?;
+                        write!(out, " name={}", remote(n))?;
                     }
                     if let Some(m) = &h.mac {
-                        write!(out, " mac={m}")?;
+                        write!(out, " mac={}", remote(m))?;
                     }
                     if let Some(o) = &h.os_hint {
-                        write!(out, " os={o}")?;
+                        write!(out, " os={}", remote(o))?;
                     }
                     writeln!(out)?;
                     for (k, p) in &h.ports {
@@ -76,8 +77,8 @@ pub fn run(args: HostsArgs) -> Result<ExitCode> {
                         writeln!(
                             out,
                             "    {k:<10} {st:<6} {} {}",
-                            p.service.as_deref().unwrap_or("unknown"),
-                            p.version.as_deref().unwrap_or("")
+                            remote(p.service.as_deref().unwrap_or("unknown")),
+                            remote(p.version.as_deref().unwrap_or(""))
                         )?;
                     }
                 }

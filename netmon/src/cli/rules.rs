@@ -56,11 +56,9 @@ pub fn rules(cmd: RulesCommand) -> Result<ExitCode> {
                                 continue;
                             }
                             if k == "allow"
-                                && v.as_object().is_some_and(|o| {
-                                    o.values()
-                                        .all(|x| x.as_array().is_some_and(|a| a.is_empty()))
-                                })
+                                && let Some(o) = v.as_object()
                             {
+                                allow_text(o, &mut out);
                                 continue;
                             }
                             let _ = writeln!(out, "    {k} = {v}");
@@ -81,17 +79,47 @@ pub fn rules(cmd: RulesCommand) -> Result<ExitCode> {
                     .iter()
                     .filter(|r| r.enabled)
                     .count();
-                println!(
-                    "{}: ok ({enabled} rules enabled, {} custom)",
+                let line = format!(
+                    "{}: ok ({enabled} rules enabled, {} custom)\n",
                     file.display(),
                     cfg.rules.custom.len()
                 );
-                Ok(ExitCode::SUCCESS)
+                match std::io::stdout().lock().write_all(line.as_bytes()) {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                        Err(anyhow::Error::new(e).context("cannot write to stdout"))
+                    }
+                    _ => Ok(ExitCode::SUCCESS),
+                }
             }
             Err(e) => {
-                eprintln!("netmon: {e}");
+                crate::eline!("netmon: {e}");
                 Ok(ExitCode::from(EXIT_ERROR))
             }
         },
+    }
+}
+
+/// The non-empty lists of an allowlist, one line each; a process entry says whether it
+/// is matched as a name (which anyone can give a program) or as a full path.
+fn allow_text(allow: &serde_json::Map<String, serde_json::Value>, out: &mut String) {
+    for (list, v) in allow {
+        let Some(items) = v.as_array().filter(|a| !a.is_empty()) else {
+            continue;
+        };
+        if list == "process" || list == "exe" {
+            let _ = writeln!(out, "    allow.{list} =");
+            for item in items {
+                let text = item.as_str().unwrap_or_default();
+                let form = if list == "exe" {
+                    rules::matchers::EntryForm::Path
+                } else {
+                    rules::matchers::EntryForm::of(text)
+                };
+                let shown = crate::escape::for_terminal(text);
+                let _ = writeln!(out, "        \"{shown}\" ({})", form.label());
+            }
+        } else {
+            let _ = writeln!(out, "    allow.{list} = {v}");
+        }
     }
 }

@@ -146,7 +146,7 @@ pub fn run(args: ScanArgs) -> Result<ExitCode> {
         anyhow::Ok(scan::run(&planned, &opts).await)
     })?;
     for w in &outcome.warnings {
-        eprintln!("netmon: warning: {w}");
+        crate::eline!("netmon: warning: {w}");
     }
     let host = system::hostname();
     let stdout = std::io::stdout();
@@ -201,33 +201,37 @@ pub fn run(args: ScanArgs) -> Result<ExitCode> {
         Err(e) => return Err(e).context("cannot write the scan results"),
     }
     if args.format == Format::Json {
-        eprintln!("{summary}");
+        crate::eline!("{summary}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn write_host_text(out: &mut impl std::io::Write, h: &scan::HostResult) -> std::io::Result<()> {
+    use crate::escape::remote;
     let s = &h.host;
     let mut head = s.addr.to_string();
     if let Some(n) = &s.name {
-        head.push_str(&format!(" ({n})"));
+        head.push_str(&format!(" ({})", remote(n)));
     }
     if s.state == HostState::Down {
         return writeln!(out, "{head}: down (no answer to discovery probes)\n");
     }
-    let mut facts = vec![format!("up ({})", s.reason.as_deref().unwrap_or("?"))];
+    let mut facts = vec![format!(
+        "up ({})",
+        remote(s.reason.as_deref().unwrap_or("?"))
+    )];
     if let Some(ms) = s.rtt_ms {
         facts.push(format!("{ms:.2} ms"));
     }
     if let Some(m) = &s.mac {
-        facts.push(format!("MAC {m}"));
+        facts.push(format!("MAC {}", remote(m)));
     }
     if let Some(d) = s.distance {
         facts.push(format!("{d} hop{}", if d == 1 { "" } else { "s" }));
     }
     writeln!(out, "{head}: {}", facts.join(", "))?;
     if let Some(o) = &s.os_hint {
-        writeln!(out, "  OS: {o}")?;
+        writeln!(out, "  OS: {}", remote(o))?;
     }
     if let Some(trace) = &s.trace {
         for hop in trace {
@@ -257,8 +261,8 @@ fn write_host_text(out: &mut impl std::io::Write, h: &scan::HostResult) -> std::
                 "  {:<11} {:<14} {:<14} {}",
                 format!("{}/{proto}", p.port),
                 p.state.as_str(),
-                svc,
-                p.version.as_deref().unwrap_or("")
+                remote(&svc),
+                remote(p.version.as_deref().unwrap_or(""))
             )?;
         }
     }

@@ -16,7 +16,7 @@ use super::{
     dns_tunnel::DnsTunnelingConfig,
     listeners::UnusualListenersConfig,
     ports::{PortRiskConfig, SuspiciousPortConfig},
-    rule::{RuleSection, RuleSpec},
+    rule::{RuleSection, RuleSpec, check_cooldown},
 };
 
 /// Declares [`RulesConfig`] with one field per built-in rule, its `Default`, and the
@@ -110,9 +110,15 @@ impl RulesConfig {
             }
             seen.push(&c.name);
         }
+        check_cooldown("rules.cooldown_s", Some(self.cooldown_s))?;
+        for (i, c) in self.custom.iter().enumerate() {
+            check_cooldown(&format!("rules.custom[{i}].cooldown_s"), c.cooldown_s)?;
+        }
         for s in self.builtin() {
+            let section = s.spec().section;
+            check_cooldown(&format!("rules.{section}.cooldown_s"), s.cooldown_s())?;
             s.validate()
-                .map_err(|(key, why)| (format!("rules.{}.{key}", s.spec().section), why))?;
+                .map_err(|(key, why)| (format!("rules.{section}.{key}"), why))?;
         }
         Ok(())
     }

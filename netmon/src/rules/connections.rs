@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     matchers::{Allow, Cidr, ProcessResolver, any_cidr},
     rule::{
-        Build, Hit, Rule, RuleSection, RuleSpec, check_window, push_sample, sample_of,
+        Build, Hit, Rule, RuleSection, RuleSpec, check_count, check_window, push_sample, sample_of,
         upgrade_window, who,
     },
 };
@@ -162,6 +162,9 @@ impl RuleSection for HighConnectionCountConfig {
     fn settings(&self) -> serde_json::Value {
         json!({"threshold": self.threshold, "allow": self.allow})
     }
+    fn validate(&self) -> Result<(), (String, String)> {
+        check_count("threshold", self.threshold, 1)
+    }
     fn build(&self, ctx: &mut Build) -> Box<dyn Rule> {
         let table = ctx
             .connections
@@ -200,7 +203,13 @@ impl Rule for HighConnectionCount {
         HIGH_CONNECTION_COUNT.name
     }
 
-    fn check(&mut self, ev: &Event, resolver: &mut dyn ProcessResolver, hits: &mut Vec<Hit>) {
+    fn check(
+        &mut self,
+        ev: &Event,
+        _now: DateTime<Utc>,
+        resolver: &mut dyn ProcessResolver,
+        hits: &mut Vec<Hit>,
+    ) {
         self.table.observe(ev);
         let c = match &ev.body {
             EventBody::Connect(c) | EventBody::Accept(c) if !c.failed => c,
@@ -301,6 +310,7 @@ impl RuleSection for ExternalConnectionsConfig {
                "internal_cidrs": self.internal_cidrs, "allow": self.allow})
     }
     fn validate(&self) -> Result<(), (String, String)> {
+        check_count("threshold", self.threshold, 1)?;
         check_window(self.window, self.window_s)
     }
     fn upgrade(&mut self) -> Vec<(String, String)> {
@@ -342,7 +352,13 @@ impl Rule for ExternalConnections {
         EXTERNAL_CONNECTIONS.name
     }
 
-    fn check(&mut self, ev: &Event, resolver: &mut dyn ProcessResolver, hits: &mut Vec<Hit>) {
+    fn check(
+        &mut self,
+        ev: &Event,
+        now: DateTime<Utc>,
+        resolver: &mut dyn ProcessResolver,
+        hits: &mut Vec<Hit>,
+    ) {
         let c = match &ev.body {
             EventBody::Connect(c) | EventBody::Udp(c)
                 if c.direction != Some(Direction::Inbound) =>
@@ -365,20 +381,20 @@ impl Rule for ExternalConnections {
         if self.per_pid.len() >= MAX_TRACKED_PIDS && !self.per_pid.contains_key(&p.pid) {
             let window = self.window;
             self.per_pid
-                .retain(|_, f| f.order.back().is_some_and(|(t, _)| ev.ts - *t < window));
+                .retain(|_, f| f.order.back().is_some_and(|(t, _)| now - *t < window));
             if self.per_pid.len() >= MAX_TRACKED_PIDS {
                 self.per_pid.clear();
             }
         }
         let fan = self.per_pid.entry(p.pid).or_default();
-        let new_ip = fan.last_seen.insert(ip, ev.ts).is_none();
-        fan.order.push_back((ev.ts, ip));
+        let new_ip = fan.last_seen.insert(ip, now).is_none();
+        fan.order.push_back((now, ip));
         if new_ip && let Some(s) = sample_of(ev) {
             push_sample(&mut fan.samples, s);
         }
         // Forget addresses not seen within the window.
         while let Some(&(t, old)) = fan.order.front() {
-            if ev.ts - t < self.window {
+            if now - t < self.window {
                 break;
             }
             fan.order.pop_front();
@@ -423,7 +439,7 @@ mod tests {
     fn feed(rule: &mut dyn Rule, events: &[Event]) -> Vec<Hit> {
         let mut hits = Vec::new();
         for e in events {
-            rule.check(e, &mut NoResolver, &mut hits);
+            rule.check(e, e.ts, &mut NoResolver, &mut hits);
         }
         hits
     }

@@ -3,6 +3,7 @@
 //! the configured severity and summary.
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use serde::{Deserialize, Serialize};
@@ -86,7 +87,13 @@ impl Rule for CustomRule {
         &self.cfg.name
     }
 
-    fn check(&mut self, ev: &Event, resolver: &mut dyn ProcessResolver, hits: &mut Vec<Hit>) {
+    fn check(
+        &mut self,
+        ev: &Event,
+        _now: DateTime<Utc>,
+        resolver: &mut dyn ProcessResolver,
+        hits: &mut Vec<Hit>,
+    ) {
         let Some(f) = flow_view(ev) else { return };
         let c = &self.cfg;
         let kind = match f.kind {
@@ -197,7 +204,7 @@ mod tests {
         let mut r = CustomRule::new(&rule(), 300);
         let mut hits = Vec::new();
         let ok = conn("connect", 0, 1, ("127.0.0.1", 40000), ("127.0.0.1", 23));
-        r.check(&ok, &mut NoResolver, &mut hits);
+        r.check(&ok, ok.ts, &mut NoResolver, &mut hits);
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].severity, Severity::Critical);
         for bad in [
@@ -207,7 +214,7 @@ mod tests {
             conn("udp", 0, 1, ("127.0.0.1", 40000), ("127.0.0.1", 23)),
         ] {
             let mut hits = Vec::new();
-            r.check(&bad, &mut NoResolver, &mut hits);
+            r.check(&bad, bad.ts, &mut NoResolver, &mut hits);
             assert!(hits.is_empty(), "{bad:?}");
         }
     }
@@ -220,15 +227,15 @@ mod tests {
         let mut r = CustomRule::new(&cfg, 300);
         let ev = conn("connect", 0, 1, ("127.0.0.1", 40000), ("127.0.0.1", 23));
         let mut hits = Vec::new();
-        r.check(&ev, &mut NoResolver, &mut hits);
+        r.check(&ev, ev.ts, &mut NoResolver, &mut hits);
         assert!(hits.is_empty());
-        r.check(&ev, &mut Table, &mut hits);
+        r.check(&ev, ev.ts, &mut Table, &mut hits);
         assert_eq!(hits.len(), 1);
         // Numeric uids match without a resolver.
         let mut cfg = rule();
         cfg.users = vec!["1000".into()];
         let mut r = CustomRule::new(&cfg, 300);
-        r.check(&ev, &mut NoResolver, &mut hits);
+        r.check(&ev, ev.ts, &mut NoResolver, &mut hits);
         assert_eq!(hits.len(), 2);
     }
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     matchers::{Allow, ProcessResolver},
     rule::{
-        Build, Hit, Rule, RuleSection, RuleSpec, check_window, push_sample, sample_of,
+        Build, Hit, Rule, RuleSection, RuleSpec, check_count, check_window, push_sample, sample_of,
         upgrade_window, who,
     },
 };
@@ -161,6 +161,22 @@ impl RuleSection for DnsTunnelingConfig {
         if self.domain_labels == 0 {
             return Err(("domain_labels".into(), "expected at least 1".into()));
         }
+        for (key, n) in [
+            ("domain_labels", self.domain_labels),
+            ("query_rate", self.query_rate),
+            ("unique_subdomains", self.unique_subdomains),
+            ("suspicious_names", self.suspicious_names),
+            ("long_label", self.long_label),
+            ("txt_null", self.txt_null),
+        ] {
+            check_count(key, n, 0)?;
+        }
+        if !(0.0..=8.0).contains(&self.entropy_bits) {
+            return Err((
+                "entropy_bits".into(),
+                format!("{} is out of range: expected 0 to 8", self.entropy_bits),
+            ));
+        }
         check_window(self.window, self.window_s)
     }
     fn upgrade(&mut self) -> Vec<(String, String)> {
@@ -258,7 +274,13 @@ impl Rule for DnsTunneling {
         DNS_TUNNELING.name
     }
 
-    fn check(&mut self, ev: &Event, resolver: &mut dyn ProcessResolver, hits: &mut Vec<Hit>) {
+    fn check(
+        &mut self,
+        ev: &Event,
+        now: DateTime<Utc>,
+        resolver: &mut dyn ProcessResolver,
+        hits: &mut Vec<Hit>,
+    ) {
         let EventBody::Dns(d) = &ev.body else { return };
         // A local client's query to a local server is seen on both sockets: count it once,
         // on the client's side.
@@ -277,13 +299,13 @@ impl Rule for DnsTunneling {
         }
         let (sub, domain) = split_domain(&name, self.cfg.domain_labels);
         let q = Query {
-            ts: ev.ts,
+            ts: now,
             sub: sub.to_owned(),
             suspicious: !sub.is_empty() && self.suspicious(sub),
             txt_null: d.qtype == "TXT" || d.qtype == "NULL",
         };
         if self.domains.len() >= MAX_DOMAINS && !self.domains.contains_key(domain) {
-            let (ts, window) = (ev.ts, self.window);
+            let (ts, window) = (now, self.window);
             self.domains
                 .retain(|_, s| s.queries.back().is_some_and(|q| ts - q.ts < window));
             if self.domains.len() >= MAX_DOMAINS {
@@ -293,7 +315,7 @@ impl Rule for DnsTunneling {
         let state = self.domains.entry(domain.to_owned()).or_default();
         state.push(q);
         while let Some(front) = state.queries.front() {
-            if ev.ts - front.ts < self.window && state.queries.len() <= MAX_QUERIES_PER_DOMAIN {
+            if now - front.ts < self.window && state.queries.len() <= MAX_QUERIES_PER_DOMAIN {
                 break;
             }
             state.pop();
@@ -411,7 +433,7 @@ mod tests {
         let mut r = DnsTunneling::new(&DnsTunnelingConfig::default(), 300);
         let mut hits = Vec::new();
         for e in events {
-            r.check(e, &mut NoResolver, &mut hits);
+            r.check(e, e.ts, &mut NoResolver, &mut hits);
         }
         hits
     }

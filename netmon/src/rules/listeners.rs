@@ -2,6 +2,7 @@
 //! (well-known service ports plus configured ones).
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use serde::{Deserialize, Serialize};
@@ -111,7 +112,13 @@ impl Rule for UnusualListeners {
         UNUSUAL_LISTENERS.name
     }
 
-    fn check(&mut self, ev: &Event, resolver: &mut dyn ProcessResolver, hits: &mut Vec<Hit>) {
+    fn check(
+        &mut self,
+        ev: &Event,
+        _now: DateTime<Utc>,
+        resolver: &mut dyn ProcessResolver,
+        hits: &mut Vec<Hit>,
+    ) {
         let EventBody::Listen(c) = &ev.body else {
             return;
         };
@@ -161,14 +168,14 @@ mod tests {
         let mut r = UnusualListeners::new(&UnusualListenersConfig::default(), 300);
         let mut hits = Vec::new();
         let ok = conn("listen", 0, 1, ("0.0.0.0", 0), ("0.0.0.0", 443));
-        r.check(&ok, &mut NoResolver, &mut hits);
+        r.check(&ok, ok.ts, &mut NoResolver, &mut hits);
         assert!(hits.is_empty());
         let odd = conn("listen", 0, 1, ("0.0.0.0", 0), ("0.0.0.0", 48123));
-        r.check(&odd, &mut NoResolver, &mut hits);
+        r.check(&odd, odd.ts, &mut NoResolver, &mut hits);
         assert_eq!(hits.len(), 1);
         // Connections are not listeners.
         let c = conn("connect", 0, 1, ("127.0.0.1", 40000), ("127.0.0.1", 48123));
-        r.check(&c, &mut NoResolver, &mut hits);
+        r.check(&c, c.ts, &mut NoResolver, &mut hits);
         assert_eq!(hits.len(), 1);
     }
 }

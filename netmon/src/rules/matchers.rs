@@ -190,7 +190,9 @@ pub fn exe_name(exe: &str) -> &str {
 /// `comm` is the name of the thread that acted, which in a multithreaded program is
 /// often not the program's (`dig` connects from a thread named `isc-net-0000`), so a
 /// name also matches the executable's file name: the event's enriched `exe`, or what
-/// `resolver` reads.
+/// `resolver` reads. Both are picked by whoever runs the program (`prctl(PR_SET_NAME)`,
+/// a copy renamed `tor`), so an entry of `names` with a `/` in it is a full executable
+/// path instead, and matches that path only ([`EntryForm`]).
 pub fn process_matches(
     process: Option<&ProcessInfo>,
     names: &[String],
@@ -201,7 +203,8 @@ pub fn process_matches(
     let Some(p) = process else {
         return false;
     };
-    if names.contains(&p.comm) {
+    let is_name = |n: &&String| EntryForm::of(n) == EntryForm::Name;
+    if names.iter().filter(is_name).any(|n| *n == p.comm) {
         return true;
     }
     let mut exe = p.detail.exe.clone();
@@ -209,7 +212,11 @@ pub fn process_matches(
         exe = exe.or_else(|| resolver.exe(p.pid));
     }
     if let Some(exe) = &exe {
-        if names.iter().any(|n| n == exe_name(exe)) {
+        let name = exe_name(exe);
+        if names
+            .iter()
+            .any(|n| if is_name(&n) { n == name } else { n == exe })
+        {
             return true;
         }
         if exes.contains(exe) {
@@ -230,11 +237,40 @@ pub fn process_matches(
     false
 }
 
+/// How an `allow.process` entry is matched, by its text: with a `/` it is an
+/// executable's full path (only root can put a program there), without one a name that
+/// matches the `comm` or the executable's file name (any user can give a program any
+/// name). `netmon rules list` shows which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryForm {
+    Name,
+    Path,
+}
+
+impl EntryForm {
+    pub fn of(entry: &str) -> EntryForm {
+        if entry.contains('/') {
+            EntryForm::Path
+        } else {
+            EntryForm::Name
+        }
+    }
+
+    /// As `netmon rules list` shows it after the entry.
+    pub fn label(self) -> &'static str {
+        match self {
+            EntryForm::Name => "name: comm or executable file name, chosen by whoever runs it",
+            EntryForm::Path => "path: the executable's full path",
+        }
+    }
+}
+
 /// Per-rule allowlist: an event that matches any entry does not trigger the rule.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Allow {
-    /// Process names (`comm`, at most 15 characters as the kernel keeps them).
+    /// Process names (`comm`, at most 15 characters as the kernel keeps them, or the
+    /// executable's file name), or full executable paths (an entry with a `/`).
     pub process: Vec<String>,
     /// Executable paths (`/usr/sbin/sshd`).
     pub exe: Vec<String>,
@@ -276,6 +312,50 @@ impl Allow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_renamed_binary_does_not_pass_a_path_entry() {
+        // A user's copy of anything, named `tor`, with its comm set to `tor`.
+        let fake = ProcessInfo {
+            detail: std::sync::Arc::new(crate::event::ProcessDetail {
+                exe: Some("/home/mallory/tor".into()),
+                ..Default::default()
+            }),
+            ..ProcessInfo::kernel(9, 9, "tor".into(), 1000, 1000, 1)
+        };
+        let real = ProcessInfo {
+            detail: std::sync::Arc::new(crate::event::ProcessDetail {
+                exe: Some("/usr/bin/tor".into()),
+                ..Default::default()
+            }),
+            ..ProcessInfo::kernel(8, 8, "tor".into(), 107, 107, 1)
+        };
+        let (path, name) = (vec!["/usr/bin/tor".to_owned()], vec!["tor".to_owned()]);
+        assert!(!process_matches(
+            Some(&fake),
+            &path,
+            &[],
+            &[],
+            &mut NoResolver
+        ));
+        assert!(process_matches(
+            Some(&real),
+            &path,
+            &[],
+            &[],
+            &mut NoResolver
+        ));
+        // A name is what it always was: the attacker's pick passes it.
+        assert!(process_matches(
+            Some(&fake),
+            &name,
+            &[],
+            &[],
+            &mut NoResolver
+        ));
+        assert_eq!(EntryForm::of("/usr/bin/tor"), EntryForm::Path);
+        assert_eq!(EntryForm::of("tor"), EntryForm::Name);
+    }
 
     #[test]
     fn cidrs_match_their_block_only() {

@@ -2,6 +2,7 @@
 //! a listener on, a service with a known risk, scored 0 to 10).
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -126,7 +127,13 @@ impl Rule for SuspiciousPort {
         SUSPICIOUS_PORT.name
     }
 
-    fn check(&mut self, ev: &Event, resolver: &mut dyn ProcessResolver, hits: &mut Vec<Hit>) {
+    fn check(
+        &mut self,
+        ev: &Event,
+        _now: DateTime<Utc>,
+        resolver: &mut dyn ProcessResolver,
+        hits: &mut Vec<Hit>,
+    ) {
         let Some(f) = flow_view(ev) else { return };
         let mut port = f.service_port;
         if !any_port(&self.ports, port) {
@@ -355,7 +362,13 @@ impl Rule for PortRisk {
         PORT_RISK.name
     }
 
-    fn check(&mut self, ev: &Event, resolver: &mut dyn ProcessResolver, hits: &mut Vec<Hit>) {
+    fn check(
+        &mut self,
+        ev: &Event,
+        _now: DateTime<Utc>,
+        resolver: &mut dyn ProcessResolver,
+        hits: &mut Vec<Hit>,
+    ) {
         let Some(f) = flow_view(ev) else { return };
         if f.kind == "udp" && f.conn.dst.port == 0 {
             return;
@@ -415,7 +428,7 @@ mod tests {
 
     fn run(rule: &mut dyn Rule, ev: &Event) -> Vec<Hit> {
         let mut hits = Vec::new();
-        rule.check(ev, &mut NoResolver, &mut hits);
+        rule.check(ev, ev.ts, &mut NoResolver, &mut hits);
         hits
     }
 

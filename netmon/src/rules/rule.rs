@@ -7,6 +7,8 @@
 //! from `config` (which imports them) or from the engine in `rules.rs`.
 use std::{collections::BTreeMap, net::IpAddr};
 
+use chrono::{DateTime, Utc};
+
 use super::{connections::ActiveConnections, matchers::ProcessResolver};
 use crate::config::Span;
 use crate::event::{
@@ -36,8 +38,16 @@ pub struct Hit {
 /// A detection rule.
 pub trait Rule {
     fn name(&self) -> &str;
-    /// Looks at one event; pushes a hit for each condition it fires on.
-    fn check(&mut self, ev: &Event, resolver: &mut dyn ProcessResolver, hits: &mut Vec<Hit>);
+    /// Looks at one event; pushes a hit for each condition it fires on. `now` is the
+    /// engine's monotonic rule time ([`super::RuleClock`]): windows are measured on it,
+    /// never on `ev.ts` (which steps back with the wall clock).
+    fn check(
+        &mut self,
+        ev: &Event,
+        now: DateTime<Utc>,
+        resolver: &mut dyn ProcessResolver,
+        hits: &mut Vec<Hit>,
+    );
 }
 
 /// What a built-in rule says about itself. Each rule file defines one per rule; the
@@ -136,13 +146,49 @@ pub trait RuleSection {
 /// Validation shared by the tables that have a `window` (the error names `window_s`
 /// when that is what the file wrote).
 pub fn check_window(w: Span, window_s: Option<u64>) -> Result<(), (String, String)> {
+    let key = if window_s.is_some() {
+        "window_s"
+    } else {
+        "window"
+    };
     if w.as_std() < std::time::Duration::from_secs(1) {
-        let key = if window_s.is_some() {
-            "window_s"
-        } else {
-            "window"
-        };
         return Err((key.into(), "expected at least 1 second".into()));
+    }
+    if w.as_std().as_secs() > MAX_SPAN_S {
+        return Err((
+            key.into(),
+            format!("{w} is too long: expected at most {MAX_SPAN_S}s (366 days)"),
+        ));
+    }
+    Ok(())
+}
+
+/// The longest window or cooldown a rule accepts, in seconds (366 days): longer ones
+/// would overflow the arithmetic on timestamps, and mean nothing for a live monitor.
+pub const MAX_SPAN_S: u64 = 366 * 86_400;
+
+/// The largest count (threshold) a rule accepts: above it a rule could never fire
+/// within the state it keeps, so it is a mistake.
+pub const MAX_COUNT: usize = 1_000_000;
+
+/// Validation of a `cooldown_s` (at most [`MAX_SPAN_S`]).
+pub fn check_cooldown(key: &str, secs: Option<u64>) -> Result<(), (String, String)> {
+    match secs {
+        Some(s) if s > MAX_SPAN_S => Err((
+            key.into(),
+            format!("{s} is too long: expected at most {MAX_SPAN_S} seconds (366 days)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Validation of a count: between `min` and [`MAX_COUNT`].
+pub fn check_count(key: &str, n: usize, min: usize) -> Result<(), (String, String)> {
+    if n < min || n > MAX_COUNT {
+        return Err((
+            key.into(),
+            format!("{n} is out of range: expected {min} to {MAX_COUNT}"),
+        ));
     }
     Ok(())
 }

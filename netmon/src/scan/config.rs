@@ -65,6 +65,15 @@ pub struct ScanConfig {
     pub max_hosts: usize,
 }
 
+/// The longest interval `[scan]` accepts (366 days).
+pub const MAX_INTERVAL: Duration = Duration::from_secs(366 * 86_400);
+/// The longest wait for one answer (as `netmon scan --timeout`).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bounds of the counts in `[scan]`.
+pub const MAX_RATE_PPS: u64 = 1_000_000;
+pub const MAX_DOWN_AFTER: u64 = 1_000;
+pub const MAX_HOSTS: u64 = 1 << 20;
+
 /// The default place of the inventory.
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/netmon/hosts.json";
 
@@ -107,6 +116,10 @@ pub enum ConfigError {
     TooShort { key: &'static str, min: Duration },
     #[error("scan.{key}: must be at least 1")]
     Zero { key: &'static str },
+    #[error("scan.{key}: must be at most {max:?}")]
+    TooLong { key: &'static str, max: Duration },
+    #[error("scan.{key}: must be at most {max}")]
+    TooMany { key: &'static str, max: u64 },
     #[error("scan.networks: {net} is too large to sweep (at most {max} addresses)")]
     NetworkTooLarge { net: IpNet, max: u64 },
     #[error(
@@ -215,6 +228,13 @@ impl ScanConfig {
             if d < min {
                 return Err(ConfigError::TooShort { key, min });
             }
+            // Bounded so that `Instant + interval` can never overflow (a panic).
+            if d > MAX_INTERVAL {
+                return Err(ConfigError::TooLong {
+                    key,
+                    max: MAX_INTERVAL,
+                });
+            }
         }
         if self.timeout < Duration::from_millis(50) {
             return Err(ConfigError::TooShort {
@@ -222,11 +242,26 @@ impl ScanConfig {
                 min: Duration::from_millis(50),
             });
         }
+        if self.timeout > MAX_TIMEOUT {
+            return Err(ConfigError::TooLong {
+                key: "timeout",
+                max: MAX_TIMEOUT,
+            });
+        }
         if self.rate_pps == 0 {
             return Err(ConfigError::Zero { key: "rate_pps" });
         }
         if self.down_after == 0 {
             return Err(ConfigError::Zero { key: "down_after" });
+        }
+        for (key, n, max) in [
+            ("rate_pps", u64::from(self.rate_pps), MAX_RATE_PPS),
+            ("down_after", u64::from(self.down_after), MAX_DOWN_AFTER),
+            ("max_hosts", self.max_hosts as u64, MAX_HOSTS),
+        ] {
+            if n > max {
+                return Err(ConfigError::TooMany { key, max });
+            }
         }
         let ports = parse_ports_setting(&self.ports)?;
         Ok(MonitorSettings {

@@ -61,7 +61,7 @@ pub fn render(body: &EventBody, out: &mut String) {
                 p.state.as_str()
             );
             if let Some(v) = &p.version {
-                let _ = write!(out, " {v}");
+                let _ = write!(out, " {}", crate::escape::remote(v));
             }
         }
         EventBody::HostUp(h) | EventBody::HostDown(h) => {
@@ -84,7 +84,7 @@ pub fn render(body: &EventBody, out: &mut String) {
                 opt(&p.service)
             );
             if let Some(v) = &p.version {
-                let _ = write!(out, " {v}");
+                let _ = write!(out, " {}", crate::escape::remote(v));
             }
         }
         EventBody::ServiceChanged(c) => {
