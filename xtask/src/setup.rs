@@ -44,6 +44,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // Benchmarks: per-program run times (`bpftool prog show`), instruction counts.
     "bpftool",
     "valgrind",
+    // bench overhead's syscall counts (`perf stat`); tests/tests/history.rs reads the
+    // database back with the sqlite3 command-line tool.
+    "linux-perf",
+    "sqlite3",
     // `bench overhead`'s web workload: wrk against nginx on 127.0.0.1.
     "wrk",
     "nginx-light",

@@ -33,7 +33,7 @@ use crate::event::{Connection as Conn, Direction, Event, EventBody, HistoryStats
 /// Longest time an event waits in memory before it is committed.
 pub const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// Most events in one transaction.
-pub const MAX_BATCH: usize = 16_384;
+pub const MAX_BATCH: usize = 4_096;
 /// How long the writer waits before trying again a database it could not open.
 pub const REOPEN_EVERY: Duration = Duration::from_secs(10);
 
