@@ -201,7 +201,7 @@ impl Data {
                 processes: p.into_iter().collect::<Vec<_>>().join(", "),
             })
             .collect();
-        v.sort_by(|a, b| (b.connections, b.bytes).cmp(&(a.connections, a.bytes)));
+        v.sort_by_key(|b| std::cmp::Reverse((b.connections, b.bytes)));
         v.truncate(n);
         v
     }

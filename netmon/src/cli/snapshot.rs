@@ -261,7 +261,7 @@ pub fn gather(
     report.netns = own;
     // Every socket, whether or not the report lists them (`--show-all`).
     let events = events::socket_events(&sockets, &owners_of, report.ts, &report.host);
-    (report.rules, report.alerts) = detect(&rules, &events, Box::new(ProcessCache::default()));
+    (report.rules, report.alerts) = detect(rules, &events, Box::new(ProcessCache::default()));
     report.unreadable.proc_fd = owners.unreadable;
     report.unreadable.process = cache.stats().unreadable;
     report.unreadable.sock_diag = errors.iter().map(|e| format!("{e:#}")).collect();

@@ -172,7 +172,6 @@ pub fn render(d: &Data, table: Table) -> Result<Vec<u8>, csv::Error> {
             }
         }
     }
-    drop(row);
     w.into_inner().map_err(|e| e.into_error().into())
 }
 

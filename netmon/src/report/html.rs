@@ -230,7 +230,7 @@ fn connections(d: &Data) -> Markup {
 
 /// A horizontal bar as inline SVG (no style attribute: the CSP forbids them).
 fn bar(v: u64, max: u64) -> Markup {
-    let w = if max == 0 { 0 } else { (v * 120 / max).max(1) };
+    let w = (v * 120).checked_div(max).map_or(0, |w| w.max(1));
     html! { svg width="122" height="10" role="img" { rect x="0" y="1" width=(w) height="8" fill="#3b82f6" {} } }
 }
 
@@ -283,7 +283,7 @@ fn timeline(d: &Data) -> Markup {
                     line x1="40" y1=(H + 10) x2=(W + 40) y2=(H + 10) stroke="#94a3b8" {}
                     @for (i, b) in d.timeline.iter().enumerate() {
                         @let bw = W / n;
-                        @let h = if max == 0 { 0 } else { b.connections * H / max };
+                        @let h = (b.connections * H).checked_div(max).unwrap_or(0);
                         rect x=(40 + i as u64 * bw) y=(H + 10 - h) width=(bw.saturating_sub(1).max(1)) height=(h) fill="#3b82f6" {
                             title { (time(Some(b.start))) ": " (b.connections) " connections" }
                         }
