@@ -106,7 +106,7 @@ fn malformed_lines_are_reported_and_lose_no_alert() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(alerts.iter().any(|a| a.rule == "SUSPICIOUS_PORT"));
     assert!(
-        stderr.contains("malformed-fires.jsonl:3: not an event"),
+        stderr.contains("malformed-fires.jsonl:3: skipped, not an event"),
         "{stderr}"
     );
     assert!(stderr.contains("3 lines skipped"), "{stderr}");
