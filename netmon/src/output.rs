@@ -87,6 +87,14 @@ impl Sink {
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+
+    /// Writes out what is buffered for the old writer, then goes on with `out` (the
+    /// output file reopened after a rotation). Lines never straddle the two.
+    pub fn replace_output(&mut self, out: Box<dyn Write + Send>) -> io::Result<()> {
+        self.out.flush()?;
+        *self.out.get_mut() = out;
+        Ok(())
+    }
 }
 
 /// One line for people: time, type, addresses, process.

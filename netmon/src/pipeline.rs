@@ -230,6 +230,8 @@ impl Stages {
     ) -> Result<()> {
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        // logrotate's way: rename the `--output` file, then SIGHUP (see sink.rs).
+        let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         // A stop must work even when the reader of the output stalls (see watchdog.rs).
         watchdog::install().context("cannot start the stop watchdog")?;
         if let Some(monitor) = monitor {
@@ -285,6 +287,7 @@ impl Stages {
                 Some(change) = next_change(&mut self.scanner) => {
                     self.hub.emit(change).await?;
                 }
+                _ = sighup.recv() => sink::request_reopen(),
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
             }

@@ -28,6 +28,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "dnsutils",
     "socat",
     "jq",
+    // tests/shipper.rs: the log shipper users put behind `--output` (imfile, mmjsonparse).
+    "rsyslog",
     // The VM runner unpacks Debian's compressed kernels once to boot them faster.
     "lz4",
     "zstd",

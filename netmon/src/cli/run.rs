@@ -18,7 +18,9 @@ pub struct RunArgs {
     /// Output format: `json` (JSON Lines, for log shippers) or `text` (for people).
     #[arg(long, value_enum, default_value = "json")]
     pub format: Format,
-    /// Append events to FILE instead of writing them to stdout.
+    /// Append events to FILE instead of writing them to stdout. FILE is created private
+    /// (0600) and may not be a symbolic link; SIGHUP reopens it (for logrotate: rename,
+    /// then `kill -HUP`).
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Which kernel hooks to use: `auto` picks the best the kernel accepts, per capability.
