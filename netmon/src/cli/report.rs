@@ -37,7 +37,8 @@ pub struct ReportArgs {
     pub table: Table,
     /// Where to write: a file name (overwritten atomically), a template with `{host}`,
     /// `{time}` (UTC, `20261202T101500Z`) or `{date}`, or `-` for stdout.
-    /// Default: `netmon-{host}-{time}.html` (`.csv`).
+    /// Default: `netmon-{host}-{time}.html` (`.csv`). With `{time}`, a report never
+    /// overwrites another: a second one within the same second is `…-2.html`.
     #[arg(long, short, value_name = "PATH")]
     pub output: Option<String>,
     /// Report over the history from this time: a span back from now (`24h`) or a UTC
@@ -254,7 +255,12 @@ fn once(args: &ReportArgs, plan: &Plan) -> Result<Option<PathBuf>> {
             }
         }
         Output::File(t) => {
-            let path = PathBuf::from(expand(t, &data.host, data.generated));
+            let mut path = PathBuf::from(expand(t, &data.host, data.generated));
+            // One file per report was asked for: two reports within one second (a slow
+            // gather under `--every 1s`) must not overwrite each other.
+            if t.contains("{time}") {
+                path = unused(path);
+            }
             write_atomic(&path, &bytes).with_context(|| {
                 format!(
                     "cannot write the report to {} (does the directory exist and is it writable?)",
@@ -264,6 +270,25 @@ fn once(args: &ReportArgs, plan: &Plan) -> Result<Option<PathBuf>> {
             Ok(Some(path))
         }
     }
+}
+
+/// `path`, or the first of `name-2.ext`, `name-3.ext`, … that does not exist yet.
+fn unused(path: PathBuf) -> PathBuf {
+    if !path.exists() {
+        return path;
+    }
+    let stem = path
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()));
+    (2u32..)
+        .map(|n| path.with_file_name(format!("{stem}-{n}{}", ext.as_deref().unwrap_or(""))))
+        .find(|p| !p.exists())
+        .expect("a free name")
 }
 
 fn from_sockets(args: &ReportArgs, config: &Config) -> Data {
@@ -364,6 +389,20 @@ fn from_store(args: &ReportArgs, plan: &Plan, path: &Path) -> Result<Data> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_report_in_the_same_second_gets_a_name_of_its_own() {
+        let dir = std::env::temp_dir().join(format!("netmon-report-unused-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = dir.join("netmon-h-20261202T101500Z.html");
+        assert_eq!(unused(first.clone()), first);
+        std::fs::write(&first, b"1").unwrap();
+        let second = unused(first.clone());
+        assert_eq!(second, dir.join("netmon-h-20261202T101500Z-2.html"));
+        std::fs::write(&second, b"2").unwrap();
+        assert_eq!(unused(first), dir.join("netmon-h-20261202T101500Z-3.html"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn templates_expand_and_unknown_placeholders_are_refused() {
