@@ -32,3 +32,4 @@ pub mod scan;
 pub mod sockets;
 pub mod stderr;
 pub mod system;
+pub mod tui;

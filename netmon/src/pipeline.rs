@@ -4,7 +4,8 @@
 //! context, DNS names) → `detect` (rules: alerts) → `hub` (one `emit` that counts
 //! `stats.events` and fans out `Arc<Event>`) → consumers, each on its own bounded queue:
 //! `sink` (JSON/text output, every event), `scanner` (peers to scan), and whatever
-//! subscribes with [`hub::Hub::subscribe`] (the history writer).
+//! subscribes with [`hub::Hub::subscribe`] (the history writer, `netmon top`'s UI given
+//! as [`Options::consumer`]).
 //!
 //! One task on one thread owns the stages and their state (no locks); the timers that
 //! flush `stats`, `flow` summaries and UDP idle closes also live here. What netmon makes
@@ -69,6 +70,21 @@ pub struct Options {
     pub keep_privileges: bool,
     /// The history to keep (`[history]`, `--history`), or none (`--no-history`).
     pub history: Option<crate::history::HistoryConfig>,
+    /// Write every event to `format`/`output` (`netmon run`); off when the consumer
+    /// below is the only face (`netmon top`).
+    pub sink: bool,
+    /// A consumer on a thread of its own, started once privileges are dropped (so it
+    /// holds none); the pipeline stops when it returns, and returns its result.
+    pub consumer: Option<Consumer>,
+}
+
+/// A face that runs on the pipeline's events ([`Options::consumer`]): its function
+/// gets its own lossy hub subscription of `capacity` events.
+pub struct Consumer {
+    pub name: &'static str,
+    pub capacity: usize,
+    pub run:
+        Box<dyn FnOnce(tokio::sync::mpsc::Receiver<std::sync::Arc<Event>>) -> Result<()> + Send>,
 }
 
 /// Types `stats.events` always lists, 0 included.
@@ -78,12 +94,15 @@ const READ_BATCH: usize = 1024;
 
 /// Attaches, runs the pipeline until SIGINT/SIGTERM or until the reader of the output
 /// goes away ([`crate::output::OutputClosed`]), and detaches.
-pub fn run(opts: Options) -> Result<()> {
+pub fn run(mut opts: Options) -> Result<()> {
     // Read the configuration and open the output before touching the kernel: a bad
     // file fails with nothing attached.
     let config = &opts.config;
     let monitor = Monitor::new(&config.scan)?;
-    let sink = sink::open(opts.format, opts.output.as_deref())?;
+    let sink = match opts.sink {
+        true => Some(sink::open(opts.format, opts.output.as_deref())?),
+        false => None,
+    };
     let mut tracer = Tracer::start(&LoadOptions {
         backend: opts.backend,
         ring_buffer_bytes: opts.ring_buffer_bytes,
@@ -155,8 +174,30 @@ pub fn run(opts: Options) -> Result<()> {
     // The reader registers the ring buffer with the runtime's reactor.
     let _runtime_context = runtime.enter();
     let mut hub = Hub::new();
-    let sink_thread = sink::spawn(sink, hub.subscribe_lossless("sink", sink::QUEUE))
-        .context("cannot start the output thread")?;
+    let sink_thread = match sink {
+        Some(sink) => Some(
+            sink::spawn(sink, hub.subscribe_lossless("sink", sink::QUEUE))
+                .context("cannot start the output thread")?,
+        ),
+        None => None,
+    };
+    let (consumer_thread, consumer_done) = match opts.consumer.take() {
+        Some(c) => {
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let events = hub.subscribe(c.name, c.capacity);
+            let run = c.run;
+            let thread = std::thread::Builder::new()
+                .name(c.name.into())
+                .spawn(move || {
+                    let result = run(events);
+                    let _ = done_tx.send(());
+                    result
+                })
+                .with_context(|| format!("cannot start the {} thread", c.name))?;
+            (Some(thread), Some(done_rx))
+        }
+        None => (None, None),
+    };
     let _stalled = opts.stalled_consumer.map(|n| hub.subscribe("stalled", n));
     // The history writer: its own thread and queue; a full queue drops for it alone
     // (`stats.consumers.history`), a failing disk only costs `stats.history.errors`.
@@ -185,11 +226,16 @@ pub fn run(opts: Options) -> Result<()> {
         alerts: Vec::new(),
     };
     let monitor = monitor.enabled().then_some(monitor);
-    let outcome = runtime.block_on(stages.event_loop(probe, &opts, monitor));
+    let outcome = runtime.block_on(stages.event_loop(probe, &opts, monitor, consumer_done));
     // Closing the hub ends the sink once it has written what it holds; its own error
     // (a broken pipe, a full disk) is the one to report.
     stages.hub.close();
-    let written = sink::join(sink_thread);
+    let written = sink_thread.map_or(Ok(()), sink::join);
+    let consumed = match consumer_thread.map(|t| t.join()) {
+        None | Some(Ok(Ok(()))) => Ok(()),
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(_)) => Err(anyhow::anyhow!("the consumer thread panicked")),
+    };
     // The writer commits what it holds once its queue is closed.
     if let Some(history) = history {
         history.finish();
@@ -199,7 +245,7 @@ pub fn run(opts: Options) -> Result<()> {
     drop(stages);
     drop(tracer);
     // When the sink stopped (`ConsumerGone`), its error says why.
-    written.and(outcome)
+    written.and(consumed).and(outcome)
 }
 
 use reader::Reader;
@@ -227,7 +273,9 @@ impl Stages {
         probe: Event,
         opts: &Options,
         monitor: Option<Monitor>,
+        consumer_done: Option<tokio::sync::oneshot::Receiver<()>>,
     ) -> Result<()> {
+        let mut consumer_done = consumer_done;
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         // logrotate's way: rename the `--output` file, then SIGHUP (see sink.rs).
@@ -288,6 +336,7 @@ impl Stages {
                     self.hub.emit(change).await?;
                 }
                 _ = sighup.recv() => sink::request_reopen(),
+                _ = consumer_ended(&mut consumer_done) => break,
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
             }
@@ -386,6 +435,17 @@ impl Stages {
             }),
         };
         self.hub.emit(stats).await
+    }
+}
+
+/// Resolves when the consumer's thread returned; never when there is none.
+async fn consumer_ended(done: &mut Option<tokio::sync::oneshot::Receiver<()>>) {
+    match done {
+        Some(rx) => {
+            let _ = rx.await;
+            *done = None;
+        }
+        None => std::future::pending().await,
     }
 }
 

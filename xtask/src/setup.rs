@@ -50,6 +50,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // database back with the sqlite3 command-line tool.
     "linux-perf",
     "sqlite3",
+    // tests/tests/top.rs drives `netmon top` in tmux (send-keys, capture-pane).
+    "tmux",
     // `bench overhead`'s web workload: wrk against nginx on 127.0.0.1.
     "wrk",
     "nginx-light",

@@ -121,6 +121,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         stalled_consumer: args.test_stalled_consumer,
         keep_privileges: args.keep_privileges,
         history: None,
+        sink: true,
+        consumer: None,
         config: args.config.load()?,
     };
     let mut opts = opts;
