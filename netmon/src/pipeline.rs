@@ -69,6 +69,8 @@ pub struct Options {
     pub keep_privileges: bool,
     /// The history to keep (`[history]`, `--history`), or none (`--no-history`).
     pub history: Option<crate::history::HistoryConfig>,
+    /// Serve Prometheus metrics on this address (`--metrics ADDR`, see `metrics.rs`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Types `stats.events` always lists, 0 included.
@@ -84,6 +86,14 @@ pub fn run(opts: Options) -> Result<()> {
     let config = &opts.config;
     let monitor = Monitor::new(&config.scan)?;
     let sink = sink::open(opts.format, opts.output.as_deref())?;
+    // Bound before attaching (a taken port fails with nothing attached) and before the
+    // privilege drop (a port below 1024 needs CAP_NET_BIND_SERVICE); served later.
+    let metrics_listener = match opts.metrics {
+        Some(addr) => Some(std::net::TcpListener::bind(addr).with_context(|| {
+            format!("cannot listen for --metrics on {addr}: pick a free address and port")
+        })?),
+        None => None,
+    };
     let mut tracer = Tracer::start(&LoadOptions {
         backend: opts.backend,
         ring_buffer_bytes: opts.ring_buffer_bytes,
@@ -171,6 +181,19 @@ pub fn run(opts: Options) -> Result<()> {
         ),
         None => None,
     };
+    // The metrics consumer: its own thread (after the drop), its own queue; a slow
+    // scrape costs it events (`stats.consumers.metrics`), never the event loop.
+    let metrics = match metrics_listener {
+        Some(listener) => Some(
+            crate::metrics::spawn(
+                Some(listener),
+                hub.subscribe("metrics", crate::metrics::QUEUE),
+            )
+            .context("cannot start the metrics thread")?
+            .1,
+        ),
+        None => None,
+    };
     let mut stages = Stages {
         reader: Reader::new(ring, losses, skipped, host.clone())?,
         enrich: Enricher::new(flows, host.clone()),
@@ -193,6 +216,9 @@ pub fn run(opts: Options) -> Result<()> {
     // The writer commits what it holds once its queue is closed.
     if let Some(history) = history {
         history.finish();
+    }
+    if let Some(metrics) = metrics {
+        let _ = metrics.join();
     }
     // The reader holds duplicates of the program fds (for `skipped_runs`): closed
     // first, so that dropping `tracer` (and every link it owns) unloads every program.
