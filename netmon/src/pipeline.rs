@@ -90,7 +90,7 @@ pub fn run(opts: Options) -> Result<()> {
     // privilege drop (a port below 1024 needs CAP_NET_BIND_SERVICE); served later.
     let metrics_listener = match opts.metrics {
         Some(addr) => Some(std::net::TcpListener::bind(addr).with_context(|| {
-            format!("cannot listen for --metrics on {addr}: pick a free address and port")
+            format!("cannot listen for --metrics on {addr} (give a free address and port)")
         })?),
         None => None,
     };

@@ -179,10 +179,10 @@ impl Prometheus {
         let mut last = Vec::new();
         while Instant::now() < deadline {
             last = self.query(query);
-            if let [(_, v)] = last[..] {
-                if ok(v) {
-                    return v;
-                }
+            if let [(_, v)] = last[..]
+                && ok(v)
+            {
+                return v;
             }
             thread::sleep(Duration::from_millis(250));
         }
@@ -556,4 +556,59 @@ fn cardinality_stays_under_budget_with_500_processes_and_10000_peers() {
     .unwrap();
     assert!(other >= 400.0, "the rest summed under ~other: {other}");
     assert!(!text.contains("127.1."), "peer addresses are not labels");
+}
+
+/// `CapEff` of every thread of `pid`, by thread name.
+fn thread_caps(pid: u32) -> Vec<(String, u64)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            let eff = status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+                .unwrap_or(u64::MAX);
+            (comm.trim().to_owned(), eff)
+        })
+        .collect()
+}
+
+#[test]
+fn the_metrics_thread_starts_after_the_privilege_drop() {
+    require_root!();
+    let _ns = NetNs::new();
+    let netmon = start_netmon(free_port());
+    // CAP_SYS_PTRACE and CAP_SYS_ADMIN (see tests/tests/privileges.rs).
+    const KEPT: u64 = (1 << 19) | (1 << 21);
+    let threads = thread_caps(netmon.pid());
+    assert!(
+        threads.iter().any(|(name, _)| name == "netmon-metrics"),
+        "no metrics thread in {threads:?}"
+    );
+    for (name, eff) in &threads {
+        assert_eq!(*eff, KEPT, "thread {name} has CapEff {eff:#x}");
+    }
+}
+
+#[test]
+fn a_taken_metrics_port_fails_at_start_in_one_line() {
+    require_root!();
+    let _ns = NetNs::new();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(netmon_tests::netmon_bin())
+        .args(["run", "--no-history", "--metrics", &addr])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "exit status {:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.stdout.is_empty(), "nothing attached, no probe line");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains(&addr) && stderr.contains("--metrics"),
+        "{stderr}"
+    );
 }
