@@ -20,6 +20,7 @@ pub mod flow;
 pub mod geoip;
 pub mod history;
 pub mod kernel_btf;
+pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod privileges;

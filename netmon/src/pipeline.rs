@@ -76,6 +76,8 @@ pub struct Options {
     /// A consumer on a thread of its own, started once privileges are dropped (so it
     /// holds none); the pipeline stops when it returns, and returns its result.
     pub consumer: Option<Consumer>,
+    /// Serve Prometheus metrics on this address (`--metrics ADDR`, see `metrics.rs`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// A face that runs on the pipeline's events ([`Options::consumer`]): its function
@@ -102,6 +104,14 @@ pub fn run(mut opts: Options) -> Result<()> {
     let sink = match opts.sink {
         true => Some(sink::open(opts.format, opts.output.as_deref())?),
         false => None,
+    };
+    // Bound before attaching (a taken port fails with nothing attached) and before the
+    // privilege drop (a port below 1024 needs CAP_NET_BIND_SERVICE); served later.
+    let metrics_listener = match opts.metrics {
+        Some(addr) => Some(std::net::TcpListener::bind(addr).with_context(|| {
+            format!("cannot listen for --metrics on {addr} (give a free address and port)")
+        })?),
+        None => None,
     };
     let mut tracer = Tracer::start(&LoadOptions {
         backend: opts.backend,
@@ -212,6 +222,19 @@ pub fn run(mut opts: Options) -> Result<()> {
         ),
         None => None,
     };
+    // The metrics consumer: its own thread (after the drop), its own queue; a slow
+    // scrape costs it events (`stats.consumers.metrics`), never the event loop.
+    let metrics = match metrics_listener {
+        Some(listener) => Some(
+            crate::metrics::spawn(
+                Some(listener),
+                hub.subscribe("metrics", crate::metrics::QUEUE),
+            )
+            .context("cannot start the metrics thread")?
+            .1,
+        ),
+        None => None,
+    };
     let mut stages = Stages {
         reader: Reader::new(ring, losses, skipped, host.clone())?,
         enrich: Enricher::new(flows, host.clone()),
@@ -239,6 +262,9 @@ pub fn run(mut opts: Options) -> Result<()> {
     // The writer commits what it holds once its queue is closed.
     if let Some(history) = history {
         history.finish();
+    }
+    if let Some(metrics) = metrics {
+        let _ = metrics.join();
     }
     // The reader holds duplicates of the program fds (for `skipped_runs`): closed
     // first, so that dropping `tracer` (and every link it owns) unloads every program.

@@ -58,6 +58,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // tests/tests/report.rs: the HTML report loaded in headless Chromium (DOM dump,
     // screenshot).
     "chromium",
+    // tests/tests/metrics.rs: a real Prometheus scraping `--metrics`, `promtool check
+    // metrics`, and node-exporter to compare the host statistics with.
+    "prometheus",
+    "prometheus-node-exporter",
 ];
 
 pub const NIGHTLY: &str = "nightly";

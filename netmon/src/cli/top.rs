@@ -98,6 +98,7 @@ pub fn run(args: TopArgs) -> Result<ExitCode> {
         keep_privileges: false,
         history: None,
         sink: false,
+        metrics: None,
         consumer: Some(pipeline::Consumer {
             name: "tui",
             capacity: 65_536,
