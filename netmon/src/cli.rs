@@ -14,6 +14,7 @@ pub mod rules;
 pub mod run;
 pub mod scan;
 pub mod snapshot;
+pub mod top;
 
 /// Linux network monitor: traces every TCP and UDP connection with eBPF and tells you
 /// which process made it.
@@ -69,6 +70,13 @@ pub enum Command {
     /// alerts, connections, processes, remote hosts with country/ASN, listening ports,
     /// the scanner's inventory and DNS names. See docs/report.md.
     Report(report::ReportArgs),
+    /// A live terminal UI (top-like): processes, connections, hosts, DNS, alerts and
+    /// interfaces, from the local agent, from several (`--agent URL`, repeatable), or
+    /// traced in-process when none runs and it is root (`sudo netmon top`).
+    ///
+    /// Keys: Tab switches views, `s` sorts, `/` filters, `p` pauses, `?` helps, `q`
+    /// quits. NO_COLOR turns colours off. See docs/top.md.
+    Top(top::TopArgs),
 }
 
 /// `--config`, shared by every subcommand that reads the configuration file.
@@ -104,6 +112,7 @@ pub fn main() -> ExitCode {
         Command::Hosts(args) => hosts::run(args),
         Command::History(what) => history::run(history::HistoryArgs { what }),
         Command::Report(args) => report::run(args),
+        Command::Top(args) => top::run(args),
     };
     match result {
         Ok(code) => code,

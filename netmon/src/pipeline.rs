@@ -4,7 +4,8 @@
 //! context, DNS names) → `detect` (rules: alerts) → `hub` (one `emit` that counts
 //! `stats.events` and fans out `Arc<Event>`) → consumers, each on its own bounded queue:
 //! `sink` (JSON/text output, every event), `scanner` (peers to scan), and whatever
-//! subscribes with [`hub::Hub::subscribe`] (the history writer).
+//! subscribes with [`hub::Hub::subscribe`] (the history writer, `netmon top`'s UI given
+//! as [`Options::consumer`]).
 //!
 //! One task on one thread owns the stages and their state (no locks); the timers that
 //! flush `stats`, `flow` summaries and UDP idle closes also live here. What netmon makes
@@ -69,6 +70,23 @@ pub struct Options {
     pub keep_privileges: bool,
     /// The history to keep (`[history]`, `--history`), or none (`--no-history`).
     pub history: Option<crate::history::HistoryConfig>,
+    /// Write every event to `format`/`output` (`netmon run`); off when the consumer
+    /// below is the only face (`netmon top`).
+    pub sink: bool,
+    /// A consumer on a thread of its own, started once privileges are dropped (so it
+    /// holds none); the pipeline stops when it returns, and returns its result.
+    pub consumer: Option<Consumer>,
+    /// Serve Prometheus metrics on this address (`--metrics ADDR`, see `metrics.rs`).
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// A face that runs on the pipeline's events ([`Options::consumer`]): its function
+/// gets its own lossy hub subscription of `capacity` events.
+pub struct Consumer {
+    pub name: &'static str,
+    pub capacity: usize,
+    pub run:
+        Box<dyn FnOnce(tokio::sync::mpsc::Receiver<std::sync::Arc<Event>>) -> Result<()> + Send>,
 }
 
 /// Types `stats.events` always lists, 0 included.
@@ -78,12 +96,23 @@ const READ_BATCH: usize = 1024;
 
 /// Attaches, runs the pipeline until SIGINT/SIGTERM or until the reader of the output
 /// goes away ([`crate::output::OutputClosed`]), and detaches.
-pub fn run(opts: Options) -> Result<()> {
+pub fn run(mut opts: Options) -> Result<()> {
     // Read the configuration and open the output before touching the kernel: a bad
     // file fails with nothing attached.
     let config = &opts.config;
     let monitor = Monitor::new(&config.scan)?;
-    let sink = sink::open(opts.format, opts.output.as_deref())?;
+    let sink = match opts.sink {
+        true => Some(sink::open(opts.format, opts.output.as_deref())?),
+        false => None,
+    };
+    // Bound before attaching (a taken port fails with nothing attached) and before the
+    // privilege drop (a port below 1024 needs CAP_NET_BIND_SERVICE); served later.
+    let metrics_listener = match opts.metrics {
+        Some(addr) => Some(std::net::TcpListener::bind(addr).with_context(|| {
+            format!("cannot listen for --metrics on {addr} (give a free address and port)")
+        })?),
+        None => None,
+    };
     let mut tracer = Tracer::start(&LoadOptions {
         backend: opts.backend,
         ring_buffer_bytes: opts.ring_buffer_bytes,
@@ -155,8 +184,30 @@ pub fn run(opts: Options) -> Result<()> {
     // The reader registers the ring buffer with the runtime's reactor.
     let _runtime_context = runtime.enter();
     let mut hub = Hub::new();
-    let sink_thread = sink::spawn(sink, hub.subscribe_lossless("sink", sink::QUEUE))
-        .context("cannot start the output thread")?;
+    let sink_thread = match sink {
+        Some(sink) => Some(
+            sink::spawn(sink, hub.subscribe_lossless("sink", sink::QUEUE))
+                .context("cannot start the output thread")?,
+        ),
+        None => None,
+    };
+    let (consumer_thread, consumer_done) = match opts.consumer.take() {
+        Some(c) => {
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let events = hub.subscribe(c.name, c.capacity);
+            let run = c.run;
+            let thread = std::thread::Builder::new()
+                .name(c.name.into())
+                .spawn(move || {
+                    let result = run(events);
+                    let _ = done_tx.send(());
+                    result
+                })
+                .with_context(|| format!("cannot start the {} thread", c.name))?;
+            (Some(thread), Some(done_rx))
+        }
+        None => (None, None),
+    };
     let _stalled = opts.stalled_consumer.map(|n| hub.subscribe("stalled", n));
     // The history writer: its own thread and queue; a full queue drops for it alone
     // (`stats.consumers.history`), a failing disk only costs `stats.history.errors`.
@@ -168,6 +219,19 @@ pub fn run(opts: Options) -> Result<()> {
                 Some(config.scan.state_file.clone()),
             )
             .context("cannot start the history writer thread")?,
+        ),
+        None => None,
+    };
+    // The metrics consumer: its own thread (after the drop), its own queue; a slow
+    // scrape costs it events (`stats.consumers.metrics`), never the event loop.
+    let metrics = match metrics_listener {
+        Some(listener) => Some(
+            crate::metrics::spawn(
+                Some(listener),
+                hub.subscribe("metrics", crate::metrics::QUEUE),
+            )
+            .context("cannot start the metrics thread")?
+            .1,
         ),
         None => None,
     };
@@ -185,21 +249,29 @@ pub fn run(opts: Options) -> Result<()> {
         alerts: Vec::new(),
     };
     let monitor = monitor.enabled().then_some(monitor);
-    let outcome = runtime.block_on(stages.event_loop(probe, &opts, monitor));
+    let outcome = runtime.block_on(stages.event_loop(probe, &opts, monitor, consumer_done));
     // Closing the hub ends the sink once it has written what it holds; its own error
     // (a broken pipe, a full disk) is the one to report.
     stages.hub.close();
-    let written = sink::join(sink_thread);
+    let written = sink_thread.map_or(Ok(()), sink::join);
+    let consumed = match consumer_thread.map(|t| t.join()) {
+        None | Some(Ok(Ok(()))) => Ok(()),
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(_)) => Err(anyhow::anyhow!("the consumer thread panicked")),
+    };
     // The writer commits what it holds once its queue is closed.
     if let Some(history) = history {
         history.finish();
+    }
+    if let Some(metrics) = metrics {
+        let _ = metrics.join();
     }
     // The reader holds duplicates of the program fds (for `skipped_runs`): closed
     // first, so that dropping `tracer` (and every link it owns) unloads every program.
     drop(stages);
     drop(tracer);
     // When the sink stopped (`ConsumerGone`), its error says why.
-    written.and(outcome)
+    written.and(consumed).and(outcome)
 }
 
 use reader::Reader;
@@ -227,7 +299,9 @@ impl Stages {
         probe: Event,
         opts: &Options,
         monitor: Option<Monitor>,
+        consumer_done: Option<tokio::sync::oneshot::Receiver<()>>,
     ) -> Result<()> {
+        let mut consumer_done = consumer_done;
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         // logrotate's way: rename the `--output` file, then SIGHUP (see sink.rs).
@@ -288,6 +362,7 @@ impl Stages {
                     self.hub.emit(change).await?;
                 }
                 _ = sighup.recv() => sink::request_reopen(),
+                _ = consumer_ended(&mut consumer_done) => break,
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
             }
@@ -386,6 +461,17 @@ impl Stages {
             }),
         };
         self.hub.emit(stats).await
+    }
+}
+
+/// Resolves when the consumer's thread returned; never when there is none.
+async fn consumer_ended(done: &mut Option<tokio::sync::oneshot::Receiver<()>>) {
+    match done {
+        Some(rx) => {
+            let _ = rx.await;
+            *done = None;
+        }
+        None => std::future::pending().await,
     }
 }
 

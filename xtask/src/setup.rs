@@ -50,12 +50,18 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // database back with the sqlite3 command-line tool.
     "linux-perf",
     "sqlite3",
+    // tests/tests/top.rs drives `netmon top` in tmux (send-keys, capture-pane).
+    "tmux",
     // `bench overhead`'s web workload: wrk against nginx on 127.0.0.1.
     "wrk",
     "nginx-light",
     // tests/tests/report.rs: the HTML report loaded in headless Chromium (DOM dump,
     // screenshot).
     "chromium",
+    // tests/tests/metrics.rs: a real Prometheus scraping `--metrics`, `promtool check
+    // metrics`, and node-exporter to compare the host statistics with.
+    "prometheus",
+    "prometheus-node-exporter",
 ];
 
 pub const NIGHTLY: &str = "nightly";

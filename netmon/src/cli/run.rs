@@ -66,6 +66,11 @@ pub struct RunArgs {
     /// Keep no history (also `[history] enabled = false`).
     #[arg(long)]
     pub no_history: bool,
+    /// Serve Prometheus metrics (`GET /metrics`, text format 0.0.4) on ADDR, e.g.
+    /// `127.0.0.1:9464`. Off by default. Any address given is used as is: one that is
+    /// not loopback exposes the metrics to that network (see docs/metrics.md).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Test only: subscribe a consumer with a queue of N events that never reads, to
     /// show that a stalled consumer loses only its own events (`stats.consumers`).
     #[arg(long, value_name = "N", hide = true)]
@@ -121,6 +126,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         stalled_consumer: args.test_stalled_consumer,
         keep_privileges: args.keep_privileges,
         history: None,
+        sink: true,
+        consumer: None,
+        metrics: args.metrics,
         config: args.config.load()?,
     };
     let mut opts = opts;

@@ -1,0 +1,143 @@
+//! `netmon top`: flags → where the events come from (agents, the local agent, or the
+//! in-process pipeline) → [`crate::tui::run`].
+use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+
+use crate::{
+    flow::{FlowConfig, NS_PER_S},
+    output::Format,
+    pipeline,
+    probe::BackendChoice,
+    tui::{
+        self,
+        app::{App, Caps},
+        source::{Source, agent},
+    },
+};
+
+/// Where a local agent's API listens by default.
+pub const LOCAL_AGENT: &str = "127.0.0.1:9469";
+/// The local agent's token file by default.
+pub const TOKEN_FILE: &str = "/var/lib/netmon/api.token";
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Watch the agent at URL (`http://HOST:PORT`, as `netmon run --api` listens);
+    /// repeat to watch several at once, merged with a host column. Without it netmon
+    /// top watches the local agent, or traces by itself when none runs and it is root.
+    #[arg(long, value_name = "URL")]
+    pub agent: Vec<String>,
+    /// The agents' API token (a file holding it); NETMON_TOKEN overrides.
+    #[arg(long, value_name = "FILE", default_value = TOKEN_FILE)]
+    pub token_file: PathBuf,
+    /// Trace in-process even if a local agent answers (needs root).
+    #[arg(long, conflicts_with = "agent")]
+    pub in_process: bool,
+    /// In-process only: which kernel hooks to use.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendChoice,
+    #[command(flatten)]
+    pub config: super::ConfigArgs,
+}
+
+pub fn run(args: TopArgs) -> Result<ExitCode> {
+    if !std::io::stdout().is_terminal() {
+        bail!(
+            "netmon top needs a terminal: stdout is not one (run it in a terminal; for a stream use `netmon run`)"
+        );
+    }
+    let agents = if !args.agent.is_empty() {
+        args.agent.clone()
+    } else if !args.in_process && local_agent_answers() {
+        vec![format!("http://{LOCAL_AGENT}")]
+    } else {
+        Vec::new()
+    };
+    if !agents.is_empty() {
+        let token = token(&args)?;
+        let specs = agents
+            .iter()
+            .map(|url| agent::AgentSpec {
+                url: url.clone(),
+                token: token.clone(),
+            })
+            .collect();
+        let (rx, clients) = agent::start(specs).context("cannot start the agent clients")?;
+        let labels = agents.iter().map(|a| crate::escape::remote(a)).collect();
+        tui::run(
+            App::new(labels, Caps::default()),
+            Source::Agents(rx, clients),
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if crate::system::check_privileges().is_err() {
+        bail!(
+            "no netmon agent answers on {LOCAL_AGENT}, and tracing in-process needs root: start an agent (`sudo netmon run`) and run `netmon top`, run `sudo netmon top`, or watch a remote one with `netmon top --agent http://HOST:9469`"
+        );
+    }
+    let opts = pipeline::Options {
+        format: Format::Json,
+        output: None,
+        backend: args.backend,
+        ring_buffer_bytes: 4096 * 1024,
+        // Often, so the Overview's uptime and losses stay current.
+        stats_interval: Duration::from_secs(2),
+        max_latency: Duration::from_millis(50),
+        ebpf_log: crate::probe::EbpfLog::Off,
+        flows: FlowConfig {
+            cap: 100_000,
+            udp_idle_ns: 60 * NS_PER_S,
+            summary_interval_ns: 5 * NS_PER_S,
+        },
+        // Bytes per flow and process come from `flow` summaries: every few seconds.
+        flow_interval: Duration::from_secs(5),
+        udp_interval: Duration::from_secs(15),
+        stalled_consumer: None,
+        keep_privileges: false,
+        history: None,
+        sink: false,
+        metrics: None,
+        consumer: Some(pipeline::Consumer {
+            name: "tui",
+            capacity: 65_536,
+            run: Box::new(|events| {
+                let app = App::new(vec!["local (in-process)".into()], Caps::default());
+                tui::run(app, Source::InProcess(events))
+            }),
+        }),
+        config: args.config.load()?,
+    };
+    pipeline::run(opts)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// True when something accepts connections on the local agent's port.
+fn local_agent_answers() -> bool {
+    let addr = LOCAL_AGENT.parse().expect("a socket address");
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// The token: NETMON_TOKEN, else the first line of `--token-file`.
+fn token(args: &TopArgs) -> Result<String> {
+    if let Ok(t) = std::env::var("NETMON_TOKEN")
+        && !t.trim().is_empty()
+    {
+        return Ok(t.trim().to_owned());
+    }
+    let text = std::fs::read_to_string(&args.token_file).with_context(|| {
+        format!(
+            "cannot read the API token from {}: give --token-file FILE or set NETMON_TOKEN",
+            args.token_file.display()
+        )
+    })?;
+    let t = text.lines().next().unwrap_or("").trim().to_owned();
+    if t.is_empty() {
+        bail!(
+            "the token file {} is empty: give --token-file FILE or set NETMON_TOKEN",
+            args.token_file.display()
+        );
+    }
+    Ok(t)
+}

@@ -1,0 +1,142 @@
+//! Prometheus metrics (`GET /metrics`, text format 0.0.4): the registry, its HTTP
+//! route and the thread that keeps it current.
+//!
+//! Everything but the host statistics comes from the event stream: a hub subscription
+//! ([`crate::pipeline::hub::Hub::subscribe`]) read on the `netmon-metrics` thread, so
+//! the event loop does nothing per event beyond the hub's fan-out, and a slow scrape
+//! can only make this consumer drop (`stats.consumers.metrics.dropped`). Counters the
+//! pipeline already keeps (events by type, losses, skipped runs, consumer drops) are
+//! taken from the periodic `stats` events; the backend per capability from `probe`.
+//! Host statistics are read from `/proc` at scrape time ([`host`]).
+//!
+//! - [`families`]: the families and their update from one event (pure);
+//! - [`top`]: the bounded per-process series (`process="~other"` for the rest);
+//! - [`host`]: CPU, load, memory, swap, filesystems, disks, interfaces (procfs).
+use std::{net::TcpListener, sync::Arc, thread::JoinHandle};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use prometheus::{Encoder as _, Registry, TextEncoder};
+use tokio::sync::mpsc;
+
+use crate::event::Event;
+
+pub mod families;
+pub mod host;
+pub mod top;
+
+/// Events the metrics consumer may hold before the hub drops for it.
+pub const QUEUE: usize = 16_384;
+
+/// The registry a scrape reads; cheap to clone (shared).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    /// A registry holding every family, the host statistics among them, and the
+    /// [`families::Families`] that update it from events.
+    pub fn new(host_stats: bool) -> (Metrics, families::Families) {
+        let registry = Registry::new();
+        let families =
+            families::Families::register(&registry, top::DEFAULT_LIMIT, top::DEFAULT_GRACE);
+        if host_stats {
+            registry
+                .register(Box::new(host::HostStats::new()))
+                .expect("host families are registered once, with unique names");
+        }
+        (Metrics { registry }, families)
+    }
+
+    /// The text exposition (format 0.0.4) of every family.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+}
+
+/// `GET /metrics`; mount it on any axum listener (the API's, or `--metrics ADDR`).
+pub fn router(state: Metrics) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(state)
+}
+
+async fn scrape(State(m): State<Metrics>) -> impl IntoResponse {
+    // Reading /proc for the host statistics blocks briefly; fine on this thread.
+    match m.render() {
+        Ok(text) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+            text,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("netmon: cannot render the metrics: {e}\n"),
+        ),
+    }
+}
+
+/// The `netmon-metrics` thread: applies events to the families and, when `listener`
+/// is given (`--metrics ADDR`), serves [`router`] on it. Ends once the hub closes.
+/// Start it after the privilege drop (it is a thread).
+pub fn spawn(
+    listener: Option<TcpListener>,
+    mut events: mpsc::Receiver<Arc<Event>>,
+) -> std::io::Result<(Metrics, JoinHandle<()>)> {
+    let (metrics, mut families) = Metrics::new(true);
+    let served = metrics.clone();
+    if let Some(l) = &listener {
+        l.set_nonblocking(true)?;
+    }
+    let thread = std::thread::Builder::new()
+        .name("netmon-metrics".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+                .expect("a current-thread runtime starts");
+            rt.block_on(async move {
+                let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+                let server = listener.map(|l| {
+                    let app = router(served);
+                    tokio::spawn(async move {
+                        let listener = match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                eprintln!("netmon: warning: cannot serve --metrics: {e}");
+                                return;
+                            }
+                        };
+                        let stop = async {
+                            let _ = done_rx.await;
+                        };
+                        if let Err(e) = axum::serve(listener, app)
+                            .with_graceful_shutdown(stop)
+                            .await
+                        {
+                            eprintln!("netmon: warning: the --metrics listener failed: {e}");
+                        }
+                    })
+                });
+                while let Some(event) = events.recv().await {
+                    families.observe(&event);
+                }
+                let _ = done_tx.send(());
+                if let Some(server) = server {
+                    // Open scrapes finish; a stuck client does not hold netmon up.
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
+                }
+            });
+        })?;
+    Ok((metrics, thread))
+}

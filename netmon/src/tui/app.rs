@@ -1,0 +1,1224 @@
+//! `netmon top`'s state: what every view shows, built from the event stream alone
+//! (the same for the in-process pipeline and for agents), and the UI's own state
+//! (view, sort, filter, pause, scroll). Pure: updated by [`App::event`], [`App::tick`]
+//! and [`App::key`]; no terminal, no I/O. Every collection is capped ([`Caps`]), so
+//! memory stays bounded whatever the agents send.
+//!
+//! Every string that came from outside (process names, DNS names, banners) is cut and
+//! escaped with `escape.rs` when it becomes a cell, never later.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    net::IpAddr,
+    sync::Arc,
+};
+
+use chrono::{DateTime, Utc};
+
+use crate::{
+    escape,
+    event::{Connection, Event, EventBody, ProcessInfo, Proto, Severity},
+};
+
+/// How many rows each view keeps at most; past a cap the oldest go first.
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    pub flows: usize,
+    pub processes: usize,
+    pub hosts: usize,
+    pub dns_names: usize,
+    pub alerts: usize,
+    /// Seconds of sparkline history per agent.
+    pub history_s: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Caps {
+        Caps {
+            flows: 10_000,
+            processes: 5_000,
+            hosts: 4_096,
+            dns_names: 2_000,
+            alerts: 1_000,
+            history_s: 600,
+        }
+    }
+}
+
+/// Seconds a closed flow stays on the Connections view.
+const CLOSED_KEPT_S: i64 = 10;
+/// Longest text of one cell from a hostile source.
+const MAX_CELL: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    Overview,
+    Processes,
+    Connections,
+    Hosts,
+    Dns,
+    Alerts,
+    Interfaces,
+}
+
+impl View {
+    pub const ALL: [View; 7] = [
+        View::Overview,
+        View::Processes,
+        View::Connections,
+        View::Hosts,
+        View::Dns,
+        View::Alerts,
+        View::Interfaces,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            View::Overview => "Overview",
+            View::Processes => "Processes",
+            View::Connections => "Connections",
+            View::Hosts => "Hosts",
+            View::Dns => "DNS",
+            View::Alerts => "Alerts",
+            View::Interfaces => "Interfaces",
+        }
+    }
+
+    fn index(self) -> usize {
+        View::ALL.iter().position(|v| *v == self).unwrap_or(0)
+    }
+
+    /// The columns of the view's table.
+    pub fn columns(self) -> &'static [&'static str] {
+        match self {
+            View::Overview => &[
+                "agent", "status", "host", "backend", "uptime", "events", "lost", "conn/s",
+                "alerts",
+            ],
+            View::Processes => &[
+                "process",
+                "pid",
+                "user",
+                "container",
+                "conns",
+                "peers",
+                "sent/s",
+                "recv/s",
+                "host",
+            ],
+            View::Connections => &[
+                "proto", "local", "remote", "state", "process", "sent", "recv", "age", "host",
+            ],
+            View::Hosts => &[
+                "addr",
+                "state",
+                "mac",
+                "name",
+                "open ports",
+                "last change",
+                "host",
+            ],
+            View::Dns => &[
+                "process", "queries", "nxdomain", "top name", "names", "host",
+            ],
+            View::Alerts => &["time", "severity", "rule", "summary", "process", "host"],
+            View::Interfaces => &["interface", "rx/s", "tx/s", "rx total", "tx total"],
+        }
+    }
+}
+
+/// A connection state of one source, as the Overview shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentStatus {
+    Connecting,
+    Live,
+    /// Why it cannot be reached (one line), and that it retries.
+    Unreachable(String),
+    /// It fell behind and the agent skipped events.
+    Lagged(u64),
+}
+
+/// What the source layer tells the app.
+#[derive(Clone, Debug)]
+pub enum Msg {
+    Event {
+        agent: usize,
+        event: Arc<Event>,
+    },
+    Status {
+        agent: usize,
+        status: AgentStatus,
+    },
+    /// Per-interface byte counters read locally (`/proc/net/dev`).
+    Interfaces(Vec<IfaceCounters>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct IfaceCounters {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// Per agent: the Overview's figures and sparklines (one bucket per second).
+#[derive(Clone, Debug)]
+pub struct Agent {
+    pub label: String,
+    pub status: AgentStatus,
+    pub host: Option<String>,
+    pub backend: Option<String>,
+    pub uptime_s: Option<f64>,
+    pub events: u64,
+    pub lost: u64,
+    pub lagged: u64,
+    pub alerts: u64,
+    /// Newest last: connections, bytes in, bytes out, alerts per second.
+    pub conns: VecDeque<u64>,
+    pub bytes_in: VecDeque<u64>,
+    pub bytes_out: VecDeque<u64>,
+    pub alert_rate: VecDeque<u64>,
+    cur: [u64; 4],
+}
+
+impl Agent {
+    fn new(label: String) -> Agent {
+        Agent {
+            label,
+            status: AgentStatus::Connecting,
+            host: None,
+            backend: None,
+            uptime_s: None,
+            events: 0,
+            lost: 0,
+            lagged: 0,
+            alerts: 0,
+            conns: VecDeque::new(),
+            bytes_in: VecDeque::new(),
+            bytes_out: VecDeque::new(),
+            alert_rate: VecDeque::new(),
+            cur: [0; 4],
+        }
+    }
+
+    fn roll(&mut self, cap: usize) {
+        let cur = std::mem::take(&mut self.cur);
+        for (q, v) in [
+            &mut self.conns,
+            &mut self.bytes_in,
+            &mut self.bytes_out,
+            &mut self.alert_rate,
+        ]
+        .into_iter()
+        .zip(cur)
+        {
+            q.push_back(v);
+            while q.len() > cap {
+                q.pop_front();
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ProcKey {
+    host: String,
+    pid: u32,
+    comm: String,
+}
+
+#[derive(Clone, Debug, Default)]
+struct ProcRow {
+    user: String,
+    container: String,
+    conns: u64,
+    peers: HashSet<IpAddr>,
+    sent: u64,
+    recv: u64,
+    /// Bytes/s over the last tick.
+    sent_rate: f64,
+    recv_rate: f64,
+    last_sent: u64,
+    last_recv: u64,
+    last_seen: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct FlowKey {
+    host: String,
+    proto: Proto,
+    local: String,
+    remote: String,
+}
+
+#[derive(Clone, Debug)]
+struct FlowRow {
+    proto: Proto,
+    local: String,
+    remote: String,
+    state: String,
+    process: String,
+    pid: Option<u32>,
+    sent: Option<u64>,
+    recv: Option<u64>,
+    start: DateTime<Utc>,
+    last_seen: DateTime<Utc>,
+    closed: bool,
+}
+
+#[derive(Clone, Debug)]
+struct HostRow {
+    up: bool,
+    mac: String,
+    name: String,
+    ports: BTreeMap<(u16, Proto), String>,
+    last_change: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct DnsProc {
+    queries: u64,
+    nxdomain: u64,
+    names: HashMap<String, u64>,
+}
+
+#[derive(Clone, Debug)]
+struct AlertRow {
+    ts: DateTime<Utc>,
+    host: String,
+    severity: Severity,
+    rule: String,
+    summary: String,
+    recommendation: String,
+    process: String,
+    flows: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+struct IfaceRow {
+    counters: IfaceCounters,
+    rx_rate: f64,
+    tx_rate: f64,
+}
+
+/// A sort key of one cell.
+#[derive(Clone, Debug, PartialEq, PartialOrd)]
+pub enum SortKey {
+    Num(f64),
+    Text(String),
+}
+
+/// One row of a table: what is drawn and what it sorts by.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub cells: Vec<String>,
+    pub keys: Vec<SortKey>,
+    /// Text the `/` filter matches (the cells, plus e.g. a port on its own).
+    pub haystack: String,
+}
+
+impl Row {
+    fn new(cells: Vec<(String, SortKey)>) -> Row {
+        let haystack = cells
+            .iter()
+            .map(|(c, _)| c.to_lowercase())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let (cells, keys) = cells.into_iter().unzip();
+        Row {
+            cells,
+            keys,
+            haystack,
+        }
+    }
+}
+
+/// Per view: sort column, direction, selection.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ViewState {
+    pub sort: usize,
+    pub ascending: bool,
+    pub selected: usize,
+}
+
+/// What a key press did, for the loop.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyOutcome {
+    Continue,
+    Quit,
+}
+
+/// The keys `netmon top` understands, terminal-independent (see `tui.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key {
+    Char(char),
+    Enter,
+    Esc,
+    Backspace,
+    Tab,
+    BackTab,
+    Up,
+    Down,
+    PageUp,
+    PageDown,
+    Home,
+    End,
+}
+
+/// Everything `netmon top` shows.
+pub struct App {
+    pub caps: Caps,
+    pub agents: Vec<Agent>,
+    pub view: View,
+    pub views: [ViewState; 7],
+    pub filter: String,
+    pub editing_filter: bool,
+    pub paused: bool,
+    pub help: bool,
+    /// Alerts view: the selected alert's details are open.
+    pub detail: bool,
+    /// Where the Interfaces view's figures come from, when not read locally.
+    pub interfaces_note: Option<String>,
+    frozen: Option<Vec<Vec<Row>>>,
+    processes: HashMap<ProcKey, ProcRow>,
+    flows: HashMap<FlowKey, FlowRow>,
+    hosts: HashMap<(String, IpAddr), HostRow>,
+    dns: HashMap<ProcKey, DnsProc>,
+    dns_names: usize,
+    alerts: VecDeque<AlertRow>,
+    interfaces: Vec<IfaceRow>,
+    last_tick: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+}
+
+impl App {
+    pub fn new(agents: Vec<String>, caps: Caps) -> App {
+        App {
+            caps,
+            agents: agents.into_iter().map(Agent::new).collect(),
+            view: View::Overview,
+            views: [ViewState::default(); 7],
+            filter: String::new(),
+            editing_filter: false,
+            paused: false,
+            help: false,
+            detail: false,
+            interfaces_note: None,
+            frozen: None,
+            processes: HashMap::new(),
+            flows: HashMap::new(),
+            hosts: HashMap::new(),
+            dns: HashMap::new(),
+            dns_names: 0,
+            alerts: VecDeque::new(),
+            interfaces: Vec::new(),
+            last_tick: None,
+            now: Utc::now(),
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.now
+    }
+
+    /// One message from a source.
+    pub fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Event { agent, event } => self.event(agent, &event),
+            Msg::Status { agent, status } => {
+                if let Some(a) = self.agents.get_mut(agent) {
+                    if let AgentStatus::Lagged(n) = status {
+                        a.lagged += n;
+                    }
+                    a.status = status;
+                }
+            }
+            Msg::Interfaces(counters) => self.interfaces(counters),
+        }
+    }
+
+    /// One event of agent `agent` (its index in the list given to [`App::new`]).
+    pub fn event(&mut self, agent: usize, event: &Event) {
+        let host = escape::remote(&event.host);
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.events += 1;
+            if a.status != AgentStatus::Live && !matches!(a.status, AgentStatus::Lagged(_)) {
+                a.status = AgentStatus::Live;
+            }
+            a.host = Some(host.clone());
+        }
+        match &event.body {
+            EventBody::Connect(c) | EventBody::Accept(c) | EventBody::Udp(c) => {
+                self.bump(agent, 0, 1);
+                self.opened(&host, c, event.ts);
+            }
+            EventBody::Listen(c) => self.opened(&host, c, event.ts),
+            EventBody::Flow(f) => {
+                let key = flow_key(&host, &f.conn);
+                self.bytes(agent, &host, &f.conn, f.bytes_sent, f.bytes_received, &key);
+                let row = self.flow_row(key, &f.conn, f.start);
+                row.state = escape::remote(&f.state);
+                row.last_seen = event.ts;
+                row.sent = f.bytes_sent.or(row.sent);
+                row.recv = f.bytes_received.or(row.recv);
+            }
+            EventBody::Close(c) => {
+                let key = flow_key(&host, &c.conn);
+                self.bytes(agent, &host, &c.conn, c.bytes_sent, c.bytes_received, &key);
+                let start = c
+                    .duration_ms
+                    .and_then(|ms| chrono::Duration::try_milliseconds(ms as i64))
+                    .map_or(event.ts, |d| event.ts - d);
+                let row = self.flow_row(key, &c.conn, start);
+                row.state = "closed".into();
+                row.closed = true;
+                row.sent = c.bytes_sent.or(row.sent);
+                row.recv = c.bytes_received.or(row.recv);
+                row.last_seen = event.ts;
+            }
+            EventBody::Dns(d) => {
+                let entry = self
+                    .dns
+                    .entry(proc_key(&host, d.process.as_ref()))
+                    .or_default();
+                entry.queries += 1;
+                if d.rcode.as_deref() == Some("NXDOMAIN") {
+                    entry.nxdomain += 1;
+                }
+                let name = escape::for_terminal(&escape::bounded(&d.query, MAX_CELL)).into_owned();
+                if let Some(n) = entry.names.get_mut(&name) {
+                    *n += 1;
+                } else if self.dns_names < self.caps.dns_names {
+                    entry.names.insert(name, 1);
+                    self.dns_names += 1;
+                }
+            }
+            EventBody::Alert(al) => {
+                self.bump(agent, 3, 1);
+                if let Some(a) = self.agents.get_mut(agent) {
+                    a.alerts += 1;
+                }
+                self.alerts.push_front(AlertRow {
+                    ts: event.ts,
+                    host: host.clone(),
+                    severity: al.severity,
+                    rule: escape::remote(&al.rule),
+                    summary: escape::remote(&al.summary),
+                    recommendation: escape::remote(&al.recommendation),
+                    process: al.process.as_ref().map(process_name).unwrap_or_default(),
+                    flows: al
+                        .flows
+                        .iter()
+                        .map(|f| {
+                            format!(
+                                "{} {:?} {} -> {}",
+                                f.ts.format("%H:%M:%S"),
+                                f.proto,
+                                f.src.as_ref().map(endpoint).unwrap_or_else(|| "-".into()),
+                                endpoint(&f.dst)
+                            )
+                        })
+                        .collect(),
+                });
+                self.alerts.truncate(self.caps.alerts);
+            }
+            EventBody::HostUp(h) | EventBody::HostDown(h) => {
+                let up = matches!(event.body, EventBody::HostUp(_));
+                let row = self.host_row(&host, h.addr, event.ts);
+                row.up = up;
+                if let Some(m) = &h.mac {
+                    row.mac = escape::remote(m);
+                }
+                if let Some(n) = &h.name {
+                    row.name = escape::remote(n);
+                }
+            }
+            EventBody::PortOpened(p) => {
+                let service = p.service.as_deref().map(escape::remote).unwrap_or_default();
+                self.host_row(&host, p.addr, event.ts)
+                    .ports
+                    .insert((p.port, p.proto), service);
+            }
+            EventBody::PortClosed(p) => {
+                self.host_row(&host, p.addr, event.ts)
+                    .ports
+                    .remove(&(p.port, p.proto));
+            }
+            EventBody::ServiceChanged(s) => {
+                let service = s.service.as_deref().map(escape::remote).unwrap_or_default();
+                self.host_row(&host, s.addr, event.ts)
+                    .ports
+                    .insert((s.port, s.proto), service);
+            }
+            EventBody::Stats(s) => {
+                if let Some(a) = self.agents.get_mut(agent) {
+                    a.uptime_s = Some(s.uptime_s);
+                    a.lost = s.lost;
+                }
+            }
+            EventBody::Probe(p) => {
+                if let Some(a) = self.agents.get_mut(agent) {
+                    let mut backends: Vec<String> = p
+                        .capabilities
+                        .iter()
+                        .filter_map(|c| c.backend.clone())
+                        .collect();
+                    backends.sort();
+                    backends.dedup();
+                    a.backend = Some(escape::remote(&backends.join(",")));
+                }
+            }
+            EventBody::Host(_) | EventBody::Port(_) => {}
+        }
+    }
+
+    fn bump(&mut self, agent: usize, which: usize, n: u64) {
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.cur[which] += n;
+        }
+    }
+
+    fn opened(&mut self, host: &str, c: &Connection, ts: DateTime<Utc>) {
+        let key = flow_key(host, c);
+        let row = self.flow_row(key, c, ts);
+        row.state = match c.proto {
+            _ if c.src.is_none() => "listen".into(),
+            _ if c.failed => "failed".into(),
+            Proto::Tcp => "established".into(),
+            Proto::Udp => "active".into(),
+        };
+        row.last_seen = ts;
+        if c.src.is_none() {
+            return;
+        }
+        let p = self
+            .processes
+            .entry(proc_key(host, c.process.as_ref()))
+            .or_default();
+        p.conns += 1;
+        if p.peers.len() < 1024 {
+            p.peers.insert(remote_of(c).ip);
+        }
+        p.last_seen = Some(ts);
+        if let Some(info) = &c.process {
+            p.user = info
+                .detail
+                .user
+                .as_deref()
+                .map(escape::remote)
+                .unwrap_or_else(|| info.uid.to_string());
+            p.container = info
+                .detail
+                .container
+                .as_ref()
+                .and_then(|c| c.id.as_deref())
+                .map(|id| escape::remote(&id.chars().take(12).collect::<String>()))
+                .unwrap_or_default();
+        }
+    }
+
+    /// Bytes a flow or close event reports: the growth since the flow's last report
+    /// goes to its process and agent (the caller then stores the new totals).
+    fn bytes(
+        &mut self,
+        agent: usize,
+        host: &str,
+        c: &Connection,
+        sent: Option<u64>,
+        recv: Option<u64>,
+        key: &FlowKey,
+    ) {
+        let (old_sent, old_recv) = self
+            .flows
+            .get(key)
+            .map_or((None, None), |f| (f.sent, f.recv));
+        let ds = sent.unwrap_or(0).saturating_sub(old_sent.unwrap_or(0));
+        let dr = recv.unwrap_or(0).saturating_sub(old_recv.unwrap_or(0));
+        self.bump(agent, 1, dr);
+        self.bump(agent, 2, ds);
+        let p = self
+            .processes
+            .entry(proc_key(host, c.process.as_ref()))
+            .or_default();
+        p.sent += ds;
+        p.recv += dr;
+    }
+
+    fn flow_row(&mut self, key: FlowKey, c: &Connection, start: DateTime<Utc>) -> &mut FlowRow {
+        let row = self
+            .flows
+            .entry(key)
+            .or_insert_with(|| FlowRow::new(c, start));
+        if start < row.start {
+            row.start = start;
+        }
+        row
+    }
+
+    fn host_row(&mut self, host: &str, addr: IpAddr, ts: DateTime<Utc>) -> &mut HostRow {
+        let row = self
+            .hosts
+            .entry((host.to_owned(), addr))
+            .or_insert_with(|| HostRow {
+                up: true,
+                mac: String::new(),
+                name: String::new(),
+                ports: BTreeMap::new(),
+                last_change: ts,
+            });
+        row.last_change = ts;
+        row
+    }
+
+    fn interfaces(&mut self, counters: Vec<IfaceCounters>) {
+        let dt = 1.0;
+        let old: HashMap<String, IfaceCounters> = self
+            .interfaces
+            .drain(..)
+            .map(|r| (r.counters.name.clone(), r.counters))
+            .collect();
+        self.interfaces = counters
+            .into_iter()
+            .take(256)
+            .map(|c| {
+                let (rx_rate, tx_rate) = old.get(&c.name).map_or((0.0, 0.0), |o| {
+                    (
+                        c.rx_bytes.saturating_sub(o.rx_bytes) as f64 / dt,
+                        c.tx_bytes.saturating_sub(o.tx_bytes) as f64 / dt,
+                    )
+                });
+                IfaceRow {
+                    counters: IfaceCounters {
+                        name: escape::remote(&c.name),
+                        ..c
+                    },
+                    rx_rate,
+                    tx_rate,
+                }
+            })
+            .collect();
+    }
+
+    /// Once a second: sparkline buckets roll, rates are computed, closed flows leave
+    /// and every view is cut back to its cap.
+    pub fn tick(&mut self, now: DateTime<Utc>) {
+        let dt = self.last_tick.map_or(1.0, |t| {
+            ((now - t).num_milliseconds() as f64 / 1000.0).max(0.001)
+        });
+        self.last_tick = Some(now);
+        self.now = now;
+        for a in &mut self.agents {
+            a.roll(self.caps.history_s);
+        }
+        for p in self.processes.values_mut() {
+            p.sent_rate = (p.sent - p.last_sent) as f64 / dt;
+            p.recv_rate = (p.recv - p.last_recv) as f64 / dt;
+            p.last_sent = p.sent;
+            p.last_recv = p.recv;
+        }
+        self.flows
+            .retain(|_, f| !f.closed || (now - f.last_seen).num_seconds() < CLOSED_KEPT_S);
+        cap_by(&mut self.flows, self.caps.flows, |f| f.last_seen);
+        cap_by(&mut self.processes, self.caps.processes, |p| {
+            p.last_seen.unwrap_or_default()
+        });
+        cap_by(&mut self.hosts, self.caps.hosts, |h| h.last_change);
+        cap_by(&mut self.dns, self.caps.processes, |d| {
+            DateTime::from_timestamp(d.queries as i64, 0).unwrap_or_default()
+        });
+        self.dns_names = self.dns.values().map(|d| d.names.len()).sum();
+    }
+
+    /// The rows of `view`, before filter and sort (frozen while paused).
+    pub fn rows(&self, view: View) -> Vec<Row> {
+        if let Some(frozen) = &self.frozen {
+            return frozen[view.index()].clone();
+        }
+        self.live_rows(view)
+    }
+
+    /// How many rows `view` has before the filter (cheaper than [`App::rows`]).
+    pub fn count(&self, view: View) -> usize {
+        if let Some(frozen) = &self.frozen {
+            return frozen[view.index()].len();
+        }
+        match view {
+            View::Overview => self.agents.len(),
+            View::Processes => self.processes.len(),
+            View::Connections => self.flows.len(),
+            View::Hosts => self.hosts.len(),
+            View::Dns => self.dns.len(),
+            View::Alerts => self.alerts.len(),
+            View::Interfaces => self.interfaces.len(),
+        }
+    }
+
+    fn live_rows(&self, view: View) -> Vec<Row> {
+        let now = self.now;
+        match view {
+            View::Overview => self
+                .agents
+                .iter()
+                .map(|a| {
+                    let rate = a.conns.back().copied().unwrap_or(0);
+                    Row::new(vec![
+                        text(&a.label),
+                        text(&status_text(&a.status)),
+                        text(a.host.as_deref().unwrap_or("-")),
+                        text(a.backend.as_deref().unwrap_or("-")),
+                        (
+                            a.uptime_s.map_or("-".into(), |s| duration(s as i64)),
+                            SortKey::Num(a.uptime_s.unwrap_or(0.0)),
+                        ),
+                        num(a.events),
+                        num(a.lost + a.lagged),
+                        num(rate),
+                        num(a.alerts),
+                    ])
+                })
+                .collect(),
+            View::Processes => self
+                .processes
+                .iter()
+                .map(|(k, p)| {
+                    Row::new(vec![
+                        text(&k.comm),
+                        (k.pid.to_string(), SortKey::Num(k.pid as f64)),
+                        text(&p.user),
+                        text(&p.container),
+                        num(p.conns),
+                        num(p.peers.len() as u64),
+                        (rate(p.sent_rate), SortKey::Num(p.sent_rate)),
+                        (rate(p.recv_rate), SortKey::Num(p.recv_rate)),
+                        text(&k.host),
+                    ])
+                })
+                .collect(),
+            View::Connections => self
+                .flows
+                .iter()
+                .map(|(k, f)| {
+                    let age = (now - f.start).num_seconds().max(0);
+                    let mut row = Row::new(vec![
+                        text(proto(f.proto)),
+                        text(&f.local),
+                        text(&f.remote),
+                        text(&f.state),
+                        text(&f.process),
+                        opt_bytes(f.sent),
+                        opt_bytes(f.recv),
+                        (duration(age), SortKey::Num(age as f64)),
+                        text(&k.host),
+                    ]);
+                    if let Some(pid) = f.pid {
+                        row.haystack.push_str(&format!(" pid:{pid}"));
+                    }
+                    row
+                })
+                .collect(),
+            View::Hosts => self
+                .hosts
+                .iter()
+                .map(|((host, addr), h)| {
+                    let ports = h
+                        .ports
+                        .iter()
+                        .map(|((port, p), s)| {
+                            if s.is_empty() {
+                                format!("{port}/{}", proto(*p))
+                            } else {
+                                format!("{port}/{} {s}", proto(*p))
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    Row::new(vec![
+                        (addr.to_string(), addr_key(addr)),
+                        text(if h.up { "up" } else { "down" }),
+                        text(&h.mac),
+                        text(&h.name),
+                        (ports, SortKey::Num(h.ports.len() as f64)),
+                        (
+                            h.last_change.format("%H:%M:%S").to_string(),
+                            SortKey::Num(h.last_change.timestamp() as f64),
+                        ),
+                        text(host),
+                    ])
+                })
+                .collect(),
+            View::Dns => self
+                .dns
+                .iter()
+                .map(|(k, d)| {
+                    let top = d
+                        .names
+                        .iter()
+                        .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+                        .map(|(n, c)| format!("{n} ({c})"))
+                        .unwrap_or_default();
+                    let nx = if d.queries == 0 {
+                        0.0
+                    } else {
+                        d.nxdomain as f64 * 100.0 / d.queries as f64
+                    };
+                    let mut row = Row::new(vec![
+                        text(&format!("{} {}", k.comm, k.pid)),
+                        num(d.queries),
+                        (format!("{nx:.0}%"), SortKey::Num(nx)),
+                        text(&top),
+                        num(d.names.len() as u64),
+                        text(&k.host),
+                    ]);
+                    for n in d.names.keys() {
+                        row.haystack.push(' ');
+                        row.haystack.push_str(n);
+                    }
+                    row
+                })
+                .collect(),
+            View::Alerts => self
+                .alerts
+                .iter()
+                .map(|a| {
+                    Row::new(vec![
+                        (
+                            a.ts.format("%H:%M:%S").to_string(),
+                            SortKey::Num(a.ts.timestamp_nanos_opt().unwrap_or(0) as f64),
+                        ),
+                        (
+                            a.severity.name().into(),
+                            SortKey::Num(a.severity as u8 as f64),
+                        ),
+                        text(&a.rule),
+                        text(&a.summary),
+                        text(&a.process),
+                        text(&a.host),
+                    ])
+                })
+                .collect(),
+            View::Interfaces => self
+                .interfaces
+                .iter()
+                .map(|i| {
+                    Row::new(vec![
+                        text(&i.counters.name),
+                        (rate(i.rx_rate), SortKey::Num(i.rx_rate)),
+                        (rate(i.tx_rate), SortKey::Num(i.tx_rate)),
+                        opt_bytes(Some(i.counters.rx_bytes)),
+                        opt_bytes(Some(i.counters.tx_bytes)),
+                    ])
+                })
+                .collect(),
+        }
+    }
+
+    /// The rows of `view` as shown: filtered by `/`, sorted by its sort column.
+    /// Alerts keep newest first until a column is chosen.
+    pub fn visible(&self, view: View) -> Vec<Row> {
+        let needle = self.filter.to_lowercase();
+        let mut rows: Vec<Row> = self
+            .rows(view)
+            .into_iter()
+            .filter(|r| needle.is_empty() || r.haystack.contains(&needle))
+            .collect();
+        let st = self.views[view.index()];
+        let col = st.sort;
+        if !(view == View::Alerts && col == 0 && !st.ascending) {
+            rows.sort_by(|a, b| {
+                let o = a.keys[col]
+                    .partial_cmp(&b.keys[col])
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then_with(|| a.cells.cmp(&b.cells));
+                if st.ascending { o } else { o.reverse() }
+            });
+        } else {
+            // Newest first: the order they are kept in.
+        }
+        rows
+    }
+
+    pub fn state(&self) -> ViewState {
+        self.views[self.view.index()]
+    }
+
+    fn state_mut(&mut self) -> &mut ViewState {
+        &mut self.views[self.view.index()]
+    }
+
+    /// The selected alert's details (Alerts view, Enter).
+    pub fn alert_detail(&self) -> Option<Vec<String>> {
+        let rows = self.visible(View::Alerts);
+        let row = rows.get(self.views[View::Alerts.index()].selected)?;
+        let a = self.alerts.iter().find(|a| {
+            a.rule == row.cells[2] && a.summary == row.cells[3] && a.host == row.cells[5]
+        })?;
+        let mut lines = vec![
+            format!("{} {} on {}", a.severity.name(), a.rule, a.host),
+            a.summary.clone(),
+            format!("What to do: {}", a.recommendation),
+        ];
+        if !a.flows.is_empty() {
+            lines.push("Sample flows:".into());
+            lines.extend(a.flows.iter().map(|f| format!("  {f}")));
+        }
+        Some(lines)
+    }
+
+    /// One key press.
+    pub fn key(&mut self, key: Key) -> KeyOutcome {
+        if self.editing_filter {
+            match key {
+                Key::Enter => self.editing_filter = false,
+                Key::Esc => {
+                    self.editing_filter = false;
+                    self.filter.clear();
+                }
+                Key::Backspace => {
+                    self.filter.pop();
+                }
+                Key::Char(c) if !c.is_control() && self.filter.chars().count() < 64 => {
+                    self.filter.push(c);
+                }
+                _ => {}
+            }
+            self.state_mut().selected = 0;
+            return KeyOutcome::Continue;
+        }
+        if self.help {
+            self.help = false;
+            return if key == Key::Char('q') {
+                KeyOutcome::Quit
+            } else {
+                KeyOutcome::Continue
+            };
+        }
+        let ncols = self.view.columns().len();
+        match key {
+            Key::Char('q') => return KeyOutcome::Quit,
+            Key::Char('?') | Key::Char('h') => self.help = true,
+            Key::Tab => self.switch(1),
+            Key::BackTab => self.switch(View::ALL.len() - 1),
+            Key::Char(c @ '1'..='7') => {
+                self.view = View::ALL[c as usize - '1' as usize];
+                self.detail = false;
+            }
+            Key::Char('s') => {
+                let st = self.state_mut();
+                st.sort = (st.sort + 1) % ncols;
+                st.selected = 0;
+            }
+            Key::Char('r') => {
+                let st = self.state_mut();
+                st.ascending = !st.ascending;
+            }
+            Key::Char('/') => self.editing_filter = true,
+            Key::Esc => {
+                self.detail = false;
+                self.filter.clear();
+            }
+            Key::Char('p') | Key::Char(' ') => self.pause(!self.paused),
+            Key::Enter if self.view == View::Alerts => self.detail = !self.detail,
+            Key::Up | Key::Char('k') => self.scroll(-1),
+            Key::Down | Key::Char('j') => self.scroll(1),
+            Key::PageUp => self.scroll(-10),
+            Key::PageDown => self.scroll(10),
+            Key::Home | Key::Char('g') => self.state_mut().selected = 0,
+            Key::End | Key::Char('G') => self.scroll(i64::MAX / 2),
+            _ => {}
+        }
+        KeyOutcome::Continue
+    }
+
+    fn switch(&mut self, by: usize) {
+        self.view = View::ALL[(self.view.index() + by) % View::ALL.len()];
+        self.detail = false;
+    }
+
+    fn scroll(&mut self, by: i64) {
+        let n = self.visible(self.view).len() as i64;
+        let st = self.state_mut();
+        st.selected = (st.selected as i64 + by).clamp(0, (n - 1).max(0)) as usize;
+    }
+
+    /// `p`: freezes (or thaws) what the lists show; events keep being counted.
+    pub fn pause(&mut self, on: bool) {
+        self.paused = on;
+        self.frozen = on.then(|| View::ALL.iter().map(|v| self.live_rows(*v)).collect());
+    }
+}
+
+impl FlowRow {
+    fn new(c: &Connection, start: DateTime<Utc>) -> FlowRow {
+        FlowRow {
+            proto: c.proto,
+            local: local_of(c)
+                .map(|e| endpoint(&e))
+                .unwrap_or_else(|| "-".into()),
+            remote: if c.src.is_none() {
+                "*".into()
+            } else {
+                endpoint(&remote_of(c))
+            },
+            state: String::new(),
+            process: c.process.as_ref().map(process_name).unwrap_or_default(),
+            pid: c.process.as_ref().map(|p| p.pid),
+            sent: None,
+            recv: None,
+            start,
+            last_seen: start,
+            closed: false,
+        }
+    }
+}
+
+/// Keeps the `cap` entries of `map` with the newest `when`.
+fn cap_by<K: Clone + Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    cap: usize,
+    when: impl Fn(&V) -> DateTime<Utc>,
+) {
+    if map.len() <= cap {
+        return;
+    }
+    let mut ages: Vec<(DateTime<Utc>, K)> = map.iter().map(|(k, v)| (when(v), k.clone())).collect();
+    let excess = map.len() - cap;
+    ages.select_nth_unstable_by_key(excess - 1, |(t, _)| *t);
+    for (_, k) in ages.into_iter().take(excess) {
+        map.remove(&k);
+    }
+}
+
+fn proc_key(host: &str, p: Option<&ProcessInfo>) -> ProcKey {
+    ProcKey {
+        host: host.to_owned(),
+        pid: p.map_or(0, |p| p.pid),
+        comm: p.map(process_name).unwrap_or_else(|| "?".into()),
+    }
+}
+
+/// The process's name: its executable's file name, else the kernel's `comm`; escaped.
+fn process_name(p: &ProcessInfo) -> String {
+    let exe = p
+        .detail
+        .exe
+        .as_deref()
+        .and_then(|e| e.trim_end_matches(" (deleted)").rsplit('/').next())
+        .filter(|s| !s.is_empty());
+    escape::for_terminal(&escape::bounded(exe.unwrap_or(&p.comm), MAX_CELL)).into_owned()
+}
+
+/// The local end: `src` for outbound, `dst` for inbound and listeners.
+fn local_of(c: &Connection) -> Option<crate::event::Endpoint> {
+    match (c.direction, &c.src) {
+        (_, None) => Some(c.dst.clone()),
+        (Some(crate::event::Direction::Inbound), Some(_)) => Some(c.dst.clone()),
+        (_, Some(s)) => Some(s.clone()),
+    }
+}
+
+fn remote_of(c: &Connection) -> crate::event::Endpoint {
+    match (c.direction, &c.src) {
+        (Some(crate::event::Direction::Inbound), Some(s)) => s.clone(),
+        _ => c.dst.clone(),
+    }
+}
+
+fn flow_key(host: &str, c: &Connection) -> FlowKey {
+    let local = local_of(c);
+    let remote = remote_of(c);
+    FlowKey {
+        host: host.to_owned(),
+        proto: c.proto,
+        local: local.map(|e| sock(&e)).unwrap_or_default(),
+        remote: if c.src.is_none() {
+            "*".into()
+        } else {
+            sock(&remote)
+        },
+    }
+}
+
+fn sock(e: &crate::event::Endpoint) -> String {
+    match e.ip {
+        IpAddr::V6(ip) => format!("[{ip}]:{}", e.port),
+        IpAddr::V4(ip) => format!("{ip}:{}", e.port),
+    }
+}
+
+/// `ip:port`, with the DNS name first when netmon saw one.
+fn endpoint(e: &crate::event::Endpoint) -> String {
+    match &e.name {
+        Some(n) => format!(
+            "{} ({})",
+            escape::for_terminal(&escape::bounded(n, MAX_CELL)),
+            sock(e)
+        ),
+        None => sock(e),
+    }
+}
+
+fn proto(p: Proto) -> &'static str {
+    match p {
+        Proto::Tcp => "tcp",
+        Proto::Udp => "udp",
+    }
+}
+
+fn status_text(s: &AgentStatus) -> String {
+    match s {
+        AgentStatus::Connecting => "connecting".into(),
+        AgentStatus::Live => "live".into(),
+        AgentStatus::Unreachable(why) => format!("unreachable: {why}"),
+        AgentStatus::Lagged(n) => format!("live (skipped {n})"),
+    }
+}
+
+fn text(s: &str) -> (String, SortKey) {
+    (s.to_owned(), SortKey::Text(s.to_lowercase()))
+}
+
+fn num(n: u64) -> (String, SortKey) {
+    (n.to_string(), SortKey::Num(n as f64))
+}
+
+fn addr_key(a: &IpAddr) -> SortKey {
+    match a {
+        IpAddr::V4(v) => SortKey::Num(u32::from(*v) as f64),
+        IpAddr::V6(v) => SortKey::Num(u128::from(*v) as f64 + 5e9),
+    }
+}
+
+fn opt_bytes(b: Option<u64>) -> (String, SortKey) {
+    match b {
+        Some(b) => (bytes(b as f64), SortKey::Num(b as f64)),
+        None => ("-".into(), SortKey::Num(-1.0)),
+    }
+}
+
+/// `1.5K`, `20M`: bytes, 1024-based.
+pub fn bytes(b: f64) -> String {
+    let units = ["B", "K", "M", "G", "T"];
+    let mut v = b;
+    let mut i = 0;
+    while v >= 1024.0 && i < units.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{v:.0}{}", units[i])
+    } else {
+        format!("{v:.1}{}", units[i])
+    }
+}
+
+fn rate(b: f64) -> String {
+    format!("{}/s", bytes(b))
+}
+
+/// `45s`, `3m05s`, `2h03m`, `4d02h`.
+pub fn duration(s: i64) -> String {
+    match s {
+        ..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}

@@ -1,0 +1,325 @@
+//! The agent source: one client task per `--agent URL` reading the agent's live SSE
+//! stream (`GET /api/v1/events`, `Authorization: Bearer <token>`, each event's `data`
+//! one netmon JSON line, `event: lagged` when the agent skipped some) and turning it
+//! into [`Msg`]s. A client that loses its agent says why (one line, shown in the
+//! Overview) and reconnects on its own with `Last-Event-ID`, so nothing the agent
+//! still holds is missed.
+//!
+//! Runs its own current-thread tokio runtime on one thread; the UI reads a bounded
+//! channel, and what does not fit is counted as skipped, never waited for.
+use std::{
+    sync::{Arc, mpsc as std_mpsc},
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use http_body_util::{BodyExt as _, Empty};
+use hyper::{Request, StatusCode, Uri, body::Bytes};
+use hyper_util::rt::TokioIo;
+
+use super::sse::Parser;
+use crate::{
+    event::Event,
+    tui::app::{AgentStatus, Msg},
+};
+
+/// Messages waiting for the UI before a client counts what it drops.
+const QUEUE: usize = 65_536;
+/// Time allowed for TCP connect plus the response's headers.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// One agent to watch.
+#[derive(Clone, Debug)]
+pub struct AgentSpec {
+    pub url: String,
+    pub token: String,
+}
+
+/// The clients' thread (it lives as long as the process).
+pub struct Clients {
+    _thread: JoinHandle<()>,
+}
+
+/// Starts a client per agent; agent `i` of the messages is `agents[i]`.
+pub fn start(agents: Vec<AgentSpec>) -> std::io::Result<(std_mpsc::Receiver<Msg>, Clients)> {
+    let (tx, rx) = std_mpsc::sync_channel(QUEUE);
+    let thread = std::thread::Builder::new()
+        .name("agents".into())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let mut tasks = tokio::task::JoinSet::new();
+                for (i, spec) in agents.into_iter().enumerate() {
+                    tasks.spawn(watch(i, spec, tx.clone()));
+                }
+                drop(tx);
+                while tasks.join_next().await.is_some() {}
+            });
+        })?;
+    Ok((rx, Clients { _thread: thread }))
+}
+
+/// Why one connection to an agent ended.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("{0}")]
+    Url(String),
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("no answer within {}s", CONNECT_TIMEOUT.as_secs())]
+    Timeout,
+    #[error("HTTP error: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("wrong or missing token (HTTP {0}): check --token-file or NETMON_TOKEN")]
+    Unauthorized(u16),
+    #[error("not a netmon agent: {0}")]
+    NotNetmon(String),
+    #[error("the agent closed the stream")]
+    Closed,
+    /// The UI is gone: the client stops.
+    #[error("the UI stopped")]
+    UiGone,
+}
+
+async fn watch(agent: usize, spec: AgentSpec, tx: std_mpsc::SyncSender<Msg>) {
+    let mut last_id: Option<String> = None;
+    let mut backoff = RETRY_MIN;
+    loop {
+        let status = |s| Msg::Status { agent, status: s };
+        if send(&tx, status(AgentStatus::Connecting)).is_err() {
+            return;
+        }
+        let mut got_any = false;
+        let err = stream(agent, &spec, &mut last_id, &tx, &mut got_any).await;
+        if matches!(err, Failure::UiGone) {
+            return;
+        }
+        if got_any {
+            backoff = RETRY_MIN;
+        }
+        if send(&tx, status(AgentStatus::Unreachable(err.to_string()))).is_err() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RETRY_MAX);
+    }
+}
+
+/// The events URL of an agent given as `http://host:port` (a path, if any, is kept
+/// as the prefix).
+pub fn events_uri(url: &str) -> Result<Uri, Failure> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| Failure::Url(format!("`{url}` is not a URL: {e}")))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(Failure::Url(format!(
+                "`{url}`: https agents are not supported by netmon top yet; reach the agent through an SSH tunnel to its loopback http address"
+            )));
+        }
+        _ => {
+            return Err(Failure::Url(format!(
+                "`{url}`: give the agent as http://HOST:PORT"
+            )));
+        }
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| Failure::Url(format!("`{url}` has no host")))?;
+    let prefix = uri.path().trim_end_matches('/');
+    format!("http://{authority}{prefix}/api/v1/events")
+        .parse()
+        .map_err(|e| Failure::Url(format!("`{url}`: {e}")))
+}
+
+async fn stream(
+    agent: usize,
+    spec: &AgentSpec,
+    last_id: &mut Option<String>,
+    tx: &std_mpsc::SyncSender<Msg>,
+    got_any: &mut bool,
+) -> Failure {
+    match try_stream(agent, spec, last_id, tx, got_any).await {
+        Ok(()) => Failure::Closed,
+        Err(e) => e,
+    }
+}
+
+async fn try_stream(
+    agent: usize,
+    spec: &AgentSpec,
+    last_id: &mut Option<String>,
+    tx: &std_mpsc::SyncSender<Msg>,
+    got_any: &mut bool,
+) -> Result<(), Failure> {
+    let uri = events_uri(&spec.url)?;
+    let authority = uri.authority().cloned().ok_or(Failure::Closed)?;
+    let port = authority.port_u16().unwrap_or(80);
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let connect = tokio::net::TcpStream::connect((host, port));
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| Failure::Timeout)?
+        .map_err(Failure::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    let driver = tokio::spawn(conn);
+    let _abort = AbortOnDrop(driver);
+    // Origin form (`/api/v1/events`): a conn-level hyper client sends the URI as given.
+    let target = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let mut req = Request::get(target)
+        .header(hyper::header::HOST, authority.as_str())
+        .header(hyper::header::ACCEPT, "text/event-stream")
+        .header(
+            hyper::header::AUTHORIZATION,
+            format!("Bearer {}", spec.token),
+        );
+    if let Some(id) = last_id.as_deref() {
+        req = req.header("Last-Event-ID", id);
+    }
+    let req = req
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| Failure::Url(e.to_string()))?;
+    let resp = tokio::time::timeout(CONNECT_TIMEOUT, sender.send_request(req))
+        .await
+        .map_err(|_| Failure::Timeout)??;
+    match resp.status() {
+        StatusCode::OK => {}
+        s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+            return Err(Failure::Unauthorized(s.as_u16()));
+        }
+        s => return Err(Failure::NotNetmon(format!("HTTP {s} for {uri}"))),
+    }
+    let ctype = resp
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if !ctype.starts_with("text/event-stream") {
+        return Err(Failure::NotNetmon(format!(
+            "{uri} answered `{}`, not an event stream",
+            crate::escape::remote(&ctype)
+        )));
+    }
+    send(
+        tx,
+        Msg::Status {
+            agent,
+            status: AgentStatus::Live,
+        },
+    )?;
+    let mut body = resp.into_body();
+    let mut parser = Parser::new();
+    let mut events = Vec::new();
+    let mut skipped = 0u64;
+    let mut bad = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        parser.feed(data, &mut events);
+        for e in events.drain(..) {
+            if let Some(id) = e.id {
+                *last_id = Some(id);
+            }
+            let msg = if e.event == "lagged" {
+                let missed = serde_json::from_str::<serde_json::Value>(&e.data)
+                    .ok()
+                    .and_then(|v| v["missed"].as_u64())
+                    .unwrap_or(0);
+                Msg::Status {
+                    agent,
+                    status: AgentStatus::Lagged(missed),
+                }
+            } else {
+                match serde_json::from_str::<Event>(&e.data) {
+                    Ok(event) => {
+                        *got_any = true;
+                        Msg::Event {
+                            agent,
+                            event: Arc::new(event),
+                        }
+                    }
+                    Err(_) => {
+                        bad += 1;
+                        if bad == 1 && !*got_any {
+                            return Err(Failure::NotNetmon(format!(
+                                "{uri} sends events that are not netmon's"
+                            )));
+                        }
+                        continue;
+                    }
+                }
+            };
+            match tx.try_send(msg) {
+                Ok(()) => {}
+                Err(std_mpsc::TrySendError::Full(_)) => skipped += 1,
+                Err(std_mpsc::TrySendError::Disconnected(_)) => return Err(Failure::UiGone),
+            }
+        }
+        if skipped > 0
+            && tx
+                .try_send(Msg::Status {
+                    agent,
+                    status: AgentStatus::Lagged(skipped),
+                })
+                .is_ok()
+        {
+            skipped = 0;
+        }
+    }
+    Ok(())
+}
+
+fn send(tx: &std_mpsc::SyncSender<Msg>, msg: Msg) -> Result<(), Failure> {
+    match tx.try_send(msg) {
+        Err(std_mpsc::TrySendError::Disconnected(_)) => Err(Failure::UiGone),
+        _ => Ok(()),
+    }
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_urls_become_the_events_endpoint() {
+        assert_eq!(
+            events_uri("http://127.0.0.1:9469").unwrap().to_string(),
+            "http://127.0.0.1:9469/api/v1/events"
+        );
+        assert_eq!(
+            events_uri("http://[::1]:9469/netmon/").unwrap().to_string(),
+            "http://[::1]:9469/netmon/api/v1/events"
+        );
+        assert!(
+            events_uri("https://h:1")
+                .unwrap_err()
+                .to_string()
+                .contains("SSH tunnel")
+        );
+        assert!(events_uri("ftp://h").is_err());
+        assert!(events_uri("not a url").is_err());
+    }
+}
