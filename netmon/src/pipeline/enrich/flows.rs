@@ -275,7 +275,16 @@ impl Tracker {
                 if let Some(p) = conn.process.as_mut() {
                     match flow.as_ref().and_then(|f| f.process.as_ref()) {
                         // The context read when the flow began (the process may be gone).
-                        Some(fp) if fp.pid == p.pid => p.detail = fp.detail.clone(),
+                        Some(fp) if fp.pid == p.pid => {
+                            p.detail = fp.detail.clone();
+                            // The process's name as the flow knew it; the kernel's is
+                            // the acting thread's.
+                            if p.comm != fp.comm {
+                                p.thread = Some(std::mem::replace(&mut p.comm, fp.comm.clone()));
+                            } else {
+                                p.thread = None;
+                            }
+                        }
                         _ => self.procs.get().enrich(p),
                     }
                 }
