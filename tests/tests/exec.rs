@@ -13,9 +13,7 @@ use std::{
 };
 
 use netmon::event::{Connection, Event, EventBody, ProcessInfo};
-use netmon_tests::{
-    ConfigFile, Dnsmasq, NetNs, Netmon, dig, free_port, quick_bin, require_root,
-};
+use netmon_tests::{ConfigFile, Dnsmasq, NetNs, Netmon, dig, free_port, quick_bin, require_root};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -77,7 +75,10 @@ fn curl_from_sh_is_named_with_its_exe_cmdline_and_ancestors() {
     let d = &p.detail;
     let exe = d.exe.as_deref().unwrap_or_default();
     assert!(exe.starts_with('/') && exe.ends_with("/curl"), "{p:?}");
-    assert_eq!(d.cmdline.as_deref(), Some(format!("curl -s {url}").as_str()));
+    assert_eq!(
+        d.cmdline.as_deref(),
+        Some(format!("curl -s {url}").as_str())
+    );
     assert_eq!((p.uid, d.user.as_deref()), (0, Some("root")));
     assert!(d.start_time.is_some(), "{p:?}");
     // curl's parent is the shell, whose parent is this test.
@@ -113,7 +114,11 @@ fn exec_events_are_off_by_default() {
         .status()
         .unwrap();
     assert!(status.success());
-    assert!(netmon.wait_for(WAIT, |e| connect_to(e, port).is_some()).is_some());
+    assert!(
+        netmon
+            .wait_for(WAIT, |e| connect_to(e, port).is_some())
+            .is_some()
+    );
     let (_, events) = netmon.stop();
     assert!(
         !events.iter().any(|e| matches!(e.body, EventBody::Exec(_))),
@@ -224,7 +229,12 @@ fn a_thousand_processes_that_exit_right_after_connect_are_all_fully_named() {
             None => unnamed.push(e.clone()),
         }
     }
-    assert!(unnamed.is_empty(), "{} not fully named, e.g. {:#?}", unnamed.len(), unnamed.first());
+    assert!(
+        unnamed.is_empty(),
+        "{} not fully named, e.g. {:#?}",
+        unnamed.len(),
+        unnamed.first()
+    );
     assert_eq!(pids.len(), N, "connects of distinct processes");
     let (status, _) = netmon.stop();
     assert!(status.success());
@@ -259,7 +269,8 @@ fn a_process_renamed_tor_shows_its_real_exe_and_does_not_pass_a_path_allowlist()
         matches!(&e.body, EventBody::Alert(a) if a.rule == "SUSPICIOUS_PORT"
             && a.process.as_ref().is_some_and(|p| p.pid == pid))
     });
-    let alert = alert.unwrap_or_else(|| panic!("the fake tor passed the allowlist: {:#?}", netmon.seen));
+    let alert =
+        alert.unwrap_or_else(|| panic!("the fake tor passed the allowlist: {:#?}", netmon.seen));
     let EventBody::Alert(a) = &alert.body else {
         unreachable!()
     };

@@ -86,7 +86,10 @@ fn tcp_round_trip(listen: &str, connect_ip: &str, family: Family) {
     // each test on a thread named after it).
     assert_eq!(p.comm, process_comm());
     let thread = thread_comm();
-    assert_eq!(p.thread.as_deref(), (thread != p.comm).then_some(thread.as_str()));
+    assert_eq!(
+        p.thread.as_deref(),
+        (thread != p.comm).then_some(thread.as_str())
+    );
     assert!(!c.failed);
 
     let accepts: Vec<_> = conn_events(&events, "accept", ns.inode)
