@@ -343,6 +343,16 @@ fn check_probe(report: &netmon::event::ProbeReport, backend: &str) {
         "auto" => std::env::var("NETMON_EXPECT_AUTO").ok(),
         other => Some(other.to_owned()),
     };
+    // The process table's tracepoints exist on every kernel netmon supports: failing to
+    // attach them (a verifier rejection on an old kernel, say) fails every test.
+    let table = report
+        .capabilities
+        .iter()
+        .find(|c| c.capability == "process_exit");
+    assert!(
+        table.is_some_and(|c| c.backend.is_some()),
+        "process table (exec/fork/exit tracepoints) not attached: {table:?}"
+    );
     for cap in &report.capabilities {
         // Optional capabilities use the cgroup hooks whatever the backend.
         if OPTIONAL_CAPABILITIES.contains(&cap.capability.as_str()) {
