@@ -352,7 +352,13 @@ impl ProcessCache {
         self.forks += 1;
         let parent = match self.entries.get(&f.parent_pid) {
             Some(e) => e.detail.clone(),
-            None => self.lookup(f.parent_pid, 0, &f.comm, false).1,
+            // A parent the table missed (a lost record): read it, it is alive.
+            None => {
+                let (mut d, comm) = self.read(f.parent_pid, None);
+                (d.parent, d.ancestors) = self.lineage(d.ppid.unwrap_or(0), f.parent_pid);
+                let comm = comm.unwrap_or_else(|| f.comm.clone());
+                self.insert(f.parent_pid, comm, d, Source::Proc, 0)
+            }
         };
         let (parent_exe, ancestors) = self.lineage(f.parent_pid, f.child_pid);
         let detail = ProcessDetail {
@@ -1189,6 +1195,31 @@ mod tests {
         assert_eq!(
             (th.comm.as_str(), th.thread.as_deref()),
             ("tor", Some("worker"))
+        );
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_fork_of_a_parent_the_table_missed_reads_the_parent_from_proc() {
+        let root = temp_dir("forkmiss");
+        let passwd = root.join("passwd");
+        fs::write(&passwd, "alice:x:1000:1000::/home/alice:/bin/sh\n").unwrap();
+        fake_proc(&root, 4242, "python3", "/usr/bin/python3");
+        let mut t = ProcessCache::new(&root, &passwd);
+        t.fork(Fork {
+            parent_pid: 4242,
+            comm: "python3".into(),
+            child_pid: 4243,
+            child_start_ns: 7,
+            child_start_time: None,
+        });
+        let d = t.detail(4243, 1000, "python3");
+        assert_eq!(d.exe.as_deref(), Some("/usr/bin/python3"));
+        // The parent's user, from its status (not guessed).
+        assert_eq!(d.user.as_deref(), Some("alice"));
+        assert_eq!(
+            (d.ppid, d.parent.as_deref()),
+            (Some(4242), Some("/usr/bin/python3"))
         );
         let _ = fs::remove_dir_all(&root);
     }
