@@ -48,8 +48,14 @@ pub mod kind {
     pub const EXIT: u32 = 6;
     /// A DNS message seen on a socket ([`DnsEvent`](super::DnsEvent)).
     pub const DNS: u32 = 7;
+    /// A process called `execve` successfully (`sched:sched_process_exec`): an
+    /// [`ExecEvent`](super::ExecEvent) with what it now runs. Feeds the process table.
+    pub const EXEC: u32 = 8;
+    /// A new process (not a thread) was created (`sched_process_fork`): a
+    /// [`ForkEvent`](super::ForkEvent); the child runs its parent's program until it execs.
+    pub const FORK: u32 = 9;
     /// One past the largest kind: the length of the `LOST` array.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 10;
 }
 
 /// Which hook family produced an event (`EventHeader::backend`).
@@ -87,6 +93,12 @@ pub mod dns_flags {
 /// Bytes of a DNS message a [`DnsEvent`] carries at most. Longer messages are cut
 /// (`payload_len` still says how long they were) and userspace counts them as truncated.
 pub const DNS_PAYLOAD_MAX: usize = 512;
+
+/// Bytes of the path passed to `execve` an [`ExecEvent`] carries (NUL-terminated).
+pub const EXEC_FILENAME_MAX: usize = 256;
+/// Bytes of the new program's argument block (`mm->arg_start..arg_end`, NUL-separated)
+/// an [`ExecEvent`] carries; longer argument lists are cut.
+pub const EXEC_ARGS_MAX: usize = 1024;
 
 /// Entries of the `DNS_PORTS` bitmap: 32 ports each.
 pub const DNS_PORT_WORDS: u32 = 65536 / 32;
@@ -203,6 +215,42 @@ pub struct DnsEvent {
     pub payload: [u8; DNS_PAYLOAD_MAX],
 }
 
+/// A successful exec, from the exec'ing task after the new program is in place.
+/// `header.process` is the process as it is now (`comm` is the new program's name,
+/// `pid == tid`: exec makes the caller the thread-group leader).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    /// Thread-group id of `task->real_parent`; 0 when the offsets are unknown.
+    pub ppid: u32,
+    /// Bytes in `filename` before its NUL (0: unknown).
+    pub filename_len: u32,
+    /// `task->start_time` (CLOCK_MONOTONIC ns): with the pid, names this process
+    /// apart from any later one that reuses the pid. 0 when unknown.
+    pub start_time_ns: u64,
+    /// Bytes copied into `args`.
+    pub args_len: u32,
+    /// `args_len` was cut at [`EXEC_ARGS_MAX`] (1) or not (0).
+    pub args_truncated: u32,
+    /// The path given to `execve` (`bprm->filename`), NUL-terminated.
+    pub filename: [u8; EXEC_FILENAME_MAX],
+    /// The argument block, NUL-separated.
+    pub args: [u8; EXEC_ARGS_MAX],
+}
+
+/// A new process: `header.process` is the parent thread that forked.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkEvent {
+    pub header: EventHeader,
+    /// Pid of the new process.
+    pub child_pid: u32,
+    pub _pad: u32,
+    /// The child's `start_time` (CLOCK_MONOTONIC ns), 0 when unknown.
+    pub child_start_time_ns: u64,
+}
+
 /// Capability indexes into `KernelConfig::cap_backend`.
 pub mod cap {
     pub const TCP_CONNECT: usize = 0;
@@ -255,7 +303,14 @@ pub struct KernelConfig {
     /// Index of the return value in the fexit context of `inet_csk_accept` (its
     /// argument count: 4 before 6.10, 2 since).
     pub accept_ret_index: u32,
-    pub _pad: u32,
+    /// `struct task_struct` and `struct mm_struct` fields, for exec/fork tracking.
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_pid: u32,
+    pub task_start_time: u32,
+    pub task_mm: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
     /// Per capability ([`cap`]), the [`backend`] that reports it; 0 = none. Programs of
     /// other backends that see the same activity stay silent, so `auto` can mix
     /// backends without duplicate events.
@@ -282,7 +337,13 @@ impl KernelConfig {
         skb_head: NO_OFFSET,
         skb_network_header: NO_OFFSET,
         accept_ret_index: 0,
-        _pad: 0,
+        task_real_parent: NO_OFFSET,
+        task_tgid: NO_OFFSET,
+        task_pid: NO_OFFSET,
+        task_start_time: NO_OFFSET,
+        task_mm: NO_OFFSET,
+        mm_arg_start: NO_OFFSET,
+        mm_arg_end: NO_OFFSET,
         cap_backend: [0; cap::COUNT],
     };
 }
@@ -333,7 +394,9 @@ pub struct UdpPeerStats {
 const _: () = assert!(core::mem::size_of::<Process>() == 40);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 56);
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 128);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 80);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 104);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 80 + EXEC_FILENAME_MAX + EXEC_ARGS_MAX);
+const _: () = assert!(core::mem::size_of::<ForkEvent>() == 72);
 const _: () = assert!(core::mem::size_of::<DnsEvent>() == 120 + DNS_PAYLOAD_MAX);
 const _: () = assert!(core::mem::size_of::<FlowStart>() == 56);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
@@ -349,6 +412,8 @@ mod user {
     unsafe impl aya::Pod for EventHeader {}
     unsafe impl aya::Pod for ConnEvent {}
     unsafe impl aya::Pod for DnsEvent {}
+    unsafe impl aya::Pod for ExecEvent {}
+    unsafe impl aya::Pod for ForkEvent {}
     unsafe impl aya::Pod for KernelConfig {}
     unsafe impl aya::Pod for FlowStart {}
     unsafe impl aya::Pod for ListenerKey {}

@@ -17,7 +17,7 @@ mod emit;
 mod fentry_kprobe;
 mod maps;
 mod tcp;
-mod tracepoint_exit;
+mod tracepoint_process;
 mod tracepoint_tcp;
 mod udp;
 

@@ -45,6 +45,7 @@ impl Stream {
                 pid: 1000 + i,
                 tid: 1000 + i,
                 comm: format!("worker-{i}"),
+                thread: None,
                 uid: 1000 + i % 5,
                 gid: 1000,
                 cgroup_id: 1,
@@ -56,6 +57,7 @@ impl Stream {
                     user: Some(format!("svc{}", i % 5)),
                     ppid: Some(1),
                     container: None,
+                    ..Default::default()
                 }),
             })
             .collect();

@@ -34,6 +34,17 @@ pub struct Config {
     pub history: crate::history::HistoryConfig,
     /// `[geoip]`: offline geolocation and ASN databases (see `geoip.rs`, docs/report.md).
     pub geoip: crate::geoip::GeoipConfig,
+    /// `[events]`: event types beyond the default stream.
+    pub events: EventsConfig,
+}
+
+/// `[events]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Write an `exec` event for every program a process execs (off by default: one
+    /// line per exec is a lot on a busy host). Also `netmon run --events exec`.
+    pub exec: bool,
 }
 
 /// `[dns]`.

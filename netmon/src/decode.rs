@@ -3,12 +3,16 @@
 //! values out; it never touches aya or the kernel.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use netmon_common::{AF_INET, AF_INET6, ConnEvent, EventHeader, IPPROTO_TCP, IPPROTO_UDP};
+use netmon_common::{
+    AF_INET, AF_INET6, ConnEvent, EXEC_ARGS_MAX, EXEC_FILENAME_MAX, EventHeader, ExecEvent,
+    ForkEvent, IPPROTO_TCP, IPPROTO_UDP,
+};
 use netmon_common::{backend, flags, kind};
 
 use crate::{
     clock::BootClock,
     event::{Close, Connection, Direction, Endpoint, Event, EventBody, Family, ProcessInfo, Proto},
+    process::{Exec, Fork},
 };
 
 /// Why a record could not be decoded.
@@ -48,6 +52,46 @@ pub fn decode(bytes: &[u8], clock: &BootClock, host: &str) -> Result<Event, Deco
     })
 }
 
+/// Decodes an exec record (`kind::EXEC`) for the process table. Lengths the kernel
+/// wrote are clamped to the buffers, never trusted.
+pub fn decode_exec(bytes: &[u8], clock: &BootClock) -> Result<Exec, DecodeError> {
+    let raw: ExecEvent = read_struct(bytes)?;
+    let p = process_info(&raw.header.process);
+    let filename = &raw.filename[..(raw.filename_len as usize).min(EXEC_FILENAME_MAX)];
+    let filename = &filename[..filename
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(filename.len())];
+    let args = &raw.args[..(raw.args_len as usize).min(EXEC_ARGS_MAX)];
+    Ok(Exec {
+        ts: clock.to_wall(raw.header.ktime_ns),
+        pid: p.pid,
+        cgroup_id: p.cgroup_id,
+        uid: p.uid,
+        gid: p.gid,
+        comm: p.comm,
+        ppid: raw.ppid,
+        start_ns: raw.start_time_ns,
+        start_time: (raw.start_time_ns != 0).then(|| clock.to_wall(raw.start_time_ns)),
+        filename: String::from_utf8_lossy(filename).into_owned(),
+        args: args.to_vec(),
+    })
+}
+
+/// Decodes a fork record (`kind::FORK`) for the process table.
+pub fn decode_fork(bytes: &[u8], clock: &BootClock) -> Result<Fork, DecodeError> {
+    let raw: ForkEvent = read_struct(bytes)?;
+    let parent = process_info(&raw.header.process);
+    Ok(Fork {
+        parent_pid: parent.pid,
+        comm: parent.comm,
+        child_pid: raw.child_pid,
+        child_start_ns: raw.child_start_time_ns,
+        child_start_time: (raw.child_start_time_ns != 0)
+            .then(|| clock.to_wall(raw.child_start_time_ns)),
+    })
+}
+
 /// The name of a kind for stats keys; `None` for unknown kinds.
 pub fn kind_name(kind: u32) -> Option<&'static str> {
     Some(match kind {
@@ -58,6 +102,8 @@ pub fn kind_name(kind: u32) -> Option<&'static str> {
         kind::CLOSE => "close",
         kind::EXIT => "exit",
         kind::DNS => "dns",
+        kind::EXEC => "exec",
+        kind::FORK => "fork",
         _ => return None,
     })
 }

@@ -42,6 +42,8 @@ pub enum EventBody {
     Probe(ProbeReport),
     /// A DNS query and its response, seen on one socket (see `dns.rs`).
     Dns(Dns),
+    /// A process exec'd a program (off by default: `--events exec`).
+    Exec(Exec),
     /// A detection rule fired (see `rules.rs`).
     Alert(Alert),
     /// Scanner: one scanned host (`netmon scan`).
@@ -73,6 +75,7 @@ impl EventBody {
             EventBody::Stats(_) => "stats",
             EventBody::Probe(_) => "probe",
             EventBody::Dns(_) => "dns",
+            EventBody::Exec(_) => "exec",
             EventBody::Alert(_) => "alert",
             EventBody::Host(_) => "host",
             EventBody::Port(_) => "port",
@@ -167,7 +170,13 @@ impl Endpoint {
 pub struct ProcessInfo {
     pub pid: u32,
     pub tid: u32,
+    /// The process's name: its thread-group leader's `comm` (what `ps` shows), from
+    /// the process table; the kernel's name of the thread when the process is unknown.
     pub comm: String,
+    /// The name of the thread that acted, when it differs from `comm` (dig's
+    /// `isc-net-0000`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<String>,
     pub uid: u32,
     pub gid: u32,
     pub cgroup_id: u64,
@@ -186,6 +195,7 @@ impl ProcessInfo {
             pid,
             tid,
             comm,
+            thread: None,
             uid,
             gid,
             cgroup_id,
@@ -194,25 +204,47 @@ impl ProcessInfo {
     }
 }
 
-/// Process context read from `/proc` (see `process.rs`). Every field is optional:
-/// short-lived processes are often gone before userspace looks.
+/// Process context from the process table (see `process.rs`): recorded by the kernel
+/// at exec and fork, or read from `/proc` for processes that ran before netmon (and
+/// as a fallback). Every field is optional: null when neither source had it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessDetail {
-    /// `/proc/<pid>/exe` (may end in ` (deleted)`).
+    /// The program the process runs: the absolute path it was exec'd by (the kernel's
+    /// `bprm->filename`), else `/proc/<pid>/exe` (may end in ` (deleted)`). Not
+    /// changed by the process renaming itself.
     #[serde(default)]
     pub exe: Option<String>,
-    /// `/proc/<pid>/cmdline`, arguments joined by spaces (truncated at 4 KiB).
+    /// The arguments, joined by spaces (from the kernel: the first 1 KiB; from
+    /// `/proc/<pid>/cmdline`: 4 KiB).
     #[serde(default)]
     pub cmdline: Option<String>,
-    /// Name of `uid` in the host's `/etc/passwd`.
+    /// Name of `uid`, through the system's user database (NSS: files, LDAP, sssd).
     #[serde(default)]
     pub user: Option<String>,
-    /// Parent pid (`PPid:` of `/proc/<pid>/status`).
+    /// Parent pid.
     #[serde(default)]
     pub ppid: Option<u32>,
+    /// The parent's `exe` when the process started.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// When the process started (with `pid`, it names one process: a reused pid has
+    /// another start time).
+    #[serde(default)]
+    pub start_time: Option<DateTime<Utc>>,
+    /// The `exe` of the parent, grandparent… (nearest first, up to 8 levels) when the
+    /// process started, so `bash → curl` is visible. Empty when unknown.
+    #[serde(default)]
+    pub ancestors: Vec<String>,
     /// The container the process runs in, from its cgroup path; null outside containers.
     #[serde(default)]
     pub container: Option<Container>,
+}
+
+/// An `exec` event: the process as it is after the exec (its new `exe`, `cmdline`,
+/// and the lineage it was started from).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exec {
+    pub process: ProcessInfo,
 }
 
 /// A container recognised from a cgroup path.
@@ -407,10 +439,19 @@ pub struct FlowStats {
 /// `stats.processes`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessStats {
-    /// Processes whose context is cached now.
+    /// Processes in the process table now.
     pub cached: u64,
-    /// Process exits seen (each evicts its cache entry).
+    /// Process exits seen (each entry is dropped a few seconds after its exit).
     pub exits: u64,
+    /// Exec records from the kernel.
+    #[serde(default)]
+    pub execs: u64,
+    /// Fork records (new processes) from the kernel.
+    #[serde(default)]
+    pub forks: u64,
+    /// Entries dropped because the table was full (`process.table_size`).
+    #[serde(default)]
+    pub evicted: u64,
     /// `/proc/<pid>` reads that failed, by reason: `gone` (the process exited
     /// first), `permission`, `other`.
     pub unreadable: BTreeMap<String, u64>,

@@ -73,7 +73,13 @@ pub fn resolve_from(btf: &Btf) -> ResolvedOffsets {
         skb_head: get("sk_buff", &[&["head"]]),
         skb_network_header: get("sk_buff", &[&["network_header"]]),
         accept_ret_index: func_arg_count(btf, "inet_csk_accept").unwrap_or(0),
-        _pad: 0,
+        task_real_parent: get("task_struct", &[&["real_parent"]]),
+        task_tgid: get("task_struct", &[&["tgid"]]),
+        task_pid: get("task_struct", &[&["pid"]]),
+        task_start_time: get("task_struct", &[&["start_time"]]),
+        task_mm: get("task_struct", &[&["mm"]]),
+        mm_arg_start: get("mm_struct", &[&["arg_start"]]),
+        mm_arg_end: get("mm_struct", &[&["arg_end"]]),
         cap_backend: [0; netmon_common::cap::COUNT],
     };
     out.config = config;
@@ -175,6 +181,9 @@ mod tests {
         assert!(c.skc_dport > 0 && c.skc_num == c.skc_dport + 2);
         assert!(c.skc_family > 0 && c.skc_v6_daddr > 0 && c.skc_v6_rcv_saddr > 0);
         assert!(c.skb_head > 0 && c.skb_network_header > 0);
+        assert!(c.task_pid > 0 && c.task_tgid == c.task_pid + 4);
+        assert!(c.task_real_parent > c.task_tgid && c.task_start_time > 0 && c.task_mm > 0);
+        assert!(c.mm_arg_start > 0 && c.mm_arg_end == c.mm_arg_start + 8);
         assert!(
             matches!(c.accept_ret_index, 2 | 4),
             "{}",

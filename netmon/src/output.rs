@@ -186,6 +186,19 @@ fn render_body(event: &Event, out: &mut String) {
         }
         EventBody::Dns(d) => dns_text(d, out),
         EventBody::Alert(a) => alert_text(a, out),
+        EventBody::Exec(x) => {
+            let p = &x.process;
+            let _ = write!(out, "{}[{}] uid={}", p.comm, p.pid, p.uid);
+            if let Some(exe) = &p.detail.exe {
+                let _ = write!(out, " exe={exe}");
+            }
+            if let Some(cmd) = &p.detail.cmdline {
+                let _ = write!(out, " cmdline={cmd:?}");
+            }
+            if !p.detail.ancestors.is_empty() {
+                let _ = write!(out, " from {}", p.detail.ancestors.join(" <- "));
+            }
+        }
     }
 }
 

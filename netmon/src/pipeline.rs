@@ -163,6 +163,11 @@ pub fn run(mut opts: Options) -> Result<()> {
     // report (processed next) wins. Before the probe line, so that whatever happens
     // after that line (a listener closing, say) happens after the seed.
     flows.seed(BootClock::monotonic_now_ns());
+    // Every process that runs now, so the kernel's exec/fork records (flowing since
+    // the attach) have parents to hang lineage on. Reads other users' /proc entries:
+    // before the drop.
+    processes.get().seed();
+    flows.set_exec_events(config.events.exec);
     // The last step that needs more than reading /proc (the seed reads every
     // process's fds): drop the rest. Before any thread starts: capabilities belong to
     // a thread, and one started earlier (the sink's, the watchdog's) would keep them.

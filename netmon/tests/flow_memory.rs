@@ -48,6 +48,7 @@ fn a_hundred_thousand_flows_fit_in_the_memory_budget() {
                     runtime: Some("containerd".into()),
                     pod_uid: Some("8a1b2c3d-4e5f-6789-abcd-ef0123456789".into()),
                 }),
+                ..Default::default()
             });
             Arc::new(p)
         })

@@ -68,6 +68,17 @@ pub fn testpeer_bin() -> PathBuf {
         .expect("test binary lives in target/<profile>/deps")
 }
 
+/// The short-lived connecting binary built from this package (`netmon-quick`).
+pub fn quick_bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_netmon-quick") {
+        let p = PathBuf::from(p);
+        if p.exists() {
+            return p;
+        }
+    }
+    testpeer_bin().with_file_name("netmon-quick")
+}
+
 /// A fresh network namespace for the calling thread, with `lo` up. Sockets and child
 /// processes created by this thread live in it; dropping the guard returns the thread
 /// to the namespace it had.
@@ -139,6 +150,15 @@ fn set_lo_up() {
 /// The name the kernel gives the calling thread (`comm`).
 pub fn thread_comm() -> String {
     std::fs::read_to_string("/proc/thread-self/comm")
+        .expect("read comm")
+        .trim_end()
+        .to_owned()
+}
+
+/// The name of this process (its thread-group leader's `comm`): what netmon reports
+/// as `process.comm`; the acting thread's name is `process.thread` when it differs.
+pub fn process_comm() -> String {
+    std::fs::read_to_string("/proc/self/comm")
         .expect("read comm")
         .trim_end()
         .to_owned()
@@ -323,6 +343,16 @@ fn check_probe(report: &netmon::event::ProbeReport, backend: &str) {
         "auto" => std::env::var("NETMON_EXPECT_AUTO").ok(),
         other => Some(other.to_owned()),
     };
+    // The process table's tracepoints exist on every kernel netmon supports: failing to
+    // attach them (a verifier rejection on an old kernel, say) fails every test.
+    let table = report
+        .capabilities
+        .iter()
+        .find(|c| c.capability == "process_exit");
+    assert!(
+        table.is_some_and(|c| c.backend.is_some()),
+        "process table (exec/fork/exit tracepoints) not attached: {table:?}"
+    );
     for cap in &report.capabilities {
         // Optional capabilities use the cgroup hooks whatever the backend.
         if OPTIONAL_CAPABILITIES.contains(&cap.capability.as_str()) {

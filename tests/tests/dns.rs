@@ -62,8 +62,9 @@ fn dig_over_udp_ipv4_and_ipv6_on_a_configured_port() {
     assert_eq!(d.family, Family::Ipv4);
     assert_eq!(d.rcode.as_deref(), Some("NOERROR"));
     assert_eq!(d.dst.port, port);
-    // `comm` is the sending thread's name (the event contract): dig sends from its
-    // `isc-net-NNNN` worker threads; the pid (checked by wait_dns) is dig's.
+    // `comm` is the process's name (the event contract); dig sends from its
+    // `isc-net-NNNN` worker threads, whose name is in `thread` (tests/tests/exec.rs);
+    // the pid (checked by wait_dns) is dig's.
     let comm = &d.process.as_ref().unwrap().comm;
     assert!(comm == "dig" || comm.starts_with("isc-"), "{comm}");
     let addrs: Vec<&str> = d.answers.iter().map(|a| a.data.as_str()).collect();

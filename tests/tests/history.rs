@@ -17,7 +17,7 @@ use std::{
 };
 
 use netmon::event::{Event, EventBody};
-use netmon_tests::{ConfigFile, NetNs, Netmon, free_port, netmon_bin, require_root, thread_comm};
+use netmon_tests::{ConfigFile, NetNs, Netmon, free_port, netmon_bin, process_comm, require_root};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -120,7 +120,7 @@ fn real_traffic_is_kept_and_read_back_by_sqlite3_and_netmon_history() {
     let server = serve(listener, 2000, conns);
     let db_arg = db.to_str().unwrap().to_owned();
     let mut netmon = Netmon::start(&["--history", &db_arg, "--stats-interval", "1"]);
-    let comm = thread_comm();
+    let comm = process_comm();
     for _ in 0..conns {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.write_all(&[b'q'; 1000]).unwrap();

@@ -71,10 +71,21 @@ pub struct RunArgs {
     /// not loopback exposes the metrics to that network (see docs/metrics.md).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Event types to add to the stream beyond the default ones: `exec` (every program
+    /// a process execs, with its lineage; also `[events] exec = true`).
+    #[arg(long, value_name = "TYPE", value_delimiter = ',')]
+    pub events: Vec<ExtraEvent>,
     /// Test only: subscribe a consumer with a queue of N events that never reads, to
     /// show that a stalled consumer loses only its own events (`stats.consumers`).
     #[arg(long, value_name = "N", hide = true)]
     pub test_stalled_consumer: Option<usize>,
+}
+
+/// Event types off by default (`--events`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExtraEvent {
+    /// `exec`: a process exec'd a program.
+    Exec,
 }
 
 /// The history `netmon run` keeps: `--no-history` or `enabled = false` keep none;
@@ -132,6 +143,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         config: args.config.load()?,
     };
     let mut opts = opts;
+    if args.events.contains(&ExtraEvent::Exec) {
+        opts.config.events.exec = true;
+    }
     opts.history = history_config(&opts.config.history, args.history, args.no_history);
     pipeline::run(opts)?;
     Ok(ExitCode::SUCCESS)

@@ -603,6 +603,11 @@ fn insert_event(
             detail: detail_json(&event.body),
             ..Row::default()
         },
+        EventBody::Exec(x) => Row {
+            process: Some(&x.process),
+            detail: detail_json(&event.body),
+            ..Row::default()
+        },
         EventBody::HostUp(h) | EventBody::HostDown(h) => {
             upsert_host(tx, event, h)?;
             Row {

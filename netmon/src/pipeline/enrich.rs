@@ -1,5 +1,6 @@
 //! The enrichment stage: what the kernel's records become before the rules see them.
-//! A process exit empties its cache entry; a DNS packet completes `dns` events and
+//! Exec, fork and exit records keep the process table (an exec may become an
+//! `exec` event); a DNS packet completes `dns` events and
 //! teaches the name cache which addresses each process resolved; every other event
 //! goes through the flow table and the process-context cache (`enrich/flows.rs`) and
 //! gains the name its process resolved for its peer (`dst.name`).
@@ -12,6 +13,7 @@ use chrono::{DateTime, Utc};
 use crate::{
     dns::{self, NameCache},
     event::{Dns, DnsStats, Event, EventBody},
+    process,
 };
 
 pub mod flows;
@@ -23,6 +25,10 @@ pub mod flows;
 pub enum Record {
     /// A process exited (`sched_process_exit`).
     Exit(u32),
+    /// A process exec'd (`sched_process_exec`).
+    Exec(process::Exec),
+    /// A new process (`sched_process_fork`).
+    Fork(process::Fork),
     /// A DNS packet, which may complete a transaction.
     Dns(dns::Packet),
     /// Any other event (connect, accept, udp, listen, close).
@@ -55,7 +61,13 @@ impl Enricher {
     /// events a packet completes) to `out`, in stream order.
     pub fn record(&mut self, record: Record, now_ns: u64, out: &mut Vec<Event>) {
         match record {
-            Record::Exit(pid) => self.flows.process_exited(pid),
+            Record::Exit(pid) => self.flows.process_exited(pid, now_ns),
+            Record::Exec(x) => {
+                if let Some(event) = self.flows.process_exec(x, &self.host) {
+                    out.push(event);
+                }
+            }
+            Record::Fork(f) => self.flows.process_fork(f),
             Record::Dns(packet) => {
                 self.dns_seen = true;
                 let mut done = std::mem::take(&mut self.scratch);
@@ -80,7 +92,10 @@ impl Enricher {
     }
 
     fn dns_events(&mut self, done: &mut Vec<Dns>, ts: DateTime<Utc>, out: &mut Vec<Event>) {
-        for d in done.drain(..) {
+        for mut d in done.drain(..) {
+            if let Some(p) = d.process.as_mut() {
+                self.flows.enrich_process(p);
+            }
             self.names.learn(ts, &d);
             out.push(Event {
                 ts,

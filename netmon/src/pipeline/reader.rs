@@ -1,5 +1,5 @@
 //! The kernel reader: waits for the ring buffer and turns its records into typed
-//! [`Record`]s (exit, DNS packet, event). Owns the ring buffer, the boot clock that
+//! [`Record`]s (exit, exec, fork, DNS packet, event). Owns the ring buffer, the boot clock that
 //! dates records, and the kernel's loss and skipped-run counters; counts (and warns
 //! about the first few) records that do not decode. Never waits for a consumer: what
 //! it reads goes to the enrichment stage on the same thread.
@@ -75,10 +75,13 @@ impl Reader {
             n += 1;
             let record = if let Some(pid) = process::exit_pid(&bytes) {
                 Ok(Record::Exit(pid))
-            } else if decode::record_kind(&bytes) == Ok(kind::DNS) {
-                dns::decode_packet(&bytes, &self.clock).map(Record::Dns)
             } else {
-                decode::decode(&bytes, &self.clock, &self.host).map(Record::Event)
+                match decode::record_kind(&bytes) {
+                    Ok(kind::DNS) => dns::decode_packet(&bytes, &self.clock).map(Record::Dns),
+                    Ok(kind::EXEC) => decode::decode_exec(&bytes, &self.clock).map(Record::Exec),
+                    Ok(kind::FORK) => decode::decode_fork(&bytes, &self.clock).map(Record::Fork),
+                    _ => decode::decode(&bytes, &self.clock, &self.host).map(Record::Event),
+                }
             };
             drop(bytes);
             match record {

@@ -10,7 +10,7 @@ use aya::{
     Ebpf,
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, FEntry, FExit, KProbe,
-        ProgramError, TracePoint,
+        ProgramError, RawTracePoint, TracePoint,
     },
 };
 use netmon_common::{KernelConfig, NO_OFFSET};
@@ -241,6 +241,7 @@ fn unload(ebpf: &mut Ebpf, hook: &Hook, offsets: &KernelConfig) {
     };
     let _ = match hook.attach {
         Attach::TracePoint { .. } => <&mut TracePoint>::try_from(program).map(|p| p.unload()),
+        Attach::RawTracePoint(_) => <&mut RawTracePoint>::try_from(program).map(|p| p.unload()),
         Attach::CgroupSockAddr => <&mut CgroupSockAddr>::try_from(program).map(|p| p.unload()),
         Attach::CgroupSkbEgress | Attach::CgroupSkbIngress => {
             <&mut CgroupSkb>::try_from(program).map(|p| p.unload())
@@ -267,6 +268,11 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &Hook, cx: &Context<'_>) -> Result<(), Str
             let tp: &mut TracePoint = program.try_into().map_err(explain)?;
             tp.load().map_err(explain)?;
             tp.attach(category, name).map_err(explain)?;
+        }
+        Attach::RawTracePoint(name) => {
+            let tp: &mut RawTracePoint = program.try_into().map_err(explain)?;
+            tp.load().map_err(explain)?;
+            tp.attach(name).map_err(explain)?;
         }
         // `Single` means "no flags": on 5.7+ aya attaches through a bpf_link, which
         // already coexists with other programs, and the kernel rejects link flags

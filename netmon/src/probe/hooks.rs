@@ -68,8 +68,9 @@ pub enum Capability {
     UdpSend = cap::UDP_SEND,
     /// DNS queries and responses (optional: cgroup skb hooks, the same on every backend).
     Dns = cap::DNS,
-    /// Process exits, so the per-pid context cache forgets a pid before it is reused
-    /// (optional: a tracepoint every supported kernel has).
+    /// The process table: execs, forks and exits from the scheduler's tracepoints, so
+    /// every event names its process even after it is gone and a reused pid never
+    /// inherits another's context (optional: tracepoints every supported kernel has).
     ProcessExit = cap::PROCESS_EXIT,
 }
 
@@ -115,6 +116,8 @@ pub(super) enum Attach {
         category: &'static str,
         name: &'static str,
     },
+    /// A raw tracepoint (4.17+): the tracepoint's `TP_PROTO` arguments, not its record.
+    RawTracePoint(&'static str),
     CgroupSockAddr,
     CgroupSkbEgress,
     CgroupSkbIngress,
@@ -134,6 +137,7 @@ impl Hook {
     pub fn describe(&self) -> String {
         match self.attach {
             Attach::TracePoint { category, name } => format!("tracepoint:{category}:{name}"),
+            Attach::RawTracePoint(name) => format!("raw_tracepoint:{name}"),
             Attach::CgroupSockAddr | Attach::CgroupSkbEgress | Attach::CgroupSkbIngress => {
                 format!("cgroup:{}", self.program)
             }
@@ -147,7 +151,7 @@ impl Hook {
     /// The hook family an optional capability reports as its backend.
     fn family(&self) -> &'static str {
         match self.attach {
-            Attach::TracePoint { .. } => "tracepoint",
+            Attach::TracePoint { .. } | Attach::RawTracePoint(_) => "tracepoint",
             Attach::CgroupSockAddr | Attach::CgroupSkbEgress | Attach::CgroupSkbIngress => "cgroup",
             Attach::FEntry(_) | Attach::FExit(_) => "fentry",
             Attach::KProbe(_) | Attach::KRetProbe(_) => "kprobe",
@@ -309,17 +313,30 @@ pub(super) static HOOK_GROUPS: &[HookGroup] = &[
     },
     // Optional, attached after the core whatever the backend (see `attach_optional`).
     //
-    // Process exits: a tracepoint every supported kernel has.
+    // The process table: tracepoints every supported kernel has.
     HookGroup {
         backend: BackendChoice::Tracepoint,
         capabilities: &[ProcessExit],
-        hooks: &[hook(
-            "sched_process_exit",
-            Attach::TracePoint {
-                category: "sched",
-                name: "sched_process_exit",
-            },
-        )],
+        hooks: &[
+            hook(
+                "sched_process_exit",
+                Attach::TracePoint {
+                    category: "sched",
+                    name: "sched_process_exit",
+                },
+            ),
+            hook(
+                "sched_process_exec",
+                Attach::TracePoint {
+                    category: "sched",
+                    name: "sched_process_exec",
+                },
+            ),
+            hook(
+                "sched_process_fork",
+                Attach::RawTracePoint("sched_process_fork"),
+            ),
+        ],
     },
     // DNS: cgroup hooks exist on every kernel netmon supports, so DNS uses them
     // whatever backend provides the rest. The sock_addr hooks record which process

@@ -566,7 +566,8 @@ impl App {
                     a.backend = Some(escape::remote(&backends.join(",")));
                 }
             }
-            EventBody::Host(_) | EventBody::Port(_) => {}
+            // Lineage is on every event's `process` already; the UI has no exec view.
+            EventBody::Host(_) | EventBody::Port(_) | EventBody::Exec(_) => {}
         }
     }
 

@@ -67,6 +67,8 @@ pub struct Tracker {
     /// start and from `listen` events. The kernel cannot attribute an `accept` on a
     /// port that was listening before netmon started; this can.
     listeners: HashMap<(u32, u16), Arc<ProcessInfo>>,
+    /// Whether execs become `exec` events.
+    exec_events: bool,
 }
 
 impl Tracker {
@@ -90,6 +92,7 @@ impl Tracker {
             host,
             interned: HashMap::new(),
             listeners: HashMap::new(),
+            exec_events: false,
         }
     }
 
@@ -107,6 +110,7 @@ impl Tracker {
             host: "h".into(),
             interned: HashMap::new(),
             listeners: HashMap::new(),
+            exec_events: false,
         }
     }
 
@@ -118,9 +122,42 @@ impl Tracker {
         self.procs.get().stats()
     }
 
-    pub fn process_exited(&mut self, pid: u32) {
-        self.procs.get().exited(pid);
+    pub fn process_exited(&mut self, pid: u32, now_ns: u64) {
+        self.procs.get().exited(pid, now_ns);
         self.interned.remove(&pid);
+    }
+
+    /// An exec for the process table; the `exec` event it makes when those are on.
+    pub fn process_exec(&mut self, x: crate::process::Exec, host: &str) -> Option<Event> {
+        let (pid, ts) = (x.pid, x.ts);
+        let mut process = ProcessInfo::kernel(pid, pid, x.comm.clone(), x.uid, x.gid, x.cgroup_id);
+        self.procs.get().exec(x);
+        self.interned.remove(&pid);
+        if !self.exec_events {
+            return None;
+        }
+        self.procs.get().enrich(&mut process);
+        Some(Event {
+            ts,
+            host: host.to_owned(),
+            body: EventBody::Exec(crate::event::Exec { process }),
+        })
+    }
+
+    /// A new process for the process table.
+    pub fn process_fork(&mut self, f: crate::process::Fork) {
+        self.interned.remove(&f.child_pid);
+        self.procs.get().fork(f);
+    }
+
+    /// Fills in a process from the process table (for events that have no flow: `dns`).
+    pub fn enrich_process(&mut self, p: &mut ProcessInfo) {
+        self.procs.get().enrich(p);
+    }
+
+    /// Whether execs become `exec` events (off by default).
+    pub fn set_exec_events(&mut self, on: bool) {
+        self.exec_events = on;
     }
 
     /// One shared copy per process (its flows keep theirs after it exits).
@@ -238,7 +275,16 @@ impl Tracker {
                 if let Some(p) = conn.process.as_mut() {
                     match flow.as_ref().and_then(|f| f.process.as_ref()) {
                         // The context read when the flow began (the process may be gone).
-                        Some(fp) if fp.pid == p.pid => p.detail = fp.detail.clone(),
+                        Some(fp) if fp.pid == p.pid => {
+                            p.detail = fp.detail.clone();
+                            // The process's name as the flow knew it; the kernel's is
+                            // the acting thread's.
+                            if p.comm != fp.comm {
+                                p.thread = Some(std::mem::replace(&mut p.comm, fp.comm.clone()));
+                            } else {
+                                p.thread = None;
+                            }
+                        }
                         _ => self.procs.get().enrich(p),
                     }
                 }
