@@ -14,6 +14,7 @@ pub mod rules;
 pub mod run;
 pub mod scan;
 pub mod snapshot;
+pub mod token;
 
 /// Linux network monitor: traces every TCP and UDP connection with eBPF and tells you
 /// which process made it.
@@ -69,6 +70,9 @@ pub enum Command {
     /// alerts, connections, processes, remote hosts with country/ASN, listening ports,
     /// the scanner's inventory and DNS names. See docs/report.md.
     Report(report::ReportArgs),
+    /// Print the bearer token of `netmon run`'s HTTP API (made when missing), or
+    /// replace it with `--rotate`. See docs/api.md.
+    Token(token::TokenArgs),
 }
 
 /// `--config`, shared by every subcommand that reads the configuration file.
@@ -104,6 +108,7 @@ pub fn main() -> ExitCode {
         Command::Hosts(args) => hosts::run(args),
         Command::History(what) => history::run(history::HistoryArgs { what }),
         Command::Report(args) => report::run(args),
+        Command::Token(args) => token::run(args),
     };
     match result {
         Ok(code) => code,

@@ -4,7 +4,7 @@
 //! context, DNS names) → `detect` (rules: alerts) → `hub` (one `emit` that counts
 //! `stats.events` and fans out `Arc<Event>`) → consumers, each on its own bounded queue:
 //! `sink` (JSON/text output, every event), `scanner` (peers to scan), and whatever
-//! subscribes with [`hub::Hub::subscribe`] (the history writer).
+//! subscribes with [`hub::Hub::subscribe`] (the history writer, the HTTP API).
 //!
 //! One task on one thread owns the stages and their state (no locks); the timers that
 //! flush `stats`, `flow` summaries and UDP idle closes also live here. What netmon makes
@@ -69,6 +69,8 @@ pub struct Options {
     pub keep_privileges: bool,
     /// The history to keep (`[history]`, `--history`), or none (`--no-history`).
     pub history: Option<crate::history::HistoryConfig>,
+    /// The HTTP API to serve (`--api`), or none (`--api off`).
+    pub api: Option<crate::api::ApiConfig>,
 }
 
 /// Types `stats.events` always lists, 0 included.
@@ -84,6 +86,8 @@ pub fn run(opts: Options) -> Result<()> {
     let config = &opts.config;
     let monitor = Monitor::new(&config.scan)?;
     let sink = sink::open(opts.format, opts.output.as_deref())?;
+    // The API's ports and token too: a port in use fails before anything is attached.
+    let api = opts.api.as_ref().map(crate::api::bind).transpose()?;
     let mut tracer = Tracer::start(&LoadOptions {
         backend: opts.backend,
         ring_buffer_bytes: opts.ring_buffer_bytes,
@@ -171,6 +175,18 @@ pub fn run(opts: Options) -> Result<()> {
         ),
         None => None,
     };
+    // The API: its own thread and runtime, fed like the history writer.
+    let api = match api {
+        Some(bound) => Some(
+            bound
+                .spawn(
+                    hub.subscribe("api", crate::api::QUEUE),
+                    config.scan.state_file.clone(),
+                )
+                .context("cannot start the API")?,
+        ),
+        None => None,
+    };
     let mut stages = Stages {
         reader: Reader::new(ring, losses, skipped, host.clone())?,
         enrich: Enricher::new(flows, host.clone()),
@@ -193,6 +209,10 @@ pub fn run(opts: Options) -> Result<()> {
     // The writer commits what it holds once its queue is closed.
     if let Some(history) = history {
         history.finish();
+    }
+    // The API's pump ends with its subscription; open streams end with it.
+    if let Some(api) = api {
+        api.join();
     }
     // The reader holds duplicates of the program fds (for `skipped_runs`): closed
     // first, so that dropping `tracer` (and every link it owns) unloads every program.
