@@ -114,6 +114,8 @@ struct Shared {
     counters: Counters,
     max_streams: usize,
     state_file: PathBuf,
+    /// Asks the event loop for the flow table (`pipeline/state.rs`).
+    ask: mpsc::Sender<crate::pipeline::state::FlowsRequest>,
 }
 
 type AppState = Arc<Shared>;
@@ -131,7 +133,12 @@ impl Api {
 
 impl Bound {
     /// Starts the API thread. Call after the privilege drop (it starts threads).
-    pub fn spawn(self, events: mpsc::Receiver<Arc<Event>>, state_file: PathBuf) -> Result<Api> {
+    pub fn spawn(
+        self,
+        events: mpsc::Receiver<Arc<Event>>,
+        state_file: PathBuf,
+        ask: mpsc::Sender<crate::pipeline::state::FlowsRequest>,
+    ) -> Result<Api> {
         let (feed, pump) = feed::start(self.cfg.replay);
         let shared = Arc::new(Shared {
             auth: self.auth,
@@ -140,6 +147,7 @@ impl Bound {
             counters: Counters::default(),
             max_streams: self.cfg.max_streams,
             state_file,
+            ask,
         });
         let listeners = self.listeners;
         let thread = thread::Builder::new()
@@ -186,6 +194,7 @@ fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/v1/events", get(sse::events))
         .route("/api/v1/stats", get(stats))
+        .route("/api/v1/flows", get(flows))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/logs", get(logs))
         .route("/api/v1/hosts", get(hosts))
@@ -434,6 +443,101 @@ async fn host(State(s): State<AppState>, Path(ip): Path<String>) -> Response {
         .unwrap_or_else(|_| "[]".into());
     let host = serde_json::to_string(h).unwrap_or_else(|_| "null".into());
     json_text(format!(r#"{{"host":{host},"changes":{changes}}}"#))
+}
+
+/// How `/api/v1/flows` sorts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum FlowSort {
+    /// Most bytes (sent + received) first.
+    Bytes,
+    /// Longest-lived first.
+    Duration,
+    /// Newest first.
+    Start,
+}
+
+/// `GET /api/v1/flows`: the live flow table (`flow` objects: bytes so far), asked of
+/// the event loop in steps; filtered (`process=`, `host=`, `port=`, `proto=`),
+/// sorted (`sort=bytes|duration|start`) and cut (`limit=`, default 1000).
+async fn flows(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let mut q = q;
+    let proto = q.remove("proto");
+    let sort = q.remove("sort");
+    let limit = q.remove("limit");
+    let f = match filter::Filter::parse(&q, &[]) {
+        Ok(f) => f,
+        Err(e) => return bad_request(e),
+    };
+    let proto = match proto.as_deref() {
+        None => None,
+        Some("tcp") => Some(crate::event::Proto::Tcp),
+        Some("udp") => Some(crate::event::Proto::Udp),
+        Some(_) => {
+            return bad_request(filter::BadParam {
+                param: "proto",
+                why: "tcp or udp".into(),
+            });
+        }
+    };
+    let sort = match sort.as_deref() {
+        None | Some("bytes") => FlowSort::Bytes,
+        Some("duration") => FlowSort::Duration,
+        Some("start") => FlowSort::Start,
+        Some(_) => {
+            return bad_request(filter::BadParam {
+                param: "sort",
+                why: "bytes, duration or start".into(),
+            });
+        }
+    };
+    let limit = match limit {
+        None => 1000,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=1_000_000).contains(&n) => n,
+            _ => {
+                return bad_request(filter::BadParam {
+                    param: "limit",
+                    why: "a whole number from 1 to 1000000".into(),
+                });
+            }
+        },
+    };
+    let Some(all) = crate::pipeline::state::all_flows(&s.ask).await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "netmon is stopping");
+    };
+    let total = all.len();
+    let mut hits: Vec<_> = all
+        .into_iter()
+        .filter(|ev| {
+            let conn = ev.body.connection();
+            proto.is_none_or(|p| conn.is_some_and(|c| c.proto == p))
+                && f.matches_keys("flow", &feed::Keys::of(ev))
+        })
+        .collect();
+    let key = |ev: &Arc<Event>| -> f64 {
+        match &ev.body {
+            crate::event::EventBody::Flow(fl) => match sort {
+                FlowSort::Bytes => {
+                    (fl.bytes_sent.unwrap_or(0) + fl.bytes_received.unwrap_or(0)) as f64
+                }
+                FlowSort::Duration => fl.duration_ms,
+                FlowSort::Start => fl.start.timestamp_nanos_opt().unwrap_or(0) as f64,
+            },
+            _ => 0.0,
+        }
+    };
+    hits.sort_by(|a, b| key(b).total_cmp(&key(a)));
+    let matched = hits.len();
+    hits.truncate(limit);
+    let mut body = format!(r#"{{"total":{total},"matched":{matched},"flows":["#);
+    for (i, ev) in hits.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&serde_json::to_string(&**ev).unwrap_or_else(|_| "null".into()));
+    }
+    body.push_str("]}");
+    json_text(body)
 }
 
 /// Headers an SSE request resumes with.

@@ -38,6 +38,7 @@ pub mod hub;
 pub mod reader;
 pub mod scanner;
 pub mod sink;
+pub mod state;
 pub mod watchdog;
 
 use enrich::{Enricher, Record, flows::Summaries};
@@ -175,13 +176,16 @@ pub fn run(opts: Options) -> Result<()> {
         ),
         None => None,
     };
-    // The API: its own thread and runtime, fed like the history writer.
+    // The API: its own thread and runtime, fed like the history writer; it asks the
+    // loop for the flow table on `requests`.
+    let (ask, requests) = state::channel();
     let api = match api {
         Some(bound) => Some(
             bound
                 .spawn(
                     hub.subscribe("api", crate::api::QUEUE),
                     config.scan.state_file.clone(),
+                    ask,
                 )
                 .context("cannot start the API")?,
         ),
@@ -196,6 +200,7 @@ pub fn run(opts: Options) -> Result<()> {
         started: Instant::now(),
         scanner: None,
         history: history.as_ref().map(crate::history::Writer::counters),
+        requests,
         records: Vec::new(),
         enriched: Vec::new(),
         alerts: Vec::new(),
@@ -235,6 +240,8 @@ struct Stages {
     scanner: Option<scanner::Scanner>,
     /// The history writer's counters (`stats.history`), when it runs.
     history: Option<std::sync::Arc<crate::history::Counters>>,
+    /// Questions from the API about the flow table (see `state.rs`).
+    requests: tokio::sync::mpsc::Receiver<state::FlowsRequest>,
     /// Scratch buffers, reused: records read, events enriched, alerts of one event.
     records: Vec<Record>,
     enriched: Vec<Event>,
@@ -304,6 +311,18 @@ impl Stages {
                 }
                 Some(change) = next_change(&mut self.scanner) => {
                     self.hub.emit(change).await?;
+                }
+                Some(req) = self.requests.recv() => {
+                    // One step of the table, then the ring buffer's turn again.
+                    let clock = *self.reader.clock();
+                    let (flows, next) = self.enrich.flows.flow_chunk(
+                        req.from,
+                        state::CHUNK,
+                        BootClock::monotonic_now_ns(),
+                        &clock,
+                    );
+                    let flows = flows.into_iter().map(std::sync::Arc::new).collect();
+                    let _ = req.reply.send(state::FlowsChunk { flows, next });
                 }
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,

@@ -574,3 +574,49 @@ fn garbage_half_open_and_ten_thousand_requests_leave_it_healthy() {
     let (status, _) = agent.netmon.stop();
     assert!(status.success());
 }
+
+#[test]
+fn flows_endpoint_lists_the_live_flow_table_filtered_sorted_and_cut() {
+    require_root!();
+    let _ns = NetNs::new();
+    let agent = Agent::start("flows", &[]);
+    let port = free_port();
+    let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let n = 20;
+    // Held open: connections in the flow table, the ith one carrying i*100 bytes.
+    let mut held = Vec::new();
+    for i in 0..n {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (s, _) = l.accept().unwrap();
+        c.write_all(&vec![b'x'; 100 * (i + 1)]).unwrap();
+        held.push((c, s));
+    }
+    // The loop learns of them within its drain timer.
+    let deadline = Instant::now() + WAIT;
+    let v = loop {
+        let (code, body) = agent.get(&format!("/api/v1/flows?port={port}&proto=tcp&limit=1000"));
+        assert_eq!(code, 200, "{body}");
+        let v = json(&body);
+        if v["matched"].as_u64() >= Some(2 * n as u64) || Instant::now() > deadline {
+            break v;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    // Both ends of each connection are flows of this host.
+    assert_eq!(v["matched"], 2 * n as u64, "{v}");
+    assert!(v["total"].as_u64().unwrap() >= 2 * n as u64);
+    for f in v["flows"].as_array().unwrap() {
+        assert_eq!(f["type"], "flow");
+        let ports = [f["src"]["port"].as_u64(), f["dst"]["port"].as_u64()];
+        assert!(ports.contains(&Some(port as u64)), "{f}");
+    }
+    let (code, body) = agent.get(&format!("/api/v1/flows?port={port}&limit=3&sort=start"));
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["flows"].as_array().unwrap().len(), 3);
+    let (code, body) = agent.get("/api/v1/flows?sort=sideways");
+    assert_eq!(code, 400);
+    assert!(body.contains("`sort`"), "{body}");
+    drop(held);
+    let (status, _) = agent.netmon.stop();
+    assert!(status.success());
+}

@@ -17,12 +17,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::event::{Event, EventBody};
 
-/// One numbered event, with what the filters look at.
-pub struct Item {
-    pub id: u64,
-    pub json: Arc<str>,
-    pub kind: &'static str,
-    pub ts: chrono::DateTime<chrono::Utc>,
+/// What the filters look at in an event.
+#[derive(Debug, Default, Clone)]
+pub struct Keys {
     /// Process name and pid, when the event has a process.
     pub comm: Option<Box<str>>,
     pub pid: Option<u32>,
@@ -32,51 +29,63 @@ pub struct Item {
     pub ports: [Option<u16>; 2],
 }
 
-impl Item {
-    pub fn new(id: u64, ev: &Event) -> Item {
-        let json: Arc<str> = serde_json::to_string(ev)
-            .unwrap_or_else(|_| "{}".into())
-            .into();
-        let mut item = Item {
-            id,
-            json,
-            kind: ev.body.type_name(),
-            ts: ev.ts,
-            comm: None,
-            pid: None,
-            ips: [None; 2],
-            ports: [None; 2],
-        };
+impl Keys {
+    pub fn of(ev: &Event) -> Keys {
+        let mut k = Keys::default();
         let process = match &ev.body {
             EventBody::Alert(a) => a.process.as_ref(),
             b => b.connection().and_then(|c| c.process.as_ref()),
         };
         if let Some(p) = process {
-            item.comm = Some(p.comm.as_str().into());
-            item.pid = Some(p.pid);
+            k.comm = Some(p.comm.as_str().into());
+            k.pid = Some(p.pid);
         }
         if let Some(c) = ev.body.connection() {
-            item.ips = [c.src.as_ref().map(|e| e.ip), Some(c.dst.ip)];
-            item.ports = [c.src.as_ref().map(|e| e.port), Some(c.dst.port)];
+            k.ips = [c.src.as_ref().map(|e| e.ip), Some(c.dst.ip)];
+            k.ports = [c.src.as_ref().map(|e| e.port), Some(c.dst.port)];
         }
         match &ev.body {
-            EventBody::HostUp(h) | EventBody::HostDown(h) => item.ips[0] = Some(h.addr),
+            EventBody::HostUp(h) | EventBody::HostDown(h) => k.ips[0] = Some(h.addr),
             EventBody::PortOpened(p) | EventBody::PortClosed(p) => {
-                item.ips[0] = Some(p.addr);
-                item.ports[0] = Some(p.port);
+                k.ips[0] = Some(p.addr);
+                k.ports[0] = Some(p.port);
             }
             EventBody::ServiceChanged(s) => {
-                item.ips[0] = Some(s.addr);
-                item.ports[0] = Some(s.port);
+                k.ips[0] = Some(s.addr);
+                k.ports[0] = Some(s.port);
             }
-            EventBody::Host(h) => item.ips[0] = Some(h.addr),
+            EventBody::Host(h) => k.ips[0] = Some(h.addr),
             EventBody::Port(p) => {
-                item.ips[0] = Some(p.addr);
-                item.ports[0] = Some(p.port);
+                k.ips[0] = Some(p.addr);
+                k.ports[0] = Some(p.port);
             }
             _ => {}
         }
-        item
+        k
+    }
+}
+
+/// One numbered event, with what the filters look at.
+pub struct Item {
+    pub id: u64,
+    pub json: Arc<str>,
+    pub kind: &'static str,
+    pub ts: chrono::DateTime<chrono::Utc>,
+    pub keys: Keys,
+}
+
+impl Item {
+    pub fn new(id: u64, ev: &Event) -> Item {
+        let json: Arc<str> = serde_json::to_string(ev)
+            .unwrap_or_else(|_| "{}".into())
+            .into();
+        Item {
+            id,
+            json,
+            kind: ev.body.type_name(),
+            ts: ev.ts,
+            keys: Keys::of(ev),
+        }
     }
 
     /// An inventory change or an alert: what `/api/v1/logs` lists.

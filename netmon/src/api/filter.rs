@@ -2,7 +2,7 @@
 //! `since=`), checked: a bad value is a 400 that names the parameter. Pure.
 use std::{collections::HashMap, net::IpAddr};
 
-use super::feed::Item;
+use super::feed::{Item, Keys};
 
 /// Every `type` an event can have (docs/events.md).
 pub const TYPES: [&str; 17] = [
@@ -107,8 +107,12 @@ impl Filter {
     }
 
     pub fn matches(&self, item: &Item) -> bool {
+        self.matches_keys(item.kind, &item.keys)
+    }
+
+    pub fn matches_keys(&self, kind: &str, item: &Keys) -> bool {
         if let Some(types) = &self.types
-            && !types.contains(&item.kind)
+            && !types.contains(&kind)
         {
             return false;
         }
