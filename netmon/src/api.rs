@@ -52,6 +52,9 @@ pub struct ApiConfig {
     pub max_streams: usize,
     /// Events kept for resuming streams.
     pub replay: usize,
+    /// Asked for with `--api` or `--api-token-file`: a token that cannot be made is
+    /// an error. Otherwise (the default API) it is a warning and no API.
+    pub explicit: bool,
 }
 
 /// The API's listeners, bound, and its token: made before netmon attaches, so a
@@ -62,8 +65,10 @@ pub struct Bound {
     cfg: ApiConfig,
 }
 
-/// Binds every listener of `cfg` and reads (or makes) the token.
-pub fn bind(cfg: &ApiConfig) -> Result<Bound> {
+/// Binds every listener of `cfg` and reads (or makes) the token; `None` when the
+/// default API cannot have a token (e.g. /var/lib/netmon not writable): netmon then
+/// monitors without an API and says so.
+pub fn bind(cfg: &ApiConfig) -> Result<Option<Bound>> {
     for addr in &cfg.listen {
         if !addr.ip().is_loopback() && !cfg.insecure {
             anyhow::bail!(
@@ -82,7 +87,17 @@ pub fn bind(cfg: &ApiConfig) -> Result<Bound> {
             .context("cannot make the API listener non-blocking")?;
         listeners.push((l.local_addr().unwrap_or(*addr), l));
     }
-    let token = auth::load_or_create(&cfg.token_file)?;
+    let token = match auth::load_or_create(&cfg.token_file) {
+        Ok(t) => t,
+        Err(e) if !cfg.explicit => {
+            let e = anyhow::Error::from(e);
+            eprintln!(
+                "netmon: warning: the API is off: {e:#}; give a writable --api-token-file FILE, or --api off"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
     for (addr, _) in &listeners {
         if !addr.ip().is_loopback() {
             eprintln!(
@@ -90,11 +105,11 @@ pub fn bind(cfg: &ApiConfig) -> Result<Bound> {
             );
         }
     }
-    Ok(Bound {
+    Ok(Some(Bound {
         listeners,
         auth: auth::Auth::new(cfg.token_file.clone(), token),
         cfg: cfg.clone(),
-    })
+    }))
 }
 
 /// Counters of the API itself (`/api/v1/stats` → `api`).

@@ -88,7 +88,12 @@ pub fn run(opts: Options) -> Result<()> {
     let monitor = Monitor::new(&config.scan)?;
     let sink = sink::open(opts.format, opts.output.as_deref())?;
     // The API's ports and token too: a port in use fails before anything is attached.
-    let api = opts.api.as_ref().map(crate::api::bind).transpose()?;
+    let api = opts
+        .api
+        .as_ref()
+        .map(crate::api::bind)
+        .transpose()?
+        .flatten();
     let mut tracer = Tracer::start(&LoadOptions {
         backend: opts.backend,
         ring_buffer_bytes: opts.ring_buffer_bytes,

@@ -26,9 +26,9 @@ const MAX_TOKEN_LEN: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("cannot read the API token file {path}: {source}")]
+    #[error("cannot read the API token file {path}")]
     Read { path: PathBuf, source: io::Error },
-    #[error("cannot write the API token file {path}: {source}")]
+    #[error("cannot write the API token file {path}")]
     Write { path: PathBuf, source: io::Error },
     #[error(
         "the API token file {0} is empty or too long; remove it (a new token is made) or write one line of at least 16 characters"

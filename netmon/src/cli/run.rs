@@ -132,6 +132,8 @@ fn api_config(args: &RunArgs) -> Result<Option<crate::api::ApiConfig>> {
         insecure: args.api_insecure,
         max_streams: args.api_max_streams as usize,
         replay: args.api_replay as usize,
+        explicit: !args.api.is_empty()
+            || args.api_token_file != std::path::Path::new(crate::api::auth::DEFAULT_TOKEN_FILE),
     }))
 }
 
