@@ -15,6 +15,7 @@ pub mod run;
 pub mod scan;
 pub mod snapshot;
 pub mod top;
+pub mod token;
 
 /// Linux network monitor: traces every TCP and UDP connection with eBPF and tells you
 /// which process made it.
@@ -77,6 +78,9 @@ pub enum Command {
     /// Keys: Tab switches views, `s` sorts, `/` filters, `p` pauses, `?` helps, `q`
     /// quits. NO_COLOR turns colours off. See docs/top.md.
     Top(top::TopArgs),
+    /// Print the bearer token of `netmon run`'s HTTP API (made when missing), or
+    /// replace it with `--rotate`. See docs/api.md.
+    Token(token::TokenArgs),
 }
 
 /// `--config`, shared by every subcommand that reads the configuration file.
@@ -113,6 +117,7 @@ pub fn main() -> ExitCode {
         Command::History(what) => history::run(history::HistoryArgs { what }),
         Command::Report(args) => report::run(args),
         Command::Top(args) => top::run(args),
+        Command::Token(args) => token::run(args),
     };
     match result {
         Ok(code) => code,

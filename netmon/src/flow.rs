@@ -353,6 +353,21 @@ impl FlowTable {
         self.slots.iter().flatten()
     }
 
+    /// Up to `max` flows from slot `from` on, and the slot to go on from (`None`: the
+    /// end), so a reader can walk the table in steps between other work.
+    pub fn chunk(&self, from: usize, max: usize) -> (Vec<&Flow>, Option<usize>) {
+        let mut out = Vec::with_capacity(max.min(self.len()));
+        for (i, slot) in self.slots.iter().enumerate().skip(from) {
+            if out.len() == max {
+                return (out, Some(i));
+            }
+            if let Some(f) = slot {
+                out.push(f);
+            }
+        }
+        (out, None)
+    }
+
     /// A flow begins (a `connect`, `accept` or `udp` event, or a socket found at start).
     ///
     /// When the key is already there: a UDP flow is the same peer pair again (the kernel

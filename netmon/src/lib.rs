@@ -9,6 +9,7 @@
 //! `sockets` (sock_diag, `/proc/*/fd`), `system` and `privileges` meet the host
 //! through thin edges around pure parsers.
 pub mod addr;
+pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -4,8 +4,8 @@
 //! context, DNS names) → `detect` (rules: alerts) → `hub` (one `emit` that counts
 //! `stats.events` and fans out `Arc<Event>`) → consumers, each on its own bounded queue:
 //! `sink` (JSON/text output, every event), `scanner` (peers to scan), and whatever
-//! subscribes with [`hub::Hub::subscribe`] (the history writer, `netmon top`'s UI given
-//! as [`Options::consumer`]).
+//! subscribes with [`hub::Hub::subscribe`] (the history writer, the HTTP API, the
+//! metrics, `netmon top`'s UI given as [`Options::consumer`]).
 //!
 //! One task on one thread owns the stages and their state (no locks); the timers that
 //! flush `stats`, `flow` summaries and UDP idle closes also live here. What netmon makes
@@ -39,6 +39,7 @@ pub mod hub;
 pub mod reader;
 pub mod scanner;
 pub mod sink;
+pub mod state;
 pub mod watchdog;
 
 use enrich::{Enricher, Record, flows::Summaries};
@@ -78,6 +79,8 @@ pub struct Options {
     pub consumer: Option<Consumer>,
     /// Serve Prometheus metrics on this address (`--metrics ADDR`, see `metrics.rs`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// The HTTP API to serve (`--api`), or none (`--api off`).
+    pub api: Option<crate::api::ApiConfig>,
 }
 
 /// A face that runs on the pipeline's events ([`Options::consumer`]): its function
@@ -113,6 +116,13 @@ pub fn run(mut opts: Options) -> Result<()> {
         })?),
         None => None,
     };
+    // The API's ports and token too: a port in use fails before anything is attached.
+    let api = opts
+        .api
+        .as_ref()
+        .map(crate::api::bind)
+        .transpose()?
+        .flatten();
     let mut tracer = Tracer::start(&LoadOptions {
         backend: opts.backend,
         ring_buffer_bytes: opts.ring_buffer_bytes,
@@ -240,6 +250,21 @@ pub fn run(mut opts: Options) -> Result<()> {
         ),
         None => None,
     };
+    // The API: its own thread and runtime, fed like the history writer; it asks the
+    // loop for the flow table on `requests`.
+    let (ask, requests) = state::channel();
+    let api = match api {
+        Some(bound) => Some(
+            bound
+                .spawn(
+                    hub.subscribe("api", crate::api::QUEUE),
+                    config.scan.state_file.clone(),
+                    ask,
+                )
+                .context("cannot start the API")?,
+        ),
+        None => None,
+    };
     let mut stages = Stages {
         reader: Reader::new(ring, losses, skipped, host.clone())?,
         enrich: Enricher::new(flows, host.clone()),
@@ -249,6 +274,7 @@ pub fn run(mut opts: Options) -> Result<()> {
         started: Instant::now(),
         scanner: None,
         history: history.as_ref().map(crate::history::Writer::counters),
+        requests,
         records: Vec::new(),
         enriched: Vec::new(),
         alerts: Vec::new(),
@@ -271,6 +297,10 @@ pub fn run(mut opts: Options) -> Result<()> {
     if let Some(metrics) = metrics {
         let _ = metrics.join();
     }
+    // The API's pump ends with its subscription; open streams end with it.
+    if let Some(api) = api {
+        api.join();
+    }
     // The reader holds duplicates of the program fds (for `skipped_runs`): closed
     // first, so that dropping `tracer` (and every link it owns) unloads every program.
     drop(stages);
@@ -292,6 +322,8 @@ struct Stages {
     scanner: Option<scanner::Scanner>,
     /// The history writer's counters (`stats.history`), when it runs.
     history: Option<std::sync::Arc<crate::history::Counters>>,
+    /// Questions from the API about the flow table (see `state.rs`).
+    requests: tokio::sync::mpsc::Receiver<state::FlowsRequest>,
     /// Scratch buffers, reused: records read, events enriched, alerts of one event.
     records: Vec<Record>,
     enriched: Vec<Event>,
@@ -368,6 +400,18 @@ impl Stages {
                 }
                 _ = sighup.recv() => sink::request_reopen(),
                 _ = consumer_ended(&mut consumer_done) => break,
+                Some(req) = self.requests.recv() => {
+                    // One step of the table, then the ring buffer's turn again.
+                    let clock = *self.reader.clock();
+                    let (flows, next) = self.enrich.flows.flow_chunk(
+                        req.from,
+                        state::CHUNK,
+                        BootClock::monotonic_now_ns(),
+                        &clock,
+                    );
+                    let flows = flows.into_iter().map(std::sync::Arc::new).collect();
+                    let _ = req.reply.send(state::FlowsChunk { flows, next });
+                }
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
             }

@@ -75,6 +75,24 @@ pub struct RunArgs {
     /// a process execs, with its lineage; also `[events] exec = true`).
     #[arg(long, value_name = "TYPE", value_delimiter = ',')]
     pub events: Vec<ExtraEvent>,
+    /// Serve the read-only HTTP API on ADDR (`IP:PORT`, `[IPv6]:PORT`, or an IP for
+    /// port 9469); repeat for several addresses; `off` serves none. Default:
+    /// 127.0.0.1:9469 only. See docs/api.md.
+    #[arg(long, value_name = "ADDR")]
+    pub api: Vec<String>,
+    /// The API's bearer token file, made at first start (0600) when missing.
+    #[arg(long, value_name = "FILE", default_value = crate::api::auth::DEFAULT_TOKEN_FILE)]
+    pub api_token_file: PathBuf,
+    /// Allow plain HTTP on a non-loopback `--api` address (prints a warning): anyone
+    /// on the path can read the token and the data.
+    #[arg(long)]
+    pub api_insecure: bool,
+    /// Most API event streams at once; more are refused with 503 (and counted).
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub api_max_streams: u64,
+    /// Recent events the API keeps so that a stream can resume (`Last-Event-ID`).
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
+    pub api_replay: u64,
     /// Test only: subscribe a consumer with a queue of N events that never reads, to
     /// show that a stalled consumer loses only its own events (`stats.consumers`).
     #[arg(long, value_name = "N", hide = true)]
@@ -105,6 +123,51 @@ fn history_config(
     Some(h)
 }
 
+/// The API to serve: the `--api` addresses (default 127.0.0.1:9469), or none for
+/// `--api off`.
+fn api_config(args: &RunArgs) -> Result<Option<crate::api::ApiConfig>> {
+    let listen = if args.api.is_empty() {
+        vec![crate::api::DEFAULT_LISTEN.to_owned()]
+    } else {
+        args.api.clone()
+    };
+    if listen.iter().any(|a| a == "off") {
+        if listen.len() > 1 {
+            anyhow::bail!(
+                "--api off cannot be combined with an --api address; give one or the other"
+            );
+        }
+        return Ok(None);
+    }
+    let listen = listen
+        .iter()
+        .map(|a| parse_api_addr(a))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(Some(crate::api::ApiConfig {
+        listen,
+        token_file: args.api_token_file.clone(),
+        insecure: args.api_insecure,
+        max_streams: args.api_max_streams as usize,
+        replay: args.api_replay as usize,
+        explicit: !args.api.is_empty()
+            || args.api_token_file != std::path::Path::new(crate::api::auth::DEFAULT_TOKEN_FILE),
+    }))
+}
+
+fn parse_api_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, 9469));
+    }
+    Err(format!(
+        "--api {}: not an address (127.0.0.1:9469, [::1]:9469, an IP, or off)",
+        crate::escape::remote(s)
+    ))
+}
+
 fn parse_ring_kib(s: &str) -> Result<u32, String> {
     let kib: u32 = s
         .parse()
@@ -118,6 +181,7 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let api = api_config(&args)?;
     let opts = pipeline::Options {
         format: args.format,
         output: args.output,
@@ -140,6 +204,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         sink: true,
         consumer: None,
         metrics: args.metrics,
+        api,
         config: args.config.load()?,
     };
     let mut opts = opts;

@@ -99,6 +99,7 @@ pub fn run(args: TopArgs) -> Result<ExitCode> {
         history: None,
         sink: false,
         metrics: None,
+        api: None,
         consumer: Some(pipeline::Consumer {
             name: "tui",
             capacity: 65_536,

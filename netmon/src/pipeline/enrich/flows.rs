@@ -399,6 +399,23 @@ impl Tracker {
         flows.map(move |f| self.summary_event(f, now_ns, clock))
     }
 
+    /// The live flow table in steps (`/api/v1/flows`): up to `max` flows from slot
+    /// `from`, each as a `flow` event (bytes so far), and where to go on.
+    pub fn flow_chunk(
+        &self,
+        from: usize,
+        max: usize,
+        now_ns: u64,
+        clock: &BootClock,
+    ) -> (Vec<Event>, Option<usize>) {
+        let (flows, next) = self.flows.chunk(from, max);
+        let events = flows
+            .into_iter()
+            .map(|f| self.summary_event(f, now_ns, clock))
+            .collect();
+        (events, next)
+    }
+
     /// Counts summaries written (for `stats.flows.summaries`).
     pub fn count_summaries(&mut self, n: u64) {
         self.flows.count_summaries(n);

@@ -1,0 +1,561 @@
+//! The agent's read-only HTTP API (`netmon run`, docs/api.md): axum on a small tokio
+//! runtime of its own thread, fed by a hub subscription, so a slow client never delays
+//! the event loop. Owns the listeners (bound before anything is attached, handed to
+//! the thread after the privilege drop), the router and the handlers; the token is in
+//! `api/auth.rs`, the numbered event ring in `api/feed.rs`, the query parameters in
+//! `api/filter.rs`, the SSE stream in `api/sse.rs`.
+//!
+//! Nothing here can change what netmon monitors or scans: every endpoint only reads.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use axum::{
+    Router,
+    extract::{ConnectInfo, Path, Query, Request, State},
+    http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use tokio::sync::mpsc;
+
+use crate::{event::Event, scan::HostState};
+
+pub mod auth;
+pub mod feed;
+pub mod filter;
+pub mod sse;
+
+/// The default listener.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9469";
+/// The API's hub queue (events): the pump only numbers and serialises, so it keeps up.
+pub const QUEUE: usize = 8192;
+
+/// What the API serves, checked (see `cli/run.rs`).
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub listen: Vec<SocketAddr>,
+    pub token_file: PathBuf,
+    /// Serve plain HTTP on a non-loopback address (`--api-insecure`).
+    pub insecure: bool,
+    /// Most SSE streams at once; more are refused with 503.
+    pub max_streams: usize,
+    /// Events kept for resuming streams.
+    pub replay: usize,
+    /// Asked for with `--api` or `--api-token-file`: a token that cannot be made is
+    /// an error. Otherwise (the default API) it is a warning and no API.
+    pub explicit: bool,
+}
+
+/// The API's listeners, bound, and its token: made before netmon attaches, so a
+/// port in use fails with nothing attached.
+pub struct Bound {
+    listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+    auth: auth::Auth,
+    cfg: ApiConfig,
+}
+
+/// Binds every listener of `cfg` and reads (or makes) the token; `None` when the
+/// default API cannot have a token (e.g. /var/lib/netmon not writable): netmon then
+/// monitors without an API and says so.
+pub fn bind(cfg: &ApiConfig) -> Result<Option<Bound>> {
+    for addr in &cfg.listen {
+        if !addr.ip().is_loopback() && !cfg.insecure {
+            anyhow::bail!(
+                "the API would serve {addr} without TLS: this build serves the API over TLS on no address yet; listen on a loopback address (--api 127.0.0.1:9469), or pass --api-insecure on a network you trust"
+            );
+        }
+    }
+    let mut listeners = Vec::new();
+    for addr in &cfg.listen {
+        let l = std::net::TcpListener::bind(addr).with_context(|| {
+            format!(
+                "cannot listen on {addr} for the API; stop what uses it, choose another address with --api ADDR, or --api off"
+            )
+        })?;
+        l.set_nonblocking(true)
+            .context("cannot make the API listener non-blocking")?;
+        listeners.push((l.local_addr().unwrap_or(*addr), l));
+    }
+    let token = match auth::load_or_create(&cfg.token_file) {
+        Ok(t) => t,
+        Err(e) if !cfg.explicit => {
+            let e = anyhow::Error::from(e);
+            eprintln!(
+                "netmon: warning: the API is off: {e:#}; give a writable --api-token-file FILE, or --api off"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for (addr, _) in &listeners {
+        if !addr.ip().is_loopback() {
+            eprintln!(
+                "netmon: warning: the API serves {addr} over plain HTTP (--api-insecure): anyone on the path can read the token and the data"
+            );
+        }
+    }
+    Ok(Some(Bound {
+        listeners,
+        auth: auth::Auth::new(cfg.token_file.clone(), token),
+        cfg: cfg.clone(),
+    }))
+}
+
+/// Counters of the API itself (`/api/v1/stats` → `api`).
+#[derive(Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub streams: AtomicUsize,
+    pub streams_refused: AtomicU64,
+}
+
+/// What every handler reads.
+struct Shared {
+    auth: auth::Auth,
+    failures: auth::Failures,
+    feed: Arc<feed::Feed>,
+    counters: Counters,
+    max_streams: usize,
+    state_file: PathBuf,
+    /// Asks the event loop for the flow table (`pipeline/state.rs`).
+    ask: mpsc::Sender<crate::pipeline::state::FlowsRequest>,
+}
+
+type AppState = Arc<Shared>;
+
+/// The running API: its thread ends once the hub closes its subscription.
+pub struct Api {
+    thread: thread::JoinHandle<()>,
+}
+
+impl Api {
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}
+
+impl Bound {
+    /// Starts the API thread. Call after the privilege drop (it starts threads).
+    pub fn spawn(
+        self,
+        events: mpsc::Receiver<Arc<Event>>,
+        state_file: PathBuf,
+        ask: mpsc::Sender<crate::pipeline::state::FlowsRequest>,
+    ) -> Result<Api> {
+        let (feed, pump) = feed::start(self.cfg.replay);
+        let shared = Arc::new(Shared {
+            auth: self.auth,
+            failures: auth::Failures::default(),
+            feed,
+            counters: Counters::default(),
+            max_streams: self.cfg.max_streams,
+            state_file,
+            ask,
+        });
+        let listeners = self.listeners;
+        let thread = thread::Builder::new()
+            .name("netmon-api".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("netmon: warning: the API is off: cannot start its runtime: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    for (addr, l) in listeners {
+                        let l = match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                eprintln!("netmon: warning: the API does not serve {addr}: {e}");
+                                continue;
+                            }
+                        };
+                        let app = router(shared.clone())
+                            .into_make_service_with_connect_info::<SocketAddr>();
+                        tokio::spawn(async move {
+                            if let Err(e) = axum::serve(l, app).await {
+                                eprintln!("netmon: warning: the API stopped serving {addr}: {e}");
+                            }
+                        });
+                    }
+                    pump.run(events).await;
+                });
+                // Open streams and connections end with the runtime.
+                runtime.shutdown_timeout(Duration::from_millis(200));
+            })
+            .context("cannot start the API thread")?;
+        Ok(Api { thread })
+    }
+}
+
+fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/events", get(sse::events))
+        .route("/api/v1/stats", get(stats))
+        .route("/api/v1/flows", get(flows))
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/logs", get(logs))
+        .route("/api/v1/hosts", get(hosts))
+        .route("/api/v1/hosts/{ip}", get(host));
+    // METRICS: the metrics helper merges `crate::metrics::router()` here
+    // (`/metrics`; behind the token unless its config switch opens it, in which
+    // case merge it into `open` below instead).
+    let api = api
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state);
+    let open = Router::new().route("/healthz", get(healthz));
+    open.merge(api)
+}
+
+/// A JSON error body: `{"error": "..."}`.
+pub fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": msg.to_string() })),
+    )
+        .into_response()
+}
+
+fn json_text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn require_token(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    s.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if s.auth.check(presented) {
+        s.failures.succeed(peer.ip());
+        return next.run(req).await;
+    }
+    s.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+    let wait = s.failures.fail(peer.ip());
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong token: send `Authorization: Bearer <token>` (the token is in the agent's token file, see `netmon token`)",
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
+async fn healthz() -> Response {
+    json_text(r#"{"status":"ok"}"#.into())
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such endpoint (see docs/api.md: /api/v1/events, /flows, /hosts, /logs, /alerts, /stats)",
+    )
+}
+
+fn bad_request(e: filter::BadParam) -> Response {
+    error(StatusCode::BAD_REQUEST, e)
+}
+
+async fn stats(State(s): State<AppState>) -> Response {
+    let last = feed::lock(&s.feed.stats).clone();
+    let c = &s.counters;
+    let api = serde_json::json!({
+        "requests": c.requests.load(Ordering::Relaxed),
+        "auth_failures": c.auth_failures.load(Ordering::Relaxed),
+        "streams": c.streams.load(Ordering::Relaxed),
+        "streams_refused": c.streams_refused.load(Ordering::Relaxed),
+        "events": s.feed.latest.borrow().to_owned(),
+    });
+    json_text(format!(
+        r#"{{"stats":{},"api":{api}}}"#,
+        last.as_deref().unwrap_or("null")
+    ))
+}
+
+/// `limit=`: 1 to 1000, default 100.
+fn limit(q: &HashMap<String, String>) -> Result<usize, filter::BadParam> {
+    match q.get("limit") {
+        None => Ok(100),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or(filter::BadParam {
+                param: "limit",
+                why: "a whole number from 1 to 1000".into(),
+            }),
+    }
+}
+
+fn time_param(
+    q: &HashMap<String, String>,
+    name: &'static str,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, filter::BadParam> {
+    q.get(name)
+        .map(|v| {
+            chrono::DateTime::parse_from_rfc3339(v)
+                .map(|t| t.to_utc())
+                .map_err(|_| filter::BadParam {
+                    param: name,
+                    why: "not an RFC 3339 time (2026-12-02T06:00:00Z)".into(),
+                })
+        })
+        .transpose()
+}
+
+/// Recent alerts and inventory changes, newest first, as a JSON array.
+fn recent_logs(
+    s: &Shared,
+    q: &HashMap<String, String>,
+    only_alerts: bool,
+) -> Result<(usize, String), filter::BadParam> {
+    let f = filter::Filter::parse(q, &["limit", "since", "until"])?;
+    let limit = limit(q)?;
+    let since = time_param(q, "since")?;
+    let until = time_param(q, "until")?;
+    let logs = feed::lock(&s.feed.logs);
+    let mut n = 0;
+    let mut body = String::from("[");
+    for it in logs.iter_rev() {
+        if n == limit {
+            break;
+        }
+        if (only_alerts && it.kind != "alert")
+            || !f.matches(it)
+            || since.is_some_and(|t| it.ts < t)
+            || until.is_some_and(|t| it.ts > t)
+        {
+            continue;
+        }
+        if n > 0 {
+            body.push(',');
+        }
+        body.push_str(&it.json);
+        n += 1;
+    }
+    body.push(']');
+    Ok((n, body))
+}
+
+async fn alerts(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    match recent_logs(&s, &q, true) {
+        Ok((n, list)) => json_text(format!(r#"{{"count":{n},"alerts":{list}}}"#)),
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn logs(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    match recent_logs(&s, &q, false) {
+        Ok((n, list)) => json_text(format!(r#"{{"count":{n},"logs":{list}}}"#)),
+        Err(e) => bad_request(e),
+    }
+}
+
+/// The scanner's inventory (its state file), or an empty one when the scanner has
+/// not written it (it is off).
+async fn inventory(s: &Shared) -> Result<crate::scan::inventory::Inventory, Response> {
+    let path = s.state_file.clone();
+    let read = tokio::task::spawn_blocking(move || crate::scan::monitor::load_state(&path))
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    match read {
+        Ok(inv) => Ok(inv),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(crate::scan::inventory::Inventory::new())
+        }
+        Err(e) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot read the inventory {}: {e}", s.state_file.display()),
+        )),
+    }
+}
+
+async fn hosts(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    if let Some(k) = q.keys().find(|k| *k != "state") {
+        let _ = k;
+        return bad_request(filter::BadParam {
+            param: "(unknown)",
+            why: "unknown parameter (hosts takes state=up|down)".into(),
+        });
+    }
+    let want = match q.get("state").map(String::as_str) {
+        None => None,
+        Some("up") => Some(HostState::Up),
+        Some("down") => Some(HostState::Down),
+        Some(_) => {
+            return bad_request(filter::BadParam {
+                param: "state",
+                why: "up or down".into(),
+            });
+        }
+    };
+    let inv = match inventory(&s).await {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let up = inv.hosts().filter(|h| h.state == HostState::Up).count();
+    let total = inv.hosts().count();
+    let list: Vec<_> = inv
+        .hosts()
+        .filter(|h| want.is_none_or(|w| h.state == w))
+        .collect();
+    axum::Json(serde_json::json!({
+        "up": up,
+        "down": total - up,
+        "updated": inv.updated,
+        "hosts": list,
+    }))
+    .into_response()
+}
+
+async fn host(State(s): State<AppState>, Path(ip): Path<String>) -> Response {
+    let Ok(ip) = ip.parse::<IpAddr>() else {
+        return bad_request(filter::BadParam {
+            param: "ip",
+            why: "not an IPv4 or IPv6 address".into(),
+        });
+    };
+    let inv = match inventory(&s).await {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let Some(h) = inv.get(&ip) else {
+        return error(StatusCode::NOT_FOUND, "no such host in the inventory");
+    };
+    let mut q = HashMap::new();
+    q.insert("host".to_owned(), ip.to_string());
+    q.insert("limit".to_owned(), "1000".to_owned());
+    let changes = recent_logs(&s, &q, false)
+        .map(|(_, l)| l)
+        .unwrap_or_else(|_| "[]".into());
+    let host = serde_json::to_string(h).unwrap_or_else(|_| "null".into());
+    json_text(format!(r#"{{"host":{host},"changes":{changes}}}"#))
+}
+
+/// How `/api/v1/flows` sorts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum FlowSort {
+    /// Most bytes (sent + received) first.
+    Bytes,
+    /// Longest-lived first.
+    Duration,
+    /// Newest first.
+    Start,
+}
+
+/// `GET /api/v1/flows`: the live flow table (`flow` objects: bytes so far), asked of
+/// the event loop in steps; filtered (`process=`, `host=`, `port=`, `proto=`),
+/// sorted (`sort=bytes|duration|start`) and cut (`limit=`, default 1000).
+async fn flows(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let mut q = q;
+    let proto = q.remove("proto");
+    let sort = q.remove("sort");
+    let limit = q.remove("limit");
+    let f = match filter::Filter::parse(&q, &[]) {
+        Ok(f) => f,
+        Err(e) => return bad_request(e),
+    };
+    let proto = match proto.as_deref() {
+        None => None,
+        Some("tcp") => Some(crate::event::Proto::Tcp),
+        Some("udp") => Some(crate::event::Proto::Udp),
+        Some(_) => {
+            return bad_request(filter::BadParam {
+                param: "proto",
+                why: "tcp or udp".into(),
+            });
+        }
+    };
+    let sort = match sort.as_deref() {
+        None | Some("bytes") => FlowSort::Bytes,
+        Some("duration") => FlowSort::Duration,
+        Some("start") => FlowSort::Start,
+        Some(_) => {
+            return bad_request(filter::BadParam {
+                param: "sort",
+                why: "bytes, duration or start".into(),
+            });
+        }
+    };
+    let limit = match limit {
+        None => 1000,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=1_000_000).contains(&n) => n,
+            _ => {
+                return bad_request(filter::BadParam {
+                    param: "limit",
+                    why: "a whole number from 1 to 1000000".into(),
+                });
+            }
+        },
+    };
+    let Some(all) = crate::pipeline::state::all_flows(&s.ask).await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "netmon is stopping");
+    };
+    let total = all.len();
+    let mut hits: Vec<_> = all
+        .into_iter()
+        .filter(|ev| {
+            let conn = ev.body.connection();
+            proto.is_none_or(|p| conn.is_some_and(|c| c.proto == p))
+                && f.matches_keys("flow", &feed::Keys::of(ev))
+        })
+        .collect();
+    let key = |ev: &Arc<Event>| -> f64 {
+        match &ev.body {
+            crate::event::EventBody::Flow(fl) => match sort {
+                FlowSort::Bytes => {
+                    (fl.bytes_sent.unwrap_or(0) + fl.bytes_received.unwrap_or(0)) as f64
+                }
+                FlowSort::Duration => fl.duration_ms,
+                FlowSort::Start => fl.start.timestamp_nanos_opt().unwrap_or(0) as f64,
+            },
+            _ => 0.0,
+        }
+    };
+    hits.sort_by(|a, b| key(b).total_cmp(&key(a)));
+    let matched = hits.len();
+    hits.truncate(limit);
+    let mut body = format!(r#"{{"total":{total},"matched":{matched},"flows":["#);
+    for (i, ev) in hits.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&serde_json::to_string(&**ev).unwrap_or_else(|_| "null".into()));
+    }
+    body.push_str("]}");
+    json_text(body)
+}
+
+/// Headers an SSE request resumes with.
+fn last_event_id(h: &HeaderMap) -> Option<&str> {
+    h.get("last-event-id").and_then(|v| v.to_str().ok())
+}

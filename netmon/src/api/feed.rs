@@ -1,0 +1,260 @@
+//! The API's copy of the event stream: one pump task takes every event of its hub
+//! subscription, numbers it (the SSE `id`, from 1, increasing), serialises it once
+//! (the same JSON object as the JSON Lines output) and keeps the newest in a bounded
+//! ring, from which every SSE client reads at its own pace and resumes. Also keeps
+//! the small recent buffers the other endpoints answer from: the last `stats` line,
+//! recent alerts and inventory changes (`logs`).
+//!
+//! A client never holds anything up: the pump only locks the ring long enough to
+//! push; a client that fell more than the ring behind is told how many it missed.
+use std::{
+    collections::VecDeque,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::event::{Event, EventBody};
+
+/// What the filters look at in an event.
+#[derive(Debug, Default, Clone)]
+pub struct Keys {
+    /// Process name and pid, when the event has a process.
+    pub comm: Option<Box<str>>,
+    pub pid: Option<u32>,
+    /// Addresses and ports the event is about (either end of a connection, or the
+    /// scanned host).
+    pub ips: [Option<IpAddr>; 2],
+    pub ports: [Option<u16>; 2],
+}
+
+impl Keys {
+    pub fn of(ev: &Event) -> Keys {
+        let mut k = Keys::default();
+        let process = match &ev.body {
+            EventBody::Alert(a) => a.process.as_ref(),
+            b => b.connection().and_then(|c| c.process.as_ref()),
+        };
+        if let Some(p) = process {
+            k.comm = Some(p.comm.as_str().into());
+            k.pid = Some(p.pid);
+        }
+        if let Some(c) = ev.body.connection() {
+            k.ips = [c.src.as_ref().map(|e| e.ip), Some(c.dst.ip)];
+            k.ports = [c.src.as_ref().map(|e| e.port), Some(c.dst.port)];
+        }
+        match &ev.body {
+            EventBody::HostUp(h) | EventBody::HostDown(h) => k.ips[0] = Some(h.addr),
+            EventBody::PortOpened(p) | EventBody::PortClosed(p) => {
+                k.ips[0] = Some(p.addr);
+                k.ports[0] = Some(p.port);
+            }
+            EventBody::ServiceChanged(s) => {
+                k.ips[0] = Some(s.addr);
+                k.ports[0] = Some(s.port);
+            }
+            EventBody::Host(h) => k.ips[0] = Some(h.addr),
+            EventBody::Port(p) => {
+                k.ips[0] = Some(p.addr);
+                k.ports[0] = Some(p.port);
+            }
+            _ => {}
+        }
+        k
+    }
+}
+
+/// One numbered event, with what the filters look at.
+pub struct Item {
+    pub id: u64,
+    pub json: Arc<str>,
+    pub kind: &'static str,
+    pub ts: chrono::DateTime<chrono::Utc>,
+    pub keys: Keys,
+}
+
+impl Item {
+    pub fn new(id: u64, ev: &Event) -> Item {
+        let json: Arc<str> = serde_json::to_string(ev)
+            .unwrap_or_else(|_| "{}".into())
+            .into();
+        Item {
+            id,
+            json,
+            kind: ev.body.type_name(),
+            ts: ev.ts,
+            keys: Keys::of(ev),
+        }
+    }
+
+    /// An inventory change or an alert: what `/api/v1/logs` lists.
+    pub fn is_log(&self) -> bool {
+        matches!(
+            self.kind,
+            "host_up" | "host_down" | "port_opened" | "port_closed" | "service_changed" | "alert"
+        )
+    }
+}
+
+/// A bounded FIFO of items, numbered without gaps.
+pub struct Ring {
+    items: VecDeque<Arc<Item>>,
+    cap: usize,
+}
+
+/// What a reader gets from [`Ring::read_from`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Missed(pub u64);
+
+impl Ring {
+    pub fn new(cap: usize) -> Ring {
+        Ring {
+            items: VecDeque::with_capacity(cap.min(4096)),
+            cap: cap.max(1),
+        }
+    }
+
+    pub fn push(&mut self, item: Arc<Item>) {
+        if self.items.len() == self.cap {
+            self.items.pop_front();
+        }
+        self.items.push_back(item);
+    }
+
+    /// The id the next pushed item gets.
+    pub fn next_id(&self) -> u64 {
+        self.items.back().map_or(1, |i| i.id + 1)
+    }
+
+    /// Up to `max` items from id `from` on, into `out`; how many the reader missed
+    /// because they left the ring already.
+    pub fn read_from(&self, from: u64, max: usize, out: &mut Vec<Arc<Item>>) -> Missed {
+        let Some(first) = self.items.front().map(|i| i.id) else {
+            return Missed(0);
+        };
+        let missed = first.saturating_sub(from);
+        let start = from.saturating_sub(first) as usize;
+        out.extend(self.items.iter().skip(start).take(max).cloned());
+        Missed(missed)
+    }
+
+    /// Items from the newest back, for the recent buffers.
+    pub fn iter_rev(&self) -> impl Iterator<Item = &Arc<Item>> {
+        self.items.iter().rev()
+    }
+}
+
+/// Everything the pump keeps, shared with the handlers.
+pub struct Feed {
+    pub events: Mutex<Ring>,
+    /// Alerts and inventory changes, a longer memory than the event ring.
+    pub logs: Mutex<Ring>,
+    /// The newest `stats` line.
+    pub stats: Mutex<Option<Arc<str>>>,
+    /// The id of the newest event (0: none yet); clients wait on it.
+    pub latest: watch::Receiver<u64>,
+}
+
+/// Sizes of the buffers.
+pub const LOGS_KEPT: usize = 1000;
+
+/// The pump: numbers, serialises and keeps every event until the hub closes.
+pub fn start(capacity: usize) -> (Arc<Feed>, Pump) {
+    let (tx, rx) = watch::channel(0);
+    let feed = Arc::new(Feed {
+        events: Mutex::new(Ring::new(capacity)),
+        logs: Mutex::new(Ring::new(LOGS_KEPT)),
+        stats: Mutex::new(None),
+        latest: rx,
+    });
+    (
+        feed.clone(),
+        Pump {
+            feed,
+            latest: tx,
+            next: 1,
+        },
+    )
+}
+
+pub struct Pump {
+    feed: Arc<Feed>,
+    latest: watch::Sender<u64>,
+    next: u64,
+}
+
+impl Pump {
+    pub fn push(&mut self, ev: &Event) {
+        let item = Arc::new(Item::new(self.next, ev));
+        if item.kind == "stats" {
+            *lock(&self.feed.stats) = Some(item.json.clone());
+        }
+        if item.is_log() {
+            lock(&self.feed.logs).push(item.clone());
+        }
+        lock(&self.feed.events).push(item);
+        self.latest.send_replace(self.next);
+        self.next += 1;
+    }
+
+    /// Until the hub closes the subscription (netmon stops).
+    pub async fn run(mut self, mut events: mpsc::Receiver<Arc<Event>>) {
+        while let Some(ev) = events.recv().await {
+            self.push(&ev);
+        }
+    }
+}
+
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats_event() -> Event {
+        Event {
+            ts: chrono::Utc::now(),
+            host: "h".into(),
+            body: EventBody::HostUp(crate::event::scan::HostChange {
+                addr: "10.0.0.7".parse().unwrap(),
+                mac: None,
+                name: None,
+                reason: "icmp".into(),
+                last_seen: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn ring_reads_resume_and_counts_what_fell_out() {
+        let (feed, mut pump) = start(3);
+        let ev = stats_event();
+        for _ in 0..5 {
+            pump.push(&ev);
+        }
+        let ring = lock(&feed.events);
+        assert_eq!(ring.next_id(), 6);
+        let mut out = Vec::new();
+        // Ids 3, 4, 5 are kept; asking from 1 misses 1 and 2.
+        assert_eq!(ring.read_from(1, 10, &mut out), Missed(2));
+        assert_eq!(out.iter().map(|i| i.id).collect::<Vec<_>>(), [3, 4, 5]);
+        out.clear();
+        assert_eq!(ring.read_from(5, 10, &mut out), Missed(0));
+        assert_eq!(out.len(), 1);
+        out.clear();
+        assert_eq!(ring.read_from(6, 10, &mut out), Missed(0));
+        assert!(out.is_empty());
+        assert_eq!(*feed.latest.borrow(), 5);
+    }
+
+    #[test]
+    fn item_json_is_the_json_lines_object() {
+        let ev = stats_event();
+        let item = Item::new(1, &ev);
+        let back: Event = serde_json::from_str(&item.json).unwrap();
+        assert_eq!(back, ev);
+    }
+}

@@ -1,0 +1,175 @@
+//! `GET /api/v1/events`: the live stream as Server-Sent Events. Each event is
+//! `id: <n>` and `data: <the JSON Lines object>`; a client that fell more than the
+//! ring behind (or asked to resume from an id the ring no longer holds) first gets
+//! `event: lagged` with `data: {"missed": N}`, N the events it will never get.
+//!
+//! Resume with `Last-Event-ID` or `since=<id>`: the stream starts after that id.
+//! Without either, it starts with the next event. The number of streams is capped.
+use std::{
+    collections::{HashMap, VecDeque},
+    convert::Infallible,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use axum::{
+    extract::{Query, State},
+    http::{HeaderMap, StatusCode},
+    response::{
+        IntoResponse, Response,
+        sse::{Event as SseEvent, KeepAlive, Sse},
+    },
+};
+use tokio::sync::watch;
+
+use super::{
+    AppState, Shared, bad_request, error,
+    feed::{self, Item, Missed},
+    filter::{self, Filter},
+    last_event_id,
+};
+
+/// Events copied out of the ring per lock.
+const BATCH: usize = 256;
+
+enum Out {
+    Lagged(u64),
+    Item(Arc<Item>),
+}
+
+/// One client's place in the stream; counted in `streams` while it lives.
+struct Client {
+    shared: AppState,
+    filter: Filter,
+    next: u64,
+    latest: watch::Receiver<u64>,
+    pending: VecDeque<Out>,
+    batch: Vec<Arc<Item>>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shared.counters.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Client {
+    /// The next thing to send; `None` when netmon stops.
+    async fn next(&mut self) -> Option<Out> {
+        loop {
+            if let Some(o) = self.pending.pop_front() {
+                return Some(o);
+            }
+            let _ = self.latest.borrow_and_update();
+            let Missed(missed) = {
+                let ring = feed::lock(&self.shared.feed.events);
+                ring.read_from(self.next, BATCH, &mut self.batch)
+            };
+            if missed > 0 {
+                self.pending.push_back(Out::Lagged(missed));
+                self.next += missed;
+            }
+            for it in self.batch.drain(..) {
+                self.next = it.id + 1;
+                if self.filter.matches(&it) {
+                    self.pending.push_back(Out::Item(it));
+                }
+            }
+            if self.pending.is_empty() && *self.latest.borrow() < self.next {
+                // Nothing new: wait for the pump (an error: it stopped).
+                self.latest.changed().await.ok()?;
+            }
+        }
+    }
+}
+
+fn render(o: Out) -> SseEvent {
+    match o {
+        Out::Lagged(n) => SseEvent::default()
+            .event("lagged")
+            .data(format!(r#"{{"missed":{n}}}"#)),
+        Out::Item(it) => SseEvent::default().id(it.id.to_string()).data(&*it.json),
+    }
+}
+
+/// Where a new stream starts: after `resume` when given, else with the next event.
+/// An id beyond the newest (netmon restarted and numbers from 1 again) replays the
+/// whole ring.
+fn start_at(resume: Option<u64>, latest: u64) -> u64 {
+    match resume {
+        None => latest + 1,
+        Some(id) if id > latest => 1,
+        Some(id) => id + 1,
+    }
+}
+
+pub(super) async fn events(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let filter = match Filter::parse(&q, &["since"]) {
+        Ok(f) => f,
+        Err(e) => return bad_request(e),
+    };
+    let resume = match filter::resume_from(&q, last_event_id(&headers)) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    if !take_slot(&s) {
+        s.counters.streams_refused.fetch_add(1, Ordering::Relaxed);
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many event streams ({} at most); try again later",
+                s.max_streams
+            ),
+        );
+    }
+    let latest = s.feed.latest.clone();
+    let from = start_at(resume, *latest.borrow());
+    let client = Client {
+        shared: s.clone(),
+        filter,
+        next: from,
+        latest,
+        pending: VecDeque::new(),
+        batch: Vec::with_capacity(BATCH),
+    };
+    let stream = futures_util::stream::unfold(client, |mut c| async move {
+        let o = c.next().await?;
+        Some((Ok::<_, Infallible>(render(o)), c))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+/// Counts a new stream unless the cap is reached.
+fn take_slot(s: &Shared) -> bool {
+    let c = &s.counters.streams;
+    let mut n = c.load(Ordering::Relaxed);
+    loop {
+        if n >= s.max_streams {
+            return false;
+        }
+        match c.compare_exchange_weak(n, n + 1, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return true,
+            Err(now) => n = now,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_start_live_or_after_the_resume_id() {
+        assert_eq!(start_at(None, 10), 11);
+        assert_eq!(start_at(Some(4), 10), 5);
+        assert_eq!(start_at(Some(10), 10), 11);
+        // A restarted netmon numbers from 1: an id from before replays the ring.
+        assert_eq!(start_at(Some(500), 10), 1);
+    }
+}

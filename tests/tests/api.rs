@@ -1,0 +1,622 @@
+//! The agent's HTTP API end to end: a real `netmon run` in the test's own network
+//! namespace, asked with the real `curl`: the token (401 without or with a wrong one,
+//! 200 with it), `/healthz`, 404 and 400 as JSON, the SSE stream of a test
+//! connection's `connect`/`accept`/`close`, resuming with `Last-Event-ID` after a
+//! disconnect during traffic without missing anything, `lagged` with the exact count,
+//! the stream cap, refusals at start (plain HTTP on a non-loopback address, a port in
+//! use), and garbage, a half-open connection and 10,000 requests leaving it healthy.
+use std::{
+    collections::BTreeSet,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc::{Receiver, channel},
+    thread,
+    time::{Duration, Instant},
+};
+
+use netmon::event::EventBody;
+use netmon_tests::{NetNs, Netmon, free_port, netmon_bin, require_root};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A scratch directory with the token file, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "netmon-test-api-{tag}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        Scratch(dir)
+    }
+    fn token_file(&self) -> String {
+        self.0.join("api.token").to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running netmon with its API on a free loopback port.
+struct Agent {
+    netmon: Netmon,
+    port: u16,
+    token: String,
+    _scratch: Scratch,
+}
+
+impl Agent {
+    fn start(tag: &str, extra: &[&str]) -> Agent {
+        let scratch = Scratch::new(tag);
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let tf = scratch.token_file();
+        let mut args = vec!["--api", &addr, "--api-token-file", &tf];
+        args.extend_from_slice(extra);
+        let netmon = Netmon::start(&args);
+        let token = std::fs::read_to_string(&tf)
+            .expect("netmon made the token file")
+            .trim()
+            .to_owned();
+        assert_eq!(token.len(), 64);
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!(std::fs::metadata(&tf).unwrap().mode() & 0o777, 0o600);
+        Agent {
+            netmon,
+            port,
+            token,
+            _scratch: scratch,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `curl` with the token: (status, body).
+    fn get(&self, path: &str) -> (u16, String) {
+        curl(&[
+            "-H",
+            &format!("Authorization: Bearer {}", self.token),
+            &self.url(path),
+        ])
+    }
+
+    fn stream(&self, path: &str, headers: &[&str]) -> Sse {
+        let mut args = vec![
+            "-sN".to_owned(),
+            "-H".to_owned(),
+            format!("Authorization: Bearer {}", self.token),
+        ];
+        for h in headers {
+            args.push("-H".into());
+            args.push((*h).into());
+        }
+        args.push(self.url(path));
+        Sse::start(&args)
+    }
+}
+
+/// `curl -s` printing the status after the body: (status, body).
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("run curl (Debian package curl)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// One SSE event as the wire carries it.
+#[derive(Debug, Clone, Default)]
+struct Frame {
+    event: Option<String>,
+    id: Option<u64>,
+    data: String,
+}
+
+/// A `curl -N` reading an event stream; frames parsed as they arrive.
+struct Sse {
+    child: Child,
+    frames: Receiver<Frame>,
+}
+
+impl Sse {
+    fn start(args: &[String]) -> Sse {
+        let mut child = Command::new("curl")
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run curl");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        thread::spawn(move || {
+            let mut f = Frame::default();
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if line.is_empty() {
+                    if !f.data.is_empty() && tx.send(std::mem::take(&mut f)).is_err() {
+                        break;
+                    }
+                    f = Frame::default();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    f.data.push_str(v);
+                } else if let Some(v) = line.strip_prefix("id: ") {
+                    f.id = v.parse().ok();
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    f.event = Some(v.to_owned());
+                }
+            }
+        });
+        Sse { child, frames: rx }
+    }
+
+    /// Frames until `done` says stop (true) or the time is up.
+    fn read_until(&self, timeout: Duration, mut done: impl FnMut(&[Frame]) -> bool) -> Vec<Frame> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        while !done(&got) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.frames.recv_timeout(left) {
+                Ok(f) => got.push(f),
+                Err(_) => break,
+            }
+        }
+        got
+    }
+}
+
+impl Drop for Sse {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (type, event) of each data frame.
+fn events(frames: &[Frame]) -> Vec<(String, serde_json::Value)> {
+    frames
+        .iter()
+        .filter(|f| f.event.is_none())
+        .map(|f| {
+            let v = json(&f.data);
+            (v["type"].as_str().unwrap_or("").to_owned(), v)
+        })
+        .collect()
+}
+
+/// A listener on `port` that accepts, reads to EOF and closes, `n` times.
+fn serve(port: u16, n: usize) -> thread::JoinHandle<()> {
+    let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    thread::spawn(move || {
+        for _ in 0..n {
+            let (mut s, _) = l.accept().unwrap();
+            let mut b = Vec::new();
+            let _ = s.read_to_end(&mut b);
+        }
+    })
+}
+
+fn connect_once(port: u16) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"hello").unwrap();
+}
+
+#[test]
+fn token_healthz_404_and_400() {
+    require_root!();
+    let _ns = NetNs::new();
+    let agent = Agent::start("auth", &[]);
+    let (code, body) = curl(&[&agent.url("/healthz")]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["status"], "ok");
+    // No token, a wrong one, the wrong scheme: 401 with a JSON error.
+    let (code, body) = curl(&[&agent.url("/api/v1/stats")]);
+    assert_eq!(code, 401, "{body}");
+    assert!(json(&body)["error"].as_str().unwrap().contains("token"));
+    let (code, _) = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {}x", agent.token),
+        &agent.url("/api/v1/stats"),
+    ]);
+    assert_eq!(code, 401);
+    let (code, _) = curl(&[
+        "-H",
+        &format!("Authorization: Basic {}", agent.token),
+        &agent.url("/api/v1/stats"),
+    ]);
+    assert_eq!(code, 401);
+    // Repeated failures from one address are slowed down (the 3 above, then more).
+    let wrong = format!("Authorization: Bearer {}", "0".repeat(64));
+    let t = Instant::now();
+    for _ in 0..3 {
+        let (code, _) = curl(&["-H", &wrong, &agent.url("/api/v1/stats")]);
+        assert_eq!(code, 401);
+    }
+    // Failures 4, 5 and 6 wait 100, 200 and 300 ms.
+    assert!(
+        t.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t.elapsed()
+    );
+    // The right one.
+    let (code, body) = agent.get("/api/v1/stats");
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["api"]["auth_failures"], 6, "{v}");
+    // Unknown endpoint, bad filters.
+    let (code, body) = agent.get("/api/v1/nothing-here");
+    assert_eq!(code, 404);
+    assert!(json(&body)["error"].is_string());
+    let (code, body) = agent.get("/api/v1/events?type=nonsense");
+    assert_eq!(code, 400);
+    assert!(
+        json(&body)["error"].as_str().unwrap().contains("`type`"),
+        "{body}"
+    );
+    let (code, body) = agent.get("/api/v1/events?port=99999");
+    assert_eq!(code, 400);
+    assert!(
+        json(&body)["error"].as_str().unwrap().contains("`port`"),
+        "{body}"
+    );
+    let (code, body) = agent.get("/api/v1/alerts?limit=0");
+    assert_eq!(code, 400);
+    assert!(
+        json(&body)["error"].as_str().unwrap().contains("`limit`"),
+        "{body}"
+    );
+    // The stats line arrives with the stream (every second here).
+    let (status, _) = agent.netmon.stop();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn stats_endpoint_serves_the_last_stats_line() {
+    require_root!();
+    let _ns = NetNs::new();
+    let mut agent = Agent::start("stats", &["--stats-interval", "1"]);
+    agent
+        .netmon
+        .wait_for(WAIT, |e| matches!(e.body, EventBody::Stats(_)))
+        .expect("a stats line");
+    let (code, body) = agent.get("/api/v1/stats");
+    assert_eq!(code, 200);
+    let v = json(&body);
+    assert_eq!(v["stats"]["type"], "stats", "{v}");
+    assert!(v["stats"]["events"]["connect"].is_u64(), "{v}");
+    let (status, _) = agent.netmon.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn sse_streams_a_test_connection_with_filters() {
+    require_root!();
+    let _ns = NetNs::new();
+    let agent = Agent::start("sse", &[]);
+    let port = free_port();
+    let other = free_port();
+    let server = serve(port, 1);
+    let server2 = serve(other, 1);
+    let sse = agent.stream(
+        &format!("/api/v1/events?type=connect,accept,close&port={port}"),
+        &[],
+    );
+    // The stream is up once curl connected: give it a moment, then make traffic on
+    // both ports; only `port` may come through.
+    thread::sleep(Duration::from_millis(300));
+    connect_once(other);
+    connect_once(port);
+    server.join().unwrap();
+    server2.join().unwrap();
+    let frames = sse.read_until(WAIT, |f| {
+        let kinds: BTreeSet<_> = events(f).into_iter().map(|(k, _)| k).collect();
+        kinds.contains("connect") && kinds.contains("accept") && kinds.contains("close")
+    });
+    let evs = events(&frames);
+    let kinds: BTreeSet<_> = evs.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(
+        kinds.contains("connect") && kinds.contains("accept") && kinds.contains("close"),
+        "{frames:?}"
+    );
+    for (_, v) in &evs {
+        let ports = [v["src"]["port"].as_u64(), v["dst"]["port"].as_u64()];
+        assert!(ports.contains(&Some(port as u64)), "filter let through {v}");
+    }
+    // Ids increase.
+    let ids: Vec<u64> = frames.iter().filter_map(|f| f.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let (status, seen) = agent.netmon.stop();
+    assert!(status.success());
+    // The SSE objects are the JSON Lines objects.
+    let (_, connect) = evs.iter().find(|(k, _)| k == "connect").unwrap();
+    let same = seen
+        .iter()
+        .any(|e| serde_json::to_value(e).unwrap() == *connect);
+    assert!(
+        same,
+        "the SSE connect is not one of the JSON lines: {connect}"
+    );
+}
+
+/// Which (src port) connections to `port` a list of `close` events covers.
+fn closed_clients(evs: &[(String, serde_json::Value)], port: u16) -> BTreeSet<u64> {
+    evs.iter()
+        .filter(|(k, v)| k == "close" && v["dst"]["port"] == port && v["direction"] == "outbound")
+        .filter_map(|(_, v)| v["src"]["port"].as_u64())
+        .collect()
+}
+
+#[test]
+fn resume_with_last_event_id_after_a_disconnect_misses_nothing() {
+    require_root!();
+    let _ns = NetNs::new();
+    let agent = Agent::start("resume", &[]);
+    let port = free_port();
+    let total = 30;
+    let server = serve(port, total);
+    let filter = format!("/api/v1/events?type=close&port={port}");
+    let sse = agent.stream(&filter, &[]);
+    thread::sleep(Duration::from_millis(300));
+    let mut clients = Vec::new();
+    let connect = |n: usize, clients: &mut Vec<u64>| {
+        for _ in 0..n {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            clients.push(s.local_addr().unwrap().port() as u64);
+            s.write_all(b"x").unwrap();
+        }
+    };
+    connect(10, &mut clients);
+    let first = sse.read_until(WAIT, |f| closed_clients(&events(f), port).len() >= 10);
+    let last_id = first.iter().filter_map(|f| f.id).max().expect("an id");
+    drop(sse);
+    // Traffic while no client is connected.
+    connect(10, &mut clients);
+    thread::sleep(Duration::from_millis(500));
+    let sse = agent.stream(&filter, &[&format!("Last-Event-ID: {last_id}")]);
+    connect(10, &mut clients);
+    server.join().unwrap();
+    let second = sse.read_until(WAIT, |f| closed_clients(&events(f), port).len() >= 20);
+    let mut got = closed_clients(&events(&first), port);
+    let again = closed_clients(&events(&second), port);
+    assert!(got.is_disjoint(&again), "resume repeated events");
+    got.extend(again);
+    let want: BTreeSet<u64> = clients.into_iter().collect();
+    assert_eq!(got, want, "missed closes across the reconnect");
+    assert!(
+        second.iter().all(|f| f.event.is_none()),
+        "unexpected lagged: {second:?}"
+    );
+    assert!(second.iter().filter_map(|f| f.id).all(|id| id > last_id));
+    let (status, _) = agent.netmon.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn a_client_that_asks_for_more_than_the_ring_gets_lagged_with_the_count() {
+    require_root!();
+    let _ns = NetNs::new();
+    let agent = Agent::start("lagged", &["--api-replay", "16"]);
+    let port = free_port();
+    let server = serve(port, 20);
+    for _ in 0..20 {
+        connect_once(port);
+    }
+    server.join().unwrap();
+    thread::sleep(Duration::from_millis(500));
+    // Resume from the very first event: everything before the ring's oldest is missed.
+    let sse = agent.stream("/api/v1/events?since=1", &[]);
+    let frames = sse.read_until(WAIT, |f| f.len() >= 2);
+    assert_eq!(frames[0].event.as_deref(), Some("lagged"), "{frames:?}");
+    let missed = json(&frames[0].data)["missed"].as_u64().unwrap();
+    let next = frames[1].id.unwrap();
+    // Asked from id 2 on; got `next`: exactly the ones in between were missed.
+    assert_eq!(missed, next - 2, "{frames:?}");
+    assert!(missed > 0);
+    let (status, _) = agent.netmon.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn streams_beyond_the_cap_get_503_and_are_counted() {
+    require_root!();
+    let _ns = NetNs::new();
+    let agent = Agent::start("cap", &["--api-max-streams", "2"]);
+    let a = agent.stream("/api/v1/events", &[]);
+    let b = agent.stream("/api/v1/events", &[]);
+    thread::sleep(Duration::from_millis(500));
+    let (code, body) = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {}", agent.token),
+        &agent.url("/api/v1/events"),
+    ]);
+    assert_eq!(code, 503, "{body}");
+    let (_, stats) = agent.get("/api/v1/stats");
+    let v = json(&stats);
+    assert_eq!(v["api"]["streams"], 2, "{v}");
+    assert_eq!(v["api"]["streams_refused"], 1, "{v}");
+    drop(a);
+    thread::sleep(Duration::from_millis(300));
+    let c = agent.stream("/api/v1/events", &[]);
+    thread::sleep(Duration::from_millis(300));
+    let (_, stats) = agent.get("/api/v1/stats");
+    assert_eq!(json(&stats)["api"]["streams_refused"], 1);
+    drop((b, c));
+    let (status, _) = agent.netmon.stop();
+    assert!(status.success());
+}
+
+/// netmon refuses to start: exit 2, one line on stderr, nothing printed on stdout.
+fn refused(args: &[&str]) -> String {
+    let out = Command::new(netmon_bin())
+        .arg("run")
+        .args(args)
+        .output()
+        .expect("run netmon");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "attached anyway: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    stderr
+}
+
+#[test]
+fn plain_http_on_a_non_loopback_address_and_a_busy_port_are_refused_at_start() {
+    require_root!();
+    let _ns = NetNs::new();
+    let scratch = Scratch::new("refuse");
+    let tf = scratch.token_file();
+    let err = refused(&["--api", "0.0.0.0:9469", "--api-token-file", &tf]);
+    assert!(
+        err.contains("TLS") && err.contains("--api-insecure"),
+        "{err}"
+    );
+    let port = free_port();
+    let _busy = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let err = refused(&[
+        "--api",
+        &format!("127.0.0.1:{port}"),
+        "--api-token-file",
+        &tf,
+    ]);
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    let err = refused(&["--api", "off", "--api", "127.0.0.1:1"]);
+    assert!(err.contains("--api off"), "{err}");
+    // `--api off` serves nothing on the default port.
+    let netmon = Netmon::start(&["--api", "off"]);
+    assert!(TcpStream::connect("127.0.0.1:9469").is_err());
+    let (status, _) = netmon.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn garbage_half_open_and_ten_thousand_requests_leave_it_healthy() {
+    require_root!();
+    let _ns = NetNs::new();
+    let mut agent = Agent::start("robust", &[]);
+    let addr = ("127.0.0.1", agent.port);
+    // A half-open connection that never sends anything, kept open meanwhile.
+    let _half = TcpStream::connect(addr).unwrap();
+    // Garbage, and a request line that never ends.
+    for junk in [
+        &b"\x00\xff\x16\x03\x01garbage\r\n\r\n"[..],
+        b"GET /api/v1/stats HTTP/1.1\r\nHost: x\r\nX: ",
+        b"GET / HTTP/9.9\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let _ = s.write_all(junk);
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut b = Vec::new();
+        let _ = s.read_to_end(&mut b);
+    }
+    // 10,000 requests on kept-alive connections (one curl, a config file of URLs).
+    let cfg = agent._scratch.0.join("urls");
+    let mut text = String::new();
+    for i in 0..10_000 {
+        let path = if i % 2 == 0 {
+            "/healthz"
+        } else {
+            "/api/v1/stats"
+        };
+        text.push_str(&format!(
+            "url = \"{}\"\noutput = \"/dev/null\"\n",
+            agent.url(path)
+        ));
+    }
+    std::fs::write(&cfg, text).unwrap();
+    let t = Instant::now();
+    let out = Command::new("curl")
+        .args(["-s", "-w", "%{http_code}\n", "-H"])
+        .arg(format!("Authorization: Bearer {}", agent.token))
+        .arg("-K")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let codes = String::from_utf8_lossy(&out.stdout);
+    let ok = codes.lines().filter(|c| *c == "200").count();
+    eprintln!("10,000 requests in {:?}", t.elapsed());
+    assert_eq!(ok, 10_000, "{}", &codes[..codes.len().min(2000)]);
+    // Still healthy: answers, and still monitors.
+    let (code, _) = agent.get("/api/v1/stats");
+    assert_eq!(code, 200);
+    let port = free_port();
+    let server = serve(port, 1);
+    connect_once(port);
+    server.join().unwrap();
+    assert!(
+        agent
+            .netmon
+            .wait_for(
+                WAIT,
+                |e| matches!(&e.body, EventBody::Close(c) if c.conn.dst.port == port)
+            )
+            .is_some()
+    );
+    let (status, _) = agent.netmon.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn flows_endpoint_lists_the_live_flow_table_filtered_sorted_and_cut() {
+    require_root!();
+    let _ns = NetNs::new();
+    let agent = Agent::start("flows", &[]);
+    let port = free_port();
+    let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let n = 20;
+    // Held open: connections in the flow table, the ith one carrying i*100 bytes.
+    let mut held = Vec::new();
+    for i in 0..n {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (s, _) = l.accept().unwrap();
+        c.write_all(&vec![b'x'; 100 * (i + 1)]).unwrap();
+        held.push((c, s));
+    }
+    // The loop learns of them within its drain timer.
+    let deadline = Instant::now() + WAIT;
+    let v = loop {
+        let (code, body) = agent.get(&format!("/api/v1/flows?port={port}&proto=tcp&limit=1000"));
+        assert_eq!(code, 200, "{body}");
+        let v = json(&body);
+        if v["matched"].as_u64() >= Some(2 * n as u64) || Instant::now() > deadline {
+            break v;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    // Both ends of each connection are flows of this host.
+    assert_eq!(v["matched"], 2 * n as u64, "{v}");
+    assert!(v["total"].as_u64().unwrap() >= 2 * n as u64);
+    for f in v["flows"].as_array().unwrap() {
+        assert_eq!(f["type"], "flow");
+        let ports = [f["src"]["port"].as_u64(), f["dst"]["port"].as_u64()];
+        assert!(ports.contains(&Some(port as u64)), "{f}");
+    }
+    let (code, body) = agent.get(&format!("/api/v1/flows?port={port}&limit=3&sort=start"));
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["flows"].as_array().unwrap().len(), 3);
+    let (code, body) = agent.get("/api/v1/flows?sort=sideways");
+    assert_eq!(code, 400);
+    assert!(body.contains("`sort`"), "{body}");
+    drop(held);
+    let (status, _) = agent.netmon.stop();
+    assert!(status.success());
+}
