@@ -55,6 +55,9 @@ pub struct ApiConfig {
     /// Asked for with `--api` or `--api-token-file`: a token that cannot be made is
     /// an error. Otherwise (the default API) it is a warning and no API.
     pub explicit: bool,
+    /// Serve `/metrics` without the token (`--api-metrics-open`), for Prometheus
+    /// scrapers that have none; every other endpoint still needs it.
+    pub metrics_open: bool,
 }
 
 /// The API's listeners, bound, and its token: made before netmon attaches, so a
@@ -153,7 +156,9 @@ impl Bound {
         events: mpsc::Receiver<Arc<Event>>,
         state_file: PathBuf,
         ask: mpsc::Sender<crate::pipeline::state::FlowsRequest>,
+        metrics: Option<crate::metrics::Metrics>,
     ) -> Result<Api> {
+        let metrics_open = self.cfg.metrics_open;
         let (feed, pump) = feed::start(self.cfg.replay);
         let shared = Arc::new(Shared {
             auth: self.auth,
@@ -187,7 +192,7 @@ impl Bound {
                                 continue;
                             }
                         };
-                        let app = router(shared.clone())
+                        let app = router(shared.clone(), metrics.clone(), metrics_open)
                             .into_make_service_with_connect_info::<SocketAddr>();
                         tokio::spawn(async move {
                             if let Err(e) = axum::serve(l, app).await {
@@ -205,7 +210,7 @@ impl Bound {
     }
 }
 
-fn router(state: AppState) -> Router {
+fn router(state: AppState, metrics: Option<crate::metrics::Metrics>, metrics_open: bool) -> Router {
     let api = Router::new()
         .route("/api/v1/events", get(sse::events))
         .route("/api/v1/stats", get(stats))
@@ -214,14 +219,21 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/logs", get(logs))
         .route("/api/v1/hosts", get(hosts))
         .route("/api/v1/hosts/{ip}", get(host));
-    // METRICS: the metrics helper merges `crate::metrics::router()` here
-    // (`/metrics`; behind the token unless its config switch opens it, in which
-    // case merge it into `open` below instead).
-    let api = api
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .with_state(state);
-    let open = Router::new().route("/healthz", get(healthz));
+    // `/metrics` (metrics.rs): behind the token, unless `--api-metrics-open`.
+    let (guarded, open_metrics) = match metrics {
+        Some(m) if metrics_open => (None, Some(crate::metrics::router(m))),
+        Some(m) => (Some(crate::metrics::router(m)), None),
+        None => (None, None),
+    };
+    let mut api = api.fallback(not_found).with_state(state.clone());
+    if let Some(m) = guarded {
+        api = api.merge(m);
+    }
+    let api = api.layer(middleware::from_fn_with_state(state, require_token));
+    let mut open = Router::new().route("/healthz", get(healthz));
+    if let Some(m) = open_metrics {
+        open = open.merge(m);
+    }
     open.merge(api)
 }
 

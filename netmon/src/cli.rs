@@ -14,8 +14,8 @@ pub mod rules;
 pub mod run;
 pub mod scan;
 pub mod snapshot;
-pub mod top;
 pub mod token;
+pub mod top;
 
 /// Linux network monitor: traces every TCP and UDP connection with eBPF and tells you
 /// which process made it.

@@ -238,17 +238,17 @@ pub fn run(mut opts: Options) -> Result<()> {
         None => None,
     };
     // The metrics consumer: its own thread (after the drop), its own queue; a slow
-    // scrape costs it events (`stats.consumers.metrics`), never the event loop.
-    let metrics = match metrics_listener {
-        Some(listener) => Some(
-            crate::metrics::spawn(
-                Some(listener),
-                hub.subscribe("metrics", crate::metrics::QUEUE),
-            )
-            .context("cannot start the metrics thread")?
-            .1,
-        ),
-        None => None,
+    // scrape costs it events (`stats.consumers.metrics`), never the event loop. It runs
+    // for `--metrics` and for the API's `/metrics`.
+    let (metrics_registry, metrics) = if metrics_listener.is_some() || api.is_some() {
+        let (registry, thread) = crate::metrics::spawn(
+            metrics_listener,
+            hub.subscribe("metrics", crate::metrics::QUEUE),
+        )
+        .context("cannot start the metrics thread")?;
+        (Some(registry), Some(thread))
+    } else {
+        (None, None)
     };
     // The API: its own thread and runtime, fed like the history writer; it asks the
     // loop for the flow table on `requests`.
@@ -260,6 +260,7 @@ pub fn run(mut opts: Options) -> Result<()> {
                     hub.subscribe("api", crate::api::QUEUE),
                     config.scan.state_file.clone(),
                     ask,
+                    metrics_registry,
                 )
                 .context("cannot start the API")?,
         ),

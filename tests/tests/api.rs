@@ -620,3 +620,48 @@ fn flows_endpoint_lists_the_live_flow_table_filtered_sorted_and_cut() {
     let (status, _) = agent.netmon.stop();
     assert!(status.success());
 }
+
+#[test]
+fn metrics_are_served_on_the_api_behind_the_token_or_open_when_asked() {
+    require_root!();
+    let _ns = NetNs::new();
+    let agent = Agent::start("metrics", &[]);
+    let port = free_port();
+    let server = serve(port, 1);
+    connect_once(port);
+    server.join().unwrap();
+    let (code, _) = curl(&[&agent.url("/metrics")]);
+    assert_eq!(code, 401, "/metrics needs the token by default");
+    let (code, body) = agent.get("/metrics");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("# TYPE netmon_connections_total counter"),
+        "{body}"
+    );
+    assert!(body.contains("netmon_backend_info"), "{body}");
+    // Prometheus' own checker finds nothing to say about it.
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool (Debian package prometheus)");
+    std::io::Write::write_all(check.stdin.as_mut().unwrap(), body.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(agent);
+
+    let open = Agent::start("metrics-open", &["--api-metrics-open"]);
+    let (code, body) = curl(&[&open.url("/metrics")]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("netmon_connections_total"), "{body}");
+    // Only /metrics is opened.
+    let (code, _) = curl(&[&open.url("/api/v1/stats")]);
+    assert_eq!(code, 401);
+}

@@ -93,6 +93,10 @@ pub struct RunArgs {
     /// Recent events the API keeps so that a stream can resume (`Last-Event-ID`).
     #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
     pub api_replay: u64,
+    /// Serve the API's `/metrics` without the token (for Prometheus scrapers that have
+    /// none); every other endpoint still needs it. Off by default.
+    #[arg(long)]
+    pub api_metrics_open: bool,
     /// Test only: subscribe a consumer with a queue of N events that never reads, to
     /// show that a stalled consumer loses only its own events (`stats.consumers`).
     #[arg(long, value_name = "N", hide = true)]
@@ -152,6 +156,7 @@ fn api_config(args: &RunArgs) -> Result<Option<crate::api::ApiConfig>> {
         replay: args.api_replay as usize,
         explicit: !args.api.is_empty()
             || args.api_token_file != std::path::Path::new(crate::api::auth::DEFAULT_TOKEN_FILE),
+        metrics_open: args.api_metrics_open,
     }))
 }
 
