@@ -10,7 +10,7 @@ use std::{
     fs::File,
     io::{BufRead, BufReader},
     os::fd::AsRawFd,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc::{Receiver, RecvTimeoutError, channel},
     thread,
@@ -380,6 +380,43 @@ fn check_probe(report: &netmon::event::ProbeReport, backend: &str) {
 /// Capabilities that are not provided by the requested backend (see `probe.rs`):
 /// DNS capture on cgroup hooks, and the process-exit tracepoint.
 pub const OPTIONAL_CAPABILITIES: &[&str] = &["dns", "process_exit"];
+
+/// A directory of the test's own under `/tmp` (`netmon-test-{tag}-{pid}-{n}`), removed
+/// with everything in it on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// Made, empty.
+    pub fn new(tag: &str) -> Scratch {
+        Scratch::under(&std::env::temp_dir(), tag)
+    }
+
+    /// Made, empty, under `base` (e.g. beside a binary, for hard links to it).
+    pub fn under(base: &Path, tag: &str) -> Scratch {
+        let s = Scratch::reserve_under(base, tag);
+        std::fs::create_dir_all(&s.0).unwrap();
+        s
+    }
+
+    /// Named but not made: for what netmon must create itself (and its mode).
+    pub fn reserve(tag: &str) -> Scratch {
+        Scratch::reserve_under(&std::env::temp_dir(), tag)
+    }
+
+    fn reserve_under(base: &Path, tag: &str) -> Scratch {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = base.join(format!("netmon-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// A free port on the calling thread's namespace (TCP and UDP both free when checked).
 pub fn free_port() -> u16 {

@@ -9,7 +9,6 @@ use std::{
     collections::BTreeSet,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::mpsc::{Receiver, channel},
     thread,
@@ -17,32 +16,13 @@ use std::{
 };
 
 use netmon::event::EventBody;
-use netmon_tests::{NetNs, Netmon, free_port, netmon_bin, require_root};
+use netmon_tests::{NetNs, Netmon, Scratch, free_port, netmon_bin, require_root};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A scratch directory with the token file, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "netmon-test-api-{tag}-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        Scratch(dir)
-    }
-    fn token_file(&self) -> String {
-        self.0.join("api.token").to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The token file netmon makes in `scratch` (and the directory, 0700).
+fn token_file(scratch: &Scratch) -> String {
+    scratch.0.join("api.token").to_string_lossy().into_owned()
 }
 
 /// A running netmon with its API on a free loopback port.
@@ -55,10 +35,10 @@ struct Agent {
 
 impl Agent {
     fn start(tag: &str, extra: &[&str]) -> Agent {
-        let scratch = Scratch::new(tag);
+        let scratch = Scratch::reserve(&format!("api-{tag}"));
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
-        let tf = scratch.token_file();
+        let tf = token_file(&scratch);
         let mut args = vec!["--api", &addr, "--api-token-file", &tf];
         args.extend_from_slice(extra);
         let netmon = Netmon::start(&args);
@@ -482,8 +462,8 @@ fn refused(args: &[&str]) -> String {
 fn plain_http_on_a_non_loopback_address_and_a_busy_port_are_refused_at_start() {
     require_root!();
     let _ns = NetNs::new();
-    let scratch = Scratch::new("refuse");
-    let tf = scratch.token_file();
+    let scratch = Scratch::reserve("api-refuse");
+    let tf = token_file(&scratch);
     let err = refused(&["--api", "0.0.0.0:9469", "--api-token-file", &tf]);
     assert!(
         err.contains("TLS") && err.contains("--api-insecure"),

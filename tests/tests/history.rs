@@ -6,7 +6,7 @@ use std::{
     collections::BTreeSet,
     io::{Read, Write},
     net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::{
         Arc,
@@ -17,35 +17,11 @@ use std::{
 };
 
 use netmon::event::{Event, EventBody};
-use netmon_tests::{ConfigFile, NetNs, Netmon, free_port, netmon_bin, process_comm, require_root};
+use netmon_tests::{
+    ConfigFile, NetNs, Netmon, Scratch, free_port, netmon_bin, process_comm, require_root,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A directory of its own under /tmp, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "netmon-test-history-{tag}-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn db(&self) -> PathBuf {
-        self.0.join("netmon.db")
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn sqlite3(db: &Path, sql: &str) -> String {
     // A reader may wait a moment for the writer's commit (WAL), as any reader should.
@@ -111,8 +87,8 @@ fn close_events(seen: &[Event], port: u16) -> impl Iterator<Item = &netmon::even
 #[test]
 fn real_traffic_is_kept_and_read_back_by_sqlite3_and_netmon_history() {
     require_root!();
-    let scratch = Scratch::new("traffic");
-    let db = scratch.db();
+    let scratch = Scratch::new("history-traffic");
+    let db = scratch.0.join("netmon.db");
     let _ns = NetNs::new();
     let port = free_port();
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
@@ -321,8 +297,8 @@ fn real_traffic_is_kept_and_read_back_by_sqlite3_and_netmon_history() {
 #[test]
 fn kill_9_under_load_loses_at_most_the_last_second_and_never_corrupts() {
     require_root!();
-    let scratch = Scratch::new("kill");
-    let db = scratch.db();
+    let scratch = Scratch::new("history-kill");
+    let db = scratch.0.join("netmon.db");
     let db_arg = db.to_str().unwrap().to_owned();
     let _ns = NetNs::new();
     let stop = Arc::new(AtomicBool::new(false));
@@ -433,8 +409,8 @@ fn kill_9_under_load_loses_at_most_the_last_second_and_never_corrupts() {
 #[test]
 fn retention_prunes_raw_events_sooner_than_the_minute_totals() {
     require_root!();
-    let scratch = Scratch::new("retention");
-    let db = scratch.db();
+    let scratch = Scratch::new("history-retention");
+    let db = scratch.0.join("netmon.db");
     let db_arg = db.to_str().unwrap().to_owned();
     let config = ConfigFile::new(
         "[history]\nraw_retention = \"3s\"\nminute_retention = \"1h\"\nprune_interval = \"1s\"\n",
@@ -498,8 +474,8 @@ fn retention_prunes_raw_events_sooner_than_the_minute_totals() {
 #[test]
 fn an_old_hosts_json_is_imported_once() {
     require_root!();
-    let scratch = Scratch::new("import");
-    let db = scratch.db();
+    let scratch = Scratch::new("history-import");
+    let db = scratch.0.join("netmon.db");
     let db_arg = db.to_str().unwrap().to_owned();
     let state = scratch.0.join("hosts.json");
     let hosts = |extra: &str| {

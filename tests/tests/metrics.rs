@@ -10,33 +10,15 @@
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use netmon_tests::{NetNs, Netmon, free_port, require_root, testpeer_bin};
+use netmon_tests::{NetNs, Netmon, Scratch, free_port, require_root, testpeer_bin};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A directory of its own, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(base: &Path, tag: &str) -> Scratch {
-        let dir = base.join(format!("netmon-test-metrics-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A child process killed on drop.
 struct Daemon(Child);
@@ -279,7 +261,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 fn prometheus_counts_exactly_the_connections_made_and_the_scrape_lints_clean() {
     require_root!();
     let _ns = NetNs::new();
-    let scratch = Scratch::new(&std::env::temp_dir(), "counts");
+    let scratch = Scratch::new("metrics-counts");
     let metrics_port = free_port();
     let _netmon = start_netmon(metrics_port);
     let prom = Prometheus::start(&scratch.0, &[("netmon", metrics_port)]);
@@ -483,7 +465,7 @@ fn cardinality_stays_under_budget_with_500_processes_and_10000_peers() {
     let _ns = NetNs::new();
     // 500 exe names: hard links to the test peer (same filesystem as the binary).
     let peer = testpeer_bin();
-    let scratch = Scratch::new(peer.parent().unwrap(), "cardinality");
+    let scratch = Scratch::under(peer.parent().unwrap(), "metrics-cardinality");
     let metrics_port = free_port();
     let netmon = start_netmon(metrics_port);
     let mut children = Vec::new();

@@ -11,37 +11,15 @@ use std::{
     io::Read as _,
     net::{TcpListener, TcpStream},
     os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use netmon::event::{Event, EventBody};
-use netmon_tests::{NetNs, backend, free_port, netmon_bin, require_root};
+use netmon_tests::{NetNs, Scratch, backend, netmon_bin, require_root};
 use serde_json::Value;
-
-/// A directory of its own under /tmp, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "netmon-test-shipper-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("work")).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A child killed (SIGKILL) when dropped, so a failing test leaves nothing running.
 struct Killed(Child);
@@ -103,8 +81,9 @@ fn parse(lines: &[String]) -> Vec<Event> {
 #[test]
 fn rsyslog_ships_every_event_across_a_rotation() {
     require_root!();
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("shipper");
     let dir = &scratch.0;
+    std::fs::create_dir_all(dir.join("work")).unwrap();
     let output = dir.join("events.jsonl");
     let rotated = dir.join("events.jsonl.1");
     let shipped = dir.join("shipped.jsonl");
