@@ -90,8 +90,9 @@ pub struct RunArgs {
     /// Most API event streams at once; more are refused with 503 (and counted).
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub api_max_streams: u64,
-    /// Recent events the API keeps so that a stream can resume (`Last-Event-ID`).
-    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
+    /// Recent events the API keeps so that a stream can resume (`Last-Event-ID`),
+    /// about 1 KiB each (kept as the JSON sent).
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
     pub api_replay: u64,
     /// Serve the API's `/metrics` without the token (for Prometheus scrapers that have
     /// none); every other endpoint still needs it. Off by default.
