@@ -137,6 +137,7 @@ impl BenchArgs {
         self.loss_runs = 1;
         self.web_seconds = 1;
         self.quiet_wait_s = 0;
+        self.history_events = 100_000;
         self.no_doc = true;
     }
 }
@@ -262,7 +263,8 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
     if all || args.which == Which::History {
         let (section, met) = history::run(&env, args.history_events)?;
         emit(section)?;
-        if !met {
+        // As for the scanner: a quick pass on a loaded machine proves it runs.
+        if !met && !args.quick {
             bail!("the history missed a performance target (see the table above)");
         }
     }
