@@ -37,13 +37,16 @@ pub fn local(args: &LocalArgs) -> Result<()> {
         );
     }
     let netmon = build::netmon_binary()?;
+    // Every backend runs even when one fails, and the error names each failure.
+    let mut failed = Vec::new();
     for backend in &args.backends {
         eprintln!("integration-test local: backend {backend}");
-        exec::run(
+        let run = exec::run_tests(
             Command::new("cargo")
                 .args([
                     "test",
                     "--release",
+                    "--no-fail-fast",
                     "-p",
                     "netmon-tests",
                     "--",
@@ -52,7 +55,13 @@ pub fn local(args: &LocalArgs) -> Result<()> {
                 .env("NETMON_BIN", &netmon)
                 .env("NETMON_BACKEND", backend)
                 .current_dir(build::workspace_root()),
-        )?;
+        );
+        if let Err(e) = run {
+            failed.push(format!("backend {backend}: {e:#}"));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("\n"));
     }
     Ok(())
 }
