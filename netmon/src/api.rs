@@ -34,7 +34,11 @@ use crate::{event::Event, scan::HostState};
 pub mod auth;
 pub mod feed;
 pub mod filter;
+pub mod history;
+pub mod processes;
+pub mod serve;
 pub mod sse;
+pub mod tls;
 
 /// The default listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9469";
@@ -48,6 +52,8 @@ pub struct ApiConfig {
     pub token_file: PathBuf,
     /// Serve plain HTTP on a non-loopback address (`--api-insecure`).
     pub insecure: bool,
+    /// Serve every listener over TLS with these files (`--api-tls-cert`, `--api-tls-key`).
+    pub tls: Option<tls::TlsFiles>,
     /// Most SSE streams at once; more are refused with 503.
     pub max_streams: usize,
     /// Events kept for resuming streams.
@@ -64,6 +70,7 @@ pub struct ApiConfig {
 /// port in use fails with nothing attached.
 pub struct Bound {
     listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+    tls: Option<Arc<tls::Reloading>>,
     auth: auth::Auth,
     cfg: ApiConfig,
 }
@@ -73,12 +80,18 @@ pub struct Bound {
 /// monitors without an API and says so.
 pub fn bind(cfg: &ApiConfig) -> Result<Option<Bound>> {
     for addr in &cfg.listen {
-        if !addr.ip().is_loopback() && !cfg.insecure {
+        if !addr.ip().is_loopback() && !cfg.insecure && cfg.tls.is_none() {
             anyhow::bail!(
-                "the API would serve {addr} without TLS: this build serves the API over TLS on no address yet; listen on a loopback address (--api 127.0.0.1:9469), or pass --api-insecure on a network you trust"
+                "the API would serve {addr} without TLS: give --api-tls-cert FILE and --api-tls-key FILE (see docs/api.md), listen on a loopback address (--api 127.0.0.1:9469), or pass --api-insecure on a network you trust"
             );
         }
     }
+    let tls = cfg
+        .tls
+        .clone()
+        .map(tls::Reloading::new)
+        .transpose()?
+        .map(Arc::new);
     let mut listeners = Vec::new();
     for addr in &cfg.listen {
         let l = std::net::TcpListener::bind(addr).with_context(|| {
@@ -102,7 +115,7 @@ pub fn bind(cfg: &ApiConfig) -> Result<Option<Bound>> {
         Err(e) => return Err(e.into()),
     };
     for (addr, _) in &listeners {
-        if !addr.ip().is_loopback() {
+        if !addr.ip().is_loopback() && tls.is_none() {
             eprintln!(
                 "netmon: warning: the API serves {addr} over plain HTTP (--api-insecure): anyone on the path can read the token and the data"
             );
@@ -110,6 +123,7 @@ pub fn bind(cfg: &ApiConfig) -> Result<Option<Bound>> {
     }
     Ok(Some(Bound {
         listeners,
+        tls,
         auth: auth::Auth::new(cfg.token_file.clone(), token),
         cfg: cfg.clone(),
     }))
@@ -122,6 +136,10 @@ pub struct Counters {
     pub auth_failures: AtomicU64,
     pub streams: AtomicUsize,
     pub streams_refused: AtomicU64,
+    /// Connections closed at accept: [`serve::MAX_CONNECTIONS`] were open.
+    pub connections_refused: AtomicU64,
+    /// TLS handshakes that failed or timed out (plain HTTP to a TLS listener, say).
+    pub tls_failures: AtomicU64,
 }
 
 /// What every handler reads.
@@ -129,9 +147,11 @@ struct Shared {
     auth: auth::Auth,
     failures: auth::Failures,
     feed: Arc<feed::Feed>,
-    counters: Counters,
+    counters: Arc<Counters>,
     max_streams: usize,
     state_file: PathBuf,
+    /// The history file this agent writes (`/api/v1/history/*`), if it keeps one.
+    history: Option<PathBuf>,
     /// Asks the event loop for the flow table (`pipeline/state.rs`).
     ask: mpsc::Sender<crate::pipeline::state::FlowsRequest>,
 }
@@ -155,6 +175,7 @@ impl Bound {
         self,
         events: mpsc::Receiver<Arc<Event>>,
         state_file: PathBuf,
+        history: Option<PathBuf>,
         ask: mpsc::Sender<crate::pipeline::state::FlowsRequest>,
         metrics: Option<crate::metrics::Metrics>,
     ) -> Result<Api> {
@@ -164,12 +185,14 @@ impl Bound {
             auth: self.auth,
             failures: auth::Failures::default(),
             feed,
-            counters: Counters::default(),
+            counters: Arc::default(),
             max_streams: self.cfg.max_streams,
             state_file,
+            history,
             ask,
         });
         let listeners = self.listeners;
+        let tls = self.tls;
         let thread = thread::Builder::new()
             .name("netmon-api".into())
             .spawn(move || {
@@ -192,13 +215,14 @@ impl Bound {
                                 continue;
                             }
                         };
-                        let app = router(shared.clone(), metrics.clone(), metrics_open)
-                            .into_make_service_with_connect_info::<SocketAddr>();
-                        tokio::spawn(async move {
-                            if let Err(e) = axum::serve(l, app).await {
-                                eprintln!("netmon: warning: the API stopped serving {addr}: {e}");
-                            }
-                        });
+                        let app = router(shared.clone(), metrics.clone(), metrics_open);
+                        tokio::spawn(serve::listen(
+                            addr,
+                            l,
+                            app,
+                            tls.clone(),
+                            shared.counters.clone(),
+                        ));
                     }
                     pump.run(events).await;
                 });
@@ -215,6 +239,8 @@ fn router(state: AppState, metrics: Option<crate::metrics::Metrics>, metrics_ope
         .route("/api/v1/events", get(sse::events))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/flows", get(flows))
+        .route("/api/v1/processes", get(processes))
+        .route("/api/v1/history/{kind}", get(history::history))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/logs", get(logs))
         .route("/api/v1/hosts", get(hosts))
@@ -288,7 +314,7 @@ async fn healthz() -> Response {
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such endpoint (see docs/api.md: /api/v1/events, /flows, /hosts, /logs, /alerts, /stats)",
+        "no such endpoint (see docs/api.md: /api/v1/events, /flows, /processes, /hosts, /logs, /alerts, /stats, /history/{events,flows,alerts,hosts})",
     )
 }
 
@@ -304,6 +330,8 @@ async fn stats(State(s): State<AppState>) -> Response {
         "auth_failures": c.auth_failures.load(Ordering::Relaxed),
         "streams": c.streams.load(Ordering::Relaxed),
         "streams_refused": c.streams_refused.load(Ordering::Relaxed),
+        "connections_refused": c.connections_refused.load(Ordering::Relaxed),
+        "tls_failures": c.tls_failures.load(Ordering::Relaxed),
         "events": s.feed.latest.borrow().to_owned(),
     });
     json_text(format!(
@@ -565,6 +593,34 @@ async fn flows(State(s): State<AppState>, Query(q): Query<HashMap<String, String
     }
     body.push_str("]}");
     json_text(body)
+}
+
+/// `GET /api/v1/processes`: the flow table per process (`api/processes.rs`),
+/// `process=` (name, executable name or path) and `limit=` (default 100).
+async fn processes(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(k) = q.keys().find(|k| *k != "process" && *k != "limit") {
+        return bad_request(filter::BadParam {
+            param: "(unknown)",
+            why: format!(
+                "unknown parameter `{}` (processes takes process, limit)",
+                crate::escape::remote(k)
+            ),
+        });
+    }
+    let limit = match limit(&q) {
+        Ok(n) => n,
+        Err(e) => return bad_request(e),
+    };
+    let Some(all) = crate::pipeline::state::all_flows(&s.ask).await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "netmon is stopping");
+    };
+    let mut rows = processes::fold(&all, q.get("process").map(String::as_str));
+    let total = rows.len();
+    rows.truncate(limit);
+    axum::Json(serde_json::json!({ "total": total, "processes": rows })).into_response()
 }
 
 /// Headers an SSE request resumes with.

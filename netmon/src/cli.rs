@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod doctor;
 pub mod history;
+pub mod history_agent;
 pub mod hosts;
 pub mod replay;
 pub mod report;

@@ -11,6 +11,7 @@
 pub mod addr;
 pub mod api;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod decode;

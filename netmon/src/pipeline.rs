@@ -259,6 +259,7 @@ pub fn run(mut opts: Options) -> Result<()> {
                 .spawn(
                     hub.subscribe("api", crate::api::QUEUE),
                     config.scan.state_file.clone(),
+                    opts.history.as_ref().map(|h| h.path.clone()),
                     ask,
                     metrics_registry,
                 )
@@ -399,7 +400,10 @@ impl Stages {
                 Some(change) = next_change(&mut self.scanner) => {
                     self.hub.emit(change).await?;
                 }
-                _ = sighup.recv() => sink::request_reopen(),
+                _ = sighup.recv() => {
+                    sink::request_reopen();
+                    crate::api::tls::request_reload();
+                }
                 _ = consumer_ended(&mut consumer_done) => break,
                 Some(req) = self.requests.recv() => {
                     // One step of the table, then the ring buffer's turn again.

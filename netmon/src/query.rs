@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A half-open time window `[since, until)`; an open end is unbounded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,7 +42,7 @@ pub struct Question {
 }
 
 /// A raw event as the history keeps it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EventRow {
     pub ts: DateTime<Utc>,
     #[serde(rename = "type")]
@@ -71,7 +71,7 @@ pub struct EventRow {
 }
 
 /// Totals of one flow key over the window (see `history/writer.rs`'s `FlowKey`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRow {
     pub comm: String,
     pub exe: String,
@@ -95,7 +95,7 @@ pub struct FlowRow {
     pub last: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AlertRow {
     pub ts: DateTime<Utc>,
     pub rule: String,
@@ -109,7 +109,7 @@ pub struct AlertRow {
     pub detail: Option<serde_json::Value>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRow {
     pub ip: String,
     pub state: String,
@@ -121,7 +121,7 @@ pub struct HostRow {
     pub ports: Vec<PortRow>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortRow {
     pub proto: String,
     pub port: u16,

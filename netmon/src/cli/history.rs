@@ -68,6 +68,17 @@ pub struct QueryArgs {
     /// `text` for people, `json` (JSON Lines, one object per row) or `csv`.
     #[arg(long, value_enum, default_value = "text")]
     pub format: OutputFormat,
+    /// Ask the agent at URL (`https://HOST:9469`, or `http://` on loopback) instead
+    /// of a local file: the same question over its API (`/api/v1/history/…`).
+    #[arg(long, value_name = "URL", conflicts_with = "history")]
+    pub agent: Option<String>,
+    /// With --agent: the API token (a file holding it); NETMON_TOKEN overrides.
+    #[arg(long, value_name = "FILE", default_value = crate::api::auth::DEFAULT_TOKEN_FILE)]
+    pub token_file: PathBuf,
+    /// With --agent: trust only this CA (PEM) for an https agent (a self-signed
+    /// deployment's); default: the system's CA certificates.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
     #[command(flatten)]
     pub config: super::ConfigArgs,
 }
@@ -85,10 +96,6 @@ pub fn run(args: HistoryArgs) -> Result<ExitCode> {
         What::Flows(a) => ("flows", a),
         What::Alerts(a) => ("alerts", a),
         What::Hosts(a) => ("hosts", a),
-    };
-    let path = match &a.history {
-        Some(p) => p.clone(),
-        None => a.config.load()?.history.path,
     };
     let now = Utc::now();
     let time = |flag: &str, v: &Option<String>| -> Result<Option<DateTime<Utc>>> {
@@ -121,21 +128,61 @@ pub fn run(args: HistoryArgs) -> Result<ExitCode> {
             limit: a.limit,
         },
     };
-    let store = Store::open(&path)?;
-    let asked = || format!("cannot read {kind} from {}", path.display());
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
-    let written = match &args.what {
-        What::Events(_) => render(&mut out, a.format, &store.events(&q).with_context(asked)?),
-        What::Flows(_) => render(&mut out, a.format, &store.flows(&q).with_context(asked)?),
-        What::Alerts(_) => render(&mut out, a.format, &store.alerts(&q).with_context(asked)?),
-        What::Hosts(_) => render(&mut out, a.format, &store.hosts(&q).with_context(asked)?),
+    let written = if let Some(url) = &a.agent {
+        let body = super::history_agent::ask(url, &a.token_file, a.ca_cert.as_deref(), kind, &q)?;
+        let rows = |what| format!("the agent {url} answered with {what} that are not netmon's");
+        match &args.what {
+            What::Events(_) => render(
+                &mut out,
+                a.format,
+                &parse::<EventRow>(&body).with_context(|| rows("events"))?,
+            ),
+            What::Flows(_) => render(
+                &mut out,
+                a.format,
+                &parse::<FlowRow>(&body).with_context(|| rows("flows"))?,
+            ),
+            What::Alerts(_) => render(
+                &mut out,
+                a.format,
+                &parse::<AlertRow>(&body).with_context(|| rows("alerts"))?,
+            ),
+            What::Hosts(_) => render(
+                &mut out,
+                a.format,
+                &parse::<HostRow>(&body).with_context(|| rows("hosts"))?,
+            ),
+        }
+    } else {
+        let path = match &a.history {
+            Some(p) => p.clone(),
+            None => a.config.load()?.history.path,
+        };
+        let store = Store::open(&path)?;
+        let asked = || format!("cannot read {kind} from {}", path.display());
+        match &args.what {
+            What::Events(_) => render(&mut out, a.format, &store.events(&q).with_context(asked)?),
+            What::Flows(_) => render(&mut out, a.format, &store.flows(&q).with_context(asked)?),
+            What::Alerts(_) => render(&mut out, a.format, &store.alerts(&q).with_context(asked)?),
+            What::Hosts(_) => render(&mut out, a.format, &store.hosts(&q).with_context(asked)?),
+        }
     };
     match written.and_then(|()| out.flush().map_err(anyhow::Error::from)) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) if is_broken_pipe(&e) => Ok(ExitCode::SUCCESS),
         Err(e) => Err(e.context("cannot write the answer")),
     }
+}
+
+/// The rows of an agent's `{"count": N, "rows": [...]}`.
+fn parse<R: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Vec<R>> {
+    #[derive(serde::Deserialize)]
+    struct Answer<R> {
+        rows: Vec<R>,
+    }
+    Ok(serde_json::from_slice::<Answer<R>>(body)?.rows)
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

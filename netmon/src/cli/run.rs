@@ -87,6 +87,14 @@ pub struct RunArgs {
     /// on the path can read the token and the data.
     #[arg(long)]
     pub api_insecure: bool,
+    /// Serve the API over TLS with this certificate (PEM, leaf first; read again on
+    /// SIGHUP). Needs --api-tls-key. Required for a non-loopback --api address unless
+    /// --api-insecure.
+    #[arg(long, value_name = "FILE", requires = "api_tls_key")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// The private key of --api-tls-cert (PEM; read again on SIGHUP).
+    #[arg(long, value_name = "FILE", requires = "api_tls_cert")]
+    pub api_tls_key: Option<PathBuf>,
     /// Most API event streams at once; more are refused with 503 (and counted).
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub api_max_streams: u64,
@@ -153,6 +161,13 @@ fn api_config(args: &RunArgs) -> Result<Option<crate::api::ApiConfig>> {
         listen,
         token_file: args.api_token_file.clone(),
         insecure: args.api_insecure,
+        tls: match (&args.api_tls_cert, &args.api_tls_key) {
+            (Some(cert), Some(key)) => Some(crate::api::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        },
         max_streams: args.api_max_streams as usize,
         replay: args.api_replay as usize,
         explicit: !args.api.is_empty()

@@ -24,7 +24,7 @@ pub const TOKEN_FILE: &str = "/var/lib/netmon/api.token";
 
 #[derive(Debug, Args)]
 pub struct TopArgs {
-    /// Watch the agent at URL (`http://HOST:PORT`, as `netmon run --api` listens);
+    /// Watch the agent at URL (`http://HOST:PORT`, or `https://` when it serves TLS);
     /// repeat to watch several at once, merged with a host column. Without it netmon
     /// top watches the local agent, or traces by itself when none runs and it is root.
     #[arg(long, value_name = "URL")]
@@ -32,6 +32,10 @@ pub struct TopArgs {
     /// The agents' API token (a file holding it); NETMON_TOKEN overrides.
     #[arg(long, value_name = "FILE", default_value = TOKEN_FILE)]
     pub token_file: PathBuf,
+    /// Trust only this CA (PEM) for `https://` agents, e.g. a self-signed
+    /// deployment's (see docs/api.md); default: the system's CA certificates.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
     /// Trace in-process even if a local agent answers (needs root).
     #[arg(long, conflicts_with = "agent")]
     pub in_process: bool,
@@ -56,12 +60,21 @@ pub fn run(args: TopArgs) -> Result<ExitCode> {
         Vec::new()
     };
     if !agents.is_empty() {
-        let token = token(&args)?;
+        let token = crate::client::token(&args.token_file)?;
+        for url in &agents {
+            crate::client::AgentUrl::parse(url).map_err(|e| anyhow::anyhow!("--agent {e}"))?;
+        }
+        let tls = if agents.iter().any(|a| a.starts_with("https:")) {
+            Some(crate::client::tls_connector(args.ca_cert.as_deref())?)
+        } else {
+            None
+        };
         let specs = agents
             .iter()
             .map(|url| agent::AgentSpec {
                 url: url.clone(),
                 token: token.clone(),
+                tls: tls.clone(),
             })
             .collect();
         let (rx, clients) = agent::start(specs).context("cannot start the agent clients")?;
@@ -118,27 +131,4 @@ pub fn run(args: TopArgs) -> Result<ExitCode> {
 fn local_agent_answers() -> bool {
     let addr = LOCAL_AGENT.parse().expect("a socket address");
     std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-}
-
-/// The token: NETMON_TOKEN, else the first line of `--token-file`.
-fn token(args: &TopArgs) -> Result<String> {
-    if let Ok(t) = std::env::var("NETMON_TOKEN")
-        && !t.trim().is_empty()
-    {
-        return Ok(t.trim().to_owned());
-    }
-    let text = std::fs::read_to_string(&args.token_file).with_context(|| {
-        format!(
-            "cannot read the API token from {}: give --token-file FILE or set NETMON_TOKEN",
-            args.token_file.display()
-        )
-    })?;
-    let t = text.lines().next().unwrap_or("").trim().to_owned();
-    if t.is_empty() {
-        bail!(
-            "the token file {} is empty: give --token-file FILE or set NETMON_TOKEN",
-            args.token_file.display()
-        );
-    }
-    Ok(t)
 }

@@ -14,11 +14,11 @@ use std::{
 };
 
 use http_body_util::{BodyExt as _, Empty};
-use hyper::{Request, StatusCode, Uri, body::Bytes};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, StatusCode, body::Bytes};
 
 use super::sse::Parser;
 use crate::{
+    client::{self, AgentUrl},
     event::Event,
     tui::app::{AgentStatus, Msg},
 };
@@ -31,10 +31,12 @@ const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// One agent to watch.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AgentSpec {
     pub url: String,
     pub token: String,
+    /// Trust for `https://` agents (`client::tls_connector`).
+    pub tls: Option<tokio_rustls::TlsConnector>,
 }
 
 /// The clients' thread (it lives as long as the process).
@@ -71,8 +73,8 @@ pub fn start(agents: Vec<AgentSpec>) -> std::io::Result<(std_mpsc::Receiver<Msg>
 pub enum Failure {
     #[error("{0}")]
     Url(String),
-    #[error("cannot connect: {0}")]
-    Connect(std::io::Error),
+    #[error("{0}")]
+    Connect(#[from] client::ConnectError),
     #[error("no answer within {}s", CONNECT_TIMEOUT.as_secs())]
     Timeout,
     #[error("HTTP error: {0}")]
@@ -112,34 +114,6 @@ async fn watch(agent: usize, spec: AgentSpec, tx: std_mpsc::SyncSender<Msg>) {
     }
 }
 
-/// The events URL of an agent given as `http://host:port` (a path, if any, is kept
-/// as the prefix).
-pub fn events_uri(url: &str) -> Result<Uri, Failure> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| Failure::Url(format!("`{url}` is not a URL: {e}")))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(Failure::Url(format!(
-                "`{url}`: https agents are not supported by netmon top yet; reach the agent through an SSH tunnel to its loopback http address"
-            )));
-        }
-        _ => {
-            return Err(Failure::Url(format!(
-                "`{url}`: give the agent as http://HOST:PORT"
-            )));
-        }
-    }
-    let authority = uri
-        .authority()
-        .ok_or_else(|| Failure::Url(format!("`{url}` has no host")))?;
-    let prefix = uri.path().trim_end_matches('/');
-    format!("http://{authority}{prefix}/api/v1/events")
-        .parse()
-        .map_err(|e| Failure::Url(format!("`{url}`: {e}")))
-}
-
 async fn stream(
     agent: usize,
     spec: &AgentSpec,
@@ -160,26 +134,17 @@ async fn try_stream(
     tx: &std_mpsc::SyncSender<Msg>,
     got_any: &mut bool,
 ) -> Result<(), Failure> {
-    let uri = events_uri(&spec.url)?;
-    let authority = uri.authority().cloned().ok_or(Failure::Closed)?;
-    let port = authority.port_u16().unwrap_or(80);
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let connect = tokio::net::TcpStream::connect((host, port));
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-        .await
-        .map_err(|_| Failure::Timeout)?
-        .map_err(Failure::Connect)?;
-    let _ = tcp.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    let driver = tokio::spawn(conn);
-    let _abort = AbortOnDrop(driver);
+    let url = AgentUrl::parse(&spec.url).map_err(Failure::Url)?;
+    let uri = format!(
+        "{}://{}{}",
+        if url.tls { "https" } else { "http" },
+        url.authority,
+        url.target("/api/v1/events")
+    );
+    let mut sender = client::connect(&url, spec.tls.as_ref(), CONNECT_TIMEOUT).await?;
     // Origin form (`/api/v1/events`): a conn-level hyper client sends the URI as given.
-    let target = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    let mut req = Request::get(target)
-        .header(hyper::header::HOST, authority.as_str())
+    let mut req = Request::get(url.target("/api/v1/events"))
+        .header(hyper::header::HOST, url.authority.as_str())
         .header(hyper::header::ACCEPT, "text/event-stream")
         .header(
             hyper::header::AUTHORIZATION,
@@ -288,38 +253,5 @@ fn send(tx: &std_mpsc::SyncSender<Msg>, msg: Msg) -> Result<(), Failure> {
     match tx.try_send(msg) {
         Err(std_mpsc::TrySendError::Disconnected(_)) => Err(Failure::UiGone),
         _ => Ok(()),
-    }
-}
-
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn agent_urls_become_the_events_endpoint() {
-        assert_eq!(
-            events_uri("http://127.0.0.1:9469").unwrap().to_string(),
-            "http://127.0.0.1:9469/api/v1/events"
-        );
-        assert_eq!(
-            events_uri("http://[::1]:9469/netmon/").unwrap().to_string(),
-            "http://[::1]:9469/netmon/api/v1/events"
-        );
-        assert!(
-            events_uri("https://h:1")
-                .unwrap_err()
-                .to_string()
-                .contains("SSH tunnel")
-        );
-        assert!(events_uri("ftp://h").is_err());
-        assert!(events_uri("not a url").is_err());
     }
 }
