@@ -645,3 +645,425 @@ fn metrics_are_served_on_the_api_behind_the_token_or_open_when_asked() {
     let (code, _) = curl(&[&open.url("/api/v1/stats")]);
     assert_eq!(code, 401);
 }
+
+/// `openssl` commands run in `dir`; panics with their stderr when one fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl (Debian package openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A test CA (`ca.pem`) and a server certificate it signed for `ip` (`NAME.pem`,
+/// `NAME.key`), as docs/api.md tells administrators to make them.
+fn certificate(dir: &std::path::Path, name: &str, ip: &str) {
+    if !dir.join("ca.pem").exists() {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=netmon test CA",
+            ],
+        );
+    }
+    let subj = format!("/CN={name}");
+    let key = format!("{name}.key");
+    let csr = format!("{name}.csr");
+    let pem = format!("{name}.pem");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &subj,
+        ],
+    );
+    let ext = format!("{name}.ext");
+    std::fs::write(dir.join(&ext), format!("subjectAltName=IP:{ip}\n")).unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ],
+    );
+}
+
+/// The subject of the certificate `addr` presents.
+fn presented_subject(addr: &str, ca: &std::path::Path) -> String {
+    let shown = Command::new("openssl")
+        .args(["s_client", "-connect", addr, "-CAfile"])
+        .arg(ca)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-subject"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    x509.stdin.take().unwrap().write_all(&shown.stdout).unwrap();
+    let out = x509.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// An address of this namespace that is not loopback (on a veth pair: this kernel
+/// has no dummy interfaces).
+fn non_loopback_address(ip: &str) {
+    for args in [
+        vec![
+            "link", "add", "nmapi0", "type", "veth", "peer", "name", "nmapi1",
+        ],
+        vec!["addr", "add", &format!("{ip}/32"), "dev", "nmapi0"],
+        vec!["link", "set", "nmapi0", "up"],
+        vec!["link", "set", "nmapi1", "up"],
+    ] {
+        let st = Command::new("ip").args(&args).status().expect("run ip");
+        assert!(st.success(), "ip {args:?}");
+    }
+}
+
+#[test]
+fn tls_on_a_non_loopback_address_with_a_test_ca_refuses_plain_http_and_reloads_on_sighup() {
+    require_root!();
+    let _ns = NetNs::new();
+    let ip = "10.231.0.1";
+    non_loopback_address(ip);
+    let scratch = Scratch::reserve("api-tls");
+    let dir = scratch.0.clone();
+    std::fs::create_dir_all(&dir).unwrap();
+    certificate(&dir, "agent-one", ip);
+    // The files the agent serves; replaced below by a renewed certificate.
+    std::fs::copy(dir.join("agent-one.pem"), dir.join("server.pem")).unwrap();
+    std::fs::copy(dir.join("agent-one.key"), dir.join("server.key")).unwrap();
+    let port = free_port();
+    let addr = format!("{ip}:{port}");
+    let tf = token_file(&scratch);
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    let netmon = Netmon::start(&[
+        "--api",
+        &addr,
+        "--api-token-file",
+        &tf,
+        "--api-tls-cert",
+        cert.to_str().unwrap(),
+        "--api-tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let token = std::fs::read_to_string(&tf).unwrap().trim().to_owned();
+    let auth = format!("Authorization: Bearer {token}");
+    let ca = dir.join("ca.pem");
+    let url = format!("https://{addr}/api/v1/stats");
+    // Trusting the test CA: 200. Trusting only the system's roots: refused by curl.
+    let (code, body) = curl(&["--cacert", ca.to_str().unwrap(), "-H", &auth, &url]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["api"]["tls_failures"], 0);
+    let (code, _) = curl(&["-H", &auth, &url]);
+    assert_eq!(code, 0, "curl trusted a certificate of an unknown CA");
+    // Plain HTTP to the TLS listener fails cleanly and is counted.
+    let (code, _) = curl(&["-H", &auth, &format!("http://{addr}/api/v1/stats")]);
+    assert_eq!(code, 0, "plain HTTP got an HTTP answer from a TLS listener");
+    let (code, body) = curl(&["--cacert", ca.to_str().unwrap(), "-H", &auth, &url]);
+    assert_eq!(code, 200);
+    assert!(
+        json(&body)["api"]["tls_failures"].as_u64().unwrap() >= 2,
+        "{body}"
+    );
+    assert!(presented_subject(&addr, &ca).contains("agent-one"));
+    // A renewed certificate: written over the files, then SIGHUP (as certbot's hook).
+    certificate(&dir, "agent-two", ip);
+    std::fs::copy(dir.join("agent-two.pem"), &cert).unwrap();
+    std::fs::copy(dir.join("agent-two.key"), &key).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(netmon.pid() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + WAIT;
+    while !presented_subject(&addr, &ca).contains("agent-two") {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was not served after SIGHUP"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    // A broken file at the next SIGHUP: the agent keeps the certificate it had.
+    std::fs::write(&key, "not a key\n").unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(netmon.pid() as i32, libc::SIGHUP) };
+    thread::sleep(Duration::from_millis(300));
+    let (code, _) = curl(&["--cacert", ca.to_str().unwrap(), "-H", &auth, &url]);
+    assert_eq!(code, 200);
+    assert!(presented_subject(&addr, &ca).contains("agent-two"));
+    let (status, _) = netmon.stop();
+    assert!(status.success(), "{status}");
+    // At start, a key that is not one is an error naming the file, nothing attached.
+    let err = refused(&[
+        "--api",
+        &addr,
+        "--api-token-file",
+        &tf,
+        "--api-tls-cert",
+        cert.to_str().unwrap(),
+        "--api-tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(err.contains("server.key"), "{err}");
+}
+
+#[test]
+fn slow_and_oversized_requests_are_cut_off() {
+    require_root!();
+    let _ns = NetNs::new();
+    let agent = Agent::start("limits", &[]);
+    let addr = ("127.0.0.1", agent.port);
+    // Headers of 20 KiB: 431, or the connection closed.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    let _ = s.write_all(big.as_bytes());
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut b = Vec::new();
+    let _ = s.read_to_end(&mut b);
+    let head = String::from_utf8_lossy(&b[..b.len().min(40)]).into_owned();
+    assert!(
+        b.is_empty() || head.starts_with("HTTP/1.1 431"),
+        "oversized headers got {head:?}"
+    );
+    // Headers that never end, and a connection that never sends: closed by the agent
+    // after its header time (10 s), not held for ever.
+    let t = Instant::now();
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let idle = TcpStream::connect(addr).unwrap();
+    for mut s in [slow, idle] {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut b = Vec::new();
+        let r = s.read_to_end(&mut b);
+        assert!(r.is_ok(), "not closed by the agent within 20 s: {r:?}");
+    }
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+    let (code, _) = agent.get("/api/v1/stats");
+    assert_eq!(code, 200);
+    let (status, _) = agent.netmon.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn processes_and_history_endpoints_answer_what_netmon_history_answers_over_https() {
+    require_root!();
+    let _ns = NetNs::new();
+    let ip = "10.231.0.2";
+    non_loopback_address(ip);
+    let scratch = Scratch::reserve("api-history");
+    let dir = scratch.0.clone();
+    std::fs::create_dir_all(&dir).unwrap();
+    certificate(&dir, "agent", ip);
+    let db = dir.join("netmon.db");
+    let port = free_port();
+    let addr = format!("{ip}:{port}");
+    let tf = token_file(&scratch);
+    let mut netmon = Netmon::start(&[
+        "--api",
+        &addr,
+        "--api-token-file",
+        &tf,
+        "--api-tls-cert",
+        dir.join("agent.pem").to_str().unwrap(),
+        "--api-tls-key",
+        dir.join("agent.key").to_str().unwrap(),
+        "--history",
+        db.to_str().unwrap(),
+        "--flow-interval",
+        "1",
+    ]);
+    let token = std::fs::read_to_string(&tf).unwrap().trim().to_owned();
+    let ca = dir.join("ca.pem");
+    let get = |path: &str| {
+        curl(&[
+            "--cacert",
+            ca.to_str().unwrap(),
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &format!("https://{addr}{path}"),
+        ])
+    };
+    // Two connections of this test process held open to one listener.
+    let listen = free_port();
+    let l = TcpListener::bind(("127.0.0.1", listen)).unwrap();
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", listen)).unwrap();
+            c.write_all(b"x").unwrap();
+            (c, l.accept().unwrap().0)
+        })
+        .collect();
+    netmon
+        .wait_for(
+            WAIT,
+            |e| matches!(&e.body, EventBody::Accept(c) if c.dst.port == listen),
+        )
+        .expect("the accept");
+    let comm = netmon_tests::process_comm();
+    let (code, body) = get(&format!("/api/v1/processes?process={comm}"));
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    let me = &v["processes"][0];
+    assert_eq!(me["pid"], std::process::id(), "{v}");
+    // Both ends of both connections are this process's: 4 flows, 1 peer (127.0.0.1).
+    assert_eq!(me["connections"], 4, "{v}");
+    assert_eq!(me["peers"], 1, "{v}");
+    let (code, body) = get("/api/v1/processes?colour=red");
+    assert_eq!(code, 400, "{body}");
+    drop(held);
+    netmon
+        .wait_for(
+            WAIT,
+            |e| matches!(&e.body, EventBody::Close(c) if c.conn.dst.port == listen),
+        )
+        .expect("a close");
+    // The history endpoint, once the writer committed (about every second).
+    let query = format!("/api/v1/history/events?type=connect&port={listen}");
+    let deadline = Instant::now() + WAIT;
+    let rows = loop {
+        let (code, body) = get(&query);
+        assert_eq!(code, 200, "{body}");
+        let v = json(&body);
+        if v["count"] == 2 {
+            break v["rows"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "history never held both connects: {v}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(rows[0]["type"], "connect");
+    assert_eq!(rows[0]["dst_port"], listen);
+    // `netmon history --agent` prints what `netmon history` prints from the file.
+    let history = |args: &[&str]| {
+        let out = Command::new(netmon_bin())
+            .args(["history", "events", "--type", "connect", "--port"])
+            .arg(listen.to_string())
+            .args(args)
+            .env_remove("NETMON_TOKEN")
+            .output()
+            .expect("run netmon history");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr,
+        )
+    };
+    let local = history(&["--history", db.to_str().unwrap(), "--format", "csv"]);
+    let url = format!("https://{addr}");
+    let remote = history(&[
+        "--agent",
+        &url,
+        "--token-file",
+        &tf,
+        "--ca-cert",
+        ca.to_str().unwrap(),
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(local.0, Some(0), "{}", local.2);
+    assert_eq!(remote.0, Some(0), "{}", remote.2);
+    assert_eq!(local.1.lines().count(), 3, "{}", local.1);
+    assert_eq!(remote.1, local.1);
+    // Without the CA, a wrong token, a bad question: one line, exit 2... or 1.
+    let untrusted = history(&["--agent", &url, "--token-file", &tf]);
+    assert_ne!(untrusted.0, Some(0));
+    assert!(
+        untrusted.2.contains("TLS") || untrusted.2.contains("certificate"),
+        "{}",
+        untrusted.2
+    );
+    let wrong = dir.join("wrong.token");
+    std::fs::write(&wrong, "0".repeat(64)).unwrap();
+    let denied = history(&[
+        "--agent",
+        &url,
+        "--token-file",
+        wrong.to_str().unwrap(),
+        "--ca-cert",
+        ca.to_str().unwrap(),
+    ]);
+    assert_ne!(denied.0, Some(0));
+    assert!(denied.2.contains("401"), "{}", denied.2);
+    let (code, body) = get("/api/v1/history/events?limit=0");
+    assert_eq!(code, 400);
+    assert!(
+        json(&body)["error"].as_str().unwrap().contains("`limit`"),
+        "{body}"
+    );
+    let (code, _) = get("/api/v1/history/nothing");
+    assert_eq!(code, 404);
+    let (status, _) = netmon.stop();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn an_agent_without_history_says_so() {
+    require_root!();
+    let _ns = NetNs::new();
+    let agent = Agent::start("nohistory", &["--no-history"]);
+    let (code, body) = agent.get("/api/v1/history/flows");
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("no history"),
+        "{body}"
+    );
+    let (status, _) = agent.netmon.stop();
+    assert!(status.success());
+}

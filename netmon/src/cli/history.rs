@@ -1,4 +1,5 @@
-//! `netmon history`: asks `crate::query`'s questions of the history file on a
+//! `netmon history`: asks `crate::query`'s questions of the history file (or, with
+//! `--agent`, of an agent's API through `cli/history_agent.rs`) on a
 //! read-only connection (so it works while `netmon run` writes, and for any user who
 //! can read the file) and renders the rows as text, JSON Lines or CSV. Only translates
 //! flags and renders: no SQL here.
