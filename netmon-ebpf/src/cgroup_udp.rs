@@ -17,7 +17,7 @@ use netmon_common::{IPPROTO_UDP, KernelConfig, Process, backend, flags, kmap};
 use crate::{
     cgroup_skb::ALLOW,
     emit::current_process,
-    maps::{SOCKET_OWNERS, SOCKET_OWNERS_MAX, count, entered, take},
+    maps::{SOCKET_OWNERS, SOCKET_OWNERS_MAX, count, entered, is_dns_port, take},
     udp,
 };
 
@@ -88,16 +88,33 @@ pub fn remember_socket_owner(cookie: u64, process: Process) {
 /// every inet socket of every cgroup under the root): its owner is forgotten, so
 /// short-lived sockets (one per DNS lookup, say) do not push out live ones. TCP
 /// sockets talking to DNS ports are in `SOCKET_OWNERS` too; this covers them.
+///
+/// A TCP socket is only looked up when its peer is on a DNS port (the only TCP sockets
+/// the map holds): asking for a cookie makes one, which every other TCP close would
+/// pay for.
 #[cgroup_sock(sock_release)]
 pub fn sock_release(ctx: SockContext) -> i32 {
     // SAFETY: the verifier hands us a valid context pointer.
     let protocol = unsafe { (*ctx.sock).protocol };
-    if protocol == IPPROTO_UDP as u32 || protocol == netmon_common::IPPROTO_TCP as u32 {
+    let wanted = protocol == IPPROTO_UDP as u32
+        || (protocol == netmon_common::IPPROTO_TCP as u32 && is_dns_port(peer_port(&ctx)));
+    if wanted {
         // SAFETY: a helper call on the program's own context (5.7+ for cgroup/sock).
         let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
         take!(SOCKET_OWNERS, kmap::SOCKET_OWNERS, cookie);
     }
     ALLOW
+}
+
+/// `bpf_sock.dst_port` (host byte order). A 4-byte load: before 5.19 the field was a
+/// `__u32` that only took full-width loads; since, it is a `__be16` whose 4-byte load
+/// the kernel still accepts. Either way the port is in the first two bytes.
+#[inline(always)]
+fn peer_port(ctx: &SockContext) -> u16 {
+    // SAFETY: a context field the verifier lets cgroup/sock programs read; volatile
+    // so LLVM keeps the load 4 bytes wide.
+    let raw = unsafe { core::ptr::read_volatile((&raw const (*ctx.sock).dst_port).cast::<u32>()) };
+    u16::from_be(raw as u16)
 }
 
 /// A UDP datagram leaving the host (IPv6 when `is_ipv6`).
