@@ -33,6 +33,65 @@ pub mod maps {
     /// Global (`u64`, set by the loader before the programs load): unread bytes in
     /// `EVENTS` from which a submit wakes the reader; 0 = the ring buffer's default.
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    /// `PERCPU_ARRAY<u64>` of [`kmap::SLOTS`](super::kmap::SLOTS) counters: what each
+    /// map above did that can hide an event or lose its process (see [`kmap`](super::kmap)).
+    pub const MAP_COUNTERS: &str = "MAP_COUNTERS";
+    /// `LRU_HASH<u32 tgid, u64>`: per process, the DNS rate limiter's theoretical
+    /// arrival time (GCRA, `bpf_ktime_get_ns` nanoseconds).
+    pub const DNS_RATE: &str = "DNS_RATE";
+    /// `ARRAY<u64>` of `2 * kmap::COUNT`: entry `m` is the number of entries the
+    /// programs believe LRU map `m` holds (added to atomically), entry `COUNT + m` the
+    /// entries userspace removed from it (written only by userspace).
+    pub const MAP_LIVE: &str = "MAP_LIVE";
+    /// Global (`u64`): nanoseconds between two DNS packets a process may have copied
+    /// at its sustained rate; 0 = no limit.
+    pub const DNS_RATE_INTERVAL_NS: &str = "DNS_RATE_INTERVAL_NS";
+    /// Global (`u64`): how far (ns) a process may run ahead of its sustained rate, i.e.
+    /// `(burst - 1) * interval`.
+    pub const DNS_RATE_TOLERANCE_NS: &str = "DNS_RATE_TOLERANCE_NS";
+}
+
+/// The kernel maps whose failures are counted in `MAP_COUNTERS`, and the counters.
+///
+/// Counter `c` of map `m` is slot [`slot(m, c)`](slot). All counters are per CPU and
+/// only ever grow; userspace sums them. An LRU map evicts silently, so the programs
+/// keep the number of entries they put in and took out (`MAP_LIVE`) and count an
+/// eviction for each new key that arrives while the map is full. The LRU may start
+/// evicting a little before it is full (it keeps up to 128 free entries per CPU), so
+/// `EVICTED` may run behind by that much.
+pub mod kmap {
+    pub const CONNECTING: u32 = 0;
+    pub const TCP_FLOWS: u32 = 1;
+    pub const LISTENERS: u32 = 2;
+    pub const SOCKET_OWNERS: u32 = 3;
+    pub const UDP_PEERS: u32 = 4;
+    pub const DNS_RATE: u32 = 5;
+    /// Number of counted maps.
+    pub const COUNT: u32 = 6;
+
+    /// New keys the programs inserted.
+    pub const INSERTED: u32 = 0;
+    /// Keys the programs removed (a remove that found its key).
+    pub const REMOVED: u32 = 1;
+    /// Inserts the kernel refused (a full `HASH`, no memory): the entry is missing.
+    pub const INSERT_FAILED: u32 = 2;
+    /// New keys of an LRU map that arrived while it was full: each pushed out another.
+    pub const EVICTED: u32 = 3;
+    /// Lookups that found no entry where one was needed: an event sent without its
+    /// process, or with less than the kernel knew (see each map's notes in `docs/events.md`).
+    pub const MISSED: u32 = 4;
+    /// Counters per map.
+    pub const PER_MAP: u32 = 5;
+
+    /// The slot of counter `counter` of map `map`.
+    pub const fn slot(map: u32, counter: u32) -> u32 {
+        map * PER_MAP + counter
+    }
+
+    /// DNS packets not copied because their process was over its rate.
+    pub const DNS_RATE_LIMITED: u32 = COUNT * PER_MAP;
+    /// Entries of `MAP_COUNTERS`.
+    pub const SLOTS: u32 = DNS_RATE_LIMITED + 1;
 }
 
 /// Event kinds (`EventHeader::kind`).
@@ -359,13 +418,16 @@ pub struct FlowStart {
     pub process: Process,
 }
 
-/// Key of the listener registry: a port inside one network namespace.
+/// Key of the listener registry: a port of one address family inside one network
+/// namespace (an IPv4 and an IPv6 listener on one port are two owners; a dual-stack
+/// IPv6 listener's IPv4 clients arrive as IPv6 sockets, so they find it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListenerKey {
     pub netns: u32,
     pub port: u16,
-    pub _pad: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
 }
 
 /// Key of the UDP peer table: one process talking to one remote endpoint.

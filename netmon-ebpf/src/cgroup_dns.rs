@@ -10,6 +10,11 @@
 //! so a response arriving on the same socket is attributed to the process that asked.
 //! The kernel never interprets the DNS message: userspace parses it and distrusts every
 //! length in it.
+//!
+//! Rate: each packet is 600+ bytes in the shared ring buffer, so a flood to port 53
+//! would push out every other kind of event. Packets are copied at most at a sustained
+//! rate per owning process (GCRA on `DNS_RATE`, the owner's tgid; unknown owners share
+//! one budget); the excess is counted (`kmap::DNS_RATE_LIMITED`), not copied.
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::generated::{bpf_get_socket_cookie, bpf_skb_load_bytes},
@@ -23,9 +28,53 @@ use netmon_common::{
 
 use crate::{
     cgroup_skb::{ALLOW, ETH_P_IP, ETH_P_IPV6},
+    cgroup_udp::remember_socket_owner,
     emit::{config, count_lost, current_process, is_self, ktime_ns, submit_flags},
-    maps::{EVENTS, SOCKET_OWNERS, is_dns_port},
+    maps::{DNS_RATE, DNS_RATE_MAX, EVENTS, SOCKET_OWNERS, bump, is_dns_port, put},
 };
+
+/// Nanoseconds between two packets at a process's sustained rate; 0 = no limit. Set
+/// by the loader (`EbpfLoader::override_global`) before the programs load.
+#[unsafe(no_mangle)]
+static DNS_RATE_INTERVAL_NS: u64 = 0;
+
+/// How far ahead of its sustained rate a process may run: `(burst - 1) * interval`.
+#[unsafe(no_mangle)]
+static DNS_RATE_TOLERANCE_NS: u64 = 0;
+
+/// Whether a DNS packet of process `pid` may be copied now (GCRA: the process's
+/// theoretical arrival time may run at most the tolerance ahead of now). Two CPUs
+/// updating one process at once may let a packet more through; never fewer.
+#[inline(always)]
+fn within_rate(pid: u32) -> bool {
+    // SAFETY: plain reads of globals the loader may have rewritten.
+    let interval = unsafe { core::ptr::read_volatile(&DNS_RATE_INTERVAL_NS) };
+    if interval == 0 {
+        return true;
+    }
+    let tolerance = unsafe { core::ptr::read_volatile(&DNS_RATE_TOLERANCE_NS) };
+    let now = ktime_ns();
+    if let Some(tat) = DNS_RATE.get_ptr_mut(pid) {
+        // SAFETY: a valid map value.
+        let due = unsafe { *tat };
+        let due = if due > now { due } else { now };
+        if due - now > tolerance {
+            bump(netmon_common::kmap::DNS_RATE_LIMITED);
+            return false;
+        }
+        // SAFETY: as above.
+        unsafe { *tat = due + interval };
+        return true;
+    }
+    let _ = put!(
+        DNS_RATE,
+        netmon_common::kmap::DNS_RATE,
+        DNS_RATE_MAX,
+        pid,
+        now + interval
+    );
+    true
+}
 
 #[cgroup_sock_addr(connect4)]
 pub fn dns_connect4(ctx: SockAddrContext) -> i32 {
@@ -67,15 +116,7 @@ fn remember_dns_owner(ctx: &SockAddrContext) {
     }
     // SAFETY: a helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let process = current_process();
-    if let Err(e) = SOCKET_OWNERS.insert(cookie, process, 0) {
-        aya_log_ebpf::warn!(
-            (),
-            "SOCKET_OWNERS insert failed ({}): pid {}",
-            e,
-            process.pid
-        );
-    }
+    remember_socket_owner(cookie, current_process());
 }
 
 /// Where a packet's DNS payload lies, and its endpoints.
@@ -111,7 +152,7 @@ pub fn capture(ctx: &SkBuffContext, direction: u32) -> Result<(), i64> {
         None => (Process::EMPTY, dns_flags::PROCESS_UNKNOWN),
     };
     let cfg = config();
-    if is_self(&cfg, &process) {
+    if is_self(&cfg, &process) || !within_rate(process.pid) {
         return Ok(());
     }
     // The event is 600+ bytes: it is written straight into the ring buffer, never

@@ -9,12 +9,17 @@
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::generated::bpf_get_socket_cookie,
-    macros::cgroup_sock_addr,
-    programs::{SkBuffContext, SockAddrContext},
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SkBuffContext, SockAddrContext, SockContext},
 };
-use netmon_common::{IPPROTO_UDP, KernelConfig, Process, backend, flags};
+use netmon_common::{IPPROTO_UDP, KernelConfig, Process, backend, flags, kmap};
 
-use crate::{cgroup_skb::ALLOW, emit::current_process, maps::SOCKET_OWNERS, udp};
+use crate::{
+    cgroup_skb::ALLOW,
+    emit::current_process,
+    maps::{SOCKET_OWNERS, SOCKET_OWNERS_MAX, count, entered, is_dns_port, take},
+    udp,
+};
 
 #[cgroup_sock_addr(connect4)]
 pub fn udp_connect4(ctx: SockAddrContext) -> i32 {
@@ -50,15 +55,66 @@ fn remember_owner(ctx: &SockAddrContext) {
     }
     // SAFETY: a helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let process = current_process();
-    if let Err(e) = SOCKET_OWNERS.insert(cookie, process, 0) {
-        aya_log_ebpf::warn!(
-            (),
-            "SOCKET_OWNERS insert failed ({}): pid {}",
-            e,
-            process.pid
-        );
+    remember_socket_owner(cookie, current_process());
+}
+
+/// Records `process` as the owner of the socket with `cookie`. Runs on every
+/// `sendmsg()` of an unconnected socket, so a known socket is updated in place (an
+/// LRU update would allocate a new entry each time); only a new one is inserted.
+#[inline(always)]
+pub fn remember_socket_owner(cookie: u64, process: Process) {
+    if let Some(owner) = SOCKET_OWNERS.get_ptr_mut(cookie) {
+        // SAFETY: a valid map value. Two processes sending on one socket at once may
+        // leave a mix of both; either is a right answer.
+        unsafe { *owner = process };
+        return;
     }
+    match SOCKET_OWNERS.insert(cookie, process, aya_ebpf::bindings::BPF_NOEXIST as u64) {
+        Ok(()) => entered(kmap::SOCKET_OWNERS, SOCKET_OWNERS_MAX),
+        Err(crate::maps::EEXIST) => {}
+        Err(e) => {
+            count(kmap::SOCKET_OWNERS, kmap::INSERT_FAILED);
+            aya_log_ebpf::warn!(
+                (),
+                "SOCKET_OWNERS insert failed ({}): pid {}",
+                e,
+                process.pid
+            );
+        }
+    }
+}
+
+/// A socket was released (its last `close()`; kernel 5.9+, `BPF_CGROUP_INET_SOCK_RELEASE`,
+/// every inet socket of every cgroup under the root): its owner is forgotten, so
+/// short-lived sockets (one per DNS lookup, say) do not push out live ones. TCP
+/// sockets talking to DNS ports are in `SOCKET_OWNERS` too; this covers them.
+///
+/// A TCP socket is only looked up when its peer is on a DNS port (the only TCP sockets
+/// the map holds): asking for a cookie makes one, which every other TCP close would
+/// pay for.
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    // SAFETY: the verifier hands us a valid context pointer.
+    let protocol = unsafe { (*ctx.sock).protocol };
+    let wanted = protocol == IPPROTO_UDP as u32
+        || (protocol == netmon_common::IPPROTO_TCP as u32 && is_dns_port(peer_port(&ctx)));
+    if wanted {
+        // SAFETY: a helper call on the program's own context (5.7+ for cgroup/sock).
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+        take!(SOCKET_OWNERS, kmap::SOCKET_OWNERS, cookie);
+    }
+    ALLOW
+}
+
+/// `bpf_sock.dst_port` (host byte order). A 4-byte load: before 5.19 the field was a
+/// `__u32` that only took full-width loads; since, it is a `__be16` whose 4-byte load
+/// the kernel still accepts. Either way the port is in the first two bytes.
+#[inline(always)]
+fn peer_port(ctx: &SockContext) -> u16 {
+    // SAFETY: a context field the verifier lets cgroup/sock programs read; volatile
+    // so LLVM keeps the load 4 bytes wide.
+    let raw = unsafe { core::ptr::read_volatile((&raw const (*ctx.sock).dst_port).cast::<u32>()) };
+    u16::from_be(raw as u16)
 }
 
 /// A UDP datagram leaving the host (IPv6 when `is_ipv6`).

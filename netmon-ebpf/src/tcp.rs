@@ -7,14 +7,14 @@
 //! capability's maps and emits its events, so backends can be mixed without duplicates.
 use netmon_common::{
     AF_INET, AF_INET6, ConnEvent, FlowStart, IPPROTO_TCP, KernelConfig, ListenerKey, Process, cap,
-    flags, kind,
+    flags, kind, kmap,
 };
 
 use aya_log_ebpf::{debug, warn};
 
 use crate::{
     emit::{current_process, is_self, ktime_ns, new_event, read_kernel_at, sock_netns, submit},
-    maps::{CONNECTING, LISTENERS, TCP_FLOWS},
+    maps::{CONNECTING, CONNECTING_MAX, LISTENERS, TCP_FLOWS, TCP_FLOWS_MAX, count, put, take},
 };
 
 // include/net/tcp_states.h
@@ -116,8 +116,11 @@ pub fn on_transition(
             if owns(cfg, cap::TCP_LISTEN, backend)
                 && let Some(t) = source.tuple()
             {
-                let key = listener_key(cfg, sk, t.local_port);
-                let _ = LISTENERS.remove(key);
+                let key = listener_key(cfg, sk, t.family, t.local_port);
+                // A plain hash: counted removals, no eviction to track.
+                if LISTENERS.remove(key).is_ok() {
+                    count(kmap::LISTENERS, kmap::REMOVED);
+                }
             }
         }
         (TCP_SYN_RECV, TCP_ESTABLISHED) => {
@@ -149,7 +152,7 @@ pub fn on_transition(
 #[inline(always)]
 pub fn remember_connecting(sk: u64) {
     let process = current_process();
-    if let Err(e) = CONNECTING.insert(sk, process, 0) {
+    if let Err(e) = put!(CONNECTING, kmap::CONNECTING, CONNECTING_MAX, sk, process) {
         warn!((), "CONNECTING insert failed ({}): pid {}", e, process.pid);
     }
 }
@@ -158,17 +161,25 @@ pub fn remember_connecting(sk: u64) {
 #[inline(always)]
 fn on_connect_done(cfg: &KernelConfig, backend: u32, sk: u64, new: i32, tuple: &Tuple) {
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(process) = (unsafe { CONNECTING.get(sk) }).copied() else {
-        // connect() began before netmon started, or its entry was evicted.
-        debug!(
-            (),
-            "connect done without a recorded connect(): port {} → {}",
-            tuple.local_port,
-            tuple.remote_port
-        );
-        return;
+    let recorded = (unsafe { CONNECTING.get(sk) }).copied();
+    let (process, unknown) = match recorded {
+        Some(p) => {
+            take!(CONNECTING, kmap::CONNECTING, sk);
+            (p, 0)
+        }
+        None => {
+            // connect() began before netmon started, or its entry was evicted (churn
+            // of CONNECTING): the connect is still reported, without its process.
+            count(kmap::CONNECTING, kmap::MISSED);
+            debug!(
+                (),
+                "connect done without a recorded connect(): port {} → {}",
+                tuple.local_port,
+                tuple.remote_port
+            );
+            (Process::EMPTY, flags::PROCESS_UNKNOWN)
+        }
     };
-    let _ = CONNECTING.remove(sk);
     if is_self(cfg, &process) {
         if new == TCP_ESTABLISHED {
             remember_flow(sk, FLOW_IGNORED, process);
@@ -177,9 +188,10 @@ fn on_connect_done(cfg: &KernelConfig, backend: u32, sk: u64, new: i32, tuple: &
     }
     let mut event = new_event(kind::CONNECT, backend, process);
     fill_outbound(&mut event, tuple);
+    event.flags |= unknown;
     event.netns = sock_netns(cfg, sk);
     if new == TCP_ESTABLISHED {
-        remember_flow(sk, 0, process);
+        remember_flow(sk, unknown, process);
     } else {
         event.flags |= flags::CONNECT_FAILED;
     }
@@ -190,8 +202,8 @@ fn on_connect_done(cfg: &KernelConfig, backend: u32, sk: u64, new: i32, tuple: &
 #[inline(always)]
 pub fn on_listen(cfg: &KernelConfig, backend: u32, sk: u64, tuple: &Tuple) {
     let process = current_process();
-    let key = listener_key(cfg, sk, tuple.local_port);
-    if let Err(e) = LISTENERS.insert(key, process, 0) {
+    let key = listener_key(cfg, sk, tuple.family, tuple.local_port);
+    if let Err(e) = put!(LISTENERS, kmap::LISTENERS, 0, key, process) {
         warn!(
             (),
             "LISTENERS insert failed ({}): port {}", e, tuple.local_port
@@ -212,12 +224,16 @@ pub fn on_listen(cfg: &KernelConfig, backend: u32, sk: u64, tuple: &Tuple) {
 /// A passive open completed (softirq): the flow belongs to the listening port's owner.
 #[inline(always)]
 fn on_passive_open(cfg: &KernelConfig, backend: u32, sk: u64, tuple: &Tuple) {
-    let key = listener_key(cfg, sk, tuple.local_port);
+    let key = listener_key(cfg, sk, tuple.family, tuple.local_port);
     // SAFETY: copied out immediately.
     let owner = unsafe { LISTENERS.get(key) }.copied();
     let (process, unknown) = match owner {
         Some(p) => (p, 0),
-        None => (Process::EMPTY, flags::PROCESS_UNKNOWN),
+        None => {
+            // A listener opened before netmon, or one LISTENERS could not take.
+            count(kmap::LISTENERS, kmap::MISSED);
+            (Process::EMPTY, flags::PROCESS_UNKNOWN)
+        }
     };
     emit_accept(cfg, backend, sk, tuple, process, unknown);
 }
@@ -248,7 +264,9 @@ pub fn emit_accept(
 fn on_close(cfg: &KernelConfig, backend: u32, sk: u64, old: i32, tuple: &Tuple) {
     // SAFETY: copied out before the entry is removed.
     let start = unsafe { TCP_FLOWS.get(sk) }.copied();
-    let _ = TCP_FLOWS.remove(sk);
+    if start.is_some() {
+        take!(TCP_FLOWS, kmap::TCP_FLOWS, sk);
+    }
     let mut event;
     match start {
         Some(start) if start.flags & FLOW_IGNORED != 0 => return,
@@ -263,7 +281,9 @@ fn on_close(cfg: &KernelConfig, backend: u32, sk: u64, old: i32, tuple: &Tuple) 
             }
         }
         None => {
-            // The flow began before netmon started: local side first.
+            // The flow began before netmon started, or its entry was evicted: local
+            // side first.
+            count(kmap::TCP_FLOWS, kmap::MISSED);
             debug!(
                 (),
                 "close of a flow netmon did not see begin: port {} → {}, state {}",
@@ -306,17 +326,17 @@ fn remember_flow(sk: u64, flow_flags: u32, process: Process) {
         _pad: 0,
         process,
     };
-    if let Err(e) = TCP_FLOWS.insert(sk, start, 0) {
+    if let Err(e) = put!(TCP_FLOWS, kmap::TCP_FLOWS, TCP_FLOWS_MAX, sk, start) {
         warn!((), "TCP_FLOWS insert failed ({}): pid {}", e, process.pid);
     }
 }
 
 #[inline(always)]
-pub fn listener_key(cfg: &KernelConfig, sk: u64, port: u16) -> ListenerKey {
+pub fn listener_key(cfg: &KernelConfig, sk: u64, family: u16, port: u16) -> ListenerKey {
     ListenerKey {
         netns: sock_netns(cfg, sk),
         port,
-        _pad: 0,
+        family,
     }
 }
 

@@ -6,11 +6,12 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::bindings::BPF_NOEXIST;
 use netmon_common::{
     AF_INET, AF_INET6, IPPROTO_UDP, KernelConfig, Process, UdpPeerKey, UdpPeerStats, cap, kind,
+    kmap,
 };
 
 use crate::{
     emit::{is_self, ktime_ns, new_event, submit},
-    maps::UDP_PEERS,
+    maps::{EEXIST, UDP_PEERS, UDP_PEERS_MAX, count, entered},
     tcp::owns,
 };
 
@@ -100,9 +101,17 @@ pub fn on_datagram(cfg: &KernelConfig, backend: u32, process: Process, unknown: 
         datagrams: 1,
         bytes: d.udp_len,
     };
-    // Only the CPU whose insert wins reports the new peer.
-    if UDP_PEERS.insert(key, stats, BPF_NOEXIST as u64).is_err() {
-        return;
+    // Only the CPU whose insert wins reports the new peer. Any other refusal is
+    // counted and the peer still reported (its later datagrams are then not counted).
+    match UDP_PEERS.insert(key, stats, BPF_NOEXIST as u64) {
+        Ok(()) => entered(kmap::UDP_PEERS, UDP_PEERS_MAX),
+        Err(EEXIST) => return,
+        Err(_) => count(kmap::UDP_PEERS, kmap::INSERT_FAILED),
+    }
+    if unknown != 0 {
+        // A new peer of a socket whose owner SOCKET_OWNERS does not hold (evicted, or
+        // the socket was set up before netmon started).
+        count(kmap::SOCKET_OWNERS, kmap::MISSED);
     }
     let mut event = new_event(kind::UDP, backend, process);
     event.family = d.family;

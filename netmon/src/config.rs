@@ -55,13 +55,24 @@ pub struct DnsConfig {
     pub enabled: bool,
     /// Ports carrying DNS besides 53 (e.g. a local resolver on 5353).
     pub ports: Vec<u16>,
+    /// DNS packets per second the kernel copies per process at most (0: no limit), so
+    /// a flood to port 53 cannot fill the ring buffer and push out other events; the
+    /// excess is counted in `stats.dns.rate_limited`.
+    pub rate_limit: u32,
+    /// Packets a process may send at once beyond `rate_limit`.
+    pub rate_burst: u32,
 }
+
+/// The most `rate_limit` and `rate_burst` may be.
+const DNS_RATE_MAX: u32 = 1_000_000;
 
 impl Default for DnsConfig {
     fn default() -> Self {
         DnsConfig {
             enabled: true,
             ports: Vec::new(),
+            rate_limit: 500,
+            rate_burst: 1000,
         }
     }
 }
@@ -76,6 +87,14 @@ impl DnsConfig {
             }
         }
         ports
+    }
+
+    /// The kernel's per-process DNS bound.
+    pub fn rate(&self) -> crate::probe::DnsRate {
+        crate::probe::DnsRate {
+            per_second: self.rate_limit,
+            burst: self.rate_burst.max(1),
+        }
     }
 }
 
@@ -189,6 +208,18 @@ impl Config {
             if *p == 0 {
                 return Err((format!("dns.ports[{i}]"), "port 0 is not a port".into()));
             }
+        }
+        if self.dns.rate_limit > DNS_RATE_MAX {
+            return Err((
+                "dns.rate_limit".into(),
+                format!("at most {DNS_RATE_MAX} packets per second (0: no limit)"),
+            ));
+        }
+        if self.dns.rate_burst == 0 || self.dns.rate_burst > DNS_RATE_MAX {
+            return Err((
+                "dns.rate_burst".into(),
+                format!("between 1 and {DNS_RATE_MAX} packets"),
+            ));
         }
         Ok(())
     }

@@ -359,6 +359,11 @@ pub struct Stats {
     /// The same per program, programs with none left out.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub skipped_runs_by_program: BTreeMap<String, u64>,
+    /// The kernel maps whose failures can hide an event or lose its process, by name
+    /// (`connecting`, `tcp_flows`, `listeners`, `socket_owners`, `udp_peers`,
+    /// `dns_rate`): what each took, gave back, refused, evicted and could not answer.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kernel_maps: BTreeMap<String, KernelMapStats>,
     /// True on the last line netmon writes before it exits.
     #[serde(default, skip_serializing_if = "is_false")]
     pub r#final: bool,
@@ -385,6 +390,28 @@ pub struct Stats {
     /// `pipeline/hub.rs`). The sink is never dropped for: it is waited for.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub consumers: BTreeMap<String, ConsumerStats>,
+}
+
+/// `stats.kernel_maps.<map>`: counters of one kernel map since netmon started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelMapStats {
+    /// Entries the map holds at most.
+    pub capacity: u64,
+    /// New keys inserted.
+    pub inserted: u64,
+    /// Entries removed because what they describe ended (a socket closed, a connect
+    /// completed, a peer expired).
+    pub removed: u64,
+    /// Inserts the kernel refused (a full map): that entry is missing.
+    pub insert_failed: u64,
+    /// Entries an LRU map dropped to make room: new keys that arrived while the
+    /// programs counted it full (the LRU may begin a few hundred entries earlier, so
+    /// this can run behind by that much). Always 0 for `listeners`, which refuses instead.
+    pub evicted: u64,
+    /// Lookups that found no entry where one was needed: the event went out without
+    /// its process (or, for `tcp_flows`, without its direction and duration). Also
+    /// counts what began before netmon started.
+    pub missed: u64,
 }
 
 /// `stats.history`: what the history writer kept and what it could not.
@@ -470,6 +497,10 @@ pub struct DnsStats {
     pub unmatched: u64,
     /// Queries that got no response in time (reported with a null `rcode`).
     pub unanswered: u64,
+    /// Packets the kernel did not copy because their process was over its DNS rate
+    /// (`[dns] rate_limit`, `rate_burst`).
+    #[serde(default)]
+    pub rate_limited: u64,
 }
 
 /// `stats.rules`: alerts written and hits held back by cooldowns.

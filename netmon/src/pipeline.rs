@@ -23,7 +23,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     clock::BootClock,
     config::Config,
-    event::{Event, EventBody, Stats},
+    event::{DnsStats, Event, EventBody, Stats},
     flow::FlowConfig,
     output::Format,
     privileges,
@@ -134,6 +134,7 @@ pub fn run(mut opts: Options) -> Result<()> {
         wakeup_bytes: Some(LoadOptions::batched_wakeup_bytes(opts.ring_buffer_bytes)),
         ebpf_log: opts.ebpf_log,
         ebpf_log_to_stdout: false,
+        dns_rate: config.dns.rate(),
     })?;
     for w in &tracer.report.warnings {
         eprintln!("netmon: warning: {w}");
@@ -493,6 +494,7 @@ impl Stages {
     async fn stats(&mut self, last: bool) -> Result<(), ConsumerGone> {
         let (lost, lost_by_type) = self.reader.lost();
         let skipped = self.reader.skipped_runs();
+        let (kernel_maps, dns_rate_limited) = self.reader.kernel_maps();
         let stats = Event {
             ts: Utc::now(),
             host: self.host.clone(),
@@ -504,10 +506,11 @@ impl Stages {
                 malformed: self.reader.malformed(),
                 skipped_runs: skipped.as_ref().map(|m| m.values().sum()),
                 skipped_runs_by_program: skipped.unwrap_or_default(),
+                kernel_maps,
                 r#final: last,
                 flows: Some(self.enrich.flows.flow_stats()),
                 processes: Some(self.enrich.flows.process_stats()),
-                dns: self.enrich.dns_stats(),
+                dns: with_rate_limited(self.enrich.dns_stats(), dns_rate_limited),
                 rules: self.detect.stats(),
                 scan: self.scanner.as_ref().map(scanner::Scanner::counters),
                 history: self.history.as_ref().map(|c| c.snapshot()),
@@ -515,6 +518,18 @@ impl Stages {
             }),
         };
         self.hub.emit(stats).await
+    }
+}
+
+/// `stats.dns` with the kernel's count of rate-limited packets (present once either
+/// the DNS path saw a packet or the kernel held one back).
+fn with_rate_limited(dns: Option<DnsStats>, rate_limited: u64) -> Option<DnsStats> {
+    match (dns, rate_limited) {
+        (None, 0) => None,
+        (dns, n) => Some(DnsStats {
+            rate_limited: n,
+            ..dns.unwrap_or_default()
+        }),
     }
 }
 

@@ -79,6 +79,33 @@ pub struct LoadOptions {
     pub ebpf_log: EbpfLog,
     /// Forward them to stdout instead (`netmon doctor --trace`).
     pub ebpf_log_to_stdout: bool,
+    /// DNS packets copied per process at most (`[dns] rate_limit`, `rate_burst`).
+    pub dns_rate: DnsRate,
+}
+
+/// The kernel's per-process bound on DNS packets copied into the ring buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsRate {
+    /// Sustained packets per second per process; 0 = no limit.
+    pub per_second: u32,
+    /// Packets a process may send at once above that (at least 1).
+    pub burst: u32,
+}
+
+impl DnsRate {
+    pub const UNLIMITED: DnsRate = DnsRate {
+        per_second: 0,
+        burst: 1,
+    };
+
+    /// The programs' globals: (interval between packets, tolerance), in ns (GCRA).
+    fn globals(self) -> (u64, u64) {
+        if self.per_second == 0 {
+            return (0, 0);
+        }
+        let interval = (1_000_000_000 / u64::from(self.per_second)).max(1);
+        (interval, interval * u64::from(self.burst.max(1) - 1))
+    }
 }
 
 impl LoadOptions {
@@ -134,10 +161,13 @@ impl Tracer {
         // One parse of the kernel's BTF serves the loader and every fentry attach.
         let btf = aya::Btf::from_sys_fs().ok();
         let wakeup_bytes = u64::from(opts.wakeup_bytes.unwrap_or(0));
+        let (dns_interval, dns_tolerance) = opts.dns_rate.globals();
         let mut ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
             .map_max_entries(map_names::EVENTS, opts.ring_buffer_bytes)
             .override_global(map_names::WAKEUP_BYTES, &wakeup_bytes, true)
+            .override_global(map_names::DNS_RATE_INTERVAL_NS, &dns_interval, true)
+            .override_global(map_names::DNS_RATE_TOLERANCE_NS, &dns_tolerance, true)
             .override_global(log::LEVEL_GLOBAL, &opts.ebpf_log.kernel_level(), true)
             .load(EBPF_OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
@@ -159,6 +189,7 @@ impl Tracer {
             btf: btf.as_ref(),
             offsets: config,
             attached: Default::default(),
+            warnings: Vec::new(),
         };
         let (mut report, owners) = attach::attach_all(&mut ebpf, opts.backend, warnings, &mut cx)?;
         // Programs stay silent until they learn which capabilities they own, so two
@@ -179,6 +210,7 @@ impl Tracer {
             }
         }
         maps::write_config(&mut ebpf, config)?;
+        report.warnings.append(&mut cx.warnings);
         let netns_known = config.sock_net != netmon_common::NO_OFFSET
             && config.net_ns_inum != netmon_common::NO_OFFSET;
         Ok(Tracer {
@@ -187,5 +219,31 @@ impl Tracer {
             report,
             netns_known,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_rate_becomes_an_interval_and_a_tolerance() {
+        assert_eq!(DnsRate::UNLIMITED.globals(), (0, 0));
+        let r = DnsRate {
+            per_second: 500,
+            burst: 1000,
+        };
+        assert_eq!(r.globals(), (2_000_000, 999 * 2_000_000));
+        let one = DnsRate {
+            per_second: 1,
+            burst: 1,
+        };
+        assert_eq!(one.globals(), (1_000_000_000, 0));
+        // A zero burst is read as 1 (validation refuses it before this).
+        let zero = DnsRate {
+            per_second: 1_000_000_000,
+            burst: 0,
+        };
+        assert_eq!(zero.globals(), (1, 0));
     }
 }

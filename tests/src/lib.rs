@@ -68,6 +68,17 @@ pub fn testpeer_bin() -> PathBuf {
         .expect("test binary lives in target/<profile>/deps")
 }
 
+/// The map-churning workloads of `tests/blind.rs` (`netmon-blind`).
+pub fn blind_bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_netmon-blind") {
+        let p = PathBuf::from(p);
+        if p.exists() {
+            return p;
+        }
+    }
+    testpeer_bin().with_file_name("netmon-blind")
+}
+
 /// The short-lived connecting binary built from this package (`netmon-quick`).
 pub fn quick_bin() -> PathBuf {
     if let Some(p) = option_env!("CARGO_BIN_EXE_netmon-quick") {
@@ -571,13 +582,19 @@ impl Peer {
     }
 
     fn spawn_with_stdin(args: &[&str], stdin: Stdio) -> Peer {
-        let mut child = Command::new(testpeer_bin())
+        Peer::spawn_program(&testpeer_bin(), args, stdin)
+    }
+
+    /// Spawns `program ARGS…` (another test binary that prints one fact per line),
+    /// stdin a pipe that [`Peer::release`] closes.
+    pub fn spawn_program(program: &Path, args: &[&str], stdin: Stdio) -> Peer {
+        let mut child = Command::new(program)
             .args(args)
             .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", testpeer_bin().display()));
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = channel();
         thread::spawn(move || {
@@ -609,6 +626,19 @@ impl Peer {
     /// The source port from the `local N` line a `udp-send` peer prints.
     pub fn local_port(&self) -> u16 {
         self.numbered_line("local")
+    }
+
+    /// The count of the next line, which must read `<word> N` (within 120 s: the
+    /// map-churning workloads take a while).
+    pub fn count(&self, word: &str) -> u64 {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("no `{word} N` line within 120 s"));
+        line.strip_prefix(word)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("the peer printed {line:?}, not `{word} N`"))
     }
 
     /// The number of the next line, which must read `<word> N`.

@@ -208,6 +208,7 @@ pub fn diagnose() -> Diagnosis {
             wakeup_bytes: None,
             ebpf_log: probe::EbpfLog::Off,
             ebpf_log_to_stdout: false,
+            dns_rate: probe::DnsRate::UNLIMITED,
         }) {
             // Dropping the tracer detaches everything at once.
             Ok(tracer) => Some(tracer.report.clone()),
@@ -260,6 +261,7 @@ fn trace(seconds: u64) -> Result<ExitCode> {
         wakeup_bytes: None,
         ebpf_log: probe::EbpfLog::Debug,
         ebpf_log_to_stdout: true,
+        dns_rate: probe::DnsRate::UNLIMITED,
     })?;
     println!(
         "netmon doctor --trace: attached ({}); the programs' messages for {seconds} s:",

@@ -52,6 +52,10 @@ pub struct Families {
     lost: IntCounterVec,
     malformed: IntCounter,
     skipped_runs: IntCounterVec,
+    kernel_map_insert_failed: IntCounterVec,
+    kernel_map_evicted: IntCounterVec,
+    kernel_map_missed: IntCounterVec,
+    dns_rate_limited: IntCounter,
     consumer_dropped: IntCounterVec,
     consumer_queued: IntGaugeVec,
     backend: IntGaugeVec,
@@ -237,6 +241,29 @@ impl Families {
                 "netmon_skipped_runs_total",
                 "Runs of netmon's eBPF programs the kernel skipped (recursion misses), by program.",
                 &["program"],
+            ),
+            kernel_map_insert_failed: counter_vec(
+                r,
+                "netmon_kernel_map_insert_failed_total",
+                "Inserts a kernel map of netmon's refused (full): that socket, flow or listener lost its process, by map.",
+                &["map"],
+            ),
+            kernel_map_evicted: counter_vec(
+                r,
+                "netmon_kernel_map_evicted_total",
+                "Entries a full LRU kernel map of netmon's dropped to make room, by map.",
+                &["map"],
+            ),
+            kernel_map_missed: counter_vec(
+                r,
+                "netmon_kernel_map_missed_total",
+                "Events the kernel sent without the process (or flow start) a map should have held, by map.",
+                &["map"],
+            ),
+            dns_rate_limited: counter(
+                r,
+                "netmon_dns_rate_limited_total",
+                "DNS packets the kernel did not copy because their process was over `[dns] rate_limit`.",
             ),
             consumer_dropped: counter_vec(
                 r,
@@ -436,6 +463,18 @@ impl Families {
         raise_all(&self.lost, &s.lost_by_type);
         raise(&self.malformed, s.malformed);
         raise_all(&self.skipped_runs, &s.skipped_runs_by_program);
+        for (map, k) in &s.kernel_maps {
+            let map = [bounded(map)];
+            raise(
+                &self.kernel_map_insert_failed.with_label_values(&map),
+                k.insert_failed,
+            );
+            raise(&self.kernel_map_evicted.with_label_values(&map), k.evicted);
+            raise(&self.kernel_map_missed.with_label_values(&map), k.missed);
+        }
+        if let Some(d) = &s.dns {
+            raise(&self.dns_rate_limited, d.rate_limited);
+        }
         for (name, c) in &s.consumers {
             let name = bounded(name);
             raise(&self.consumer_dropped.with_label_values(&[name]), c.dropped);
@@ -521,6 +560,39 @@ mod tests {
         s.events.insert("connect".into(), 3);
         f.observe(&event(EventBody::Stats(s)));
         assert_eq!(f.events.with_label_values(&["connect"]).get(), 5);
+    }
+
+    #[test]
+    fn kernel_map_counters_and_the_dns_rate_limit_become_families() {
+        let r = Registry::new();
+        let mut f = Families::register(&r, 10, 300.0);
+        let mut s = Stats::default();
+        s.kernel_maps.insert(
+            "socket_owners".into(),
+            crate::event::KernelMapStats {
+                capacity: 65536,
+                inserted: 70000,
+                removed: 10,
+                insert_failed: 2,
+                evicted: 4000,
+                missed: 7,
+            },
+        );
+        s.dns = Some(crate::event::DnsStats {
+            rate_limited: 12,
+            ..Default::default()
+        });
+        f.observe(&event(EventBody::Stats(s)));
+        let map = ["socket_owners"];
+        assert_eq!(f.kernel_map_evicted.with_label_values(&map).get(), 4000);
+        assert_eq!(f.kernel_map_insert_failed.with_label_values(&map).get(), 2);
+        assert_eq!(f.kernel_map_missed.with_label_values(&map).get(), 7);
+        assert_eq!(f.dns_rate_limited.get(), 12);
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&r.gather())
+            .unwrap();
+        assert!(text.contains("netmon_kernel_map_evicted_total{map=\"socket_owners\"} 4000"));
+        assert!(text.contains("netmon_dns_rate_limited_total 12"));
     }
 
     #[test]

@@ -124,6 +124,11 @@ impl Reader {
         (lost, by_type)
     }
 
+    /// `stats.kernel_maps`, and DNS packets the kernel's rate limit held back.
+    pub fn kernel_maps(&self) -> (BTreeMap<String, crate::event::KernelMapStats>, u64) {
+        self.losses.kernel_maps()
+    }
+
     /// Runs of our programs the kernel skipped, per program; `None` on kernels that
     /// do not count them.
     pub fn skipped_runs(&self) -> Option<BTreeMap<String, u64>> {

@@ -9,8 +9,8 @@ use std::{collections::BTreeSet, fs};
 use aya::{
     Ebpf,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, FEntry, FExit, KProbe,
-        ProgramError, RawTracePoint, TracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, FEntry,
+        FExit, KProbe, ProgramError, RawTracePoint, TracePoint,
     },
 };
 use netmon_common::{KernelConfig, NO_OFFSET};
@@ -27,11 +27,12 @@ use crate::{
 
 /// What the loader hands every attach: the kernel's BTF (fentry/fexit need it), the
 /// offsets the programs will read, and the programs already attached (hooks that
-/// several groups share attach once).
+/// several groups share attach once); it collects the warnings of optional hooks.
 pub(super) struct Context<'a> {
     pub btf: Option<&'a aya::Btf>,
     pub offsets: KernelConfig,
     pub attached: BTreeSet<&'static str>,
+    pub warnings: Vec<String>,
 }
 
 /// Which backend reports each core capability.
@@ -209,15 +210,29 @@ fn attach_group(
     }
     let mut done: Vec<&'static str> = Vec::new();
     let mut described = Vec::new();
+    let mut failed_optional: Vec<&'static str> = Vec::new();
     for hook in group.hooks {
-        if cx.attached.contains(hook.program) {
-            described.push(hook.describe());
+        if cx.attached.contains(hook.program) || failed_optional.contains(&hook.program) {
+            if cx.attached.contains(hook.program) {
+                described.push(hook.describe());
+            }
             continue;
         }
         match attach_hook(ebpf, hook, cx) {
             Ok(()) => {
                 done.push(hook.program);
                 described.push(hook.describe());
+            }
+            Err(reason) if hook.optional => {
+                let warning = format!(
+                    "{} not attached ({reason}): {}",
+                    hook.describe(),
+                    hook.optional_because
+                );
+                if !cx.warnings.contains(&warning) {
+                    cx.warnings.push(warning);
+                }
+                failed_optional.push(hook.program);
             }
             Err(reason) => {
                 for hook in group.hooks.iter().filter(|h| done.contains(&h.program)) {
@@ -243,6 +258,7 @@ fn unload(ebpf: &mut Ebpf, hook: &Hook, offsets: &KernelConfig) {
         Attach::TracePoint { .. } => <&mut TracePoint>::try_from(program).map(|p| p.unload()),
         Attach::RawTracePoint(_) => <&mut RawTracePoint>::try_from(program).map(|p| p.unload()),
         Attach::CgroupSockAddr => <&mut CgroupSockAddr>::try_from(program).map(|p| p.unload()),
+        Attach::CgroupSockRelease => <&mut CgroupSock>::try_from(program).map(|p| p.unload()),
         Attach::CgroupSkbEgress | Attach::CgroupSkbIngress => {
             <&mut CgroupSkb>::try_from(program).map(|p| p.unload())
         }
@@ -280,6 +296,13 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &Hook, cx: &Context<'_>) -> Result<(), Str
         Attach::CgroupSockAddr => {
             let cgroup = cgroup_root()?;
             let p: &mut CgroupSockAddr = program.try_into().map_err(explain)?;
+            p.load().map_err(explain)?;
+            p.attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(explain)?;
+        }
+        Attach::CgroupSockRelease => {
+            let cgroup = cgroup_root()?;
+            let p: &mut CgroupSock = program.try_into().map_err(explain)?;
             p.load().map_err(explain)?;
             p.attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(explain)?;

@@ -119,6 +119,8 @@ pub(super) enum Attach {
     /// A raw tracepoint (4.17+): the tracepoint's `TP_PROTO` arguments, not its record.
     RawTracePoint(&'static str),
     CgroupSockAddr,
+    /// `cgroup/sock_release` (5.9+).
+    CgroupSockRelease,
     CgroupSkbEgress,
     CgroupSkbIngress,
     FEntry(&'static str),
@@ -131,6 +133,10 @@ pub(super) enum Attach {
 pub(super) struct Hook {
     pub program: &'static str,
     pub attach: Attach,
+    /// The group works without it: a failure is a warning saying what is lost.
+    pub optional: bool,
+    /// What is lost when an optional hook does not attach.
+    pub optional_because: &'static str,
 }
 
 impl Hook {
@@ -138,9 +144,10 @@ impl Hook {
         match self.attach {
             Attach::TracePoint { category, name } => format!("tracepoint:{category}:{name}"),
             Attach::RawTracePoint(name) => format!("raw_tracepoint:{name}"),
-            Attach::CgroupSockAddr | Attach::CgroupSkbEgress | Attach::CgroupSkbIngress => {
-                format!("cgroup:{}", self.program)
-            }
+            Attach::CgroupSockAddr
+            | Attach::CgroupSockRelease
+            | Attach::CgroupSkbEgress
+            | Attach::CgroupSkbIngress => format!("cgroup:{}", self.program),
             Attach::FEntry(f) => format!("fentry:{f}"),
             Attach::FExit(f) => format!("fexit:{f}"),
             Attach::KProbe(f) => format!("kprobe:{f}"),
@@ -152,7 +159,10 @@ impl Hook {
     fn family(&self) -> &'static str {
         match self.attach {
             Attach::TracePoint { .. } | Attach::RawTracePoint(_) => "tracepoint",
-            Attach::CgroupSockAddr | Attach::CgroupSkbEgress | Attach::CgroupSkbIngress => "cgroup",
+            Attach::CgroupSockAddr
+            | Attach::CgroupSockRelease
+            | Attach::CgroupSkbEgress
+            | Attach::CgroupSkbIngress => "cgroup",
             Attach::FEntry(_) | Attach::FExit(_) => "fentry",
             Attach::KProbe(_) | Attach::KRetProbe(_) => "kprobe",
         }
@@ -190,7 +200,12 @@ pub(super) fn optional_group(cap: Capability) -> Option<&'static HookGroup> {
 }
 
 const fn hook(program: &'static str, attach: Attach) -> Hook {
-    Hook { program, attach }
+    Hook {
+        program,
+        attach,
+        optional: false,
+        optional_because: "",
+    }
 }
 
 use Capability::{Dns, ProcessExit, TcpAccept, TcpClose, TcpConnect, TcpListen, UdpSend};
@@ -208,6 +223,15 @@ const TCP_STATE_TP: Hook = hook(
 /// One egress program serves UDP (tracepoint backend) and DNS: each packet pays for
 /// one program run, and it asks `cap_backend` which of the two it is wanted for.
 const SKB_EGRESS: Hook = hook("skb_egress", Attach::CgroupSkbEgress);
+
+/// Forgets a socket's owner (`SOCKET_OWNERS`) when the socket is released. Kernels
+/// before 5.9 lack the hook: owners then leave only by LRU eviction, so a churn of
+/// sockets can push out live ones (counted in `stats.kernel_maps.socket_owners`).
+const SOCK_RELEASE: Hook = Hook {
+    optional: true,
+    optional_because: "closed sockets' owners stay in SOCKET_OWNERS until evicted",
+    ..hook("sock_release", Attach::CgroupSockRelease)
+};
 
 /// Every way netmon knows to observe each capability. The order of backends to try
 /// is `fentry`, `kprobe`, `tracepoint` (see `BackendChoice::order`).
@@ -309,6 +333,7 @@ pub(super) static HOOK_GROUPS: &[HookGroup] = &[
             hook("udp_sendmsg4", Attach::CgroupSockAddr),
             hook("udp_sendmsg6", Attach::CgroupSockAddr),
             SKB_EGRESS,
+            SOCK_RELEASE,
         ],
     },
     // Optional, attached after the core whatever the backend (see `attach_optional`).
@@ -352,6 +377,7 @@ pub(super) static HOOK_GROUPS: &[HookGroup] = &[
             hook("dns_sendmsg6", Attach::CgroupSockAddr),
             SKB_EGRESS,
             hook("skb_ingress", Attach::CgroupSkbIngress),
+            SOCK_RELEASE,
         ],
     },
 ];

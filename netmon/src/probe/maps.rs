@@ -1,6 +1,6 @@
 //! Userspace handles on the programs' maps and run counters: the configuration the
 //! loader writes (`CONFIG`, `DNS_PORTS`), and what `netmon run` reads back (`EVENTS`,
-//! `LOST`, `UDP_PEERS`, the kernel's `recursion_misses` per program).
+//! `LOST`, `MAP_COUNTERS`, `UDP_PEERS`, the kernel's `recursion_misses` per program).
 use std::{
     collections::BTreeMap,
     fs,
@@ -9,12 +9,23 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::ProgramFd,
 };
-use netmon_common::{KernelConfig, UdpPeerKey, UdpPeerStats, kind, maps};
+use netmon_common::{KernelConfig, UdpPeerKey, UdpPeerStats, kind, kmap, maps};
 
 use super::{Error, Tracer};
+use crate::event::KernelMapStats;
+
+/// The counted maps: (`kmap` id, map name in the object, name in `stats.kernel_maps`).
+const COUNTED_MAPS: [(u32, &str, &str); kmap::COUNT as usize] = [
+    (kmap::CONNECTING, maps::CONNECTING, "connecting"),
+    (kmap::TCP_FLOWS, maps::TCP_FLOWS, "tcp_flows"),
+    (kmap::LISTENERS, maps::LISTENERS, "listeners"),
+    (kmap::SOCKET_OWNERS, maps::SOCKET_OWNERS, "socket_owners"),
+    (kmap::UDP_PEERS, maps::UDP_PEERS, "udp_peers"),
+    (kmap::DNS_RATE, maps::DNS_RATE, "dns_rate"),
+];
 
 impl Tracer {
     /// Takes the ring buffer out of the object (once) for the reader.
@@ -29,7 +40,8 @@ impl Tracer {
         })
     }
 
-    /// A handle that reads the kernel's per-kind loss counters.
+    /// A handle that reads the kernel's per-kind loss counters and the counters of
+    /// its maps (`MAP_COUNTERS`).
     pub fn take_loss_counters(&mut self) -> Result<LossCounters, Error> {
         let map = self
             .ebpf
@@ -39,7 +51,29 @@ impl Tracer {
             name: maps::LOST,
             source,
         })?;
-        Ok(LossCounters { array })
+        let capacities = COUNTED_MAPS.map(|(_, name, _)| {
+            let data = match self.ebpf.map(name) {
+                Some(Map::HashMap(d) | Map::LruHashMap(d)) => Some(d),
+                _ => None,
+            };
+            data.and_then(|d| d.info().ok())
+                .map_or(0, |i| u64::from(i.max_entries()))
+        });
+        let map = self
+            .ebpf
+            .take_map(maps::MAP_COUNTERS)
+            .ok_or(Error::MissingMap {
+                name: maps::MAP_COUNTERS,
+            })?;
+        let map_counters = PerCpuArray::try_from(map).map_err(|source| Error::Map {
+            name: maps::MAP_COUNTERS,
+            source,
+        })?;
+        Ok(LossCounters {
+            array,
+            map_counters,
+            capacities,
+        })
     }
 
     /// Handles on every loaded program, for the kernel's count of the runs it skipped.
@@ -64,7 +98,21 @@ impl Tracer {
             name: maps::UDP_PEERS,
             source,
         })?;
-        Ok(UdpPeers { map })
+        let live = self
+            .ebpf
+            .take_map(maps::MAP_LIVE)
+            .ok_or(Error::MissingMap {
+                name: maps::MAP_LIVE,
+            })?;
+        let live = Array::try_from(live).map_err(|source| Error::Map {
+            name: maps::MAP_LIVE,
+            source,
+        })?;
+        Ok(UdpPeers {
+            map,
+            live,
+            removed: 0,
+        })
     }
 }
 
@@ -110,6 +158,11 @@ fn fdinfo_field(text: &str, key: &str) -> Option<u64> {
 /// Reads and prunes `UDP_PEERS` (LRU hash of [`UdpPeerKey`] → [`UdpPeerStats`]).
 pub struct UdpPeers {
     map: BpfHashMap<MapData, UdpPeerKey, UdpPeerStats>,
+    /// `MAP_LIVE`, where the programs learn how many entries userspace removed (they
+    /// count evictions from how full they believe the map is).
+    live: Array<MapData, u64>,
+    /// Entries this handle removed.
+    removed: u64,
 }
 
 impl UdpPeers {
@@ -120,13 +173,23 @@ impl UdpPeers {
 
     /// Forgets a peer, so the kernel reports its next datagram as a new `udp` event.
     pub fn remove(&mut self, key: &UdpPeerKey) {
-        let _ = self.map.remove(key);
+        if self.map.remove(key).is_ok() {
+            self.removed += 1;
+            // Only userspace writes this slot; the programs read it.
+            let _ = self
+                .live
+                .set(kmap::COUNT + kmap::UDP_PEERS, self.removed, 0);
+        }
     }
 }
 
-/// Reads `LOST`: events the kernel could not reserve ring-buffer space for.
+/// Reads `LOST` (events the kernel could not reserve ring-buffer space for) and
+/// `MAP_COUNTERS` (what the maps could not do).
 pub struct LossCounters {
     array: PerCpuArray<MapData, u64>,
+    map_counters: PerCpuArray<MapData, u64>,
+    /// `max_entries` of each of [`COUNTED_MAPS`], in order.
+    capacities: [u64; kmap::COUNT as usize],
 }
 
 impl LossCounters {
@@ -142,6 +205,32 @@ impl LossCounters {
                 (k, n)
             })
             .collect()
+    }
+
+    /// `stats.kernel_maps` by map name, and the DNS packets the rate limit held back.
+    pub fn kernel_maps(&self) -> (BTreeMap<String, KernelMapStats>, u64) {
+        let sum = |slot: u32| -> u64 {
+            self.map_counters
+                .get(&slot, 0)
+                .map(|values| values.iter().fold(0u64, |a, v| a.saturating_add(*v)))
+                .unwrap_or(0)
+        };
+        let out = COUNTED_MAPS
+            .iter()
+            .zip(self.capacities)
+            .map(|((id, _, name), capacity)| {
+                let stats = KernelMapStats {
+                    capacity,
+                    inserted: sum(kmap::slot(*id, kmap::INSERTED)),
+                    removed: sum(kmap::slot(*id, kmap::REMOVED)),
+                    insert_failed: sum(kmap::slot(*id, kmap::INSERT_FAILED)),
+                    evicted: sum(kmap::slot(*id, kmap::EVICTED)),
+                    missed: sum(kmap::slot(*id, kmap::MISSED)),
+                };
+                ((*name).to_owned(), stats)
+            })
+            .collect();
+        (out, sum(kmap::DNS_RATE_LIMITED))
     }
 }
 
@@ -204,6 +293,17 @@ mod tests {
         assert_eq!(words[&1], (1 << (53 - 32)) | (1 << 31) | 1);
         assert_eq!(words[&(5353 / 32)], 1 << (5353 % 32));
         assert!(u32::from(u16::MAX) / 32 < netmon_common::DNS_PORT_WORDS);
+    }
+
+    #[test]
+    fn every_counted_map_has_its_slots() {
+        let mut ids: Vec<u32> = COUNTED_MAPS.iter().map(|(id, _, _)| *id).collect();
+        ids.sort();
+        assert_eq!(ids, (0..kmap::COUNT).collect::<Vec<_>>());
+        const {
+            assert!(kmap::slot(kmap::COUNT - 1, kmap::PER_MAP - 1) < kmap::DNS_RATE_LIMITED);
+            assert!(kmap::DNS_RATE_LIMITED < kmap::SLOTS);
+        }
     }
 
     #[test]
