@@ -59,9 +59,9 @@ type FlowKey = (Proto, Endpoint, Endpoint);
 /// (flows whose close was lost) it starts over rather than grow without end.
 #[derive(Default)]
 pub struct ConnTable {
-    flows: HashMap<FlowKey, (u32, FlowSample)>,
-    per_pid: HashMap<u32, usize>,
-    recent: HashMap<u32, Vec<FlowSample>>,
+    flows: foldhash::HashMap<FlowKey, (u32, FlowSample)>,
+    per_pid: foldhash::HashMap<u32, usize>,
+    recent: foldhash::HashMap<u32, Vec<FlowSample>>,
 }
 
 const MAX_FLOWS: usize = 1 << 20;
@@ -223,28 +223,44 @@ impl Rule for HighConnectionCount {
         if self.allow.allows(Some(p), None, None, resolver) {
             return;
         }
-        let mut details = BTreeMap::new();
-        details.insert("active_connections".into(), json!(active));
-        details.insert("threshold".into(), json!(self.threshold));
+        // A busy server holds more than the threshold for as long as it is busy: this
+        // fires on each of its accepts, nearly all held back by the cooldown. Only
+        // what the cooldown needs now; `complete` describes the hits that alert.
         hits.push(Hit {
             rule: self.name().into(),
             severity: self.severity,
             condition: format!("pid={}", p.pid),
-            summary: format!(
-                "{} holds {active} active connections (threshold {})",
-                who(Some(p)),
-                self.threshold
-            ),
-            recommendation: "Check whether this process is a server or proxy that is expected \
-                             to hold many connections; otherwise look for a connection leak, a \
-                             flood or a scan."
-                .into(),
-            process: Some(p.clone()),
-            flows: self.table.samples(p.pid),
+            summary: String::new(),
+            recommendation: String::new(),
+            process: None,
+            flows: Vec::new(),
             score: None,
-            details,
+            details: BTreeMap::new(),
             cooldown_s: self.cooldown_s,
         });
+    }
+
+    fn complete(&mut self, ev: &Event, hit: &mut Hit) {
+        let (EventBody::Connect(c) | EventBody::Accept(c)) = &ev.body else {
+            return;
+        };
+        let Some(p) = &c.process else { return };
+        let active = self.table.active(p.pid);
+        hit.details
+            .insert("active_connections".into(), json!(active));
+        hit.details
+            .insert("threshold".into(), json!(self.threshold));
+        hit.summary = format!(
+            "{} holds {active} active connections (threshold {})",
+            who(Some(p)),
+            self.threshold
+        );
+        hit.recommendation = "Check whether this process is a server or proxy that is \
+                              expected to hold many connections; otherwise look for a \
+                              connection leak, a flood or a scan."
+            .into();
+        hit.process = Some(p.clone());
+        hit.flows = self.table.samples(p.pid);
     }
 }
 
