@@ -141,6 +141,9 @@ impl Engine {
         for i in 0..self.rules.len() {
             let first = hits.len();
             self.rules[i].check(ev, now, self.resolver.as_mut(), &mut hits);
+            if hits.len() == first {
+                continue;
+            }
             for hit in hits.drain(first..) {
                 // In rule order, each rule's hits in its order, as before.
                 let Some(mut hit) = self.cool(now, hit) else {

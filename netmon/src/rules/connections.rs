@@ -59,7 +59,8 @@ type FlowKey = (Proto, Endpoint, Endpoint);
 /// (flows whose close was lost) it starts over rather than grow without end.
 #[derive(Default)]
 pub struct ConnTable {
-    flows: foldhash::HashMap<FlowKey, (u32, FlowSample)>,
+    /// The pid of each active connection.
+    flows: foldhash::HashMap<FlowKey, u32>,
     per_pid: foldhash::HashMap<u32, usize>,
     recent: foldhash::HashMap<u32, Vec<FlowSample>>,
 }
@@ -84,7 +85,7 @@ impl ActiveConnections for ConnTable {
                 }
                 let Some(sample) = sample_of(ev) else { return };
                 let key = key_of(c.proto, src, &c.dst);
-                if self.flows.insert(key, (p.pid, sample.clone())).is_none() {
+                if self.flows.insert(key, p.pid).is_none() {
                     *self.per_pid.entry(p.pid).or_default() += 1;
                 }
                 let recent = self.recent.entry(p.pid).or_default();
@@ -97,7 +98,7 @@ impl ActiveConnections for ConnTable {
                 let forward = key_of(c.conn.proto, src, &c.conn.dst);
                 let backward = key_of(c.conn.proto, &c.conn.dst, src);
                 for key in [forward, backward] {
-                    if let Some((pid, _)) = self.flows.remove(&key) {
+                    if let Some(pid) = self.flows.remove(&key) {
                         if let Some(n) = self.per_pid.get_mut(&pid) {
                             *n = n.saturating_sub(1);
                             if *n == 0 {
@@ -455,7 +456,12 @@ mod tests {
     fn feed(rule: &mut dyn Rule, events: &[Event]) -> Vec<Hit> {
         let mut hits = Vec::new();
         for e in events {
+            // As the engine does: check, then complete the new hits (none held back).
+            let first = hits.len();
             rule.check(e, e.ts, &mut NoResolver, &mut hits);
+            for h in &mut hits[first..] {
+                rule.complete(e, h);
+            }
         }
         hits
     }
