@@ -467,32 +467,44 @@ fn timestamp(out: &mut Vec<u8>, ts: &DateTime<Utc>, format: SecondsFormat) {
         out.extend_from_slice(ts.to_rfc3339_opts(format, true).as_bytes());
         return;
     }
-    fn digits(out: &mut [u8], mut v: u32) {
-        for b in out.iter_mut().rev() {
-            *b = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    }
     let mut buf = *b"0000-00-00T00:00:00.000000000Z";
-    digits(&mut buf[0..4], year as u32);
-    digits(&mut buf[5..7], ts.month());
-    digits(&mut buf[8..10], ts.day());
-    digits(&mut buf[11..13], ts.hour());
-    digits(&mut buf[14..16], ts.minute());
-    digits(&mut buf[17..19], ts.second());
+    let y = year as u32;
+    pair(&mut buf[0..2], y / 100);
+    pair(&mut buf[2..4], y % 100);
+    pair(&mut buf[5..7], ts.month());
+    pair(&mut buf[8..10], ts.day());
+    pair(&mut buf[11..13], ts.hour());
+    pair(&mut buf[14..16], ts.minute());
+    pair(&mut buf[17..19], ts.second());
+    buf[20] = b'0' + (nanos / 100_000_000) as u8;
+    let rest = nanos % 100_000_000;
+    pair(&mut buf[21..23], rest / 1_000_000);
+    pair(&mut buf[23..25], rest / 10_000 % 100);
+    pair(&mut buf[25..27], rest / 100 % 100);
+    pair(&mut buf[27..29], rest % 100);
     let fraction = match format {
         SecondsFormat::AutoSi if nanos == 0 => 0,
         SecondsFormat::AutoSi if nanos % 1_000_000 == 0 => 3,
         SecondsFormat::AutoSi if nanos % 1_000 == 0 => 6,
         _ => 9,
     };
-    digits(&mut buf[20..29], nanos);
     if fraction == 0 {
         out.extend_from_slice(&buf[..19]);
     } else {
         out.extend_from_slice(&buf[..20 + fraction]);
     }
     out.push(b'Z');
+}
+
+/// Two decimal digits of `v` (below 100) into `out`.
+fn pair(out: &mut [u8], v: u32) {
+    const DIGITS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    let i = v as usize * 2;
+    out.copy_from_slice(&DIGITS[i..i + 2]);
 }
 
 #[cfg(test)]
