@@ -11,13 +11,9 @@
 //! on a machine shared with other work, wall time counts the slices other processes got;
 //! CPU time is what "events per second on one core" means.
 //!
-//! `render_json_handwritten` measures a proposal that is not part of netmon (see
-//! [`handwritten`]).
-//!
-//! With `NETMON_PIPELINE_PASS=setup|decode|render_json|pipeline|render_json_handwritten`
-//! the binary skips
+//! With `NETMON_PIPELINE_PASS=setup|decode|render_json|pipeline` the binary skips
 //! criterion and runs that benchmark's body [`PASSES`] times (`setup`: only builds the
-//! stream): under `valgrind --tool=cachegrind` the instruction count per event is exact
+//! stream and checks the sink's bytes): under `valgrind --tool=cachegrind` the instruction count per event is exact
 //! and repeatable, which wall or CPU time on a shared machine is not.
 //!
 //! The process-context cache reads a private, empty `/proc` (the stream's pids are
@@ -88,14 +84,19 @@ fn stages() -> Stages {
 impl Stages {
     /// One record through every stage into `sink`, as `netmon run` does.
     fn run(&mut self, record: &[u8], clock: &BootClock, now_ns: u64, sink: &mut Sink) {
+        self.each(record, clock, now_ns, |e| sink.write(e).unwrap());
+    }
+
+    /// One record through every stage; `out` gets each event the sink would write.
+    fn each(&mut self, record: &[u8], clock: &BootClock, now_ns: u64, mut out: impl FnMut(&Event)) {
         let event = decode::decode(black_box(record), clock, HOST).unwrap();
         self.enrich
             .record(Record::Event(event), now_ns, &mut self.enriched);
         for e in self.enriched.drain(..) {
             self.detect.check(&e, &mut self.alerts);
-            sink.write(&e).unwrap();
+            out(&e);
             for a in self.alerts.drain(..) {
-                sink.write(&a).unwrap();
+                out(&a);
             }
         }
     }
@@ -280,7 +281,7 @@ fn records(stream: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 fn json_sink() -> Sink {
-    // The real sink (64 KiB buffer, serde_json), writing to nowhere.
+    // The real sink (64 KiB buffer, its JSON writer), writing to nowhere.
     Sink::new(Format::Json, Box::new(io::sink()))
 }
 
@@ -328,8 +329,6 @@ struct Fixture {
     stream: Vec<u8>,
     clock: BootClock,
     events: Vec<Event>,
-    /// The hand-written writer still matches serde_json (see [`handwritten`]).
-    handwritten_current: bool,
 }
 
 fn fixture() -> Fixture {
@@ -338,233 +337,24 @@ fn fixture() -> Fixture {
     let events: Vec<Event> = records(&stream)
         .map(|r| decode::decode(r, &clock, HOST).expect("the recorded stream decodes"))
         .collect();
+    // What the sink writes in the `pipeline` benchmark: enriched events and alerts.
+    let mut written = Vec::new();
+    let mut stages = stages();
+    let now_ns = BootClock::monotonic_now_ns();
+    for r in records(&stream) {
+        stages.each(r, &clock, now_ns, |e| written.push(e.clone()));
+    }
+    check_sink_matches_serde_json(&written);
     check_sink_matches_serde_json(&events);
-    let handwritten_current = handwritten_is_current(&events);
     Fixture {
         stream,
         clock,
         events,
-        handwritten_current,
     }
 }
 
-/// A proposal measured here, not part of netmon: a hand-written JSON writer for the
-/// connection events (the hot path), writing the same bytes as serde_json by writing
-/// each event's fields and constant punctuation directly instead of walking serde's
-/// data model (other events go through serde_json). [`handwritten_is_current`] checks it
-/// against serde_json over the whole stream; when the event types change and it no
-/// longer matches, its benchmark is skipped with a note instead of reporting numbers
-/// for different output.
-mod handwritten {
-    use netmon::event::{Close, Connection, Direction, Endpoint, Event, EventBody, Family, Proto};
-    use serde_json::ser::{CompactFormatter, Formatter};
-    use std::net::IpAddr;
-
-    pub fn write_event(out: &mut Vec<u8>, e: &Event) {
-        let (ty, c, close): (&[u8], &Connection, Option<&Close>) = match &e.body {
-            EventBody::Connect(c) => (b"connect", c, None),
-            EventBody::Accept(c) => (b"accept", c, None),
-            EventBody::Udp(c) => (b"udp", c, None),
-            EventBody::Listen(c) => (b"listen", c, None),
-            EventBody::Close(cl) => (b"close", &cl.conn, Some(cl)),
-            _ => {
-                serde_json::to_writer(&mut *out, e).unwrap();
-                return;
-            }
-        };
-        out.extend_from_slice(b"{\"ts\":\"");
-        ts(out, e);
-        out.extend_from_slice(b"\",\"host\":");
-        string(out, &e.host);
-        out.extend_from_slice(b",\"type\":\"");
-        out.extend_from_slice(ty);
-        out.extend_from_slice(match c.proto {
-            Proto::Tcp => b"\",\"proto\":\"tcp\",\"family\":\"",
-            Proto::Udp => b"\",\"proto\":\"udp\",\"family\":\"",
-        });
-        out.extend_from_slice(match c.family {
-            Family::Ipv4 => b"ipv4\",\"direction\":",
-            Family::Ipv6 => b"ipv6\",\"direction\":",
-        });
-        out.extend_from_slice(match c.direction {
-            Some(Direction::Outbound) => b"\"outbound\"",
-            Some(Direction::Inbound) => b"\"inbound\"",
-            None => b"null",
-        });
-        if let Some(src) = &c.src {
-            out.extend_from_slice(b",\"src\":");
-            endpoint(out, src);
-        }
-        out.extend_from_slice(b",\"dst\":");
-        endpoint(out, &c.dst);
-        out.extend_from_slice(b",\"process\":");
-        match &c.process {
-            Some(p) => {
-                out.extend_from_slice(b"{\"pid\":");
-                num(out, p.pid as u64);
-                out.extend_from_slice(b",\"tid\":");
-                num(out, p.tid as u64);
-                out.extend_from_slice(b",\"comm\":");
-                string(out, &p.comm);
-                out.extend_from_slice(b",\"uid\":");
-                num(out, p.uid as u64);
-                out.extend_from_slice(b",\"gid\":");
-                num(out, p.gid as u64);
-                out.extend_from_slice(b",\"cgroup_id\":");
-                num(out, p.cgroup_id);
-                out.push(b'}');
-            }
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b",\"backend\":");
-        string(out, &c.backend);
-        if let Some(n) = c.netns {
-            out.extend_from_slice(b",\"netns\":");
-            num(out, n as u64);
-        }
-        if c.failed {
-            out.extend_from_slice(b",\"failed\":true");
-        }
-        if let Some(b) = c.bytes {
-            out.extend_from_slice(b",\"bytes\":");
-            num(out, b);
-        }
-        if let Some(cl) = close {
-            out.extend_from_slice(b",\"duration_ms\":");
-            match cl.duration_ms {
-                Some(ms) if ms.is_finite() => CompactFormatter.write_f64(out, ms).unwrap(),
-                _ => out.extend_from_slice(b"null"),
-            }
-            out.extend_from_slice(b",\"bytes_sent\":");
-            opt(out, cl.bytes_sent);
-            out.extend_from_slice(b",\"bytes_received\":");
-            opt(out, cl.bytes_received);
-        }
-        out.push(b'}');
-    }
-
-    fn opt(out: &mut Vec<u8>, v: Option<u64>) {
-        match v {
-            Some(v) => num(out, v),
-            None => out.extend_from_slice(b"null"),
-        }
-    }
-
-    fn num(out: &mut Vec<u8>, v: u64) {
-        CompactFormatter.write_u64(out, v).unwrap();
-    }
-
-    fn string(out: &mut Vec<u8>, s: &str) {
-        if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
-            serde_json::to_writer(&mut *out, s).unwrap();
-        } else {
-            out.push(b'"');
-            out.extend_from_slice(s.as_bytes());
-            out.push(b'"');
-        }
-    }
-
-    fn endpoint(out: &mut Vec<u8>, e: &Endpoint) {
-        out.extend_from_slice(b"{\"ip\":\"");
-        match e.ip {
-            IpAddr::V4(v4) => {
-                for (i, o) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(b'.');
-                    }
-                    if o >= 100 {
-                        out.push(b'0' + o / 100);
-                    }
-                    if o >= 10 {
-                        out.push(b'0' + o / 10 % 10);
-                    }
-                    out.push(b'0' + o % 10);
-                }
-            }
-            IpAddr::V6(_) => {
-                use std::io::Write;
-                write!(out, "{}", e.ip).unwrap();
-            }
-        }
-        out.extend_from_slice(b"\",\"port\":");
-        num(out, e.port as u64);
-        out.push(b'}');
-    }
-
-    fn ts(out: &mut Vec<u8>, e: &Event) {
-        use chrono::{Datelike, Timelike};
-        let t = &e.ts;
-        let mut buf = [0u8; 29];
-        fn digits(out: &mut [u8], mut v: u32) {
-            for b in out.iter_mut().rev() {
-                *b = b'0' + (v % 10) as u8;
-                v /= 10;
-            }
-        }
-        digits(&mut buf[0..4], t.year() as u32);
-        buf[4] = b'-';
-        digits(&mut buf[5..7], t.month());
-        buf[7] = b'-';
-        digits(&mut buf[8..10], t.day());
-        buf[10] = b'T';
-        digits(&mut buf[11..13], t.hour());
-        buf[13] = b':';
-        digits(&mut buf[14..16], t.minute());
-        buf[16] = b':';
-        digits(&mut buf[17..19], t.second());
-        buf[19] = b'.';
-        digits(&mut buf[20..29], t.nanosecond());
-        out.extend_from_slice(&buf);
-        out.push(b'Z');
-    }
-}
-
-/// Whether the hand-written writer still produces serde_json's bytes for every event.
-fn handwritten_is_current(events: &[Event]) -> bool {
-    let mut line = Vec::new();
-    let current = events.iter().all(|e| {
-        line.clear();
-        handwritten::write_event(&mut line, e);
-        line == serde_json::to_vec(e).unwrap()
-    });
-    if !current {
-        eprintln!(
-            "pipeline: the hand-written writer no longer matches serde_json for these event \
-             types; render_json_handwritten is skipped"
-        );
-    }
-    current
-}
-
-/// The hand-written writer behind the same 64 KiB buffer as the real sink.
-struct HandwrittenSink {
-    out: io::BufWriter<Box<dyn io::Write + Send>>,
-    line: Vec<u8>,
-}
-
-impl HandwrittenSink {
-    fn new() -> Self {
-        HandwrittenSink {
-            out: io::BufWriter::with_capacity(64 * 1024, Box::new(io::sink())),
-            line: Vec::with_capacity(1024),
-        }
-    }
-
-    fn write(&mut self, e: &Event) {
-        use io::Write as _;
-        self.line.clear();
-        handwritten::write_event(&mut self.line, e);
-        self.line.push(b'\n');
-        self.out.write_all(&self.line).unwrap();
-    }
-
-    fn flush(&mut self) {
-        use io::Write as _;
-        self.out.flush().unwrap();
-    }
-}
-
-/// The sink's JSON lines must be exactly serde_json's, over the whole stream.
+/// The sink's JSON lines (written by hand for the hot types, `output/json.rs`) must be
+/// exactly serde_json's, over the whole stream.
 fn check_sink_matches_serde_json(events: &[Event]) {
     struct Shared(Arc<Mutex<Vec<u8>>>);
     impl io::Write for Shared {
@@ -599,7 +389,6 @@ fn one_pass_mode(pass: &str) {
         stream,
         clock,
         events,
-        handwritten_current,
     } = fixture();
     let mut sink = json_sink();
     let mut stages = stages();
@@ -624,17 +413,6 @@ fn one_pass_mode(pass: &str) {
                 }
                 sink.flush().unwrap();
             }
-            "render_json_handwritten" => {
-                if !handwritten_current {
-                    // Said on stderr by the fixture; no count, so no figure is made.
-                    return;
-                }
-                let mut sink = HandwrittenSink::new();
-                for e in &events {
-                    sink.write(black_box(e));
-                }
-                sink.flush();
-            }
             other => panic!("unknown NETMON_PIPELINE_PASS {other}"),
         }
     }
@@ -646,7 +424,6 @@ fn bench(c: &mut Criterion<ThreadCpuTime>) {
         stream,
         clock,
         events,
-        handwritten_current,
     } = fixture();
 
     let mut g = c.benchmark_group("pipeline");
@@ -678,17 +455,6 @@ fn bench(c: &mut Criterion<ThreadCpuTime>) {
             sink.flush().unwrap();
         })
     });
-    if handwritten_current {
-        g.bench_function("render_json_handwritten", |b| {
-            let mut sink = HandwrittenSink::new();
-            b.iter(|| {
-                for e in &events {
-                    sink.write(black_box(e));
-                }
-                sink.flush();
-            })
-        });
-    }
     g.finish();
 }
 

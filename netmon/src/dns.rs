@@ -7,7 +7,7 @@
 //! are checked by the parser (hickory-proto), and anything malformed is counted in
 //! [`DnsStats`], never a panic.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
@@ -213,7 +213,7 @@ type TxKey = (u64, u16, SocketAddr);
 /// Matches queries with responses and produces `dns` events. Bounded: at most
 /// `MAX_PENDING` queries wait; older ones are reported unanswered.
 pub struct Tracker {
-    pending: HashMap<TxKey, Pending>,
+    pending: foldhash::HashMap<TxKey, Pending>,
     order: VecDeque<(DateTime<Utc>, TxKey)>,
     /// How long a query waits for its response before it is reported unanswered.
     pub timeout: Duration,
@@ -231,7 +231,7 @@ impl Default for Tracker {
 impl Tracker {
     pub fn new() -> Tracker {
         Tracker {
-            pending: HashMap::new(),
+            pending: Default::default(),
             order: VecDeque::new(),
             timeout: Duration::from_secs(5),
             stats: DnsStats::default(),
@@ -355,7 +355,7 @@ impl Tracker {
 /// most an hour); the cache is bounded.
 #[derive(Default)]
 pub struct NameCache {
-    names: HashMap<(u32, IpAddr), (String, DateTime<Utc>)>,
+    names: foldhash::HashMap<(u32, IpAddr), (String, DateTime<Utc>)>,
 }
 
 const MAX_NAMES: usize = 65536;

@@ -24,10 +24,12 @@
 //! two indexes must change together (split, its invariants would cross files), and
 //! its unit tests below.
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::BTreeSet,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };
+
+use foldhash::HashMap;
 
 use crate::event::{Connection, Direction, Endpoint, Family, FlowStats, ProcessInfo, Proto};
 
@@ -273,19 +275,15 @@ pub struct FlowTable {
     /// Per protocol, slots ordered by last activity (oldest first).
     idle: [BTreeSet<(u64, u32)>; 2],
     stats: FlowStats,
+    /// The seed of the `udp_peers` ids: fixed for the table's life, unknown outside it
+    /// (remote ports are chosen by others; a known seed would let them collide ids).
+    peer_seed: foldhash::fast::RandomState,
 }
 
 /// The `udp_peers` key of a process and a remote endpoint.
-fn peer_id(pid: u32, remote: SocketAddr) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    // A fixed-key hasher: ids must be stable for the table's life.
-    let mut h =
-        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-            .build_hasher();
-    pid.hash(&mut h);
-    ip_bytes(remote.ip()).hash(&mut h);
-    remote.port().hash(&mut h);
-    h.finish()
+fn peer_id(seed: &foldhash::fast::RandomState, pid: u32, remote: SocketAddr) -> u64 {
+    use std::hash::BuildHasher as _;
+    seed.hash_one((pid, ip_bytes(remote.ip()), remote.port()))
 }
 
 /// What happened to an [`Open`].
@@ -303,13 +301,14 @@ impl FlowTable {
             cfg,
             slots: Vec::new(),
             free: Vec::new(),
-            index: HashMap::new(),
-            udp_peers: HashMap::new(),
+            index: HashMap::default(),
+            udp_peers: HashMap::default(),
             idle: [BTreeSet::new(), BTreeSet::new()],
             stats: FlowStats {
                 cap: cfg.cap as u64,
                 ..FlowStats::default()
             },
+            peer_seed: foldhash::fast::RandomState::default(),
         }
     }
 
@@ -408,12 +407,14 @@ impl FlowTable {
             if open.key.proto == Proto::Udp {
                 let remote = open.key.remote();
                 if let Some(old) = old_pid.filter(|&o| Some(o) != pid)
-                    && self.udp_peers.get(&peer_id(old, remote)) == Some(&slot)
+                    && self.udp_peers.get(&peer_id(&self.peer_seed, old, remote)) == Some(&slot)
                 {
-                    self.udp_peers.remove(&peer_id(old, remote));
+                    self.udp_peers
+                        .remove(&peer_id(&self.peer_seed, old, remote));
                 }
                 if let Some(pid) = pid {
-                    self.udp_peers.insert(peer_id(pid, remote), slot);
+                    self.udp_peers
+                        .insert(peer_id(&self.peer_seed, pid, remote), slot);
                 }
             }
             return Opened {
@@ -455,7 +456,8 @@ impl FlowTable {
         if open.key.proto == Proto::Udp
             && let Some(pid) = pid
         {
-            self.udp_peers.insert(peer_id(pid, open.key.remote()), slot);
+            self.udp_peers
+                .insert(peer_id(&self.peer_seed, pid, open.key.remote()), slot);
         }
         self.stats.opened += 1;
         if open.existing {
@@ -483,7 +485,7 @@ impl FlowTable {
         datagrams: u64,
         bytes: u64,
     ) -> bool {
-        let Some(&slot) = self.udp_peers.get(&peer_id(pid, remote)) else {
+        let Some(&slot) = self.udp_peers.get(&peer_id(&self.peer_seed, pid, remote)) else {
             return false;
         };
         let Some(flow) = self.slots[slot as usize].as_mut() else {
@@ -580,7 +582,7 @@ impl FlowTable {
         if flow.key.proto == Proto::Udp
             && let Some(p) = &flow.process
         {
-            let peer = peer_id(p.pid, flow.key.remote());
+            let peer = peer_id(&self.peer_seed, p.pid, flow.key.remote());
             if self.udp_peers.get(&peer) == Some(&slot) {
                 self.udp_peers.remove(&peer);
             }

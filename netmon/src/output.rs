@@ -11,6 +11,8 @@ use chrono::SecondsFormat;
 
 use crate::event::{Connection, Event, EventBody};
 
+pub mod json;
+
 /// The reader of netmon's output went away (a broken pipe: the shipper died, `| head`
 /// finished). Not a failure: `main` ends quietly with status 0 when the error that
 /// stopped a command is this one, ripgrep-style, so no writer needs to thread a
@@ -53,6 +55,8 @@ pub struct Sink {
     format: Format,
     out: BufWriter<Box<dyn Write + Send>>,
     line: String,
+    /// The JSON line being written (reused: no allocation per event).
+    json: Vec<u8>,
 }
 
 impl Sink {
@@ -65,6 +69,7 @@ impl Sink {
             format,
             out: BufWriter::with_capacity(64 * 1024, out),
             line: String::with_capacity(512),
+            json: Vec::with_capacity(1024),
         }
     }
 
@@ -72,8 +77,16 @@ impl Sink {
     pub fn write(&mut self, event: &Event) -> io::Result<()> {
         match self.format {
             Format::Json => {
-                serde_json::to_writer(&mut self.out, event)?;
-                self.out.write_all(b"\n")
+                // serde_json's bytes, written by hand for the hot types (`output/json.rs`).
+                self.json.clear();
+                json::write_event(&mut self.json, event);
+                self.json.push(b'\n');
+                let r = self.out.write_all(&self.json);
+                if self.json.capacity() > 64 * 1024 {
+                    // A huge event (a 1 MiB command line) keeps no huge buffer.
+                    self.json = Vec::with_capacity(1024);
+                }
+                r
             }
             Format::Text => {
                 self.line.clear();

@@ -20,6 +20,7 @@
 //! Over 600 lines: the container-cgroup parser's cases and the tests that pin them
 //! (about half the file) belong beside the cache they feed.
 use std::{
+    borrow::Cow,
     cell::RefCell,
     collections::{BTreeMap, HashMap, VecDeque},
     fs, io,
@@ -103,7 +104,7 @@ struct Entry {
 pub struct ProcessCache {
     proc_root: PathBuf,
     passwd_path: PathBuf,
-    entries: HashMap<u32, Entry>,
+    entries: foldhash::HashMap<u32, Entry>,
     users: Users,
     /// Exited entries in exit order: (pid, start_ns, exited_ns).
     exited: VecDeque<(u32, u64, u64)>,
@@ -127,7 +128,7 @@ impl ProcessCache {
         ProcessCache {
             proc_root: proc_root.to_owned(),
             passwd_path: passwd.to_owned(),
-            entries: HashMap::new(),
+            entries: Default::default(),
             users: Users::default(),
             exited: VecDeque::new(),
             exits: 0,
@@ -190,9 +191,9 @@ impl ProcessCache {
         let thread_comm = std::mem::take(&mut process.comm);
         let (leader, detail) = self.lookup(process.pid, process.uid, &thread_comm, leader_event);
         process.detail = detail;
-        if leader != thread_comm && !leader_event {
+        if *leader != thread_comm && !leader_event {
+            process.comm = leader.into_owned();
             process.thread = Some(thread_comm);
-            process.comm = leader;
         } else {
             process.comm = thread_comm;
         }
@@ -207,29 +208,36 @@ impl ProcessCache {
     }
 
     /// (the process's name, its context) for an event of `pid` by a thread named
-    /// `comm` (the leader itself when `leader_event`).
+    /// `comm` (the leader itself when `leader_event`). The name is borrowed from the
+    /// table on a hit: most events' thread is the leader, and copying its name for
+    /// each would be an allocation per event for nothing.
     fn lookup(
         &mut self,
         pid: u32,
         uid: u32,
         comm: &str,
         leader_event: bool,
-    ) -> (String, Arc<ProcessDetail>) {
-        if let Some(e) = self.entries.get_mut(&pid) {
-            // A kernel-fed live entry is this pid's process whatever the thread calls
-            // itself; otherwise only a leader's event of another name is a sign the pid
-            // was reused unseen (another thread's name is just a thread name).
-            let trusted = (e.source == Source::Kernel && e.exited_ns.is_none())
-                || !leader_event
-                || e.comm == comm;
-            if trusted {
-                if leader_event && e.comm != comm && e.exited_ns.is_none() {
+    ) -> (Cow<'_, str>, Arc<ProcessDetail>) {
+        let hit = match self.entries.get_mut(&pid) {
+            Some(e) => {
+                // A kernel-fed live entry is this pid's process whatever the thread calls
+                // itself; otherwise only a leader's event of another name is a sign the
+                // pid was reused unseen (another thread's name is just a thread name).
+                let trusted = (e.source == Source::Kernel && e.exited_ns.is_none())
+                    || !leader_event
+                    || e.comm == comm;
+                if trusted && leader_event && e.comm != comm && e.exited_ns.is_none() {
                     // The leader renamed itself (`prctl(PR_SET_NAME)`): its name changes,
                     // its program does not.
                     e.comm = comm.to_owned();
                 }
-                return (e.comm.clone(), e.detail.clone());
+                trusted
             }
+            None => false,
+        };
+        if hit {
+            let e = &self.entries[&pid];
+            return (Cow::Borrowed(&e.comm), e.detail.clone());
         }
         let (mut detail, read_comm) = self.read(pid, Some(uid));
         let (parent, ancestors) = self.lineage(detail.ppid.unwrap_or(0), pid);
@@ -240,7 +248,7 @@ impl ProcessCache {
             _ => comm.to_owned(),
         };
         let detail = self.insert(pid, name.clone(), detail, Source::Proc, 0);
-        (name, detail)
+        (Cow::Owned(name), detail)
     }
 
     fn insert(

@@ -13,7 +13,7 @@
 //! configuration's checks and `netmon snapshot` all read that registry. Arrows point
 //! down: `rule.rs` and `matchers.rs` at the bottom, the rule files above them,
 //! `config.rs` above those, this file on top.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -74,7 +74,7 @@ struct Cooldown {
 /// All enabled rules, the cooldowns and the counters.
 pub struct Engine {
     rules: Vec<Box<dyn Rule>>,
-    cooldowns: HashMap<String, Cooldown>,
+    cooldowns: foldhash::HashMap<String, Cooldown>,
     resolver: Box<dyn ProcessResolver>,
     pub stats: RuleStats,
     hits: Vec<Hit>,
@@ -111,7 +111,7 @@ impl Engine {
         }
         Engine {
             rules,
-            cooldowns: HashMap::new(),
+            cooldowns: Default::default(),
             resolver,
             stats: RuleStats::default(),
             hits: Vec::new(),
@@ -138,24 +138,31 @@ impl Engine {
         }
         let now = self.clock.tick(ev.ts);
         let mut hits = std::mem::take(&mut self.hits);
-        for rule in &mut self.rules {
-            rule.check(ev, now, self.resolver.as_mut(), &mut hits);
-        }
-        for hit in hits.drain(..) {
-            if let Some(alert) = self.cool(now, hit) {
+        for i in 0..self.rules.len() {
+            let first = hits.len();
+            self.rules[i].check(ev, now, self.resolver.as_mut(), &mut hits);
+            if hits.len() == first {
+                continue;
+            }
+            for hit in hits.drain(first..) {
+                // In rule order, each rule's hits in its order, as before.
+                let Some(mut hit) = self.cool(now, hit) else {
+                    continue;
+                };
+                self.rules[i].complete(ev, &mut hit.hit);
                 out.push(Event {
                     ts: ev.ts,
                     host: ev.host.clone(),
-                    body: EventBody::Alert(alert),
+                    body: EventBody::Alert(hit.into_alert()),
                 });
             }
         }
         self.hits = hits;
     }
 
-    /// Applies the condition's cooldown at rule time `ts`: an alert, or a counted hit
-    /// held back.
-    fn cool(&mut self, ts: DateTime<Utc>, hit: Hit) -> Option<Alert> {
+    /// Applies the condition's cooldown at rule time `ts`: the hit to alert with (its
+    /// `hits` and `key` in [`Cooled`]), or `None` for a counted hit held back.
+    fn cool(&mut self, ts: DateTime<Utc>, hit: Hit) -> Option<Cooled> {
         let key = format!("{}:{}", hit.rule, hit.condition);
         if self.cooldowns.len() >= MAX_COOLDOWNS {
             self.cooldowns.retain(|_, c| {
@@ -192,7 +199,14 @@ impl Engine {
         };
         self.stats.alerts += 1;
         *self.stats.by_rule.entry(hit.rule.clone()).or_default() += 1;
-        Some(Alert {
+        Some(Cooled { hit, key, hits })
+    }
+}
+
+impl Cooled {
+    fn into_alert(self) -> Alert {
+        let Cooled { hit, key, hits } = self;
+        Alert {
             rule: hit.rule,
             severity: hit.severity,
             summary: hit.summary,
@@ -203,8 +217,17 @@ impl Engine {
             hits,
             score: hit.score,
             details: hit.details,
-        })
+        }
     }
+}
+
+/// A hit that passed its cooldown: what its alert says besides the hit.
+struct Cooled {
+    hit: Hit,
+    /// The cooldown's key.
+    key: String,
+    /// Hits since the previous alert, this one included.
+    hits: u64,
 }
 
 /// One line of `netmon rules list`.

@@ -110,6 +110,10 @@ pub struct BenchArgs {
     /// the same interleaved run (the "before" of a before/after).
     #[arg(long, value_name = "PATH")]
     pub baseline_netmon: Option<PathBuf>,
+    /// Pipeline: also build and measure the benchmark of this revision (`main`, a
+    /// commit) in the same run, for a before/after table.
+    #[arg(long, value_name = "REV")]
+    pub pipeline_baseline: Option<String>,
     /// Overhead (web): seconds of each wrk run.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=60))]
     pub web_seconds: u32,
@@ -250,7 +254,9 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
         )?)?;
     }
     if all || args.which == Which::Pipeline {
-        emit(pipeline::run(&env)?)?;
+        // A quick pass proves the benchmark runs; it builds no baseline.
+        let baseline = args.pipeline_baseline.as_deref().filter(|_| !args.quick);
+        emit(pipeline::run(&env, baseline)?)?;
     }
     if all || args.which == Which::Scan {
         let (section, met) = scan::run(&env, args.rounds)?;

@@ -76,7 +76,10 @@ pub struct Item {
 
 impl Item {
     pub fn new(id: u64, ev: &Event) -> Item {
-        let json: Arc<str> = serde_json::to_string(ev)
+        // The sink's writer: serde_json's bytes, without serde for the hot types.
+        let mut line = Vec::with_capacity(512);
+        crate::output::json::write_event(&mut line, ev);
+        let json: Arc<str> = String::from_utf8(line)
             .unwrap_or_else(|_| "{}".into())
             .into();
         Item {

@@ -384,6 +384,31 @@ impl Rule for PortRisk {
         if self.allow.allows(process, f.remote, Some(port), resolver) {
             return;
         }
+        // A busy client of a risky service fires on each connection, nearly all held
+        // back by the cooldown: `complete` describes only the hits that alert.
+        hits.push(Hit {
+            rule: self.name().into(),
+            severity: self
+                .severity
+                .unwrap_or_else(|| severity_of_score(entry.score)),
+            condition: format!("pid={} port={port} type={}", pid_of(process), f.kind),
+            summary: String::new(),
+            recommendation: String::new(),
+            process: None,
+            flows: Vec::new(),
+            score: Some(entry.score),
+            details: BTreeMap::new(),
+            cooldown_s: self.cooldown_s,
+        });
+    }
+
+    fn complete(&mut self, ev: &Event, hit: &mut Hit) {
+        let Some(f) = flow_view(ev) else { return };
+        let port = f.service_port;
+        let Some(entry) = self.table.get(&port) else {
+            return;
+        };
+        let process = f.conn.process.as_ref();
         let what = match f.kind {
             "listen" => format!("listens on {} (port {port})", entry.service),
             "accept" => format!(
@@ -397,27 +422,16 @@ impl Rule for PortRisk {
             ),
         };
         let why = entry.why.as_deref().unwrap_or("a risky service");
-        let mut details = BTreeMap::new();
-        details.insert("port".into(), json!(port));
-        details.insert("service".into(), json!(entry.service));
-        hits.push(Hit {
-            rule: self.name().into(),
-            severity: self
-                .severity
-                .unwrap_or_else(|| severity_of_score(entry.score)),
-            condition: format!("pid={} port={port} type={}", pid_of(process), f.kind),
-            summary: format!("{} {what}: risk {}/10, {why}", who(process), entry.score),
-            recommendation: format!(
-                "Make sure {} is meant to be used here; restrict it to trusted networks, \
-                 require authentication, or use an encrypted alternative.",
-                entry.service
-            ),
-            process: process.cloned(),
-            flows: sample_of(ev).into_iter().collect(),
-            score: Some(entry.score),
-            details,
-            cooldown_s: self.cooldown_s,
-        });
+        hit.details.insert("port".into(), json!(port));
+        hit.details.insert("service".into(), json!(entry.service));
+        hit.summary = format!("{} {what}: risk {}/10, {why}", who(process), entry.score);
+        hit.recommendation = format!(
+            "Make sure {} is meant to be used here; restrict it to trusted networks, \
+             require authentication, or use an encrypted alternative.",
+            entry.service
+        );
+        hit.process = process.cloned();
+        hit.flows = sample_of(ev).into_iter().collect();
     }
 }
 
@@ -426,9 +440,13 @@ mod tests {
     use super::*;
     use crate::rules::{NoResolver, matchers::Cidr, testing::*};
 
+    /// As the engine does: check, then complete each hit (none held back here).
     fn run(rule: &mut dyn Rule, ev: &Event) -> Vec<Hit> {
         let mut hits = Vec::new();
         rule.check(ev, ev.ts, &mut NoResolver, &mut hits);
+        for h in &mut hits {
+            rule.complete(ev, h);
+        }
         hits
     }
 

@@ -48,6 +48,13 @@ pub trait Rule {
         resolver: &mut dyn ProcessResolver,
         hits: &mut Vec<Hit>,
     );
+
+    /// Fills in a hit of this rule's that passed its cooldown and becomes an alert,
+    /// called by the engine right after [`Rule::check`] on the same event. A rule
+    /// whose hits are costly to describe (and may fire on every event of a busy
+    /// process, only to be held back by the cooldown) pushes them with the cooldown's
+    /// fields only (`rule`, `condition`, `cooldown_s`) and describes them here.
+    fn complete(&mut self, _ev: &Event, _hit: &mut Hit) {}
 }
 
 /// What a built-in rule says about itself. Each rule file defines one per rule; the

@@ -1,9 +1,21 @@
 //! Userspace pipeline: runs the criterion benchmark `netmon/benches/pipeline.rs`
 //! (decode → stages → JSON over a recorded stream of raw `ConnEvent` records, timed in
-//! thread CPU time) and reads criterion's estimates back into a table.
-use std::{fmt::Write as _, fs, path::Path, process::Command};
+//! thread CPU time) and reads criterion's estimates back into a table, with each
+//! benchmark body's instructions per event counted by cachegrind.
+//!
+//! With a baseline (`--pipeline-baseline REV`, e.g. `main`), the same benchmark of that
+//! revision's code is built from `git archive REV` in `target/bench/pipeline-baseline`
+//! (sharing this tree's target directory, so only netmon itself is built again) and
+//! measured in the same run, before the code under test: the table then shows before
+//! and after side by side.
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 use super::{
@@ -15,89 +27,127 @@ use crate::exec;
 /// Benchmarks of the `pipeline` group and what each covers.
 const BENCHES: &[(&str, &str)] = &[
     ("decode", "decode: raw record → `Event`"),
-    ("render_json", "JSON: `Event` → JSON line (the real `Sink`)"),
+    (
+        "render_json",
+        "JSON: `Event` → JSON line (the real `Sink`; hand-written for the hot types)",
+    ),
     (
         "pipeline",
         "whole pipeline: decode → enrich (flow table, process cache, DNS names) → rules → JSON",
     ),
-    (
-        HANDWRITTEN,
-        "*proposal, not in netmon*: JSON by a hand-written writer for connection events \
-         (same bytes, checked against serde_json over the stream)",
-    ),
 ];
-
-/// The proposal's benchmark: skipped by the bench when it no longer matches serde_json.
-const HANDWRITTEN: &str = "render_json_handwritten";
 
 const TARGET_EVENTS_PER_S: f64 = 1_000_000.0;
 
-pub fn run(env: &Env) -> Result<Section> {
+/// One build of the benchmark: where it runs and where criterion writes.
+struct Build {
+    /// The workspace the benchmark is built in.
+    dir: PathBuf,
+    /// criterion's output directory (`CRITERION_HOME`).
+    criterion: PathBuf,
+    /// The shared target directory, when not the workspace's own.
+    target_dir: Option<PathBuf>,
+}
+
+impl Build {
+    fn cargo(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("cargo");
+        cmd.args(args)
+            .current_dir(&self.dir)
+            .env("CRITERION_HOME", &self.criterion);
+        if let Some(t) = &self.target_dir {
+            cmd.env("CARGO_TARGET_DIR", t);
+        }
+        cmd
+    }
+}
+
+/// What one build measured, per benchmark id: (events, ns per event, instructions per
+/// event).
+type Figures = Vec<(&'static str, u64, f64, Option<f64>)>;
+
+pub fn run(env: &Env, baseline: Option<&str>) -> Result<Section> {
     let load = proc::load_average();
-    let started = std::time::SystemTime::now();
-    // criterion's own report goes to stderr: stdout carries only the markdown.
-    exec::run(
-        Command::new("cargo")
-            .args(["bench", "-p", "netmon", "--bench", "pipeline"])
-            .current_dir(&env.root)
-            .stdout(std::io::stderr()),
-    )?;
-    let handwritten_ran = ran_now(
-        &env.root
-            .join("target/criterion/pipeline")
-            .join(HANDWRITTEN)
-            .join("new"),
-        started,
-    );
-    let instructions = instructions_per_event(env, handwritten_ran)?;
-    let mut t = Table::new(&[
-        "benchmark",
-        "events per iteration",
-        "CPU time per event (median)",
-        "events/s on one core",
-        "instructions per event (cachegrind)",
-        "target ≥ 1,000,000/s",
-    ]);
+    let current = Build {
+        dir: env.root.clone(),
+        criterion: env.root.join("target/criterion"),
+        target_dir: None,
+    };
+    let base = match baseline {
+        Some(rev) => Some((rev, resolve(env, rev)?, baseline_build(env, rev)?)),
+        None => None,
+    };
+    let before = match &base {
+        Some((_, _, b)) => Some(measure(b)?),
+        None => None,
+    };
+    let after = measure(&current)?;
+
+    let mut header = vec!["benchmark", "events per iteration"];
+    if before.is_some() {
+        header.extend([
+            "CPU time per event, before",
+            "after",
+            "events/s on one core, before",
+            "after",
+            "instructions per event (cachegrind), before",
+            "after",
+            "instructions after / before",
+        ]);
+    } else {
+        header.extend([
+            "CPU time per event (median)",
+            "events/s on one core",
+            "instructions per event (cachegrind)",
+        ]);
+    }
+    header.push("target ≥ 1,000,000/s");
+    let mut t = Table::new(&header);
     let mut pipeline_rate = None;
     for (id, what) in BENCHES {
-        let dir = env
-            .root
-            .join("target/criterion/pipeline")
-            .join(id)
-            .join("new");
-        if *id == HANDWRITTEN && !ran_now(&dir, started) {
-            t.row(&[
-                what.to_string(),
-                "skipped: no longer matches serde_json for the current event types".into(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-            ]);
+        let Some(&(_, events, ns, instr)) = after.iter().find(|f| f.0 == *id) else {
             continue;
-        }
-        let (events, ns_per_iter) = read_estimate(&dir)?;
-        let per_event = ns_per_iter / events as f64;
-        let rate = 1e9 / per_event;
+        };
+        let rate = 1e9 / ns;
         if *id == "pipeline" {
             pipeline_rate = Some(rate);
         }
-        t.row(&[
-            what.to_string(),
-            thousands(events),
-            format!("{per_event:.0} ns"),
-            thousands(rate as u64),
-            instructions
-                .iter()
-                .find(|(pass, _)| pass == id)
-                .map(|(_, n)| thousands(*n as u64))
-                .unwrap_or_else(|| "–".into()),
-            if *id == "pipeline" {
-                met(rate >= TARGET_EVENTS_PER_S).to_string()
-            } else {
-                String::new()
-            },
-        ]);
+        let instr_text = |i: Option<f64>| i.map_or_else(|| "–".into(), |n| thousands(n as u64));
+        let mut row = vec![what.to_string(), thousands(events)];
+        match before.as_ref().and_then(|b| b.iter().find(|f| f.0 == *id)) {
+            Some(&(_, _, bns, binstr)) => row.extend([
+                format!("{bns:.0} ns"),
+                format!("{ns:.0} ns"),
+                thousands((1e9 / bns) as u64),
+                thousands(rate as u64),
+                instr_text(binstr),
+                instr_text(instr),
+                match (binstr, instr) {
+                    (Some(b), Some(a)) if b > 0.0 => format!("{:.2}", a / b),
+                    _ => "–".into(),
+                },
+            ]),
+            None if before.is_some() => row.extend([
+                "–".into(),
+                format!("{ns:.0} ns"),
+                "–".into(),
+                thousands(rate as u64),
+                "–".into(),
+                instr_text(instr),
+                "–".into(),
+            ]),
+            None => row.extend([
+                format!("{ns:.0} ns"),
+                thousands(rate as u64),
+                instr_text(instr),
+            ]),
+        }
+        row.push(if *id == "pipeline" {
+            met(rate >= TARGET_EVENTS_PER_S).to_string()
+        } else {
+            String::new()
+        });
+        t.row(&row);
     }
     let mut md = String::new();
     let _ = writeln!(md, "## 3. Userspace pipeline\n");
@@ -105,13 +155,23 @@ pub fn run(env: &Env) -> Result<Section> {
         md,
         "In-process, one thread, over a recorded stream of realistic raw `ConnEvent` records \
          (a web server's mix: accepts from many clients, 10% IPv6, outbound connects, closes \
-         matching them, DNS over UDP, listeners, closes of flows older than netmon). \
-         criterion with the thread's CPU time as its clock (`CLOCK_THREAD_CPUTIME_ID`), so \
-         that other work on this shared machine does not count; medians of 100 samples. \
-         Instructions per event come from running each benchmark's body under \
-         `valgrind --tool=cachegrind` (`NETMON_PIPELINE_PASS`): exact and repeatable, so \
-         they are what to compare before and after a change.\n"
+         matching them, DNS over UDP, listeners, closes of flows older than netmon), through \
+         netmon's real stages: decode, the flow table, the process-context cache, DNS names, \
+         the rules, the JSON sink (to nowhere). criterion with the thread's CPU time as its \
+         clock (`CLOCK_THREAD_CPUTIME_ID`), so that other work on this shared machine does \
+         not count; medians of 100 samples. Instructions per event come from running each \
+         benchmark's body under `valgrind --tool=cachegrind` (`NETMON_PIPELINE_PASS`): exact \
+         and repeatable, so they are what to compare before and after a change. The sink's \
+         bytes are checked against serde_json's over the whole stream before anything is \
+         measured.\n"
     );
+    if let Some((rev, hash, _)) = &base {
+        let _ = writeln!(
+            md,
+            "*Before* is `{rev}` (`{hash}`), built from `git archive` and measured in the same \
+             run, just before *after* (the code under test).\n"
+        );
+    }
     md.push_str(&t.render());
     if let Some(rate) = pipeline_rate {
         let _ = writeln!(
@@ -123,7 +183,7 @@ pub fn run(env: &Env) -> Result<Section> {
     }
     let _ = writeln!(
         md,
-        "\n**Commands**\n\n```sh\n{}\n# which runs:\ncargo bench -p netmon --bench pipeline\n```\n",
+        "\n**Commands**\n\n```sh\n{}\n# which runs, for each build:\ncargo bench -p netmon --bench pipeline\n```\n",
         env.command_line
     );
     let _ = writeln!(md, "**Machine**\n");
@@ -136,15 +196,93 @@ pub fn run(env: &Env) -> Result<Section> {
     })
 }
 
+/// Runs criterion, then the cachegrind passes, of one build.
+fn measure(build: &Build) -> Result<Figures> {
+    let started = std::time::SystemTime::now();
+    // criterion's own report goes to stderr: stdout carries only the markdown.
+    exec::run(
+        build
+            .cargo(&["bench", "-p", "netmon", "--bench", "pipeline"])
+            .stdout(std::io::stderr()),
+    )?;
+    let instructions = instructions_per_event(build)?;
+    let mut out = Vec::new();
+    for (id, _) in BENCHES {
+        let dir = build.criterion.join("pipeline").join(id).join("new");
+        if !ran_now(&dir, started) {
+            // A baseline older than a benchmark does not have it.
+            continue;
+        }
+        let (events, ns_per_iter) = read_estimate(&dir)?;
+        let instr = instructions
+            .iter()
+            .find(|(pass, _)| pass == id)
+            .map(|(_, n)| *n);
+        out.push((*id, events, ns_per_iter / events as f64, instr));
+    }
+    if !out.iter().any(|f| f.0 == "pipeline") {
+        bail!(
+            "criterion wrote no figures for pipeline/pipeline under {}",
+            build.criterion.display()
+        );
+    }
+    Ok(out)
+}
+
+/// The commit `rev` names.
+fn resolve(env: &Env, rev: &str) -> Result<String> {
+    let out = exec::output(
+        Command::new("git")
+            .args(["rev-parse", "--short=12", "--verify"])
+            .arg(format!("{rev}^{{commit}}"))
+            .current_dir(&env.root),
+    )
+    .with_context(|| {
+        format!("--pipeline-baseline {rev} names no commit: give a branch or commit")
+    })?;
+    Ok(out.trim().to_string())
+}
+
+/// `rev`'s tree, unpacked afresh into `target/bench/pipeline-baseline`.
+fn baseline_build(env: &Env, rev: &str) -> Result<Build> {
+    let dir = env.work.join("pipeline-baseline");
+    let src = dir.join("src");
+    if src.exists() {
+        fs::remove_dir_all(&src).with_context(|| format!("cannot clear {}", src.display()))?;
+    }
+    fs::create_dir_all(&src).with_context(|| format!("cannot create {}", src.display()))?;
+    let mut archive = Command::new("git")
+        .args(["archive", "--format=tar", rev])
+        .current_dir(&env.root)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start git archive")?;
+    let tar = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(&src)
+        .stdin(archive.stdout.take().context("git archive has no stdout")?)
+        .status()
+        .context("cannot start tar")?;
+    let git = archive.wait().context("git archive")?;
+    if !git.success() || !tar.success() {
+        bail!("cannot unpack `git archive {rev}` into {}", src.display());
+    }
+    Ok(Build {
+        dir: src,
+        criterion: dir.join("criterion"),
+        target_dir: Some(env.root.join("target")),
+    })
+}
+
 /// Instructions per event of each benchmark body, counted by cachegrind (empty when
 /// valgrind is not installed): a pass over the stream minus the `setup` pass.
-/// The proposal's pass is left out when its benchmark was skipped (`handwritten_ran`).
-fn instructions_per_event(env: &Env, handwritten_ran: bool) -> Result<Vec<(String, f64)>> {
+fn instructions_per_event(build: &Build) -> Result<Vec<(String, f64)>> {
     if !exec::on_path("valgrind") {
         eprintln!("bench pipeline: valgrind not found, no instruction counts");
         return Ok(Vec::new());
     }
-    let exe = bench_executable(env)?;
+    let exe = bench_executable(build)?;
     let count = |pass: &str| -> Result<(u64, u64)> {
         let out = exec::capture(
             Command::new("valgrind")
@@ -158,6 +296,12 @@ fn instructions_per_event(env: &Env, handwritten_ran: bool) -> Result<Vec<(Strin
         )?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "the {pass} pass under cachegrind failed ({}): {stderr}",
+                out.status
+            );
+        }
         let refs = stderr
             .lines()
             .find_map(|l| {
@@ -172,14 +316,14 @@ fn instructions_per_event(env: &Env, handwritten_ran: bool) -> Result<Vec<(Strin
         let events = words.first().and_then(|n| n.parse::<u64>().ok());
         let passes = words.get(4).and_then(|n| n.parse::<u64>().ok());
         let per_run = events.zip(passes).map(|(e, p)| e * p);
-        Ok((refs, per_run.context("the pass printed no event count")?))
+        Ok((
+            refs,
+            per_run.with_context(|| format!("the {pass} pass printed no event count: {stdout}"))?,
+        ))
     };
     let (setup, _) = count("setup")?;
     let mut out = Vec::new();
     for (id, _) in BENCHES {
-        if *id == HANDWRITTEN && !handwritten_ran {
-            continue;
-        }
         let (refs, events) = count(id)?;
         out.push((
             id.to_string(),
@@ -190,25 +334,21 @@ fn instructions_per_event(env: &Env, handwritten_ran: bool) -> Result<Vec<(Strin
 }
 
 /// The pipeline benchmark's executable, from cargo's JSON messages.
-fn bench_executable(env: &Env) -> Result<std::path::PathBuf> {
-    let messages = exec::output(
-        Command::new("cargo")
-            .args([
-                "bench",
-                "-p",
-                "netmon",
-                "--bench",
-                "pipeline",
-                "--no-run",
-                "--message-format=json",
-            ])
-            .current_dir(&env.root),
-    )?;
+fn bench_executable(build: &Build) -> Result<PathBuf> {
+    let messages = exec::output(&mut build.cargo(&[
+        "bench",
+        "-p",
+        "netmon",
+        "--bench",
+        "pipeline",
+        "--no-run",
+        "--message-format=json",
+    ]))?;
     messages
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|m| m["target"]["name"] == "pipeline")
-        .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
         .context("cargo named no executable for the pipeline benchmark")
 }
 

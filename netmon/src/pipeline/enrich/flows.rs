@@ -62,11 +62,11 @@ pub struct Tracker {
     udp_backend: String,
     host: String,
     /// The last process seen per pid, shared by its flows so each flow costs a pointer.
-    interned: HashMap<u32, Arc<ProcessInfo>>,
+    interned: foldhash::HashMap<u32, Arc<ProcessInfo>>,
     /// Owner of each TCP listening port by (netns, port): from the sockets found at
     /// start and from `listen` events. The kernel cannot attribute an `accept` on a
     /// port that was listening before netmon started; this can.
-    listeners: HashMap<(u32, u16), Arc<ProcessInfo>>,
+    listeners: foldhash::HashMap<(u32, u16), Arc<ProcessInfo>>,
     /// Whether execs become `exec` events.
     exec_events: bool,
 }
@@ -90,8 +90,8 @@ impl Tracker {
             tcp_backend: backends.0,
             udp_backend: backends.1,
             host,
-            interned: HashMap::new(),
-            listeners: HashMap::new(),
+            interned: Default::default(),
+            listeners: Default::default(),
             exec_events: false,
         }
     }
@@ -108,8 +108,8 @@ impl Tracker {
             tcp_backend: "tracepoint".into(),
             udp_backend: "tracepoint".into(),
             host: "h".into(),
-            interned: HashMap::new(),
-            listeners: HashMap::new(),
+            interned: Default::default(),
+            listeners: Default::default(),
             exec_events: false,
         }
     }
