@@ -336,6 +336,27 @@ mod tests {
     }
 
     #[test]
+    fn the_dns_rate_is_bounded_and_reaches_the_loader() {
+        let c = parse("", Path::new("x")).unwrap();
+        assert_eq!(
+            c.dns.rate(),
+            crate::probe::DnsRate {
+                per_second: 500,
+                burst: 1000
+            }
+        );
+        let c = parse("[dns]\nrate_limit = 0\nrate_burst = 5\n", Path::new("x")).unwrap();
+        assert_eq!(c.dns.rate().per_second, 0);
+        let e = err("[dns]\nrate_limit = 2000000\n");
+        assert_eq!((e.key.as_str(), e.line), ("dns.rate_limit", Some(2)));
+        let e = err("[dns]\nports = [5353]\nrate_burst = 0\n");
+        assert_eq!((e.key.as_str(), e.line), ("dns.rate_burst", Some(3)));
+        assert!(e.message.contains("between 1 and"), "{e}");
+        let e = err("[dns]\nrate_limit = -1\n");
+        assert_eq!(e.line, Some(2));
+    }
+
+    #[test]
     fn syntax_errors_have_a_line() {
         let e = err("[rules\n");
         assert_eq!(e.line, Some(1));

@@ -406,3 +406,53 @@ fn ebpf_log_reports_what_the_programs_skip_and_is_silent_by_default() {
         }
     }
 }
+
+/// Every backend and kernel: the socket-release hook attaches (5.9+; no warning about
+/// it) and a closed UDP socket's owner leaves `SOCKET_OWNERS`, as `stats.kernel_maps`
+/// says (the heavy churn tests are in `blind.rs`, host only).
+#[test]
+fn closed_sockets_leave_the_owner_table() {
+    require_root!();
+    let _ns = NetNs::new();
+    let mut netmon = Netmon::start(&["--stats-interval", "1"]);
+    let probe = netmon
+        .wait_for(Duration::from_secs(5), |e| {
+            matches!(e.body, EventBody::Probe(_))
+        })
+        .unwrap();
+    let EventBody::Probe(p) = &probe.body else {
+        unreachable!()
+    };
+    assert!(
+        p.capabilities
+            .iter()
+            .any(|c| c.hooks.iter().any(|h| h == "cgroup:sock_release")),
+        "{p:?}"
+    );
+    assert!(
+        !p.warnings.iter().any(|w| w.contains("sock_release")),
+        "{:?}",
+        p.warnings
+    );
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = sink.local_addr().unwrap();
+    for _ in 0..20 {
+        // Through the DNS hooks (port 53) on every backend, the UDP ones too on the
+        // tracepoint backend.
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.send_to(b"x", to).unwrap();
+        s.send_to(&[0u8; 12], ("127.0.0.1", 53)).unwrap();
+    }
+    let owners = |e: &Event| match &e.body {
+        EventBody::Stats(s) => s.kernel_maps.get("socket_owners").cloned(),
+        _ => None,
+    };
+    let seen = netmon.wait_for(Duration::from_secs(20), |e| {
+        owners(e).is_some_and(|m| m.inserted >= 20 && m.removed >= 20)
+    });
+    let last = netmon.seen.iter().rev().find_map(owners);
+    assert!(
+        seen.is_some(),
+        "socket owners not removed on close: {last:?}"
+    );
+}
