@@ -404,6 +404,11 @@ impl Monitor {
                     });
                 }
                 events.extend(self.inventory.ports_scanned(h.host.addr, &obs, stamp));
+                self.inventory.host_details(
+                    h.host.addr,
+                    h.host.os.as_ref(),
+                    h.host.uptime.as_ref(),
+                );
             }
         }
 
