@@ -117,27 +117,40 @@ struct Family {
     sock: Socket,
     /// ICMP errors quoting our probes (optional: without it they just time out).
     icmp: Option<Socket>,
-    /// Keeps the source port reserved for the scan.
-    _reservation: Socket,
+    /// Keep the source ports reserved for the scan.
+    _reservations: Vec<Socket>,
+    /// One source port per try (`ports[0]` is `port`): a retry from a new port is a new
+    /// connection to the target. From the same port it would meet the half-open request
+    /// the lost first answer left there, and Linux answers a repeated SYN on one at most
+    /// every `net.ipv4.tcp_invalid_ratelimit` (500 ms): a third try would go unanswered.
+    ports: Vec<u16>,
     port: u16,
     v6: bool,
 }
 
 fn open_family(v6: bool) -> io::Result<Family> {
     let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
-    let reservation = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     let any: SocketAddr = if v6 { "[::]:0" } else { "0.0.0.0:0" }
         .parse()
         .expect("valid");
-    reservation.bind(&any.into())?;
-    let port = reservation
-        .local_addr()?
-        .as_socket()
-        .map(|a| a.port())
-        .ok_or_else(|| io::Error::other("no local port"))?;
+    let mut reservations = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..MAX_TRIES {
+        let reservation = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+        reservation.bind(&any.into())?;
+        ports.push(
+            reservation
+                .local_addr()?
+                .as_socket()
+                .map(|a| a.port())
+                .ok_or_else(|| io::Error::other("no local port"))?,
+        );
+        reservations.push(reservation);
+    }
+    let port = ports[0];
     let raw = Socket::new(domain, Type::RAW.nonblocking(), Some(Protocol::TCP))?;
-    // Only segments to our port are queued (every raw TCP socket sees every segment).
-    attach_port_filter(&raw, v6, port)?;
+    // Only segments to our ports are queued (every raw TCP socket sees every segment).
+    attach_port_filter(&raw, v6, &ports)?;
     // Many replies can arrive at once on a fast link: a big buffer avoids drops.
     if !force_recv_buffer(&raw, 8 << 20) {
         let _ = raw.set_recv_buffer_size(8 << 20);
@@ -156,37 +169,37 @@ fn open_family(v6: bool) -> io::Result<Family> {
     Ok(Family {
         sock: raw,
         icmp,
-        _reservation: reservation,
+        _reservations: reservations,
+        ports,
         port,
         v6,
     })
 }
 
-/// A classic BPF filter that keeps TCP segments to `port`: IPv4 raw sockets see the IP
-/// header first (its length from the IHL), IPv6 ones the TCP header.
-fn attach_port_filter(sock: &Socket, v6: bool, port: u16) -> io::Result<()> {
+/// A classic BPF filter that keeps TCP segments to one of `ports`: IPv4 raw sockets
+/// see the IP header first (its length from the IHL), IPv6 ones the TCP header.
+fn attach_port_filter(sock: &Socket, v6: bool, ports: &[u16]) -> io::Result<()> {
     const LDX_MSH: u16 = 0x01 | 0x10 | 0xa0; // BPF_LDX | BPF_B | BPF_MSH
     const LDH_IND: u16 = 0x08 | 0x40; // BPF_LD (0) | BPF_H | BPF_IND
     const LDH_ABS: u16 = 0x08 | 0x20; // BPF_LD (0) | BPF_H | BPF_ABS
     const JEQ_K: u16 = 0x05 | 0x10; // BPF_JMP | BPF_JEQ | BPF_K
     const RET_K: u16 = 0x06; // BPF_RET | BPF_K
     let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
-    let prog: Vec<libc::sock_filter> = if v6 {
-        vec![
-            op(LDH_ABS, 0, 0, 2),
-            op(JEQ_K, 0, 1, u32::from(port)),
-            op(RET_K, 0, 0, 0xffff),
-            op(RET_K, 0, 0, 0),
-        ]
+    let mut prog: Vec<libc::sock_filter> = if v6 {
+        vec![op(LDH_ABS, 0, 0, 2)]
     } else {
-        vec![
-            op(LDX_MSH, 0, 0, 0),
-            op(LDH_IND, 0, 0, 2),
-            op(JEQ_K, 0, 1, u32::from(port)),
-            op(RET_K, 0, 0, 0xffff),
-            op(RET_K, 0, 0, 0),
-        ]
+        vec![op(LDX_MSH, 0, 0, 0), op(LDH_IND, 0, 0, 2)]
     };
+    // One comparison per port, each jumping to the accept on a match; the last falls
+    // through to the drop.
+    let n = ports.len().min(8);
+    for (i, &p) in ports[..n].iter().enumerate() {
+        let jt = (n - 1 - i) as u8;
+        let jf = u8::from(i == n - 1);
+        prog.push(op(JEQ_K, jt, jf, u32::from(p)));
+    }
+    prog.push(op(RET_K, 0, 0, 0xffff));
+    prog.push(op(RET_K, 0, 0, 0));
     let fprog = libc::sock_fprog {
         len: prog.len() as u16,
         filter: prog.as_ptr() as *mut libc::sock_filter,
@@ -400,7 +413,7 @@ pub fn scan_blocking(
             .entry(dst.ip())
             .or_insert_with(|| net::source_for(dst.ip()).ok());
         let Some(src) = src else { continue };
-        if dst.port() == f.port && net::is_local(dst.ip()) {
+        if f.ports.contains(&dst.port()) && net::is_local(dst.ip()) {
             own_port_jobs.push(dst);
             continue;
         }
@@ -487,12 +500,12 @@ pub fn scan_blocking(
                         reply::parse_v4(d.data)
                     };
                     let Some(r) = r else { continue };
-                    if r.dport != f.port {
+                    if !f.ports.contains(&r.dport) {
                         continue;
                     }
                     let from = SocketAddr::new(d.from, r.sport);
                     let Some(&i) = index.get(&from) else { continue };
-                    let Some(st) = judge(&r, f.port, cookie(key, from)) else {
+                    let Some(st) = judge(&r, r.dport, cookie(key, from)) else {
                         continue;
                     };
                     if answer(
@@ -621,7 +634,7 @@ pub fn scan_blocking(
             let buf = sends[fi].push(p.dst.ip());
             syn_packet_into(
                 buf,
-                SocketAddr::new(p.src, f.port),
+                SocketAddr::new(p.src, f.ports[usize::from(p.tries).min(f.ports.len() - 1)]),
                 p.dst,
                 cookie(key, p.dst),
                 tsval(now),
@@ -720,7 +733,8 @@ pub fn timestamp_probes(
             for f in &families {
                 for (t, src) in targets.iter().zip(&sources) {
                     let Some(src) = src else { continue };
-                    if t.is_ipv6() != f.v6 || (t.port() == f.port && net::is_local(t.ip())) {
+                    if t.is_ipv6() != f.v6 || (f.ports.contains(&t.port()) && net::is_local(t.ip()))
+                    {
                         continue;
                     }
                     if batch.is_full() {
