@@ -667,7 +667,17 @@ pub fn run(env: &Env, rounds: u32) -> Result<(Section, bool)> {
     ))?;
     let theirs_os = out
         .lines()
-        .filter(|l| l.starts_with("Running") || l.starts_with("OS details"))
+        .filter(|l| {
+            [
+                "Running",
+                "OS details",
+                "Aggressive OS",
+                "No exact OS",
+                "Too many",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
+        })
         .collect::<Vec<_>>()
         .join("; ");
     let _ = writeln!(
