@@ -24,9 +24,11 @@ use std::{
 use ipnet::IpNet;
 use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
 
+pub mod batch;
 pub mod config;
 pub mod connect;
 pub mod discover;
+pub mod fingerprint;
 pub mod hints;
 pub mod inventory;
 pub mod monitor;
@@ -35,12 +37,15 @@ pub mod net;
 pub mod ports;
 pub mod rate;
 pub mod rdns;
+pub mod reply;
 pub mod service;
 pub mod syn;
 pub mod target;
+pub mod tcpopt;
 pub mod text;
 pub mod traceroute;
 pub mod udp;
+pub mod uptime;
 
 pub use crate::event::scan::{HostState, PortState, ScanHost, ScanPort};
 
@@ -77,6 +82,11 @@ pub struct ScanOptions {
     pub service_detection: bool,
     /// How long detecting one port's service may take (all its probes together).
     pub service_timeout: Duration,
+    /// After a SYN scan, send timing probes to one open port per host (three SYNs,
+    /// 100 ms apart, beside service detection) for the uptime guess.
+    pub os_probes: bool,
+    /// SYN-ACK signatures for the OS fingerprint (`fingerprint::load`).
+    pub signatures: Arc<fingerprint::SignatureSets>,
     pub reverse_dns: bool,
     pub traceroute: bool,
     pub allow_public: bool,
@@ -100,6 +110,8 @@ impl Default for ScanOptions {
             discovery_opts: DiscoveryOptions::default(),
             service_detection: true,
             service_timeout: DEFAULT_SERVICE_TIMEOUT,
+            os_probes: false,
+            signatures: Arc::default(),
             reverse_dns: true,
             traceroute: false,
             allow_public: false,
@@ -114,6 +126,9 @@ impl Default for ScanOptions {
 /// typed scan by what the target answers; `--rate` adds a hard cap, and the monitor of
 /// `netmon run` keeps its own fixed budget (`scan.rate_pps`).
 pub const DEFAULT_RATE_PPS: u32 = 0;
+
+/// Where `netmon scan` looks for p0f's signatures by default (Debian's `p0f` package).
+pub const DEFAULT_P0F_FP: &str = "/etc/p0f/p0f.fp";
 
 /// How long service detection of one port may take by default (`--service-timeout`).
 pub const DEFAULT_SERVICE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -305,7 +320,9 @@ pub async fn run_with_limiter(
 
     // 2. TCP ports.
     let mut states: HashMap<IpAddr, BTreeMap<(Proto, u16), PortState>> = HashMap::new();
-    let mut syn_info: HashMap<IpAddr, (u8, u16)> = HashMap::new();
+    let mut syn_info: HashMap<IpAddr, reply::Reply, syn::FastHash> = HashMap::default();
+    let mut stamps: HashMap<IpAddr, Vec<(u32, std::time::Instant)>, syn::FastHash> =
+        HashMap::default();
     let use_syn = match opts.method {
         Method::Connect => false,
         Method::Syn | Method::Auto if net::has_net_raw() => true,
@@ -331,13 +348,32 @@ pub async fn run_with_limiter(
         .collect();
     outcome.probes_sent += tcp_jobs.len() as u64;
     progress.start_phase("tcp scan", tcp_jobs.len() as u64);
-    let mut tcp_results: Option<HashMap<SocketAddr, PortState>> = None;
+    let mut tcp_results: Option<Vec<(SocketAddr, PortState)>> = None;
     if use_syn && !tcp_jobs.is_empty() {
-        match syn::scan(&tcp_jobs, opts.timeout, rate.clone(), progress.clone()).await {
+        // The slowest discovery round trip seeds the retransmission timeout.
+        let rtt_hint = live
+            .iter()
+            .filter_map(|a| alive.get(a)?.rtt)
+            .filter(|d| !d.is_zero())
+            .max();
+        match syn::scan(
+            &tcp_jobs,
+            opts.timeout,
+            rtt_hint,
+            rate.clone(),
+            progress.clone(),
+        )
+        .await
+        {
             Ok(r) => {
-                for (ip, info) in r.replies {
-                    syn_info.insert(ip, info);
+                if timing {
+                    crate::eline!(
+                        "netmon scan: SYN scan: {} retransmissions, {} window cuts",
+                        r.retransmissions,
+                        r.cuts
+                    );
                 }
+                syn_info = r.replies;
                 tcp_results = Some(r.states);
             }
             Err(e) => {
@@ -379,7 +415,7 @@ pub async fn run_with_limiter(
                     "ran out of local ports {lp} times; those probes were retried (a lower --rate avoids it)"
                 ));
             }
-            r
+            r.into_iter().collect()
         }
     };
     for (sa, st) in tcp_results {
@@ -432,6 +468,19 @@ pub async fn run_with_limiter(
                 .map(move |((_, port), _)| SocketAddr::new(*ip, *port))
         })
         .collect();
+    // Timing probes for the uptime guess run beside service detection.
+    let timing_probes =
+        (opts.os_probes && outcome.method == "syn" && !open_tcp.is_empty()).then(|| {
+            let mut one_per_host: HashMap<IpAddr, SocketAddr> = HashMap::new();
+            for sa in &open_tcp {
+                one_per_host.entry(sa.ip()).or_insert(*sa);
+            }
+            let targets: Vec<SocketAddr> = one_per_host.into_values().collect();
+            let rate = rate.clone();
+            tokio::task::spawn_blocking(move || {
+                syn::timestamp_probes(&targets, 3, Duration::from_millis(100), &rate)
+            })
+        });
     let mut tcp_services: HashMap<SocketAddr, ServiceInfo> = HashMap::new();
     if opts.service_detection && !open_tcp.is_empty() {
         progress.start_phase("services", open_tcp.len() as u64);
@@ -461,6 +510,24 @@ pub async fn run_with_limiter(
         }
     }
 
+    if let Some(h) = timing_probes {
+        match h.await {
+            Ok(Ok((more, replies))) => {
+                for (ip, mut v) in more {
+                    stamps.entry(ip).or_default().append(&mut v);
+                }
+                for (ip, r) in replies {
+                    syn_info.entry(ip).or_insert(r);
+                }
+            }
+            Ok(Err(e)) => outcome
+                .warnings
+                .push(format!("timing probes for the uptime guess failed: {e}")),
+            Err(e) => outcome
+                .warnings
+                .push(format!("timing probes for the uptime guess failed: {e}")),
+        }
+    }
     phase_done("udp scan and services");
     // 5. Names, MACs, hints, routes.
     progress.start_phase("host details", live.len() as u64);
@@ -522,6 +589,8 @@ pub async fn run_with_limiter(
                         distance: None,
                         os_hint: None,
                         trace: None,
+                        os: None,
+                        uptime: None,
                         ports_scanned: 0,
                         open: 0,
                         closed: 0,
@@ -536,10 +605,19 @@ pub async fn run_with_limiter(
         outcome.up += 1;
         let st = states.remove(&p.addr).unwrap_or_default();
         let (ttl, window) = match syn_info.get(&p.addr) {
-            Some(&(ttl, win)) => (Some(ttl), Some(win)),
+            Some(r) => (Some(r.ttl), Some(r.window)),
             None => (al.ttl, None),
         };
         let hints = hints::of_reply(ttl, window, al.reason == "localhost");
+        let os = syn_info
+            .get(&p.addr)
+            .filter(|r| r.is_syn_ack() && al.reason != "localhost")
+            .and_then(|r| fingerprint::best(&opts.signatures, r));
+        let linux = os.as_ref().is_some_and(|o| o.family == "Linux");
+        let uptime = stamps.get_mut(&p.addr).and_then(|v| {
+            v.sort_by_key(|s| s.1);
+            uptime::guess(v, std::time::Instant::now(), chrono::Utc::now(), linux)
+        });
         let count = |f: &dyn Fn(PortState) -> bool| st.values().filter(|s| f(**s)).count();
         let mut ports = Vec::new();
         for (&(proto, port), &state) in &st {
@@ -581,6 +659,8 @@ pub async fn run_with_limiter(
                 distance: hints.distance,
                 os_hint: hints.os_hint,
                 trace: traces.remove(&p.addr),
+                os,
+                uptime,
                 ports_scanned: st.len(),
                 open: count(&|s| s == PortState::Open),
                 closed: count(&|s| s == PortState::Closed),

@@ -613,6 +613,169 @@ fn service_detection_is_parallel_and_bounded_by_service_timeout() {
     assert!(svc(9999).service.is_none() || svc(9999).service_guessed);
 }
 
+/// The `host` event of `addr`.
+fn host_event(ev: &[Event], addr: &str) -> netmon::event::scan::ScanHost {
+    ev.iter()
+        .find_map(|e| match &e.body {
+            EventBody::Host(h) if h.addr.to_string() == addr => Some(h.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no host event for {addr}"))
+}
+
+/// CLOCK_MONOTONIC in seconds: the clock Linux's TCP timestamps count (in ms).
+fn monotonic_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// Issue 21 items 3 and 4: the SYN-ACKs of the Linux lab hosts fingerprint as Linux (as
+/// nmap -O says), and the uptime guess reads the hosts' real timestamp clock (1000 Hz,
+/// CLOCK_MONOTONIC in ms) when the offset is off (`net.ipv4.tcp_timestamps = 2`); with
+/// Linux's default (1) the rate still measures but the guess says it is not the uptime.
+#[test]
+fn os_fingerprint_and_uptime_of_linux_hosts() {
+    require_lab!();
+    let mut lab = Lab::new(23, 2);
+    for i in 0..2 {
+        lab.banner(i, 22, "SSH-2.0-lab");
+        lab.http(i, 80);
+    }
+    must(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.hosts[0],
+        "sysctl",
+        "-qw",
+        "net.ipv4.tcp_timestamps=2",
+    ]);
+    let (a0, a1) = (lab.addr(0), lab.addr(1));
+    let out = lab.netmon(&[
+        "scan",
+        &a0,
+        &a1,
+        "-p",
+        "22,80,81",
+        "--no-service",
+        "-O",
+        "-n",
+        "--format",
+        "json",
+    ]);
+    let now = monotonic_secs();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ev = events(&out);
+    for a in [&a0, &a1] {
+        let h = host_event(&ev, a);
+        let os = h.os.unwrap_or_else(|| panic!("{a}: no OS fingerprint"));
+        assert_eq!(os.family, "Linux", "{a}: {os:?}");
+        assert!(
+            os.confidence >= 0.5 && os.observed.starts_with("4:64+"),
+            "{os:?}"
+        );
+    }
+    let u0 = host_event(&ev, &a0)
+        .uptime
+        .expect("uptime of the host without offsets");
+    assert_eq!(u0.clock_hz, 1000);
+    assert!(
+        (u0.seconds as f64 - now).abs() <= 3.0,
+        "uptime guess {} s, CLOCK_MONOTONIC {now:.1} s",
+        u0.seconds
+    );
+    assert!(u0.note.starts_with("guess, modulo wrap"), "{}", u0.note);
+    let u1 = host_event(&ev, &a1)
+        .uptime
+        .expect("clock rate of the default host");
+    assert_eq!(u1.clock_hz, 1000);
+    assert!(u1.note.contains("tcp_timestamps = 2"), "{}", u1.note);
+    // nmap -O on the same host, for comparison.
+    let nm = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.scanner,
+        "nmap",
+        "-O",
+        "-n",
+        "-p",
+        "22,80,81",
+        &a0,
+    ]);
+    let text = String::from_utf8_lossy(&nm.stdout);
+    let running = text
+        .lines()
+        .find(|l| l.starts_with("Running") || l.starts_with("Aggressive OS guesses"))
+        .unwrap_or("");
+    eprintln!("nmap -O: {running}");
+    if !running.is_empty() {
+        assert!(running.contains("Linux"), "nmap -O says {running}");
+    }
+}
+
+/// Issue 21: a host that rejects most ports with ICMP errors and rate-limits its ICMP
+/// (an nftables `limit` rule in its namespace) does not stall the scan: its silent
+/// ports read filtered after their retries, the open ones are all found, quickly.
+#[test]
+fn an_icmp_rate_limited_host_does_not_stall_the_scan() {
+    require_lab!();
+    let mut lab = Lab::new(24, 1);
+    let expected: BTreeSet<u16> = [22, 443, 8000].into();
+    for &port in &expected {
+        lab.banner(0, port, "SSH-2.0-lab");
+    }
+    let rules = "table inet icmplimit {
+        chain in { type filter hook input priority 0; tcp dport != { 22, 443, 8000 } reject with icmp type port-unreachable; }
+        chain out { type filter hook output priority 0; meta l4proto icmp limit rate 5/second burst 5 packets accept; meta l4proto icmp drop; }
+    }";
+    let file = lab.dir.join("icmplimit.nft");
+    std::fs::write(&file, rules).unwrap();
+    must(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.hosts[0],
+        "nft",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    let target = lab.addr(0);
+    let t = Instant::now();
+    let out = lab.netmon(&[
+        "scan",
+        &target,
+        "-p",
+        "1-10000",
+        "--no-service",
+        "-n",
+        "--format",
+        "json",
+    ]);
+    let took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ev = events(&out);
+    assert_eq!(open_ports(&ev, &target), expected);
+    let h = host_event(&ev, &target);
+    assert_eq!(h.filtered, 10_000 - expected.len(), "{h:?}");
+    // Three tries per silent port at a 50 ms retransmission timeout: a window that
+    // stayed at its start (64) would need 10000 * 3 / 64 * 50 ms = 23 s.
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+}
+
 /// Open TCP ports nmap's connect scan finds on ports 1-10000.
 fn lab_nmap(lab: &Lab, target: &str) -> BTreeSet<u16> {
     let out = sh(&[

@@ -39,8 +39,11 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "python3",
     "openssl",
     // tests/scan.rs: packet loss on a test namespace's link where the kernel has no netem
-    // (`nft … numgen random … drop`).
+    // (`nft … numgen random … drop`), and the ICMP-rate-limited host (`limit rate`).
     "nftables",
+    // `netmon scan`'s OS fingerprint reads p0f's SYN-ACK signatures at run time
+    // (/etc/p0f/p0f.fp, LGPL: never embedded); the fingerprint tests use it when present.
+    "p0f",
     // The tests' HTTP clients.
     "curl",
     // Benchmarks: per-program run times (`bpftool prog show`), instruction counts.

@@ -75,6 +75,16 @@ pub struct ScanArgs {
     /// (the ports are detected in parallel, so this bounds the whole phase).
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_timeout)]
     pub service_timeout: Duration,
+    /// Send timing probes for the uptime guess even with --no-service (three SYNs 100 ms
+    /// apart to one open port per host; they run beside service detection otherwise).
+    /// SYN scan only.
+    #[arg(short = 'O', long = "os")]
+    pub os: bool,
+    /// p0f signature file for the OS fingerprint (p0f 3's format, `[tcp:response]`).
+    /// Default: Debian's /etc/p0f/p0f.fp when installed; netmon's built-in signatures
+    /// are used beside it, or alone.
+    #[arg(long = "p0f-fp", value_name = "FILE")]
+    pub p0f_fp: Option<std::path::PathBuf>,
     /// Skip reverse DNS (nmap's -n).
     #[arg(short = 'n', long = "no-dns")]
     pub no_dns: bool,
@@ -125,6 +135,8 @@ impl ScanArgs {
             },
             service_detection: !self.no_service,
             service_timeout: self.service_timeout,
+            os_probes: self.os || !self.no_service,
+            signatures: Default::default(),
             reverse_dns: !self.no_dns,
             traceroute: self.traceroute,
             allow_public: self.allow_public,
@@ -135,7 +147,17 @@ impl ScanArgs {
 }
 
 pub fn run(args: ScanArgs) -> Result<ExitCode> {
-    let opts = args.options()?;
+    let mut opts = args.options()?;
+    let (path, required) = match &args.p0f_fp {
+        Some(p) => (p.clone(), true),
+        None => (std::path::PathBuf::from(scan::DEFAULT_P0F_FP), false),
+    };
+    let (signatures, sig_warnings) =
+        scan::fingerprint::load(Some(&path), required).map_err(anyhow::Error::msg)?;
+    opts.signatures = std::sync::Arc::new(signatures);
+    for w in &sig_warnings {
+        crate::eline!("netmon: warning: {w}");
+    }
     let targets = target::parse_all(&args.targets)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -230,8 +252,35 @@ fn write_host_text(out: &mut impl std::io::Write, h: &scan::HostResult) -> std::
         facts.push(format!("{d} hop{}", if d == 1 { "" } else { "s" }));
     }
     writeln!(out, "{head}: {}", facts.join(", "))?;
-    if let Some(o) = &s.os_hint {
-        writeln!(out, "  OS: {}", remote(o))?;
+    match &s.os {
+        Some(o) => writeln!(
+            out,
+            "  OS: {} ({}, confidence {:.0}%, {}; signature {})",
+            remote(&o.label),
+            if o.exact {
+                "exact match"
+            } else {
+                "closest match"
+            },
+            o.confidence * 100.0,
+            remote(&o.source),
+            remote(&o.observed)
+        )?,
+        None => {
+            if let Some(o) = &s.os_hint {
+                writeln!(out, "  OS: {}", remote(o))?;
+            }
+        }
+    }
+    if let Some(u) = &s.uptime {
+        writeln!(
+            out,
+            "  Uptime: {:.2} days (since {}; {} Hz clock; {})",
+            u.seconds as f64 / 86_400.0,
+            remote(&u.booted),
+            u.clock_hz,
+            remote(&u.note)
+        )?;
     }
     if let Some(trace) = &s.trace {
         for hop in trace {

@@ -72,11 +72,50 @@ pub struct ScanHost {
     /// `--traceroute`: the routers on the way, nearest first (null address = no reply).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<Vec<TraceHop>>,
+    /// OS fingerprint of a SYN-ACK (SYN scan only), matched against p0f signatures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<OsGuess>,
+    /// Uptime guess from the TCP timestamps of two or more SYN-ACKs (SYN scan only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime: Option<UptimeGuess>,
     /// Ports scanned and how many were in each state.
     pub ports_scanned: usize,
     pub open: usize,
     pub closed: usize,
     pub filtered: usize,
+}
+
+/// The best signature match for a host's SYN-ACK.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OsGuess {
+    /// OS name as the signature gives it (`Linux`, `Windows`, `FreeBSD`…).
+    pub family: String,
+    /// Name and flavour (`Linux 3.x`).
+    pub label: String,
+    /// p0f's class: `unix`, `win`, `other`…
+    pub class: String,
+    /// 0 to 1: the weighted share of the signature's fields the reply matched.
+    pub confidence: f64,
+    /// Every field matched.
+    pub exact: bool,
+    /// Where the signature came from: a p0f.fp path or `built-in`.
+    pub source: String,
+    /// What was seen, in p0f's notation (`4:64+1:0:1460:65160,7:mss,sok,ts,nop,ws:df:0`).
+    pub observed: String,
+}
+
+/// `uptime` of a `host` event (see `scan/uptime.rs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UptimeGuess {
+    /// The timestamp clock's rate (100, 250 or 1000).
+    pub clock_hz: u32,
+    /// TSval / clock_hz at the end of the scan: the uptime, modulo the wrap, if the
+    /// clock started at boot.
+    pub seconds: u64,
+    /// When the host booted on that reading (RFC 3339).
+    pub booted: String,
+    /// Always starts "guess, modulo wrap"; says why the figure may not be the uptime.
+    pub note: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

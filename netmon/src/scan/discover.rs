@@ -156,8 +156,12 @@ pub async fn sweep(addrs: &[IpAddr], opts: &DiscoveryOptions, rate: Arc<RateLimi
         }
         // Give fast repliers a moment before knocking on TCP ports (no longer than
         // it takes them all to answer).
+        // (Not at all when no echo request could be sent: then nothing will answer.)
         let until = Instant::now() + opts.timeout.min(Duration::from_millis(150));
-        while Instant::now() < until && alive.lock().unwrap().len() < addrs.len() {
+        while !sent_at.is_empty()
+            && Instant::now() < until
+            && alive.lock().unwrap().len() < addrs.len()
+        {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }

@@ -48,6 +48,12 @@ pub struct HostRecord {
     pub misses: u32,
     /// Keyed `"<port>/<proto>"`: every port ever found open (closed ones stay, marked).
     pub ports: BTreeMap<String, PortRecord>,
+    /// The OS fingerprint of the last SYN scan that saw a SYN-ACK.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<crate::event::scan::OsGuess>,
+    /// The last uptime guess (a guess: see its `note`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime: Option<crate::event::scan::UptimeGuess>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,6 +129,8 @@ impl Inventory {
             last_port_scan: None,
             misses: 0,
             ports: BTreeMap::new(),
+            os: None,
+            uptime: None,
         });
         let was_known_up = rec.state == HostState::Up && rec.last_seen.is_some();
         let previous_seen = rec.last_seen;
@@ -273,6 +281,23 @@ impl Inventory {
     }
 
     /// Hosts in a stable order, for display.
+    /// Keeps a port scan's OS fingerprint and uptime guess (when it had them).
+    pub fn host_details(
+        &mut self,
+        addr: IpAddr,
+        os: Option<&crate::event::scan::OsGuess>,
+        uptime: Option<&crate::event::scan::UptimeGuess>,
+    ) {
+        if let Some(rec) = self.hosts.get_mut(&addr) {
+            if let Some(os) = os {
+                rec.os = Some(os.clone());
+            }
+            if let Some(u) = uptime {
+                rec.uptime = Some(u.clone());
+            }
+        }
+    }
+
     pub fn hosts(&self) -> impl Iterator<Item = &HostRecord> {
         self.hosts.values()
     }

@@ -145,6 +145,8 @@ pub struct Monitor {
     pub counters: MonitorCounters,
     /// Addresses of the configured networks, expanded once.
     network_addrs: Vec<IpAddr>,
+    /// SYN-ACK signatures: Debian's p0f.fp when installed, and the built-in ones.
+    signatures: Arc<super::fingerprint::SignatureSets>,
 }
 
 impl Monitor {
@@ -158,7 +160,12 @@ impl Monitor {
             .iter()
             .flat_map(target::net_hosts)
             .collect();
+        let signatures =
+            super::fingerprint::load(Some(std::path::Path::new(super::DEFAULT_P0F_FP)), false)
+                .map(|(sets, _)| sets)
+                .unwrap_or_default();
         Ok(Monitor {
+            signatures: Arc::new(signatures),
             schedule: Schedule::new(
                 settings.raw.discovery_interval,
                 settings.raw.port_scan_interval,
@@ -347,7 +354,13 @@ impl Monitor {
                 .collect();
             let opts = ScanOptions {
                 ports: self.settings.ports.clone(),
-                method: Method::Connect,
+                // A SYN scan when the scanner kept CAP_NET_RAW (`privileges.rs`): its
+                // SYN-ACKs give the inventory an OS fingerprint and an uptime guess.
+                method: if super::net::has_net_raw() {
+                    Method::Syn
+                } else {
+                    Method::Connect
+                },
                 rate_pps: cfg.rate_pps,
                 timeout: cfg.timeout,
                 discovery: false,
@@ -359,6 +372,8 @@ impl Monitor {
                 allow_public: false,
                 allow: Some(cfg.allow.clone()),
                 progress: false,
+                os_probes: true,
+                signatures: self.signatures.clone(),
             };
             let outcome = super::run_with_limiter(&planned, &opts, self.rate.clone()).await;
             self.counters.port_scans += planned.len() as u64;
@@ -389,6 +404,11 @@ impl Monitor {
                     });
                 }
                 events.extend(self.inventory.ports_scanned(h.host.addr, &obs, stamp));
+                self.inventory.host_details(
+                    h.host.addr,
+                    h.host.os.as_ref(),
+                    h.host.uptime.as_ref(),
+                );
             }
         }
 

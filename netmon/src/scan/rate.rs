@@ -6,8 +6,8 @@
 //!
 //! `Window` is the SYN scan's congestion window (as nmap's and TCP's): how many probes
 //! may be unanswered at once. It grows with every answer (doubling per round trip in
-//! slow start, then by one per window) and halves on a proven loss (a retransmitted
-//! probe answered) or a full send queue, at most once per round trip. With it
+//! slow start, then by one per window) and halves when many probes of one epoch needed
+//! a retransmission or the send queue is full (see `Window`). With it
 //! `netmon scan` needs no fixed rate: `--rate` stays a hard cap on top, and the
 //! monitor of `netmon run` keeps its fixed, polite budget.
 use std::{
@@ -101,6 +101,16 @@ impl RateLimiter {
 }
 
 /// A congestion window over probes in flight; pure (time comes in).
+///
+/// Random loss is not congestion: a lossy radio or a 2% lossy link loses probes at a
+/// steady rate however slowly they are sent, and halving on every loss (as TCP's
+/// Reno does) would crawl on such a link. So losses are counted per epoch (one
+/// retransmission timeout) and the window is cut only when the epoch's share of lost
+/// probes passes `LOSS_CUT` (the sign of a queue overflowing), or at once on a full
+/// send queue. Probes that end unanswered after their last try (filtered ports behind
+/// a firewall that drops, or one that rate-limits its ICMP errors) say nothing about
+/// the path: they grow the window slowly up to `SILENT_CEILING`, so a host that
+/// answers few probes cannot stall the scan at the starting window.
 #[derive(Debug, Clone)]
 pub struct Window {
     cwnd: f64,
@@ -109,10 +119,21 @@ pub struct Window {
     max: f64,
     /// Smoothed round trip of unambiguous answers (Karn: first tries only).
     srtt: Option<Duration>,
+    epoch_start: Option<Instant>,
+    epoch_answers: u32,
+    epoch_losses: u32,
     last_cut: Option<Instant>,
     /// How many times the window was cut (for tests and timing output).
     pub cuts: u64,
 }
+
+/// The share of an epoch's answers that must have needed a retransmission before the
+/// window is cut.
+pub const LOSS_CUT: f64 = 0.10;
+/// Answers an epoch needs before its loss share is judged.
+const EPOCH_MIN_ANSWERS: u32 = 20;
+/// How far probes that never get an answer may grow the window.
+pub const SILENT_CEILING: f64 = 1024.0;
 
 impl Window {
     /// Starts at `initial` probes in flight, never below `min` nor above `max`.
@@ -124,8 +145,19 @@ impl Window {
             min,
             max,
             srtt: None,
+            epoch_start: None,
+            epoch_answers: 0,
+            epoch_losses: 0,
             last_cut: None,
             cuts: 0,
+        }
+    }
+
+    /// A round trip measured before the scan (discovery's echo reply): the first
+    /// retransmission timeout follows it instead of the whole `--timeout`.
+    pub fn seed_rtt(&mut self, rtt: Duration) {
+        if self.srtt.is_none() {
+            self.srtt = Some(rtt);
         }
     }
 
@@ -134,29 +166,64 @@ impl Window {
         self.cwnd as usize
     }
 
-    /// One answer came; `rtt` when it answered a first try (an unambiguous sample).
-    pub fn on_answer(&mut self, rtt: Option<Duration>) {
+    fn grow(&mut self) {
         if self.cwnd < self.ssthresh {
             self.cwnd += 1.0;
         } else {
             self.cwnd += 1.0 / self.cwnd;
         }
         self.cwnd = self.cwnd.min(self.max);
+    }
+
+    /// One answer came at `now`; `rtt` when it answered a first try (an unambiguous
+    /// sample), `retried` when it answered a retransmission (the first try was lost).
+    pub fn on_answer(&mut self, rtt: Option<Duration>, retried: bool, now: Instant) {
+        self.grow();
         if let Some(rtt) = rtt {
             self.srtt = Some(match self.srtt {
                 None => rtt,
                 Some(s) => (s * 7 + rtt) / 8,
             });
         }
+        self.epoch_answers += 1;
+        if retried {
+            self.epoch_losses += 1;
+        }
+        self.end_epoch_if_due(now);
     }
 
-    /// A probe was lost (its retransmission was answered) or the send queue was full:
-    /// halve the window, at most once per round trip.
-    pub fn on_loss(&mut self, now: Instant) {
-        let hold = self
-            .srtt
-            .unwrap_or(Duration::from_millis(10))
-            .max(Duration::from_millis(1));
+    /// A probe got no answer after its last try.
+    pub fn on_silence(&mut self, now: Instant) {
+        if self.cwnd < SILENT_CEILING.min(self.max) {
+            self.cwnd += 1.0;
+        }
+        self.end_epoch_if_due(now);
+    }
+
+    fn end_epoch_if_due(&mut self, now: Instant) {
+        let len = self.retransmit_timeout(Duration::from_secs(1));
+        let start = *self.epoch_start.get_or_insert(now);
+        if now.saturating_duration_since(start) < len {
+            return;
+        }
+        if self.epoch_answers >= EPOCH_MIN_ANSWERS
+            && f64::from(self.epoch_losses) > LOSS_CUT * f64::from(self.epoch_answers)
+        {
+            self.cut(now);
+        }
+        self.epoch_start = Some(now);
+        self.epoch_answers = 0;
+        self.epoch_losses = 0;
+    }
+
+    /// The send queue was full (`ENOBUFS`): halve the window, at most once per
+    /// retransmission timeout.
+    pub fn on_full_queue(&mut self, now: Instant) {
+        self.cut(now);
+    }
+
+    fn cut(&mut self, now: Instant) {
+        let hold = self.retransmit_timeout(Duration::from_secs(1));
         if self
             .last_cut
             .is_some_and(|t| now.saturating_duration_since(t) < hold)
@@ -224,38 +291,65 @@ mod tests {
     }
 
     #[test]
-    fn window_grows_with_answers_and_halves_once_per_round_trip_on_loss() {
+    fn window_grows_with_answers_and_is_cut_only_by_heavy_loss() {
         let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let rtt = Some(Duration::from_millis(20));
         let mut w = Window::new(10, 4, 1000);
         assert_eq!(w.size(), 10);
         // Slow start: one more per answer, so a window's worth of answers doubles it.
         for _ in 0..10 {
-            w.on_answer(Some(Duration::from_millis(20)));
+            w.on_answer(rtt, false, t0);
         }
         assert_eq!(w.size(), 20);
-        w.on_loss(t0);
-        assert_eq!(w.size(), 10);
-        // A second loss within the same round trip does not cut again.
-        w.on_loss(t0 + Duration::from_millis(5));
-        assert_eq!(w.size(), 10);
-        assert_eq!(w.cuts, 1);
-        // After the cut: congestion avoidance, about one more per window of answers.
-        for _ in 0..11 {
-            w.on_answer(None);
+        // 4% of the answers needed a retry (a 2% lossy link each way): no cut.
+        for i in 0..100 {
+            w.on_answer(None, i % 25 == 0, ms(i));
         }
-        assert_eq!(w.size(), 11);
-        w.on_loss(t0 + Duration::from_millis(30));
-        assert_eq!(w.size(), 5);
+        assert_eq!(w.cuts, 0);
+        assert_eq!(w.size(), 120);
+        // 30% lost in an epoch: cut once, and not again within the same epoch.
+        for i in 0..100 {
+            w.on_answer(None, i % 3 == 0, ms(100 + i / 10));
+        }
+        w.on_answer(None, true, ms(200));
+        assert_eq!(w.cuts, 1, "{w:?}");
+        let after = w.size();
+        assert!(after < 120, "{after}");
+        // A full send queue cuts at once, but not twice within a timeout.
+        w.on_full_queue(ms(400));
+        w.on_full_queue(ms(401));
+        assert_eq!(w.cuts, 2);
         // Never below the floor nor above the ceiling.
-        for i in 0..10 {
-            w.on_loss(t0 + Duration::from_secs(1 + i));
+        for i in 0..20 {
+            w.on_full_queue(ms(1000 + i * 100));
         }
         assert_eq!(w.size(), 4);
         let mut w = Window::new(10, 4, 50);
         for _ in 0..1000 {
-            w.on_answer(None);
+            w.on_answer(None, false, t0);
         }
         assert_eq!(w.size(), 50);
+    }
+
+    #[test]
+    fn silence_grows_the_window_up_to_its_own_ceiling() {
+        let t0 = Instant::now();
+        let mut w = Window::new(64, 8, 16_384);
+        for _ in 0..5000 {
+            w.on_silence(t0);
+        }
+        assert_eq!(w.size(), SILENT_CEILING as usize);
+        let mut w = Window::new(64, 8, 16_384);
+        assert_eq!(
+            w.retransmit_timeout(Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+        w.seed_rtt(Duration::from_millis(2));
+        assert_eq!(
+            w.retransmit_timeout(Duration::from_secs(1)),
+            Duration::from_millis(50)
+        );
     }
 
     #[test]
@@ -263,12 +357,12 @@ mod tests {
         let max = Duration::from_secs(1);
         let mut w = Window::new(10, 4, 100);
         assert_eq!(w.retransmit_timeout(max), max);
-        w.on_answer(Some(Duration::from_millis(20)));
+        w.on_answer(Some(Duration::from_millis(20)), false, Instant::now());
         assert_eq!(w.retransmit_timeout(max), Duration::from_millis(80));
         let mut w = Window::new(10, 4, 100);
-        w.on_answer(Some(Duration::from_micros(30)));
+        w.on_answer(Some(Duration::from_micros(30)), false, Instant::now());
         assert_eq!(w.retransmit_timeout(max), Duration::from_millis(50));
-        w.on_answer(Some(Duration::from_secs(5)));
+        w.on_answer(Some(Duration::from_secs(5)), false, Instant::now());
         assert_eq!(w.retransmit_timeout(max), max);
     }
 

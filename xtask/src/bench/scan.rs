@@ -18,6 +18,15 @@
 //!    rule in its namespace; plus 20 ms each way of netem delay where the kernel has
 //!    netem). Targets: the listeners found exactly, every round, at least 2x faster.
 //!
+//! 4. An ICMP-rate-limited host (issue 21): ports 1-10000 of a host that rejects all
+//!    but its listeners with ICMP port unreachables and lets 5 ICMP messages a second
+//!    out (nftables `limit`), `netmon scan -p 1-10000 --no-service -n` against `nmap -p
+//!    1-10000 -n`; the same open ports, at least 2x faster (it must not stall).
+//! 5. The service phase (issue 21): `netmon scan -p 22,80,443,9999 -n` on that host, 9999
+//!    a listener that never speaks, minus the same scan with `--no-service`: at most 1.5 x
+//!    `--service-timeout` (2 s).
+//! 6. The OS fingerprint of the namespace host (`-O`) beside `nmap -O`'s, once.
+//!
 //! Every packet stays inside namespaces this task creates (10.201.0.0/24, 10.202.0.0/24,
 //! 10.203.0.1 for the scanner) and deletes on exit, panics included. Needs root, `ip`,
 //! `nmap`, `socat`, `nft` and `setpriv`.
@@ -39,6 +48,11 @@ use std::fmt::Write as _;
 
 /// The TCP ports the port-scan target listens on.
 const OPEN_PORTS: &[u16] = &[22, 80, 443, 5432, 8080, 31337, 65535];
+/// The ICMP-rate-limited host's listeners in 1-10000 (9999 never says anything).
+const ICMP_HOST_PORTS: &[u16] = &[22, 80, 443, 5432, 8080, 9999];
+const ICMP_HOST: &str = "10.201.0.4";
+/// `--service-timeout` of the service-phase row.
+const SERVICE_TIMEOUT_S: f64 = 2.0;
 const LIVE_HOSTS: usize = 10;
 
 struct Lab {
@@ -265,7 +279,7 @@ pub fn run(env: &Env, rounds: u32) -> Result<(Section, bool)> {
         children: Vec::new(),
     };
     let tag = format!("nmb{}", std::process::id());
-    let scanner = build_lab(&mut lab, &tag, 2, LIVE_HOSTS)?;
+    let scanner = build_lab(&mut lab, &tag, 3, LIVE_HOSTS)?;
     let target_ns = format!("{tag}-h0");
     // 10.201.0.3: the same listeners behind a lossy (and, with netem, slow) link.
     let lossy_ns = format!("{tag}-h1");
@@ -291,8 +305,48 @@ pub fn run(env: &Env, rounds: u32) -> Result<(Section, bool)> {
             );
         }
     }
+    // 10.201.0.4: ICMP errors for every other port, at most 5 ICMP messages a second.
+    let icmp_ns = format!("{tag}-h2");
+    let allowed: Vec<String> = ICMP_HOST_PORTS.iter().map(u16::to_string).collect();
+    let rules = format!(
+        "table inet icmplimit {{
+        chain in {{ type filter hook input priority 0; tcp dport != {{ {} }} reject with icmp type port-unreachable; }}
+        chain out {{ type filter hook output priority 0; meta l4proto icmp limit rate 5/second burst 5 packets accept; meta l4proto icmp drop; }}
+    }}",
+        allowed.join(", ")
+    );
+    let file = std::env::temp_dir().join(format!("{icmp_ns}-icmp.nft"));
+    std::fs::write(&file, rules).context("cannot write the nftables rules")?;
+    let r = exec::run(
+        Command::new("ip")
+            .args(["netns", "exec", &icmp_ns, "nft", "-f"])
+            .arg(&file),
+    );
+    let _ = std::fs::remove_file(&file);
+    r?;
+    for &port in ICMP_HOST_PORTS {
+        let reply = if port == 9999 {
+            "SYSTEM:sleep 30"
+        } else {
+            "SYSTEM:echo hello"
+        };
+        lab.children.push(
+            Command::new("ip")
+                .args(["netns", "exec", &icmp_ns, "socat"])
+                .arg(format!("TCP-LISTEN:{port},fork,reuseaddr"))
+                .arg(reply)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot start socat")?,
+        );
+    }
     std::thread::sleep(Duration::from_millis(500));
     let expected_ports: BTreeSet<u16> = OPEN_PORTS.iter().copied().collect();
+    let icmp_expected: BTreeSet<u16> = ICMP_HOST_PORTS.iter().copied().collect();
+    let (mut icmp_ours, mut icmp_theirs) = (Vec::new(), Vec::new());
+    let mut service_phase = Vec::new();
     let expected_hosts: BTreeSet<String> = (0..LIVE_HOSTS)
         .map(|i| format!("10.202.0.{}", i + 2))
         .collect();
@@ -397,6 +451,63 @@ pub fn run(env: &Env, rounds: u32) -> Result<(Section, bool)> {
             ));
         }
 
+        // The ICMP-rate-limited host.
+        let (t, _, out) = timed(&mut in_ns(
+            &scanner,
+            netmon,
+            &[
+                "scan",
+                ICMP_HOST,
+                "-p",
+                "1-10000",
+                "--no-service",
+                "-n",
+                "--format",
+                "json",
+            ],
+        ))?;
+        let found = netmon_open(&out)?;
+        ensure!(
+            found == icmp_expected,
+            "round {round}, ICMP-limited host: netmon found {found:?}, expected {icmp_expected:?}"
+        );
+        let (t2, _, out) = timed(&mut in_ns(
+            &scanner,
+            &nmap,
+            &["-p", "1-10000", "-n", "-oG", "-", ICMP_HOST],
+        ))?;
+        let found = nmap_open(&out);
+        if found != icmp_expected {
+            eprintln!("round {round}, ICMP-limited host: nmap found {found:?}");
+        }
+        icmp_ours.push(t);
+        icmp_theirs.push(t2);
+        line.push_str(&format!(" icmp-limited netmon {t:.2} s nmap {t2:.2} s;"));
+        // The service phase: with services minus without.
+        let svc = |extra: &[&str]| -> Result<f64> {
+            let mut args = vec![
+                "scan",
+                ICMP_HOST,
+                "-p",
+                "22,80,443,9999",
+                "-n",
+                "--format",
+                "json",
+            ];
+            args.extend_from_slice(extra);
+            let (t, _, out) = timed(&mut in_ns(&scanner, netmon, &args))?;
+            let found = netmon_open(&out)?;
+            ensure!(
+                found == [22, 80, 443, 9999].into(),
+                "round {round}, service phase: netmon found {found:?}"
+            );
+            Ok(t)
+        };
+        let bare = svc(&["--no-service"])?;
+        let with = svc(&["--service-timeout", "2s"])?;
+        service_phase.push((with - bare).max(0.0));
+        line.push_str(&format!(" service phase {:.2} s;", (with - bare).max(0.0)));
+
         let (t, _, out) = timed(&mut in_ns(
             &scanner,
             netmon,
@@ -480,6 +591,22 @@ pub fn run(env: &Env, rounds: u32) -> Result<(Section, bool)> {
             verdict(ok)
         );
     }
+    let (i_ours, i_theirs) = (median(&icmp_ours), median(&icmp_theirs));
+    let icmp_ok = i_theirs / i_ours >= 2.0;
+    let _ = writeln!(
+        md,
+        "| ICMP-rate-limited host (REJECT with ICMP, 5 ICMP/s), ports 1-10000, defaults as root | {i_ours:.2} s | {i_theirs:.2} s (`-p 1-10000 -n`) | {:.1}x | >= 2x, same open ports | {} |",
+        i_theirs / i_ours,
+        verdict(icmp_ok)
+    );
+    let phase = median(&service_phase);
+    let phase_ok = phase <= 1.5 * SERVICE_TIMEOUT_S;
+    let _ = writeln!(
+        md,
+        "| service phase, 4 open ports, one silent, `--service-timeout 2s` | {phase:.2} s | | | <= {:.1} s | {} |",
+        1.5 * SERVICE_TIMEOUT_S,
+        verdict(phase_ok)
+    );
     let (d_m_ours, d_m_theirs) = (median(&d_ours), median(&d_theirs));
     let disc_ok = d_m_ours < 5.0;
     let _ = writeln!(
@@ -496,9 +623,69 @@ pub fn run(env: &Env, rounds: u32) -> Result<(Section, bool)> {
          nmap -sT -p- -T4 -n -oG - TARGET\n\
          netmon scan TARGET -p- --no-service -n --format json   # defaults (also as nobody)\n\
          nmap -p- -n -oG - TARGET\n\
+         netmon scan 10.201.0.4 -p 1-10000 --no-service -n --format json   # ICMP-limited\n\
+         nmap -p 1-10000 -n -oG - 10.201.0.4\n\
+         netmon scan 10.201.0.4 -p 22,80,443,9999 -n [--no-service | --service-timeout 2s]\n\
          netmon scan 10.202.0.0/24 --discovery-only -n --format json\n\
          nmap -sn -T4 -n -oG - 10.202.0.0/24\n```\n",
         env.command_line
+    );
+    // The OS fingerprint beside nmap's, once.
+    let (_, _, out) = timed(&mut in_ns(
+        &scanner,
+        netmon,
+        &[
+            "scan",
+            "10.201.0.2",
+            "-p",
+            "22,80,81",
+            "--no-service",
+            "-O",
+            "-n",
+            "--format",
+            "json",
+        ],
+    ))?;
+    let ours_os = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["type"] == "host")
+        .map(|v| {
+            format!(
+                "{} (confidence {}, {}; observed `{}`)",
+                v["os"]["label"].as_str().unwrap_or("none"),
+                v["os"]["confidence"],
+                v["os"]["source"].as_str().unwrap_or("-"),
+                v["os"]["observed"].as_str().unwrap_or("-")
+            )
+        })
+        .unwrap_or_else(|| "none".into());
+    let (_, _, out) = timed(&mut in_ns(
+        &scanner,
+        &nmap,
+        &["-O", "-n", "-p", "22,80,81", "10.201.0.2"],
+    ))?;
+    let theirs_os = out
+        .lines()
+        .filter(|l| {
+            [
+                "Running",
+                "OS details",
+                "Aggressive OS",
+                "No exact OS",
+                "Too many",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let _ = writeln!(
+        md,
+        "**OS fingerprint** of the namespace host (Linux {}): netmon `-O`: {ours_os}; `nmap -O`: {theirs_os}.\n",
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
     );
     let _ = writeln!(md, "**Machine**\n");
     md.push_str(&env.machine);
@@ -509,7 +696,7 @@ pub fn run(env: &Env, rounds: u32) -> Result<(Section, bool)> {
             id: "scan",
             markdown: md,
         },
-        scan_ok && disc_ok && defaults_ok,
+        scan_ok && disc_ok && defaults_ok && icmp_ok && phase_ok,
     ))
 }
 
