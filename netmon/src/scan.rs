@@ -198,7 +198,13 @@ pub async fn plan(
                 out.push(Planned {
                     addr,
                     token: token.clone(),
-                    siblings: addrs.iter().copied().filter(|a| *a != addr).collect(),
+                    // Only a name's addresses are one host's; a range's members are
+                    // hosts of their own (copying the range into each member made a
+                    // /16 plan 65,534 × 65,534 addresses).
+                    siblings: match t {
+                        Target::Name(_) => addrs.iter().copied().filter(|a| *a != addr).collect(),
+                        Target::Addrs(_) => Vec::new(),
+                    },
                     single,
                 });
             }
@@ -697,5 +703,24 @@ async fn print_progress(p: Arc<Progress>, started: Instant) {
             p.open.load(Ordering::Relaxed),
             started.elapsed().as_secs_f64()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_network_plans_each_member_alone_in_linear_memory() {
+        let targets = vec![(
+            "10.20.0.0/16".to_owned(),
+            target::parse("10.20.0.0/16").unwrap(),
+        )];
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let planned = runtime.block_on(plan(&targets, false, None)).unwrap();
+        assert_eq!(planned.len(), 65_534);
+        assert!(planned.iter().all(|p| p.siblings.is_empty() && !p.single));
     }
 }

@@ -153,7 +153,7 @@ impl Monitor {
     /// Checks the config and loads the inventory from the state file when there is one.
     pub fn new(cfg: &ScanConfig) -> Result<Monitor, ConfigError> {
         let settings = cfg.validate()?;
-        let inventory = load_state(&settings.raw.state_file).unwrap_or_else(|_| Inventory::new());
+        let inventory = load_or_set_aside(&settings.raw.state_file);
         let network_addrs = settings
             .raw
             .networks
@@ -489,22 +489,122 @@ pub fn load_state(path: &Path) -> io::Result<Inventory> {
     serde_json::from_str(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Writes the inventory atomically (a temporary file renamed over the old one).
-pub fn save_state(path: &Path, inv: &Inventory) -> io::Result<()> {
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir)?;
+/// The inventory in `path` to start from: none when the file is missing; when it
+/// cannot be read as an inventory, the file is renamed aside
+/// (`<path>.corrupt-<unix time>`) with a warning, never silently replaced.
+pub fn load_or_set_aside(path: &Path) -> Inventory {
+    match load_state(path) {
+        Ok(inv) => inv,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Inventory::new(),
+        Err(e) => {
+            let aside = aside_name(path, Utc::now().timestamp());
+            match std::fs::rename(path, &aside) {
+                Ok(()) => crate::eline!(
+                    "netmon: warning: the scanner's state file {} cannot be read ({e}); kept as {} and started with an empty inventory",
+                    path.display(),
+                    aside.display()
+                ),
+                Err(r) => crate::eline!(
+                    "netmon: warning: the scanner's state file {} cannot be read ({e}) nor set aside ({r}); starting with an empty inventory, the file is left as it is until the next save",
+                    path.display()
+                ),
+            }
+            Inventory::new()
+        }
     }
-    let tmp = path.with_extension("json.tmp");
+}
+
+fn aside_name(path: &Path, unix: i64) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".corrupt-{unix}"));
+    name.into()
+}
+
+/// Writes the inventory atomically and privately: a new temporary file beside it
+/// (0600, created exclusively and never through a symbolic link), synced, renamed over
+/// the old one, and the directory synced, so a crash leaves the old or the new file,
+/// whole.
+pub fn save_state(path: &Path, inv: &Inventory) -> io::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
     let data = serde_json::to_vec_pretty(inv).map_err(io::Error::other)?;
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp_name);
+    // A stale temporary file of an earlier run of this pid: ours to replace (a
+    // symbolic link is removed, not followed).
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        f.write_all(&data)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_file_is_written_privately_atomically_and_never_through_a_link() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts.json");
+        let mut inv = Inventory::new();
+        inv.updated = Some(Utc::now());
+        save_state(&path, &inv).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(load_state(&path).unwrap().updated, inv.updated);
+        // A link planted at the temporary name is replaced, its target untouched.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, std::path::PathBuf::from(&tmp)).unwrap();
+        save_state(&path, &inv).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert!(!std::path::Path::new(&tmp).exists());
+        // Nothing else is left in the directory.
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["hosts.json", "victim"]);
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_set_aside_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts.json");
+        assert!(load_or_set_aside(&path).hosts().next().is_none());
+        std::fs::write(&path, "{ not an inventory").unwrap();
+        assert!(load_or_set_aside(&path).hosts().next().is_none());
+        assert!(!path.exists());
+        let kept: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(kept.len(), 1);
+        assert!(kept[0].starts_with("hosts.json.corrupt-"), "{kept:?}");
+        let text = std::fs::read_to_string(dir.path().join(&kept[0])).unwrap();
+        assert_eq!(text, "{ not an inventory");
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
