@@ -765,16 +765,23 @@ fn non_loopback_address(ip: &str) {
     }
 }
 
+/// A TLS lab in the calling thread's namespace: `ip` on an interface, a scratch
+/// directory holding the test CA and a certificate `name` for `ip`.
+fn tls_lab(ip: &str, tag: &str, name: &str) -> (Scratch, std::path::PathBuf) {
+    non_loopback_address(ip);
+    let scratch = Scratch::reserve(tag);
+    let dir = scratch.0.clone();
+    std::fs::create_dir_all(&dir).unwrap();
+    certificate(&dir, name, ip);
+    (scratch, dir)
+}
+
 #[test]
 fn tls_on_a_non_loopback_address_with_a_test_ca_refuses_plain_http_and_reloads_on_sighup() {
     require_root!();
     let _ns = NetNs::new();
     let ip = "10.231.0.1";
-    non_loopback_address(ip);
-    let scratch = Scratch::reserve("api-tls");
-    let dir = scratch.0.clone();
-    std::fs::create_dir_all(&dir).unwrap();
-    certificate(&dir, "agent-one", ip);
+    let (scratch, dir) = tls_lab(ip, "api-tls", "agent-one");
     // The files the agent serves; replaced below by a renewed certificate.
     std::fs::copy(dir.join("agent-one.pem"), dir.join("server.pem")).unwrap();
     std::fs::copy(dir.join("agent-one.key"), dir.join("server.key")).unwrap();
@@ -900,11 +907,7 @@ fn processes_and_history_endpoints_answer_what_netmon_history_answers_over_https
     require_root!();
     let _ns = NetNs::new();
     let ip = "10.231.0.2";
-    non_loopback_address(ip);
-    let scratch = Scratch::reserve("api-history");
-    let dir = scratch.0.clone();
-    std::fs::create_dir_all(&dir).unwrap();
-    certificate(&dir, "agent", ip);
+    let (scratch, dir) = tls_lab(ip, "api-history", "agent");
     let db = dir.join("netmon.db");
     let port = free_port();
     let addr = format!("{ip}:{port}");
