@@ -340,17 +340,21 @@ async fn stats(State(s): State<AppState>) -> Response {
     ))
 }
 
-/// `limit=`: 1 to 1000, default 100.
-fn limit(q: &HashMap<String, String>) -> Result<usize, filter::BadParam> {
+/// `limit=`: a whole number from 1 to `max`, `default` when absent.
+fn limit(
+    q: &HashMap<String, String>,
+    default: usize,
+    max: usize,
+) -> Result<usize, filter::BadParam> {
     match q.get("limit") {
-        None => Ok(100),
+        None => Ok(default),
         Some(v) => v
             .parse::<usize>()
             .ok()
-            .filter(|n| (1..=1000).contains(n))
+            .filter(|n| (1..=max).contains(n))
             .ok_or(filter::BadParam {
                 param: "limit",
-                why: "a whole number from 1 to 1000".into(),
+                why: format!("a whole number from 1 to {max}"),
             }),
     }
 }
@@ -378,7 +382,7 @@ fn recent_logs(
     only_alerts: bool,
 ) -> Result<(usize, String), filter::BadParam> {
     let f = filter::Filter::parse(q, &["limit", "since", "until"])?;
-    let limit = limit(q)?;
+    let limit = limit(q, 100, 1000)?;
     let since = time_param(q, "since")?;
     let until = time_param(q, "until")?;
     let logs = feed::lock(&s.feed.logs);
@@ -518,7 +522,8 @@ async fn flows(State(s): State<AppState>, Query(q): Query<HashMap<String, String
     let mut q = q;
     let proto = q.remove("proto");
     let sort = q.remove("sort");
-    let limit = q.remove("limit");
+    let limit = limit(&q, 1000, 1_000_000);
+    q.remove("limit");
     let f = match filter::Filter::parse(&q, &[]) {
         Ok(f) => f,
         Err(e) => return bad_request(e),
@@ -546,16 +551,8 @@ async fn flows(State(s): State<AppState>, Query(q): Query<HashMap<String, String
         }
     };
     let limit = match limit {
-        None => 1000,
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if (1..=1_000_000).contains(&n) => n,
-            _ => {
-                return bad_request(filter::BadParam {
-                    param: "limit",
-                    why: "a whole number from 1 to 1000000".into(),
-                });
-            }
-        },
+        Ok(n) => n,
+        Err(e) => return bad_request(e),
     };
     let Some(all) = crate::pipeline::state::all_flows(&s.ask).await else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "netmon is stopping");
@@ -610,7 +607,7 @@ async fn processes(
             ),
         });
     }
-    let limit = match limit(&q) {
+    let limit = match limit(&q, 100, 1000) {
         Ok(n) => n,
         Err(e) => return bad_request(e),
     };

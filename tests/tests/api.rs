@@ -789,7 +789,7 @@ fn tls_on_a_non_loopback_address_with_a_test_ca_refuses_plain_http_and_reloads_o
     let addr = format!("{ip}:{port}");
     let tf = token_file(&scratch);
     let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
-    let netmon = Netmon::start(&[
+    let args = [
         "--api",
         &addr,
         "--api-token-file",
@@ -798,7 +798,8 @@ fn tls_on_a_non_loopback_address_with_a_test_ca_refuses_plain_http_and_reloads_o
         cert.to_str().unwrap(),
         "--api-tls-key",
         key.to_str().unwrap(),
-    ]);
+    ];
+    let netmon = Netmon::start(&args);
     let token = std::fs::read_to_string(&tf).unwrap().trim().to_owned();
     let auth = format!("Authorization: Bearer {token}");
     let ca = dir.join("ca.pem");
@@ -844,16 +845,7 @@ fn tls_on_a_non_loopback_address_with_a_test_ca_refuses_plain_http_and_reloads_o
     let (status, _) = netmon.stop();
     assert!(status.success(), "{status}");
     // At start, a key that is not one is an error naming the file, nothing attached.
-    let err = refused(&[
-        "--api",
-        &addr,
-        "--api-token-file",
-        &tf,
-        "--api-tls-cert",
-        cert.to_str().unwrap(),
-        "--api-tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let err = refused(&args);
     assert!(err.contains("server.key"), "{err}");
 }
 

@@ -84,17 +84,7 @@ pub fn question(q: &HashMap<String, String>, now: DateTime<Utc>) -> Result<Quest
             })
         })
         .transpose()?;
-    let limit = match q.get("limit") {
-        None => query::DEFAULT_LIMIT,
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or(BadParam {
-                param: "limit",
-                why: format!("a whole number from 1 to {MAX_LIMIT}"),
-            })?,
-    };
+    let limit = super::limit(q, query::DEFAULT_LIMIT, MAX_LIMIT)?;
     let types = q
         .get("type")
         .map(|v| {
