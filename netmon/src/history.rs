@@ -20,9 +20,11 @@ use std::{
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod aggregate;
 pub mod import;
 pub mod query;
 pub mod retention;
+mod rows;
 pub mod schema;
 pub mod writer;
 

@@ -1,0 +1,428 @@
+//! The history's rows: how each event becomes a row of `events` (and of `alerts`,
+//! `hosts`, `ports`), with its process stored once in `processes`, and how a flow key
+//! gets its id. Called by the writer inside its batch transaction.
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
+
+use rusqlite::{Statement, Transaction, params};
+
+use super::aggregate::{FlowKey, direction_name, proto_name};
+use crate::event::{Connection as Conn, Event, EventBody, ProcessInfo};
+
+/// The columns of `events` an [`EventRow`] fills.
+const EVENT_COLUMNS: usize = 16;
+
+/// `INSERT INTO events … VALUES (…)` with `rows` rows of parameters.
+pub(super) fn insert_events_sql(rows: usize) -> String {
+    let one = format!("({})", vec!["?"; EVENT_COLUMNS].join(", "));
+    format!(
+        "INSERT INTO events (ts, type, process_id, proto, direction, src_ip, src_port, dst_ip, dst_port, remote_name, bytes_sent, bytes_received, packets_sent, packets_received, duration_ms, detail) VALUES {}",
+        vec![one; rows].join(", ")
+    )
+}
+
+/// One row of `events`, ready to bind.
+pub(super) struct EventRow<'a> {
+    ts: i64,
+    kind: &'static str,
+    process_id: Option<i64>,
+    proto: Option<&'static str>,
+    direction: Option<&'static str>,
+    src: Option<(String, u16)>,
+    dst: Option<(String, u16)>,
+    remote_name: Option<&'a str>,
+    bytes_sent: Option<u64>,
+    bytes_received: Option<u64>,
+    packets_sent: Option<u64>,
+    packets_received: Option<u64>,
+    duration_ms: Option<f64>,
+    detail: Option<String>,
+}
+
+impl EventRow<'_> {
+    /// Binds the row's values to `statement`'s parameters from `first` (1-based) on.
+    pub(super) fn bind(&self, statement: &mut Statement<'_>, first: usize) -> rusqlite::Result<()> {
+        let i64_of = |v: Option<u64>| v.map(|v| v as i64);
+        let mut i = first;
+        let mut put = |v: &dyn rusqlite::ToSql| {
+            let r = statement.raw_bind_parameter(i, v);
+            i += 1;
+            r
+        };
+        put(&self.ts)?;
+        put(&self.kind)?;
+        put(&self.process_id)?;
+        put(&self.proto)?;
+        put(&self.direction)?;
+        put(&self.src.as_ref().map(|s| s.0.as_str()))?;
+        put(&self.src.as_ref().map(|s| s.1))?;
+        put(&self.dst.as_ref().map(|s| s.0.as_str()))?;
+        put(&self.dst.as_ref().map(|s| s.1))?;
+        put(&self.remote_name)?;
+        put(&i64_of(self.bytes_sent))?;
+        put(&i64_of(self.bytes_received))?;
+        put(&i64_of(self.packets_sent))?;
+        put(&i64_of(self.packets_received))?;
+        put(&self.duration_ms)?;
+        put(&self.detail)
+    }
+}
+
+/// A DNS event's `detail`: all but its type and process (the process is in
+/// `processes`), borrowed, so nothing is copied to write it.
+#[derive(serde::Serialize)]
+struct DnsDetail<'a> {
+    proto: crate::event::Proto,
+    family: crate::event::Family,
+    role: crate::event::DnsRole,
+    src: &'a crate::event::Endpoint,
+    dst: &'a crate::event::Endpoint,
+    id: u16,
+    query: &'a str,
+    qtype: &'a str,
+    rcode: &'a Option<String>,
+    answers: &'a [crate::event::DnsAnswer],
+    latency_ms: Option<f64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    truncated: bool,
+}
+
+impl<'a> DnsDetail<'a> {
+    fn of(d: &'a crate::event::Dns) -> DnsDetail<'a> {
+        DnsDetail {
+            proto: d.proto,
+            family: d.family,
+            role: d.role,
+            src: &d.src,
+            dst: &d.dst,
+            id: d.id,
+            query: &d.query,
+            qtype: &d.qtype,
+            rcode: &d.rcode,
+            answers: &d.answers,
+            latency_ms: d.latency_ms,
+            truncated: d.truncated,
+        }
+    }
+}
+
+pub(super) fn key_id(tx: &Transaction<'_>, k: &FlowKey) -> rusqlite::Result<i64> {
+    tx.prepare_cached(
+        "INSERT INTO flow_keys (comm, exe, user, proto, direction, local_ip, local_port, remote_ip, remote_port, remote_name) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO UPDATE SET comm = excluded.comm RETURNING id",
+    )?
+    .query_row(
+        params![
+            k.comm,
+            k.exe,
+            k.user,
+            k.proto,
+            k.direction,
+            k.local_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            k.local_port,
+            k.remote_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            k.remote_port,
+            k.remote_name
+        ],
+        |r| r.get(0),
+    )
+}
+
+pub(super) type ProcessCache = HashMap<(u32, String, u32), (Arc<crate::event::ProcessDetail>, i64)>;
+
+fn process_id(
+    tx: &Transaction<'_>,
+    cache: &mut ProcessCache,
+    p: &ProcessInfo,
+) -> rusqlite::Result<i64> {
+    let key = (p.pid, p.comm.clone(), p.uid);
+    if let Some((detail, id)) = cache.get(&key)
+        && (Arc::ptr_eq(detail, &p.detail) || **detail == *p.detail)
+    {
+        return Ok(*id);
+    }
+    let d = &*p.detail;
+    let container = d
+        .container
+        .as_ref()
+        .and_then(|c| c.id.clone())
+        .unwrap_or_default();
+    let id = tx
+        .prepare_cached(
+            "INSERT INTO processes (pid, comm, exe, cmdline, uid, user, container) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO UPDATE SET pid = excluded.pid RETURNING id",
+        )?
+        .query_row(
+            params![
+                p.pid,
+                p.comm,
+                d.exe.as_deref().unwrap_or(""),
+                d.cmdline.as_deref().unwrap_or(""),
+                p.uid,
+                d.user.as_deref().unwrap_or(""),
+                container
+            ],
+            |r| r.get(0),
+        )?;
+    cache.insert(key, (p.detail.clone(), id));
+    Ok(id)
+}
+
+fn ns(event: &Event) -> i64 {
+    event.ts.timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+/// The event's JSON without its `process` (kept in `processes`) nor what the columns hold.
+fn detail_json(body: &EventBody) -> Option<String> {
+    let mut v = serde_json::to_value(body).ok()?;
+    let obj = v.as_object_mut()?;
+    for k in ["type", "process"] {
+        obj.remove(k);
+    }
+    Some(v.to_string())
+}
+
+/// What columns do not hold of a connection event: only flags that are set.
+fn conn_extras(c: &Conn, extra: &[(&str, serde_json::Value)]) -> Option<String> {
+    let mut m = serde_json::Map::new();
+    if c.failed {
+        m.insert("failed".into(), true.into());
+    }
+    if c.existing {
+        m.insert("existing".into(), true.into());
+    }
+    for (k, v) in extra {
+        if !v.is_null() {
+            m.insert((*k).into(), v.clone());
+        }
+    }
+    (!m.is_empty()).then(|| serde_json::Value::Object(m).to_string())
+}
+
+#[derive(Default)]
+struct Row<'a> {
+    process: Option<&'a ProcessInfo>,
+    proto: Option<&'static str>,
+    direction: Option<&'static str>,
+    src: Option<(IpAddr, u16)>,
+    dst: Option<(IpAddr, u16)>,
+    remote_name: Option<&'a str>,
+    bytes_sent: Option<u64>,
+    bytes_received: Option<u64>,
+    packets_sent: Option<u64>,
+    packets_received: Option<u64>,
+    duration_ms: Option<f64>,
+    detail: Option<String>,
+}
+
+fn conn_row<'a>(c: &'a Conn) -> Row<'a> {
+    Row {
+        process: c.process.as_ref(),
+        proto: Some(proto_name(c.proto)),
+        direction: direction_name(c.direction),
+        src: c.src.as_ref().map(|e| (e.ip, e.port)),
+        dst: Some((c.dst.ip, c.dst.port)),
+        remote_name: c
+            .dst
+            .name
+            .as_deref()
+            .or_else(|| c.src.as_ref().and_then(|s| s.name.as_deref())),
+        ..Row::default()
+    }
+}
+
+/// The `events` row of `event` (None for types the history does not keep), after
+/// storing its process and what other tables keep of it (alerts, the scanner's hosts
+/// and ports).
+pub(super) fn event_row<'a>(
+    tx: &Transaction<'_>,
+    procs: &mut ProcessCache,
+    event: &'a Event,
+) -> rusqlite::Result<Option<EventRow<'a>>> {
+    let ts = ns(event);
+    let row = match &event.body {
+        EventBody::Connect(c) | EventBody::Accept(c) | EventBody::Listen(c) => Row {
+            detail: conn_extras(c, &[]),
+            ..conn_row(c)
+        },
+        EventBody::Udp(c) => Row {
+            bytes_sent: c.bytes,
+            detail: conn_extras(c, &[]),
+            ..conn_row(c)
+        },
+        EventBody::Close(c) => Row {
+            bytes_sent: c.bytes_sent,
+            bytes_received: c.bytes_received,
+            packets_sent: c.packets_sent,
+            packets_received: c.packets_received,
+            duration_ms: c.duration_ms,
+            detail: conn_extras(&c.conn, &[("reason", c.reason.clone().into())]),
+            ..conn_row(&c.conn)
+        },
+        EventBody::Flow(f) => Row {
+            bytes_sent: f.bytes_sent,
+            bytes_received: f.bytes_received,
+            packets_sent: f.packets_sent,
+            packets_received: f.packets_received,
+            duration_ms: Some(f.duration_ms),
+            detail: conn_extras(
+                &f.conn,
+                &[
+                    ("state", f.state.clone().into()),
+                    (
+                        "start",
+                        f.start
+                            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+                            .into(),
+                    ),
+                ],
+            ),
+            ..conn_row(&f.conn)
+        },
+        EventBody::Dns(d) => Row {
+            process: d.process.as_ref(),
+            proto: Some(proto_name(d.proto)),
+            src: Some((d.src.ip, d.src.port)),
+            dst: Some((d.dst.ip, d.dst.port)),
+            remote_name: Some(d.query.as_str()),
+            duration_ms: d.latency_ms,
+            detail: serde_json::to_string(&DnsDetail::of(d)).ok(),
+            ..Row::default()
+        },
+        EventBody::Alert(a) => Row {
+            process: a.process.as_ref(),
+            detail: detail_json(&event.body),
+            ..Row::default()
+        },
+        EventBody::Exec(x) => Row {
+            process: Some(&x.process),
+            detail: detail_json(&event.body),
+            ..Row::default()
+        },
+        EventBody::HostUp(h) | EventBody::HostDown(h) => {
+            upsert_host(tx, event, h)?;
+            Row {
+                dst: Some((h.addr, 0)),
+                remote_name: h.name.as_deref(),
+                detail: detail_json(&event.body),
+                ..Row::default()
+            }
+        }
+        EventBody::PortOpened(p) | EventBody::PortClosed(p) => {
+            let state = if matches!(event.body, EventBody::PortOpened(_)) {
+                "open"
+            } else {
+                "closed"
+            };
+            upsert_port(
+                tx,
+                ts,
+                p.addr,
+                proto_name(p.proto),
+                p.port,
+                state,
+                &p.service,
+                &p.version,
+            )?;
+            Row {
+                proto: Some(proto_name(p.proto)),
+                dst: Some((p.addr, p.port)),
+                detail: detail_json(&event.body),
+                ..Row::default()
+            }
+        }
+        EventBody::ServiceChanged(s) => {
+            upsert_port(
+                tx,
+                ts,
+                s.addr,
+                proto_name(s.proto),
+                s.port,
+                "open",
+                &s.service,
+                &s.version,
+            )?;
+            Row {
+                proto: Some(proto_name(s.proto)),
+                dst: Some((s.addr, s.port)),
+                detail: detail_json(&event.body),
+                ..Row::default()
+            }
+        }
+        EventBody::Stats(_) | EventBody::Probe(_) | EventBody::Host(_) | EventBody::Port(_) => {
+            return Ok(None);
+        }
+    };
+    let process_id = match row.process {
+        Some(p) => Some(process_id(tx, procs, p)?),
+        None => None,
+    };
+    if let EventBody::Alert(a) = &event.body {
+        tx.prepare_cached(
+            "INSERT INTO alerts (ts, rule, severity, summary, key, hits, process_id, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            ts,
+            a.rule,
+            a.severity.name(),
+            a.summary,
+            a.key,
+            a.hits as i64,
+            process_id,
+            row.detail.as_deref().unwrap_or("{}"),
+        ])?;
+    }
+    Ok(Some(EventRow {
+        ts,
+        kind: event.body.type_name(),
+        process_id,
+        proto: row.proto,
+        direction: row.direction,
+        src: row.src.map(|(ip, port)| (ip.to_string(), port)),
+        dst: row.dst.map(|(ip, port)| (ip.to_string(), port)),
+        remote_name: row.remote_name,
+        bytes_sent: row.bytes_sent,
+        bytes_received: row.bytes_received,
+        packets_sent: row.packets_sent,
+        packets_received: row.packets_received,
+        duration_ms: row.duration_ms,
+        detail: row.detail,
+    }))
+}
+
+fn upsert_host(
+    tx: &Transaction<'_>,
+    event: &Event,
+    h: &crate::event::scan::HostChange,
+) -> rusqlite::Result<()> {
+    let ts = ns(event) / 1_000_000_000;
+    let up = matches!(event.body, EventBody::HostUp(_));
+    tx.prepare_cached(
+        "INSERT INTO hosts (ip, state, mac, name, first_seen, last_seen, last_change) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5) ON CONFLICT (ip) DO UPDATE SET state = excluded.state, mac = coalesce(excluded.mac, mac), name = coalesce(excluded.name, name), last_seen = coalesce(excluded.last_seen, last_seen), last_change = excluded.last_change",
+    )?
+    .execute(params![
+        h.addr.to_string(),
+        if up { "up" } else { "down" },
+        h.mac,
+        h.name,
+        ts,
+        up.then_some(ts),
+    ])?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn upsert_port(
+    tx: &Transaction<'_>,
+    ts_ns: i64,
+    ip: IpAddr,
+    proto: &str,
+    port: u16,
+    state: &str,
+    service: &Option<String>,
+    version: &Option<String>,
+) -> rusqlite::Result<()> {
+    let ts = ts_ns / 1_000_000_000;
+    tx.prepare_cached(
+        "INSERT INTO ports (ip, proto, port, state, service, version, first_seen, last_change) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT (ip, proto, port) DO UPDATE SET state = excluded.state, service = coalesce(excluded.service, service), version = coalesce(excluded.version, version), last_change = excluded.last_change",
+    )?
+    .execute(params![ip.to_string(), proto, port, state, service, version, ts])?;
+    Ok(())
+}
