@@ -316,12 +316,12 @@ impl Aggregator {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::event::{Close, Endpoint, Family, ProcessInfo};
     use chrono::{DateTime, Utc};
 
-    fn conn(dir: Direction, sport: u16, dport: u16) -> Conn {
+    pub(in crate::history) fn conn(dir: Direction, sport: u16, dport: u16) -> Conn {
         Conn {
             proto: Proto::Tcp,
             family: Family::Ipv4,
@@ -337,7 +337,7 @@ mod tests {
         }
     }
 
-    fn at(s: i64, body: EventBody) -> Event {
+    pub(in crate::history) fn at(s: i64, body: EventBody) -> Event {
         Event {
             ts: DateTime::<Utc>::from_timestamp(s, 0).unwrap(),
             host: "h".into(),
@@ -345,7 +345,7 @@ mod tests {
         }
     }
 
-    fn close(c: Conn, sent: u64, recv: u64) -> EventBody {
+    pub(in crate::history) fn close(c: Conn, sent: u64, recv: u64) -> EventBody {
         EventBody::Close(Close {
             conn: c,
             duration_ms: Some(1.0),

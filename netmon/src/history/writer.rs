@@ -423,47 +423,10 @@ const UPSERT_HOUR: &str = "INSERT INTO flow_hour (hour, key_id, connections, byt
 
 #[cfg(test)]
 mod tests {
+    use super::super::aggregate::tests::{at, close, conn};
     use super::*;
-    use crate::event::{
-        Close, Connection as Conn, Direction, Endpoint, Family, ProcessInfo, Proto,
-    };
+    use crate::event::{Direction, Endpoint, Family, ProcessInfo, Proto};
     use chrono::{DateTime, Utc};
-
-    fn conn(dir: Direction, sport: u16, dport: u16) -> Conn {
-        Conn {
-            proto: Proto::Tcp,
-            family: Family::Ipv4,
-            direction: Some(dir),
-            src: Some(Endpoint::new("10.0.0.1".parse().unwrap(), sport)),
-            dst: Endpoint::new("10.0.0.2".parse().unwrap(), dport),
-            process: Some(ProcessInfo::kernel(7, 7, "curl".into(), 0, 0, 1)),
-            backend: "tracepoint".into(),
-            netns: None,
-            failed: false,
-            bytes: None,
-            existing: false,
-        }
-    }
-
-    fn at(s: i64, body: EventBody) -> Event {
-        Event {
-            ts: DateTime::<Utc>::from_timestamp(s, 0).unwrap(),
-            host: "h".into(),
-            body,
-        }
-    }
-
-    fn close(c: Conn, sent: u64, recv: u64) -> EventBody {
-        EventBody::Close(Close {
-            conn: c,
-            duration_ms: Some(1.0),
-            bytes_sent: Some(sent),
-            bytes_received: Some(recv),
-            packets_sent: None,
-            packets_received: None,
-            reason: None,
-        })
-    }
 
     fn dns_event(s: i64) -> EventBody {
         EventBody::Dns(crate::event::Dns {
