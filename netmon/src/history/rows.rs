@@ -8,64 +8,8 @@ use rusqlite::{Statement, Transaction, params};
 use super::aggregate::{FlowKey, direction_name, proto_name};
 use crate::event::{Connection as Conn, Event, EventBody, ProcessInfo};
 
-/// The columns of `events` an [`EventRow`] fills.
-const EVENT_COLUMNS: usize = 16;
-
-/// `INSERT INTO events … VALUES (…)` with `rows` rows of parameters.
-pub(super) fn insert_events_sql(rows: usize) -> String {
-    let one = format!("({})", vec!["?"; EVENT_COLUMNS].join(", "));
-    format!(
-        "INSERT INTO events (ts, type, process_id, proto, direction, src_ip, src_port, dst_ip, dst_port, remote_name, bytes_sent, bytes_received, packets_sent, packets_received, duration_ms, detail) VALUES {}",
-        vec![one; rows].join(", ")
-    )
-}
-
-/// One row of `events`, ready to bind.
-pub(super) struct EventRow<'a> {
-    ts: i64,
-    kind: &'static str,
-    process_id: Option<i64>,
-    proto: Option<&'static str>,
-    direction: Option<&'static str>,
-    src: Option<(String, u16)>,
-    dst: Option<(String, u16)>,
-    remote_name: Option<&'a str>,
-    bytes_sent: Option<u64>,
-    bytes_received: Option<u64>,
-    packets_sent: Option<u64>,
-    packets_received: Option<u64>,
-    duration_ms: Option<f64>,
-    detail: Option<String>,
-}
-
-impl EventRow<'_> {
-    /// Binds the row's values to `statement`'s parameters from `first` (1-based) on.
-    pub(super) fn bind(&self, statement: &mut Statement<'_>, first: usize) -> rusqlite::Result<()> {
-        let i64_of = |v: Option<u64>| v.map(|v| v as i64);
-        let mut i = first;
-        let mut put = |v: &dyn rusqlite::ToSql| {
-            let r = statement.raw_bind_parameter(i, v);
-            i += 1;
-            r
-        };
-        put(&self.ts)?;
-        put(&self.kind)?;
-        put(&self.process_id)?;
-        put(&self.proto)?;
-        put(&self.direction)?;
-        put(&self.src.as_ref().map(|s| s.0.as_str()))?;
-        put(&self.src.as_ref().map(|s| s.1))?;
-        put(&self.dst.as_ref().map(|s| s.0.as_str()))?;
-        put(&self.dst.as_ref().map(|s| s.1))?;
-        put(&self.remote_name)?;
-        put(&i64_of(self.bytes_sent))?;
-        put(&i64_of(self.bytes_received))?;
-        put(&i64_of(self.packets_sent))?;
-        put(&i64_of(self.packets_received))?;
-        put(&self.duration_ms)?;
-        put(&self.detail)
-    }
-}
+/// The statement [`insert_event`] runs, prepared once per batch by the writer.
+pub(super) const INSERT_EVENT: &str = "INSERT INTO events (ts, type, process_id, proto, direction, src_ip, src_port, dst_ip, dst_port, remote_name, bytes_sent, bytes_received, packets_sent, packets_received, duration_ms, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
 
 /// A DNS event's `detail`: all but its type and process (the process is in
 /// `processes`), borrowed, so nothing is copied to write it.
@@ -228,14 +172,15 @@ fn conn_row<'a>(c: &'a Conn) -> Row<'a> {
     }
 }
 
-/// The `events` row of `event` (None for types the history does not keep), after
-/// storing its process and what other tables keep of it (alerts, the scanner's hosts
-/// and ports).
-pub(super) fn event_row<'a>(
+/// Inserts the `events` row of `event` with `insert` ([`INSERT_EVENT`]; nothing for
+/// types the history does not keep), its process, and what other tables keep of it
+/// (alerts, the scanner's hosts and ports).
+pub(super) fn insert_event(
     tx: &Transaction<'_>,
+    insert: &mut Statement<'_>,
     procs: &mut ProcessCache,
-    event: &'a Event,
-) -> rusqlite::Result<Option<EventRow<'a>>> {
+    event: &Event,
+) -> rusqlite::Result<()> {
     let ts = ns(event);
     let row = match &event.body {
         EventBody::Connect(c) | EventBody::Accept(c) | EventBody::Listen(c) => Row {
@@ -347,13 +292,31 @@ pub(super) fn event_row<'a>(
             }
         }
         EventBody::Stats(_) | EventBody::Probe(_) | EventBody::Host(_) | EventBody::Port(_) => {
-            return Ok(None);
+            return Ok(());
         }
     };
     let process_id = match row.process {
         Some(p) => Some(process_id(tx, procs, p)?),
         None => None,
     };
+    insert.execute(params![
+        ts,
+        event.body.type_name(),
+        process_id,
+        row.proto,
+        row.direction,
+        row.src.map(|s| s.0.to_string()),
+        row.src.map(|s| s.1),
+        row.dst.map(|d| d.0.to_string()),
+        row.dst.map(|d| d.1),
+        row.remote_name,
+        row.bytes_sent.map(|b| b as i64),
+        row.bytes_received.map(|b| b as i64),
+        row.packets_sent.map(|b| b as i64),
+        row.packets_received.map(|b| b as i64),
+        row.duration_ms,
+        row.detail,
+    ])?;
     if let EventBody::Alert(a) = &event.body {
         tx.prepare_cached(
             "INSERT INTO alerts (ts, rule, severity, summary, key, hits, process_id, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -369,22 +332,7 @@ pub(super) fn event_row<'a>(
             row.detail.as_deref().unwrap_or("{}"),
         ])?;
     }
-    Ok(Some(EventRow {
-        ts,
-        kind: event.body.type_name(),
-        process_id,
-        proto: row.proto,
-        direction: row.direction,
-        src: row.src.map(|(ip, port)| (ip.to_string(), port)),
-        dst: row.dst.map(|(ip, port)| (ip.to_string(), port)),
-        remote_name: row.remote_name,
-        bytes_sent: row.bytes_sent,
-        bytes_received: row.bytes_received,
-        packets_sent: row.packets_sent,
-        packets_received: row.packets_received,
-        duration_ms: row.duration_ms,
-        detail: row.detail,
-    }))
+    Ok(())
 }
 
 fn upsert_host(

@@ -330,8 +330,6 @@ struct Store {
     conn: Connection,
     processes: HashMap<(u32, String, u32), (Arc<crate::event::ProcessDetail>, i64)>,
     keys: HashMap<Arc<FlowKey>, i64>,
-    /// `INSERT INTO events` of one row.
-    insert_event: String,
 }
 
 /// Ids cached at most (then the caches start over): a few MB, the rest is looked up
@@ -344,7 +342,6 @@ impl Store {
             conn,
             processes: HashMap::new(),
             keys: HashMap::new(),
-            insert_event: rows::insert_events_sql(1),
         }
     }
 
@@ -380,12 +377,9 @@ impl Store {
             // Prepared once per batch: looking a statement up in the cache by its text
             // for every event cost a tenth of the writer's time. (Many rows per
             // `INSERT` measured no faster.)
-            let mut insert = tx.prepare_cached(&self.insert_event)?;
+            let mut insert = tx.prepare_cached(rows::INSERT_EVENT)?;
             for event in batch {
-                if let Some(row) = rows::event_row(&tx, &mut self.processes, event)? {
-                    row.bind(&mut insert, 1)?;
-                    insert.raw_execute()?;
-                }
+                rows::insert_event(&tx, &mut insert, &mut self.processes, event)?;
             }
             let mut minute = tx.prepare_cached(UPSERT_MINUTE)?;
             let mut hour = tx.prepare_cached(UPSERT_HOUR)?;
