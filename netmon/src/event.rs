@@ -8,6 +8,7 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod log;
 pub mod scan;
 
 /// One line of output.
@@ -44,6 +45,8 @@ pub enum EventBody {
     Dns(Dns),
     /// A process exec'd a program (off by default: `--events exec`).
     Exec(Exec),
+    /// A message of netmon's own eBPF programs (`--ebpf-log` with `--events log`).
+    Log(log::KernelLog),
     /// A detection rule fired (see `rules.rs`).
     Alert(Alert),
     /// Scanner: one scanned host (`netmon scan`).
@@ -76,6 +79,7 @@ impl EventBody {
             EventBody::Probe(_) => "probe",
             EventBody::Dns(_) => "dns",
             EventBody::Exec(_) => "exec",
+            EventBody::Log(_) => "log",
             EventBody::Alert(_) => "alert",
             EventBody::Host(_) => "host",
             EventBody::Port(_) => "port",
@@ -390,6 +394,9 @@ pub struct Stats {
     /// `pipeline/hub.rs`). The sink is never dropped for: it is waited for.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub consumers: BTreeMap<String, ConsumerStats>,
+    /// With `--events log`: the programs' messages that could not become `log` events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ebpf_log: Option<log::EbpfLogStats>,
 }
 
 /// `stats.kernel_maps.<map>`: counters of one kernel map since netmon started.

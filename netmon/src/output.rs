@@ -198,6 +198,9 @@ fn render_body(event: &Event, out: &mut String) {
             }
         }
         EventBody::Dns(d) => dns_text(d, out),
+        EventBody::Log(l) => {
+            let _ = write!(out, "{} {}: {}", l.level.as_str(), l.target, l.message);
+        }
         EventBody::Alert(a) => alert_text(a, out),
         EventBody::Exec(x) => {
             let p = &x.process;
@@ -426,6 +429,30 @@ mod tests {
         assert_eq!(lines.len(), 3, "{out}");
         assert!(lines[1].starts_with("    what to do: "), "{out}");
         assert!(lines[2].starts_with("    process: "), "{out}");
+    }
+
+    #[test]
+    fn log_events_are_one_escaped_line() {
+        let log = |message: &str| Event {
+            ts: chrono::DateTime::UNIX_EPOCH,
+            host: "h".into(),
+            body: EventBody::Log(crate::event::log::KernelLog {
+                level: crate::event::log::LogLevel::Debug,
+                message: message.into(),
+                target: "netmon::tcp".into(),
+                location: None,
+            }),
+        };
+        let mut out = String::new();
+        render_text(&log("socket of unknown family 7 (offset 16)"), &mut out);
+        assert_eq!(
+            out,
+            "1970-01-01T00:00:00.000Z log     debug netmon::tcp: socket of unknown family 7 (offset 16)"
+        );
+        let mut out = String::new();
+        render_text(&log("a\nFORGED \x1b[2J\u{202e}"), &mut out);
+        assert!(!out.contains('\x1b') && !out.contains('\n') && !out.contains('\u{202e}'));
+        assert!(out.ends_with("a\\nFORGED \\x1b[2J\\u{202e}"), "{out}");
     }
 
     #[test]

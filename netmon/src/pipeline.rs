@@ -27,7 +27,7 @@ use crate::{
     flow::FlowConfig,
     output::Format,
     privileges,
-    probe::{BackendChoice, LoadOptions, Tracer},
+    probe::{BackendChoice, LoadOptions, LogQueue, LogTo, Tracer},
     process::Processes,
     scan::monitor::Monitor,
     system,
@@ -58,6 +58,8 @@ pub struct Options {
     pub max_latency: Duration,
     /// The eBPF programs' own diagnostics (`--ebpf-log`).
     pub ebpf_log: crate::probe::EbpfLog,
+    /// Send them as `log` events on the stream instead of stderr (`--events log`).
+    pub ebpf_log_events: bool,
     pub flows: FlowConfig,
     /// Between `flow` summaries of long-lived flows.
     pub flow_interval: Duration,
@@ -133,13 +135,18 @@ pub fn run(mut opts: Options) -> Result<()> {
         },
         wakeup_bytes: Some(LoadOptions::batched_wakeup_bytes(opts.ring_buffer_bytes)),
         ebpf_log: opts.ebpf_log,
-        ebpf_log_to_stdout: false,
+        ebpf_log_to: if opts.ebpf_log_events {
+            LogTo::Queue
+        } else {
+            LogTo::Stderr
+        },
         dns_rate: config.dns.rate(),
     })?;
     for w in &tracer.report.warnings {
         eprintln!("netmon: warning: {w}");
     }
     let ring = tracer.take_ring_buffer()?;
+    let ebpf_log = tracer.take_log_queue();
     let losses = tracer.take_loss_counters()?;
     let skipped = tracer.skipped_runs();
     release_free_memory();
@@ -278,6 +285,7 @@ pub fn run(mut opts: Options) -> Result<()> {
         scanner: None,
         history: history.as_ref().map(crate::history::Writer::counters),
         requests,
+        ebpf_log,
         records: Vec::new(),
         enriched: Vec::new(),
         alerts: Vec::new(),
@@ -327,6 +335,8 @@ struct Stages {
     history: Option<std::sync::Arc<crate::history::Counters>>,
     /// Questions from the API about the flow table (see `state.rs`).
     requests: tokio::sync::mpsc::Receiver<state::FlowsRequest>,
+    /// The programs' messages, to become `log` events (`--events log`).
+    ebpf_log: Option<LogQueue>,
     /// Scratch buffers, reused: records read, events enriched, alerts of one event.
     records: Vec<Record>,
     enriched: Vec<Event>,
@@ -418,6 +428,9 @@ impl Stages {
                     let flows = flows.into_iter().map(std::sync::Arc::new).collect();
                     let _ = req.reply.send(state::FlowsChunk { flows, next });
                 }
+                Some(log) = next_log(&mut self.ebpf_log) => {
+                    self.emit_log(log).await?;
+                }
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
             }
@@ -428,8 +441,26 @@ impl Stages {
         }
         // Whatever the kernel handed over before the signal is still written.
         self.drain().await?;
+        while let Some(log) = self
+            .ebpf_log
+            .as_mut()
+            .and_then(|q| q.messages.try_recv().ok())
+        {
+            self.emit_log(log).await?;
+        }
         self.stats(true).await?;
         Ok(())
+    }
+
+    /// One of the programs' messages as a `log` event (not through the rules: it is
+    /// about netmon, not the host).
+    async fn emit_log(&mut self, log: crate::event::log::KernelLog) -> Result<(), ConsumerGone> {
+        let event = Event {
+            ts: Utc::now(),
+            host: self.host.clone(),
+            body: EventBody::Log(log),
+        };
+        self.hub.emit(event).await
     }
 
     /// Every record in the ring buffer, through every stage.
@@ -515,6 +546,12 @@ impl Stages {
                 scan: self.scanner.as_ref().map(scanner::Scanner::counters),
                 history: self.history.as_ref().map(|c| c.snapshot()),
                 consumers: self.hub.consumer_stats(),
+                ebpf_log: self
+                    .ebpf_log
+                    .as_ref()
+                    .map(|q| crate::event::log::EbpfLogStats {
+                        dropped: q.dropped.load(std::sync::atomic::Ordering::Relaxed),
+                    }),
             }),
         };
         self.hub.emit(stats).await
@@ -540,6 +577,14 @@ async fn consumer_ended(done: &mut Option<tokio::sync::oneshot::Receiver<()>>) {
             let _ = rx.await;
             *done = None;
         }
+        None => std::future::pending().await,
+    }
+}
+
+/// The programs' next message; never ready without `--events log`.
+async fn next_log(queue: &mut Option<LogQueue>) -> Option<crate::event::log::KernelLog> {
+    match queue {
+        Some(q) => q.messages.recv().await,
         None => std::future::pending().await,
     }
 }

@@ -22,7 +22,7 @@ mod tracefs;
 
 pub use attach::kprobes_available;
 pub use hooks::{BackendChoice, Capability};
-pub use log::EbpfLog;
+pub use log::{EbpfLog, LogQueue, LogTo};
 pub use maps::{LossCounters, SkippedRuns, UdpPeers};
 pub use tracefs::verify_format;
 
@@ -75,10 +75,10 @@ pub struct LoadOptions {
     /// caught up). A reader that sets it must also drain on a timer: below the
     /// threshold nothing wakes it.
     pub wakeup_bytes: Option<u32>,
-    /// Which of the programs' own messages to forward (to stderr).
+    /// Which of the programs' own messages to forward.
     pub ebpf_log: EbpfLog,
-    /// Forward them to stdout instead (`netmon doctor --trace`).
-    pub ebpf_log_to_stdout: bool,
+    /// Where: stderr, or a queue taken with [`Tracer::take_log_queue`].
+    pub ebpf_log_to: LogTo,
     /// DNS packets copied per process at most (`[dns] rate_limit`, `rate_burst`).
     pub dns_rate: DnsRate,
 }
@@ -121,6 +121,8 @@ pub struct Tracer {
     ebpf: Ebpf,
     /// Forwards the programs' log when `--ebpf-log` is not `off`.
     _log: Option<log::Forwarder>,
+    /// The forwarder's queue, with [`LogTo::Queue`], until taken.
+    log_queue: Option<LogQueue>,
     pub report: ProbeReport,
     /// Whether events carry the network namespace (the BTF offsets were found).
     pub netns_known: bool,
@@ -171,13 +173,13 @@ impl Tracer {
             .override_global(log::LEVEL_GLOBAL, &opts.ebpf_log.kernel_level(), true)
             .load(EBPF_OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
-        let log = match opts.ebpf_log {
-            EbpfLog::Off => None,
-            _ => match log::Forwarder::start(&mut ebpf, opts.ebpf_log_to_stdout) {
-                Ok(f) => Some(f),
+        let (log, log_queue) = match opts.ebpf_log {
+            EbpfLog::Off => (None, None),
+            _ => match log::Forwarder::start(&mut ebpf, opts.ebpf_log_to) {
+                Ok((f, queue)) => (Some(f), queue),
                 Err(e) => {
                     warnings.push(e);
-                    None
+                    (None, None)
                 }
             },
         };
@@ -216,9 +218,18 @@ impl Tracer {
         Ok(Tracer {
             ebpf,
             _log: log,
+            log_queue,
             report,
             netns_known,
         })
+    }
+}
+
+impl Tracer {
+    /// The programs' messages, with `--ebpf-log` not `off` and [`LogTo::Queue`]
+    /// (once; `None` otherwise).
+    pub fn take_log_queue(&mut self) -> Option<LogQueue> {
+        self.log_queue.take()
     }
 }
 

@@ -23,8 +23,10 @@ pub struct DoctorArgs {
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
     /// Instead of the checks: attach as `netmon run` would, with the programs'
-    /// diagnostics at `debug`, make a loopback TCP connection and a UDP exchange, and
-    /// print for SECONDS what the programs logged (root).
+    /// diagnostics at `debug`; close a TCP connection opened before attaching (which
+    /// they log), make a loopback TCP connection and a UDP exchange (which they should
+    /// not), and print for SECONDS what they logged (root). Exit 1 if the first never
+    /// shows.
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=600))]
     pub trace: Option<u64>,
 }
@@ -207,7 +209,7 @@ pub fn diagnose() -> Diagnosis {
             dns_ports: vec![53],
             wakeup_bytes: None,
             ebpf_log: probe::EbpfLog::Off,
-            ebpf_log_to_stdout: false,
+            ebpf_log_to: probe::LogTo::Stderr,
             dns_rate: probe::DnsRate::UNLIMITED,
         }) {
             // Dropping the tracer detaches everything at once.
@@ -248,23 +250,39 @@ pub fn diagnose() -> Diagnosis {
 }
 
 /// `--trace SECONDS`: the programs' own log while netmon makes a little traffic.
+///
+/// First a canary: a TCP connection opened before the programs attach and closed after,
+/// whose two closes the programs log at `debug` (a flow they did not see begin, see
+/// `netmon-ebpf/src/tcp.rs`): it shows that the log path works end to end. Then clean
+/// traffic (a loopback TCP connection, a UDP exchange), which should log nothing.
+/// Exit 1 when the canary's messages never came.
 fn trace(seconds: u64) -> Result<ExitCode> {
-    use std::{
-        io::{Read as _, Write as _},
-        net::{TcpListener, TcpStream, UdpSocket},
-    };
+    use std::net::{TcpListener, TcpStream};
 
-    let tracer = Tracer::start(&LoadOptions {
+    let canary_listener = TcpListener::bind("127.0.0.1:0")?;
+    let canary = TcpStream::connect(canary_listener.local_addr()?)?;
+    let (canary_server, _) = canary_listener.accept()?;
+    let ports = (
+        canary.local_addr()?.port(),
+        canary_server.local_addr()?.port(),
+    );
+    let mut tracer = Tracer::start(&LoadOptions {
         backend: BackendChoice::Auto,
         ring_buffer_bytes: 4096 * 4,
         dns_ports: vec![53],
         wakeup_bytes: None,
         ebpf_log: probe::EbpfLog::Debug,
-        ebpf_log_to_stdout: true,
+        ebpf_log_to: probe::LogTo::Queue,
         dns_rate: probe::DnsRate::UNLIMITED,
     })?;
+    let Some(mut queue) = tracer.take_log_queue() else {
+        anyhow::bail!(
+            "netmon doctor --trace: the programs' log cannot be read ({})",
+            tracer.report.warnings.join("; ")
+        );
+    };
     println!(
-        "netmon doctor --trace: attached ({}); the programs' messages for {seconds} s:",
+        "netmon doctor --trace: attached ({}), the programs logging at debug, for {seconds} s",
         tracer
             .report
             .capabilities
@@ -277,31 +295,140 @@ fn trace(seconds: u64) -> Result<ExitCode> {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    // Traffic of our own on loopback: the programs see it like any other (netmon's
-    // own events are dropped in the kernel, after the checks that log).
-    let exchange = || -> std::io::Result<()> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let mut client = TcpStream::connect(listener.local_addr()?)?;
-        let (mut server, _) = listener.accept()?;
-        client.write_all(b"netmon doctor")?;
-        let mut buf = [0u8; 13];
-        server.read_exact(&mut buf)?;
-        drop(client);
-        drop(server);
-        let a = UdpSocket::bind("127.0.0.1:0")?;
-        let b = UdpSocket::bind("127.0.0.1:0")?;
-        a.send_to(b"netmon doctor", b.local_addr()?)?;
-        b.recv_from(&mut buf)?;
-        Ok(())
-    };
-    if let Err(e) = exchange() {
+    println!(
+        "  closing a TCP connection opened before attaching (127.0.0.1:{} → 127.0.0.1:{}): the programs should log that they did not see it begin",
+        ports.0, ports.1
+    );
+    drop(canary);
+    drop(canary_server);
+    drop(canary_listener);
+    println!(
+        "  making clean traffic: a loopback TCP connection with 13 bytes each way, a UDP datagram between two loopback sockets (nothing to log)"
+    );
+    if let Err(e) = clean_exchange() {
         eprintln!("netmon: warning: the loopback exchange failed: {e}");
     }
-    std::thread::sleep(std::time::Duration::from_secs(seconds));
-    // Dropping the tracer forwards what is left, then detaches everything.
+    let mut tally = Tally::new(ports);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        while let Ok(log) = queue.messages.try_recv() {
+            tally.print(&log);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Dropping the tracer forwards what is left (into the queue), then detaches.
     drop(tracer);
-    println!("netmon doctor --trace: done");
-    Ok(ExitCode::SUCCESS)
+    while let Ok(log) = queue.messages.try_recv() {
+        tally.print(&log);
+    }
+    let dropped = queue.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    println!("{}", tally.summary(dropped));
+    Ok(if tally.canary > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// A fresh loopback TCP connection and a UDP exchange: traffic the programs see whole,
+/// so nothing for them to log (netmon's own events are dropped in the kernel, after
+/// the checks that log).
+fn clean_exchange() -> std::io::Result<()> {
+    use std::{
+        io::{Read as _, Write as _},
+        net::{TcpListener, TcpStream, UdpSocket},
+    };
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let mut client = TcpStream::connect(listener.local_addr()?)?;
+    let (mut server, _) = listener.accept()?;
+    let mut buf = [0u8; 13];
+    client.write_all(b"netmon doctor")?;
+    server.read_exact(&mut buf)?;
+    server.write_all(b"netmon doctor")?;
+    client.read_exact(&mut buf)?;
+    drop(client);
+    drop(server);
+    let a = UdpSocket::bind("127.0.0.1:0")?;
+    let b = UdpSocket::bind("127.0.0.1:0")?;
+    a.send_to(b"netmon doctor", b.local_addr()?)?;
+    b.recv_from(&mut buf)?;
+    Ok(())
+}
+
+/// What `--trace` printed: the canary's messages and the others.
+struct Tally {
+    /// The canary's ports (client, server): its two closes name them in both orders.
+    ports: (u16, u16),
+    canary: u64,
+    others: u64,
+}
+
+impl Tally {
+    fn new(ports: (u16, u16)) -> Tally {
+        Tally {
+            ports,
+            canary: 0,
+            others: 0,
+        }
+    }
+
+    fn is_canary(&self, message: &str) -> bool {
+        let (a, b) = self.ports;
+        message.contains("did not see begin")
+            && (message.contains(&format!("port {a} → {b}"))
+                || message.contains(&format!("port {b} → {a}")))
+    }
+
+    fn print(&mut self, log: &crate::event::log::KernelLog) {
+        let canary = self.is_canary(&log.message);
+        if canary {
+            self.canary += 1;
+        } else {
+            self.others += 1;
+        }
+        println!(
+            "  ebpf {} {}: {}{}",
+            log.level.as_str(),
+            crate::escape::for_terminal(&log.target),
+            crate::escape::for_terminal(&log.message),
+            if canary {
+                "  (expected: the canary)"
+            } else {
+                ""
+            }
+        );
+    }
+
+    fn summary(&self, dropped: u64) -> String {
+        let mut out = String::new();
+        let _ = write!(
+            out,
+            "netmon doctor --trace: done: {} message(s) about the connection opened before attaching",
+            self.canary
+        );
+        if self.canary == 0 {
+            out.push_str(
+                " -- NONE: the programs' log does not reach netmon on this host (see the warnings above)",
+            );
+        } else {
+            out.push_str(" (the log path works)");
+        }
+        if self.others == 0 {
+            out.push_str(
+                "; nothing else: the clean traffic (and whatever else ran here meanwhile) met no anomaly the programs report",
+            );
+        } else {
+            let _ = write!(
+                out,
+                "; {} other message(s), about any traffic on this host during the trace",
+                self.others
+            );
+        }
+        if dropped > 0 {
+            let _ = write!(out, "; {dropped} message(s) dropped (queue full)");
+        }
+        out
+    }
 }
 
 fn used(r: &ProbeReport, backend: &str) -> bool {
@@ -366,4 +493,41 @@ pub fn render(d: &Diagnosis) -> String {
         }
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trace_tells_the_canary_from_other_messages_and_says_when_nothing_else_came() {
+        let mut t = Tally::new((41000, 5555));
+        assert!(
+            t.is_canary("close of a flow netmon did not see begin: port 41000 → 5555, state 1")
+        );
+        assert!(
+            t.is_canary("close of a flow netmon did not see begin: port 5555 → 41000, state 4")
+        );
+        assert!(
+            !t.is_canary("close of a flow netmon did not see begin: port 41000 → 55550, state 1")
+        );
+        assert!(!t.is_canary("TCP_FLOWS insert failed (-7): pid 41000"));
+        assert!(
+            t.summary(0)
+                .contains("0 message(s) about the connection opened before attaching -- NONE")
+        );
+        t.canary = 2;
+        let s = t.summary(0);
+        assert!(
+            s.contains("2 message(s)") && s.contains("the log path works"),
+            "{s}"
+        );
+        assert!(s.contains("nothing else: the clean traffic"), "{s}");
+        t.others = 3;
+        let s = t.summary(4);
+        assert!(
+            s.contains("3 other message(s)") && s.contains("4 message(s) dropped"),
+            "{s}"
+        );
+    }
 }

@@ -37,9 +37,10 @@ pub struct RunArgs {
     /// netmon otherwise reads it on this timer: far fewer wake-ups on a busy host.
     #[arg(long, value_name = "MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub max_latency_ms: u64,
-    /// Forward the eBPF programs' own diagnostics to stderr: `warn` (anomalies such as
-    /// failed map inserts or a full ring buffer) or `debug` (also what they skip).
-    /// `off` costs nothing: the programs do not even format their messages.
+    /// Forward the eBPF programs' own diagnostics to stderr (or as `log` events with
+    /// `--events log`): `warn` (anomalies such as failed map inserts or a full ring
+    /// buffer) or `debug` (also what they skip). `off` costs nothing: the programs do
+    /// not even format their messages.
     #[arg(long, value_enum, value_name = "LEVEL", default_value = "off")]
     pub ebpf_log: crate::probe::EbpfLog,
     /// Seconds between `flow` summaries of long-lived flows (bytes so far).
@@ -72,7 +73,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
     /// Event types to add to the stream beyond the default ones: `exec` (every program
-    /// a process execs, with its lineage; also `[events] exec = true`).
+    /// a process execs, with its lineage; also `[events] exec = true`), `log` (the
+    /// eBPF programs' messages that `--ebpf-log` enables, instead of on stderr).
     #[arg(long, value_name = "TYPE", value_delimiter = ',')]
     pub events: Vec<ExtraEvent>,
     /// Serve the read-only HTTP API on ADDR (`IP:PORT`, `[IPv6]:PORT`, or an IP for
@@ -117,6 +119,8 @@ pub struct RunArgs {
 pub enum ExtraEvent {
     /// `exec`: a process exec'd a program.
     Exec,
+    /// `log`: a message of netmon's eBPF programs (with `--ebpf-log warn|debug`).
+    Log,
 }
 
 /// The history `netmon run` keeps: `--no-history` or `enabled = false` keep none;
@@ -211,6 +215,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         stats_interval: Duration::from_secs(args.stats_interval),
         max_latency: Duration::from_millis(args.max_latency_ms),
         ebpf_log: args.ebpf_log,
+        ebpf_log_events: args.events.contains(&ExtraEvent::Log),
         flows: FlowConfig {
             cap: args.max_flows as usize,
             udp_idle_ns: args.udp_timeout * NS_PER_S,
@@ -229,6 +234,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         config: args.config.load()?,
     };
     let mut opts = opts;
+    if opts.ebpf_log_events && opts.ebpf_log == crate::probe::EbpfLog::Off {
+        eprintln!(
+            "netmon: warning: --events log: the programs log nothing with --ebpf-log off; add --ebpf-log warn or --ebpf-log debug"
+        );
+    }
     if args.events.contains(&ExtraEvent::Exec) {
         opts.config.events.exec = true;
     }

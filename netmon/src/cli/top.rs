@@ -99,6 +99,7 @@ pub fn run(args: TopArgs) -> Result<ExitCode> {
         stats_interval: Duration::from_secs(2),
         max_latency: Duration::from_millis(50),
         ebpf_log: crate::probe::EbpfLog::Off,
+        ebpf_log_events: false,
         flows: FlowConfig {
             cap: 100_000,
             udp_idle_ns: 60 * NS_PER_S,

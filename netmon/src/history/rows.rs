@@ -291,7 +291,11 @@ pub(super) fn insert_event(
                 ..Row::default()
             }
         }
-        EventBody::Stats(_) | EventBody::Probe(_) | EventBody::Host(_) | EventBody::Port(_) => {
+        EventBody::Stats(_)
+        | EventBody::Probe(_)
+        | EventBody::Host(_)
+        | EventBody::Port(_)
+        | EventBody::Log(_) => {
             return Ok(());
         }
     };

@@ -317,11 +317,16 @@ impl WriterLoop {
     }
 }
 
-/// Event types the history keeps (not `stats`, `probe` nor `netmon scan`'s reports).
+/// Event types the history keeps (not `stats`, `probe`, `netmon scan`'s reports, nor
+/// `log`: the eBPF programs' diagnostics are about netmon, not the host).
 pub fn stored(body: &EventBody) -> bool {
     !matches!(
         body,
-        EventBody::Stats(_) | EventBody::Probe(_) | EventBody::Host(_) | EventBody::Port(_)
+        EventBody::Stats(_)
+            | EventBody::Probe(_)
+            | EventBody::Host(_)
+            | EventBody::Port(_)
+            | EventBody::Log(_)
     )
 }
 

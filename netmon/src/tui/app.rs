@@ -567,7 +567,8 @@ impl App {
                 }
             }
             // Lineage is on every event's `process` already; the UI has no exec view.
-            EventBody::Host(_) | EventBody::Port(_) | EventBody::Exec(_) => {}
+            // The eBPF programs' own `log` messages are about netmon, not the host.
+            EventBody::Host(_) | EventBody::Port(_) | EventBody::Exec(_) | EventBody::Log(_) => {}
         }
     }
 

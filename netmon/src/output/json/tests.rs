@@ -215,6 +215,16 @@ fn samples(s: &str) -> Vec<Event> {
     v.push(event(
         ts,
         s,
+        EventBody::Log(crate::event::log::KernelLog {
+            level: crate::event::log::LogLevel::Warn,
+            message: s.into(),
+            target: s.into(),
+            location: Some(s.into()),
+        }),
+    ));
+    v.push(event(
+        ts,
+        s,
         EventBody::Alert(Alert {
             rule: s.into(),
             severity: Severity::High,
