@@ -203,7 +203,7 @@ pub fn capture(ctx: &SkBuffContext, direction: u32) -> Result<(), i64> {
         )
     };
     if rc != 0 {
-        aya_log_ebpf::warn!(
+        crate::log::warn!(
             (),
             "DNS payload copy failed ({}): {} bytes at {}",
             rc,

@@ -74,7 +74,7 @@ pub fn remember_socket_owner(cookie: u64, process: Process) {
         Err(crate::maps::EEXIST) => {}
         Err(e) => {
             count(kmap::SOCKET_OWNERS, kmap::INSERT_FAILED);
-            aya_log_ebpf::warn!(
+            crate::log::warn!(
                 (),
                 "SOCKET_OWNERS insert failed ({}): pid {}",
                 e,

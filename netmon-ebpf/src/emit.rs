@@ -65,7 +65,7 @@ pub fn sock_netns(cfg: &KernelConfig, sk: u64) -> u32 {
         None => 0,
     };
     if inum == 0 && cfg.sock_net != NO_OFFSET {
-        aya_log_ebpf::debug!(
+        crate::log::debug!(
             (),
             "network namespace read as 0 (sock_net offset {})",
             cfg.sock_net
@@ -139,7 +139,7 @@ pub fn submit(event: &ConnEvent) {
 
 #[inline(always)]
 pub fn count_lost(kind: u32) {
-    aya_log_ebpf::warn!((), "ring buffer full: an event of kind {} is lost", kind);
+    crate::log::warn!((), "ring buffer full: an event of kind {} is lost", kind);
     if let Some(counter) = LOST.get_ptr_mut(kind) {
         // SAFETY: per-CPU slot, so no other CPU writes it concurrently.
         unsafe { *counter += 1 };

@@ -15,6 +15,7 @@ mod cgroup_skb;
 mod cgroup_udp;
 mod emit;
 mod fentry_kprobe;
+mod log;
 mod maps;
 mod tcp;
 mod tracepoint_process;

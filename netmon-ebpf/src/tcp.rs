@@ -10,7 +10,7 @@ use netmon_common::{
     flags, kind, kmap,
 };
 
-use aya_log_ebpf::{debug, warn};
+use crate::log::{debug, warn};
 
 use crate::{
     emit::{current_process, is_self, ktime_ns, new_event, read_kernel_at, sock_netns, submit},

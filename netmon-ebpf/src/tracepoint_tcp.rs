@@ -82,7 +82,7 @@ fn read_tuple(ctx: &TracePointContext) -> Option<Tuple> {
             local_addr[..4].copy_from_slice(&s);
             remote_addr[..4].copy_from_slice(&d);
         } else {
-            aya_log_ebpf::debug!((), "inet_sock_set_state of unknown family {}", family);
+            crate::log::debug!((), "inet_sock_set_state of unknown family {}", family);
             return None;
         }
         Some(Tuple {

@@ -170,7 +170,12 @@ impl Tracer {
             .override_global(map_names::WAKEUP_BYTES, &wakeup_bytes, true)
             .override_global(map_names::DNS_RATE_INTERVAL_NS, &dns_interval, true)
             .override_global(map_names::DNS_RATE_TOLERANCE_NS, &dns_tolerance, true)
-            .override_global(log::LEVEL_GLOBAL, &opts.ebpf_log.kernel_level(), true)
+            // Absent only from the benchmark's build without logging (build.rs).
+            .override_global(
+                log::LEVEL_GLOBAL,
+                &opts.ebpf_log.kernel_level(),
+                !cfg!(netmon_ebpf_no_log),
+            )
             .load(EBPF_OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
         let (log, log_queue) = match opts.ebpf_log {

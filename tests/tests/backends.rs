@@ -407,6 +407,165 @@ fn ebpf_log_reports_what_the_programs_skip_and_is_silent_by_default() {
     }
 }
 
+/// A TCP connection made before netmon starts, closed by `close()` after: a flow the
+/// programs did not see begin, which they log at `debug` (`netmon-ebpf/src/tcp.rs`).
+/// Returns the closer and the line's prefix.
+fn flow_netmon_did_not_see_begin() -> (impl FnOnce(), String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let local = client.local_addr().unwrap().port();
+    let (server, _) = listener.accept().unwrap();
+    let close = move || {
+        drop(client);
+        drop(server);
+        drop(listener);
+    };
+    (
+        close,
+        format!("close of a flow netmon did not see begin: port {local} → {port}, state "),
+    )
+}
+
+/// `--events log`: the programs' messages arrive as `log` events on stdout (level,
+/// message, target, location), counted in `stats.events`, and nothing of them on
+/// stderr; without `--ebpf-log` the same flag yields no `log` event and a warning.
+#[test]
+fn ebpf_log_events_arrive_on_the_stream_instead_of_stderr() {
+    require_root!();
+    let ns = NetNs::new();
+    let (close, prefix) = flow_netmon_did_not_see_begin();
+    let mut netmon = Netmon::start(&["--ebpf-log", "debug", "--events", "log"]);
+    close();
+    let log = netmon.wait_for(
+        Duration::from_secs(20),
+        |e| matches!(&e.body, EventBody::Log(l) if l.message.starts_with(&prefix)),
+    );
+    let stderr = netmon.stderr.clone();
+    let (status, events) = netmon.stop();
+    assert!(status.success());
+    let Some(Event {
+        body: EventBody::Log(log),
+        ..
+    }) = log
+    else {
+        panic!("no `log` event starting with `{prefix}`");
+    };
+    assert_eq!(log.level, netmon::event::log::LogLevel::Debug);
+    assert_eq!(log.target, "netmon::tcp");
+    assert!(
+        log.location
+            .as_deref()
+            .is_some_and(|l| l.contains("tcp.rs:")),
+        "{log:?}"
+    );
+    let logs = events
+        .iter()
+        .filter(|e| matches!(e.body, EventBody::Log(_)))
+        .count() as u64;
+    let Some(EventBody::Stats(last)) = events
+        .iter()
+        .rev()
+        .map(|e| &e.body)
+        .find(|b| matches!(b, EventBody::Stats(_)))
+    else {
+        panic!("no final stats");
+    };
+    assert!(last.r#final);
+    assert_eq!(
+        last.events.get("log").copied(),
+        Some(logs),
+        "{:?}",
+        last.events
+    );
+    assert_eq!(last.ebpf_log.as_ref().map(|l| l.dropped), Some(0));
+    let text = stderr.lock().unwrap().clone();
+    assert!(
+        !text.contains("netmon: ebpf"),
+        "a message went to stderr:\n{text}"
+    );
+
+    // The default (`--ebpf-log off`): `--events log` has nothing to carry, and says so.
+    let (close, prefix) = flow_netmon_did_not_see_begin();
+    let mut netmon = Netmon::start(&["--events", "log"]);
+    close();
+    let closed = netmon.wait_for(Duration::from_secs(20), |e| {
+        e.body.type_name() == "close"
+            && e.body
+                .connection()
+                .is_some_and(|c| c.netns.is_none_or(|n| n == ns.inode))
+    });
+    assert!(closed.is_some(), "no close after `{prefix}`");
+    let stderr = netmon.stderr.clone();
+    let (status, events) = netmon.stop();
+    assert!(status.success());
+    assert!(
+        !events.iter().any(|e| matches!(e.body, EventBody::Log(_))),
+        "logged while off"
+    );
+    let text = stderr.lock().unwrap().clone();
+    assert!(
+        text.contains("--events log: the programs log nothing with --ebpf-log off"),
+        "{text}"
+    );
+    assert!(!text.contains("netmon: ebpf"), "logged while off:\n{text}");
+}
+
+/// `netmon doctor --trace 2`: exit 0; says what it attached and what traffic it made;
+/// the connection it opened before attaching is logged (the log path works), and the
+/// summary says whether anything else was logged, agreeing with what it printed.
+#[test]
+fn doctor_trace_shows_what_the_programs_logged() {
+    require_root!();
+    let _ns = NetNs::new();
+    let out = Command::new(netmon_bin())
+        .args(["doctor", "--trace", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("attached (tcp_connect="), "{stdout}");
+    assert!(stdout.contains("the programs logging at debug"), "{stdout}");
+    assert!(
+        stdout.contains("closing a TCP connection opened before attaching"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("making clean traffic"), "{stdout}");
+    let canary = stdout
+        .lines()
+        .filter(|l| {
+            l.starts_with("  ebpf debug netmon::tcp: close of a flow netmon did not see begin")
+                && l.ends_with("(expected: the canary)")
+        })
+        .count();
+    assert_eq!(canary, 2, "both ends of the canary close:\n{stdout}");
+    let others = stdout
+        .lines()
+        .filter(|l| l.starts_with("  ebpf ") && !l.ends_with("(expected: the canary)"))
+        .count();
+    let summary = stdout.lines().last().unwrap_or_default();
+    assert!(
+        summary.starts_with("netmon doctor --trace: done: 2 message(s) about the connection opened before attaching (the log path works)"),
+        "{summary}"
+    );
+    if others == 0 {
+        assert!(
+            summary.contains("; nothing else: the clean traffic"),
+            "{summary}"
+        );
+    } else {
+        assert!(
+            summary.contains(&format!("; {others} other message(s)")),
+            "{summary}"
+        );
+    }
+}
+
 /// Every backend and kernel: the socket-release hook attaches (5.9+; no warning about
 /// it) and a closed UDP socket's owner leaves `SOCKET_OWNERS`, as `stats.kernel_maps`
 /// says (the heavy churn tests are in `blind.rs`, host only).

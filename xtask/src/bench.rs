@@ -16,6 +16,10 @@
 //!   flat out), `netmon history flows --since 24h` over 10 million events, size per
 //!   million events.
 //!
+//! - `ebpf-log` ([`ebpf_log`]): the programs' ns per run and xlated size with their
+//!   aya-log calls compiled out, compiled in with `--ebpf-log off`, and `debug`,
+//!   interleaved under one storm ("free when off", issue 22).
+//!
 //! Root is needed for `overhead`, `loss` and `scan` (netmon loads programs; the storm
 //! and the scan lab create network namespaces). Every storm is bounded in time and count
 //! and stays on loopback; every scan stays inside the lab's namespaces.
@@ -29,6 +33,7 @@ use clap::{Args, ValueEnum};
 
 use crate::{build, exec, setup};
 
+mod ebpf_log;
 mod history;
 mod loss;
 mod overhead;
@@ -52,6 +57,8 @@ pub enum Which {
     Scan,
     /// History: writer rate, `history flows --since 24h` over 10 M events, file size.
     History,
+    /// eBPF diagnostics: the programs' ns per run with aya-log compiled out, off, debug.
+    EbpfLog,
     /// All of the above, in order.
     All,
 }
@@ -128,6 +135,10 @@ pub struct BenchArgs {
     /// History: events the fill writes (the query runs over them).
     #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1000..=100_000_000))]
     pub history_events: u64,
+    /// eBPF log: a netmon built with `NETMON_EBPF_NO_LOG=1` to use as the baseline
+    /// instead of building one (a release build of netmon, minutes on two cores).
+    #[arg(long, value_name = "PATH")]
+    pub ebpf_log_baseline: Option<PathBuf>,
     /// Print the report only; leave docs/benchmarks.md as it is.
     #[arg(long)]
     pub no_doc: bool,
@@ -182,12 +193,12 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
     }
     let live = matches!(
         args.which,
-        Which::Overhead | Which::Loss | Which::Scan | Which::All
+        Which::Overhead | Which::Loss | Which::Scan | Which::EbpfLog | Which::All
     );
     // SAFETY: no preconditions.
     if live && unsafe { libc::geteuid() } != 0 {
         bail!(
-            "`bench overhead`, `bench loss` and `bench scan` need root (netmon loads eBPF \
+            "`bench overhead`, `bench loss`, `bench scan` and `bench ebpf-log` need root (netmon loads eBPF \
              programs, the storm and the scan lab create network namespaces); `bench \
              pipeline` does not"
         );
@@ -265,6 +276,23 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
         if !met && !args.quick {
             bail!("the scanner missed a performance target (see the table above)");
         }
+    }
+    if all || args.which == Which::EbpfLog {
+        emit(ebpf_log::run(
+            &env,
+            &ebpf_log::EbpfLogArgs {
+                rounds: args.rounds,
+                // Short storms: programs' ns per run settle within a second; the whole
+                // benchmark stays under three minutes at 5 rounds.
+                storm: storm::StormConfig {
+                    duration_ms: args.duration_ms.min(3000),
+                    ..storm_cfg.clone()
+                },
+                baseline: args.ebpf_log_baseline.clone(),
+                quiet_wait: Duration::from_secs(args.quiet_wait_s),
+                quick: args.quick,
+            },
+        )?)?;
     }
     if all || args.which == Which::History {
         let (section, met) = history::run(&env, args.history_events)?;

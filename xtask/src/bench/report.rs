@@ -9,7 +9,9 @@ use super::proc;
 use crate::{build, exec};
 
 /// Sections of `docs/benchmarks.md`, in document order.
-pub const SECTION_ORDER: &[&str] = &["overhead", "loss", "pipeline", "scan", "history"];
+pub const SECTION_ORDER: &[&str] = &[
+    "overhead", "loss", "pipeline", "scan", "history", "ebpf-log",
+];
 
 /// One sub-benchmark's part of the report.
 pub struct Section {
