@@ -297,7 +297,7 @@ fn render(env: &Env, args: &EbpfLogArgs, runs: &[Run], load: &str) -> String {
     let _ = writeln!(
         md,
         "## 6. eBPF diagnostics: free when off\n\n\
-         `{}` on {} (load average before: {load}). The programs' in-kernel cost with \
+         `{}` (load average before: {load}) on:\n\n{}\n\nThe programs' in-kernel cost with \
          their aya-log calls (aya-log 0.3.0 / aya-log-ebpf 0.2.0, the pair for the pinned \
          aya 0.14 / aya-ebpf 0.2) (a) compiled out (`NETMON_EBPF_NO_LOG=1`: the \
          `netmon-ebpf` crate without its `log` feature), (b) compiled in with \
