@@ -375,8 +375,8 @@ impl Tally {
     fn is_canary(&self, message: &str) -> bool {
         let (a, b) = self.ports;
         message.contains("did not see begin")
-            && (message.contains(&format!("port {a} → {b}"))
-                || message.contains(&format!("port {b} → {a}")))
+            && (message.contains(&format!("port {a} → {b},"))
+                || message.contains(&format!("port {b} → {a},")))
     }
 
     fn print(&mut self, log: &crate::event::log::KernelLog) {
