@@ -36,6 +36,8 @@ pub struct Config {
     pub geoip: crate::geoip::GeoipConfig,
     /// `[events]`: event types beyond the default stream.
     pub events: EventsConfig,
+    /// `[metrics]`: optional label sets of the Prometheus metrics (see `metrics.rs`).
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// `[events]`.
@@ -204,6 +206,7 @@ impl Config {
             });
         }
         self.history.validate()?;
+        self.metrics.validate()?;
         for (i, p) in self.dns.ports.iter().enumerate() {
             if *p == 0 {
                 return Err((format!("dns.ports[{i}]"), "port 0 is not a port".into()));

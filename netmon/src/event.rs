@@ -397,6 +397,9 @@ pub struct Stats {
     /// With `--events log`: the programs' messages that could not become `log` events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ebpf_log: Option<log::EbpfLogStats>,
+    /// The ring buffer's fill (`netmon run` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_buffer: Option<RingBufferStats>,
 }
 
 /// `stats.kernel_maps.<map>`: counters of one kernel map since netmon started.
@@ -434,6 +437,18 @@ pub struct HistoryStats {
     /// or it could not be opened); what its full queue missed is in
     /// `stats.consumers.history.dropped`.
     pub dropped: u64,
+}
+
+/// `stats.ring_buffer`: how full the kernel → userspace ring buffer is (bytes the
+/// kernel reserved that netmon has not yet read, record headers included).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingBufferStats {
+    /// The ring's size.
+    pub size_bytes: u64,
+    /// In use when this line was made.
+    pub used_bytes: u64,
+    /// Most in use at any drain step since the previous `stats` line (or start).
+    pub peak_used_bytes: u64,
 }
 
 /// `stats.consumers.<name>`.

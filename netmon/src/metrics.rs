@@ -9,8 +9,12 @@
 //! taken from the periodic `stats` events; the backend per capability from `probe`.
 //! Host statistics are read from `/proc` at scrape time ([`host`]).
 //!
+//! The ring buffer's fill is read from the ring's positions at scrape time ([`ring`]).
+//!
 //! - [`families`]: the families and their update from one event (pure);
-//! - [`top`]: the bounded per-process series (`process="~other"` for the rest);
+//! - [`top`]: the bounded per-process and per-peer series (`~other` for the rest);
+//! - [`risk`]: the scanner's open ports and per-host risk score (top hosts, `~other`);
+//! - [`ring`]: the ring buffer's fill;
 //! - [`host`]: CPU, load, memory, swap, filesystems, disks, interfaces (procfs).
 use std::{net::TcpListener, sync::Arc, thread::JoinHandle};
 
@@ -22,13 +26,56 @@ use axum::{
     routing::get,
 };
 use prometheus::{Encoder as _, Registry, TextEncoder};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::event::Event;
 
 pub mod families;
 pub mod host;
+pub mod ring;
+pub mod risk;
 pub mod top;
+
+/// Most peers `[metrics] peers` may give their own label (3 series each).
+pub const MAX_PEERS: usize = 100;
+
+/// `[metrics]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Remote addresses with their own `peer` label (`netmon_peer_*`), the most active
+    /// ones; the rest summed under `peer="~other"`. 0 (the default): no peer families.
+    pub peers: usize,
+}
+
+impl MetricsConfig {
+    /// The dotted key and the problem.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.peers > MAX_PEERS {
+            return Err((
+                "metrics.peers".into(),
+                format!(
+                    "{} is over the limit of {MAX_PEERS} (each peer adds 3 series)",
+                    self.peers
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the metrics read besides the event stream.
+#[derive(Clone, Default)]
+pub struct Sources {
+    /// The ring buffer's positions (`netmon run`).
+    pub ring: Option<crate::pipeline::reader::fill::RingFill>,
+    pub config: MetricsConfig,
+    /// `[[rules.port_risk.ports]]`: the risk scores of the per-host score.
+    pub port_risk: Vec<crate::rules::ports::RiskEntry>,
+    /// The scanner's state file, when the scanner runs: the open ports at start.
+    pub state_file: Option<std::path::PathBuf>,
+}
 
 /// Events the metrics consumer may hold before the hub drops for it.
 pub const QUEUE: usize = 16_384;
@@ -42,10 +89,25 @@ pub struct Metrics {
 impl Metrics {
     /// A registry holding every family, the host statistics among them, and the
     /// [`families::Families`] that update it from events.
-    pub fn new(host_stats: bool) -> (Metrics, families::Families) {
+    pub fn new(host_stats: bool, sources: &Sources) -> (Metrics, families::Families) {
         let registry = Registry::new();
-        let families =
+        let mut families =
             families::Families::register(&registry, top::DEFAULT_LIMIT, top::DEFAULT_GRACE);
+        if sources.config.peers > 0 {
+            families.enable_peers(&registry, sources.config.peers, top::DEFAULT_GRACE);
+        }
+        // The monitor read (and, if corrupt, set aside) the same file at start; a file
+        // it cannot read counts as empty here.
+        let inventory = sources
+            .state_file
+            .as_deref()
+            .and_then(|p| crate::scan::monitor::load_state(p).ok());
+        families.set_risk(&sources.port_risk, inventory.as_ref());
+        if let Some(fill) = &sources.ring {
+            registry
+                .register(Box::new(ring::Collector::new(fill.clone())))
+                .expect("ring families are registered once, with unique names");
+        }
         if host_stats {
             registry
                 .register(Box::new(host::HostStats::new()))
@@ -91,8 +153,9 @@ async fn scrape(State(m): State<Metrics>) -> impl IntoResponse {
 pub fn spawn(
     listener: Option<TcpListener>,
     mut events: mpsc::Receiver<Arc<Event>>,
+    sources: Sources,
 ) -> std::io::Result<(Metrics, JoinHandle<()>)> {
-    let (metrics, mut families) = Metrics::new(true);
+    let (metrics, mut families) = Metrics::new(true, &sources);
     let served = metrics.clone();
     if let Some(l) = &listener {
         l.set_nonblocking(true)?;

@@ -147,6 +147,9 @@ pub fn run(mut opts: Options) -> Result<()> {
     }
     let ring = tracer.take_ring_buffer()?;
     let ebpf_log = tracer.take_log_queue();
+    let ring_fill =
+        reader::fill::RingFill::new(std::os::fd::AsFd::as_fd(&ring), opts.ring_buffer_bytes)
+            .context("cannot map the ring buffer's positions")?;
     let losses = tracer.take_loss_counters()?;
     let skipped = tracer.skipped_runs();
     release_free_memory();
@@ -252,6 +255,12 @@ pub fn run(mut opts: Options) -> Result<()> {
         let (registry, thread) = crate::metrics::spawn(
             metrics_listener,
             hub.subscribe("metrics", crate::metrics::QUEUE),
+            crate::metrics::Sources {
+                ring: Some(ring_fill.clone()),
+                config: config.metrics.clone(),
+                port_risk: config.rules.port_risk.ports.clone(),
+                state_file: monitor.enabled().then(|| config.scan.state_file.clone()),
+            },
         )
         .context("cannot start the metrics thread")?;
         (Some(registry), Some(thread))
@@ -276,7 +285,7 @@ pub fn run(mut opts: Options) -> Result<()> {
         None => None,
     };
     let mut stages = Stages {
-        reader: Reader::new(ring, losses, skipped, host.clone())?,
+        reader: Reader::new(ring, losses, skipped, host.clone(), ring_fill)?,
         enrich: Enricher::new(flows, host.clone()),
         detect: detect::Detector::new(&config.rules, Box::new(processes)),
         hub,
@@ -552,6 +561,7 @@ impl Stages {
                     .map(|q| crate::event::log::EbpfLogStats {
                         dropped: q.dropped.load(std::sync::atomic::Ordering::Relaxed),
                     }),
+                ring_buffer: Some(self.reader.ring_buffer()),
             }),
         };
         self.hub.emit(stats).await

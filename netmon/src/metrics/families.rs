@@ -5,7 +5,7 @@
 //! netmon itself, processes through [`super::top`]. Peer addresses, ports and names
 //! are never labels.
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::BTreeMap,
     net::IpAddr,
     sync::{Arc, Mutex},
 };
@@ -15,8 +15,11 @@ use prometheus::{
     Registry,
 };
 
-use super::top::TopProcesses;
-use crate::event::{Direction, Event, EventBody, Proto, Stats};
+use super::{
+    risk::HostRisk,
+    top::{TopPeers, TopProcesses},
+};
+use crate::event::{Connection, Direction, Event, EventBody, Proto, Stats};
 
 /// DNS query types kept as label values; the rest count as `other`.
 const QTYPES: [&str; 16] = [
@@ -28,8 +31,6 @@ const RCODES: [&str; 11] = [
     "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
     "NXRRSET", "NOTAUTH", "NOTZONE",
 ];
-/// Most scanner ports tracked as open (a bound on memory, not on series).
-const MAX_OPEN_PORTS: usize = 65_536;
 /// Label values netmon makes from names it gets at run time (rules, programs,
 /// consumers, capabilities) are cut to this many bytes.
 const MAX_LABEL: usize = 64;
@@ -65,8 +66,10 @@ pub struct Families {
     scan_sweeps: IntCounter,
     scan_pings: IntCounter,
     scan_port_scans: IntCounter,
-    open_ports: HashSet<(IpAddr, u16, Proto)>,
+    risk: Arc<Mutex<HostRisk>>,
     top: Arc<Mutex<TopProcesses>>,
+    /// `[metrics] peers` above 0 only.
+    peers: Option<Arc<Mutex<TopPeers>>>,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -139,8 +142,15 @@ impl Families {
     /// Registers every event-fed family (and the per-process collector) in `r`.
     pub fn register(r: &Registry, top_limit: usize, grace_s: f64) -> Families {
         let top = Arc::new(Mutex::new(TopProcesses::new(top_limit, grace_s)));
-        r.register(Box::new(super::top::Collector::new(top.clone())))
+        r.register(Box::new(super::top::Collector::new(
+            top.clone(),
+            &super::top::PROCESS_FAMILIES,
+        )))
+        .expect("unique family");
+        let risk = Arc::new(Mutex::new(HostRisk::new(&[], super::risk::DEFAULT_HOSTS)));
+        r.register(Box::new(super::risk::Collector::new(risk.clone())))
             .expect("unique family");
+
         let dns_latency = HistogramVec::new(
             HistogramOpts::new(
                 "netmon_dns_latency_seconds",
@@ -302,11 +312,38 @@ impl Families {
                 "Scanner probes (pings) sent.",
             ),
             scan_port_scans: counter(r, "netmon_scan_port_scans_total", "Scanner port scans."),
-            open_ports: HashSet::new(),
+            risk,
             top,
+            peers: None,
         };
         f.initialise();
         f
+    }
+
+    /// Scores ports with `[rules.port_risk]`'s table (`extra` applied) and starts from
+    /// the scanner's inventory, when it runs.
+    pub fn set_risk(
+        &mut self,
+        extra: &[crate::rules::ports::RiskEntry],
+        inventory: Option<&crate::scan::inventory::Inventory>,
+    ) {
+        let mut risk = HostRisk::new(extra, super::risk::DEFAULT_HOSTS);
+        if let Some(inv) = inventory {
+            risk.seed(inv);
+        }
+        self.scan_open_ports.set(risk.open_ports() as i64);
+        *self.risk() = risk;
+    }
+
+    /// Adds the per-peer families (`[metrics] peers = limit`, above 0) to `r`.
+    pub fn enable_peers(&mut self, r: &Registry, limit: usize, grace_s: f64) {
+        let peers = Arc::new(Mutex::new(TopPeers::new(limit, grace_s)));
+        r.register(Box::new(super::top::Collector::new(
+            peers.clone(),
+            &super::top::PEER_FAMILIES,
+        )))
+        .expect("unique family");
+        self.peers = Some(peers);
     }
 
     /// The series every host has, present at 0 from the start (so a rate or a
@@ -355,7 +392,7 @@ impl Families {
                 self.connections
                     .with_label_values(&[direction_name(c.direction), proto_name(c.proto), result])
                     .inc();
-                self.top().connection(c.process.as_ref(), ts);
+                self.process_and_peer_connection(c, ts);
             }
             EventBody::Accept(c) if !c.existing => {
                 self.connections
@@ -365,13 +402,13 @@ impl Families {
                         "established",
                     ])
                     .inc();
-                self.top().connection(c.process.as_ref(), ts);
+                self.process_and_peer_connection(c, ts);
             }
             EventBody::Udp(c) if !c.existing => {
                 self.udp_peers
                     .with_label_values(&[direction_name(c.direction)])
                     .inc();
-                self.top().connection(c.process.as_ref(), ts);
+                self.process_and_peer_connection(c, ts);
             }
             EventBody::Listen(c) => {
                 self.listens.with_label_values(&[proto_name(c.proto)]).inc();
@@ -394,7 +431,10 @@ impl Families {
                         .inc_by(p);
                 }
                 self.top()
-                    .bytes(c.conn.process.as_ref(), sent, received, ts);
+                    .process_bytes(c.conn.process.as_ref(), sent, received, ts);
+                if let Some(peers) = &self.peers {
+                    lock(peers).bytes(remote(&c.conn), sent, received, ts);
+                }
             }
             EventBody::Dns(d) => {
                 let rcode = d.rcode.as_deref().map_or("none", |r| one_of(r, &RCODES));
@@ -431,34 +471,47 @@ impl Families {
             EventBody::Stats(s) => {
                 self.stats(s);
                 self.top().expire(ts);
+                if let Some(peers) = &self.peers {
+                    lock(peers).expire(ts);
+                }
             }
             EventBody::Port(p) if p.state == crate::event::scan::PortState::Open => {
                 self.port_open(p.addr, p.port, p.proto);
             }
             EventBody::PortOpened(p) => self.port_open(p.addr, p.port, p.proto),
             EventBody::PortClosed(p) => {
-                self.open_ports.remove(&(p.addr, p.port, p.proto));
-                self.scan_open_ports.set(self.open_ports.len() as i64);
+                let mut risk = self.risk();
+                risk.close(p.addr, p.port, p.proto);
+                self.scan_open_ports.set(risk.open_ports() as i64);
             }
             _ => {}
         }
     }
 
     fn top(&self) -> std::sync::MutexGuard<'_, TopProcesses> {
-        // A panic while holding it cannot leave the counts half-updated in a way that
-        // matters for metrics: keep going.
-        self.top.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.top)
+    }
+
+    fn risk(&self) -> std::sync::MutexGuard<'_, HostRisk> {
+        lock(&self.risk)
+    }
+
+    fn process_and_peer_connection(&self, c: &Connection, ts: f64) {
+        self.top().process_connection(c.process.as_ref(), ts);
+        if let Some(peers) = &self.peers {
+            lock(peers).connection(remote(c), ts);
+        }
     }
 
     fn port_open(&mut self, addr: IpAddr, port: u16, proto: Proto) {
-        if self.open_ports.len() < MAX_OPEN_PORTS {
-            self.open_ports.insert((addr, port, proto));
-        }
-        self.scan_open_ports.set(self.open_ports.len() as i64);
+        let mut risk = self.risk();
+        risk.open(addr, port, proto);
+        self.scan_open_ports.set(risk.open_ports() as i64);
     }
 
     fn stats(&mut self, s: &Stats) {
         self.uptime.set(s.uptime_s);
+
         raise_all(&self.events, &s.events);
         raise_all(&self.lost, &s.lost_by_type);
         raise(&self.malformed, s.malformed);
@@ -496,6 +549,21 @@ impl Families {
             raise(&self.scan_pings, scan.pings);
             raise(&self.scan_port_scans, scan.port_scans);
         }
+    }
+}
+
+/// A panic while holding one of these cannot leave the counts half-updated in a way
+/// that matters for metrics: keep going.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The other end of a flow: the destination of an outbound one, the source of an
+/// inbound one (the destination when the source is unknown).
+fn remote(c: &Connection) -> IpAddr {
+    match (c.direction, &c.src) {
+        (Some(Direction::Inbound), Some(src)) => src.ip,
+        _ => c.dst.ip,
     }
 }
 

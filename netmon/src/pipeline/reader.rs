@@ -11,6 +11,8 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 use netmon_common::kind;
 
+pub mod fill;
+
 use super::enrich::Record;
 use crate::{
     clock::BootClock,
@@ -28,6 +30,8 @@ pub struct Reader {
     losses: LossCounters,
     /// The kernel's count of runs of our programs it skipped.
     skipped: SkippedRuns,
+    /// How full the ring is (`stats.ring_buffer`), sampled at each drain step.
+    fill: fill::RingFill,
 }
 
 impl Reader {
@@ -36,6 +40,7 @@ impl Reader {
         losses: LossCounters,
         skipped: SkippedRuns,
         host: String,
+        fill: fill::RingFill,
     ) -> Result<Reader> {
         // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as
         // long as the AsyncFd holds it.
@@ -49,6 +54,7 @@ impl Reader {
             malformed: 0,
             losses,
             skipped,
+            fill,
         })
     }
 
@@ -67,6 +73,7 @@ impl Reader {
 
     /// Reads up to `max` records into `out`; the number read (0: the ring is empty).
     pub fn read(&mut self, max: usize, out: &mut Vec<Record>) -> usize {
+        self.fill.sample();
         let mut n = 0;
         while n < max {
             let Some(bytes) = self.ring.get_mut().next() else {
@@ -104,6 +111,16 @@ impl Reader {
 
     pub fn clock(&self) -> &BootClock {
         &self.clock
+    }
+
+    /// `stats.ring_buffer`: the fill now and its peak since the previous `stats`.
+    pub fn ring_buffer(&self) -> crate::event::RingBufferStats {
+        let (now, peak) = self.fill.take_for_stats();
+        crate::event::RingBufferStats {
+            size_bytes: now.size,
+            used_bytes: now.used,
+            peak_used_bytes: peak,
+        }
     }
 
     /// Records that did not decode.
