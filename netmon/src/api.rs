@@ -6,6 +6,10 @@
 //! `api/filter.rs`, the SSE stream in `api/sse.rs`.
 //!
 //! Nothing here can change what netmon monitors or scans: every endpoint only reads.
+//!
+//! Over 600 lines: the router and every endpoint's small handler (each 10 to 70 lines)
+//! in one file, so the API's surface reads in one place; the parts with their own state
+//! are in the submodules below.
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},

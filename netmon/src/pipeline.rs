@@ -11,6 +11,10 @@
 //! flush `stats`, `flow` summaries and UDP idle closes also live here. What netmon makes
 //! itself (summaries, its own closes, scanner changes, `probe`, `stats`) goes through
 //! the same `emit` as kernel events.
+//!
+//! Over 600 lines: `run` (start-up in its order: attach, drop privileges, start
+//! consumers) and `Stages` (the one loop that moves an event through every stage); each
+//! stage is its own module below.
 use std::{
     path::PathBuf,
     time::{Duration, Instant},

@@ -6,6 +6,11 @@
 //!
 //! Every string that came from outside (process names, DNS names, banners) is cut and
 //! escaped with `escape.rs` when it becomes a cell, never later.
+//!
+//! Over 600 lines: one pure state (`App`: every view's rows, the caps, the keys) and
+//! the cell formatters its views share; a view is a few match arms on that one struct,
+//! so splitting per view would spread one struct's invariants over files. The views'
+//! tests in `tui/ui*.rs` drive it through `App::event`/`App::key`, as the tmux suite does.
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::IpAddr,
