@@ -18,6 +18,9 @@
 //! [`ProcessCache`] of their own.
 //!
 //! The pure parsers of `/proc` text and exit records are in `process/procfs.rs`.
+//!
+//! Over 600 lines (just): one table and its three sources of truth (kernel records, the
+//! `/proc` seed, the `/proc` fallback), which share its eviction and exit-grace rules.
 use std::{
     borrow::Cow,
     cell::RefCell,
