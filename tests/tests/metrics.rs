@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netmon_tests::{NetNs, Netmon, Scratch, free_port, require_root, testpeer_bin};
+use netmon_tests::{ConfigFile, NetNs, Netmon, Scratch, free_port, require_root, testpeer_bin};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -593,4 +593,97 @@ fn a_taken_metrics_port_fails_at_start_in_one_line() {
         stderr.contains(&addr) && stderr.contains("--metrics"),
         "{stderr}"
     );
+}
+
+/// `n` connections from this process to `addr`'s listener, each closed at once.
+fn connections_to(addr: &str, n: usize) {
+    let listener = TcpListener::bind((addr, 0)).unwrap();
+    let to = listener.local_addr().unwrap();
+    let server = thread::spawn(move || {
+        for _ in 0..n {
+            drop(listener.accept().unwrap());
+        }
+    });
+    for _ in 0..n {
+        drop(TcpStream::connect(to).unwrap());
+    }
+    server.join().unwrap();
+}
+
+#[test]
+fn ring_buffer_fill_and_the_opt_in_peer_top_n_are_exported() {
+    require_root!();
+    let _ns = NetNs::new();
+    let config = ConfigFile::new("[metrics]\npeers = 3\n");
+    let metrics_port = free_port();
+    let addr = format!("127.0.0.1:{metrics_port}");
+    let netmon = Netmon::start(&[
+        "--no-history",
+        "--stats-interval",
+        "1",
+        "--ring-buffer-kib",
+        "256",
+        "--config",
+        &config.arg(),
+        "--metrics",
+        &addr,
+    ]);
+    let url = format!("http://{addr}/metrics");
+    wait_http(&url);
+    // Five remote addresses of this namespace's loopback, made busy in a known order.
+    // The accepted side's remote is the client's source, 127.0.0.1, busiest of all.
+    for (peer, n) in [
+        ("127.77.0.2", 30),
+        ("127.77.0.3", 25),
+        ("127.77.0.4", 20),
+        ("127.77.0.5", 1),
+        ("127.77.0.6", 1),
+    ] {
+        connections_to(peer, n);
+    }
+    let peer = |text: &str, p: &str| sample(text, "netmon_peer_connections_total", &[("peer", p)]);
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        let text = http_get(&url);
+        if peer(&text, "127.77.0.2") == Some(30.0) && peer(&text, "127.77.0.3") == Some(25.0) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "peer series never reached 30 and 25:\n{}",
+            series(&text)
+                .into_iter()
+                .filter(|l| l.starts_with("netmon_peer_"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        thread::sleep(Duration::from_millis(300));
+    };
+    // Three addresses get a label; the fourth busiest is summed under ~other.
+    assert!(peer(&text, "127.0.0.1").unwrap() >= 77.0);
+    assert_eq!(
+        peer(&text, "127.77.0.4"),
+        None,
+        "only the top 3 get a label"
+    );
+    assert!(peer(&text, "~other").unwrap() >= 22.0);
+    let labelled = series(&text)
+        .into_iter()
+        .filter(|l| l.starts_with("netmon_peer_connections_total{"))
+        .count();
+    assert_eq!(labelled, 4, "3 peers and ~other");
+    // The ring buffer's fill, read from the ring's own positions.
+    let size = sample(&text, "netmon_ring_buffer_size_bytes", &[]).unwrap();
+    assert_eq!(size, 262_144.0, "--ring-buffer-kib 256");
+    let used = sample(&text, "netmon_ring_buffer_used_bytes", &[]).unwrap();
+    assert!((0.0..=size).contains(&used), "used {used} of {size}");
+    for ratio in [
+        "netmon_ring_buffer_fill_ratio",
+        "netmon_ring_buffer_peak_fill_ratio",
+    ] {
+        let r = sample(&text, ratio, &[]).unwrap();
+        assert!((0.0..=1.0).contains(&r), "{ratio} {r}");
+    }
+    drop(netmon);
+    assert_eq!(promtool(&text, false), "", "promtool check metrics");
 }
