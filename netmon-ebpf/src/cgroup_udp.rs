@@ -69,6 +69,9 @@ pub fn remember_socket_owner(cookie: u64, process: Process) {
         unsafe { *owner = process };
         return;
     }
+    // Only the pid is kept for the message: naming `process` after the insert made the
+    // compiler keep a 40-byte copy of it on every run, logging off or not.
+    let pid = process.pid;
     match SOCKET_OWNERS.insert(cookie, process, aya_ebpf::bindings::BPF_NOEXIST as u64) {
         Ok(()) => entered(kmap::SOCKET_OWNERS, SOCKET_OWNERS_MAX),
         Err(crate::maps::EEXIST) => {}
@@ -78,7 +81,7 @@ pub fn remember_socket_owner(cookie: u64, process: Process) {
                 (),
                 "SOCKET_OWNERS insert failed ({}): pid {}",
                 e,
-                process.pid
+                pid
             );
         }
     }
