@@ -77,12 +77,7 @@ pub fn remember_socket_owner(cookie: u64, process: Process) {
         Err(crate::maps::EEXIST) => {}
         Err(e) => {
             count(kmap::SOCKET_OWNERS, kmap::INSERT_FAILED);
-            crate::log::warn!(
-                (),
-                "SOCKET_OWNERS insert failed ({}): pid {}",
-                e,
-                pid
-            );
+            crate::log::warn!((), "SOCKET_OWNERS insert failed ({}): pid {}", e, pid);
         }
     }
 }

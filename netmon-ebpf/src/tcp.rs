@@ -152,8 +152,11 @@ pub fn on_transition(
 #[inline(always)]
 pub fn remember_connecting(sk: u64) {
     let process = current_process();
+    // The message names the pid alone: naming `process` after the insert would keep a
+    // copy of the whole struct alive on every run, logging off or not.
+    let pid = process.pid;
     if let Err(e) = put!(CONNECTING, kmap::CONNECTING, CONNECTING_MAX, sk, process) {
-        warn!((), "CONNECTING insert failed ({}): pid {}", e, process.pid);
+        warn!((), "CONNECTING insert failed ({}): pid {}", e, pid);
     }
 }
 
@@ -320,6 +323,7 @@ fn on_close(cfg: &KernelConfig, backend: u32, sk: u64, old: i32, tuple: &Tuple) 
 
 #[inline(always)]
 fn remember_flow(sk: u64, flow_flags: u32, process: Process) {
+    let pid = process.pid; // not `process` itself after the insert: see remember_connecting
     let start = FlowStart {
         ktime_ns: ktime_ns(),
         flags: flow_flags,
@@ -327,7 +331,7 @@ fn remember_flow(sk: u64, flow_flags: u32, process: Process) {
         process,
     };
     if let Err(e) = put!(TCP_FLOWS, kmap::TCP_FLOWS, TCP_FLOWS_MAX, sk, start) {
-        warn!((), "TCP_FLOWS insert failed ({}): pid {}", e, process.pid);
+        warn!((), "TCP_FLOWS insert failed ({}): pid {}", e, pid);
     }
 }
 
