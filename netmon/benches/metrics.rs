@@ -13,26 +13,19 @@
 //!    time; rounds are interleaved; the difference of the medians is what metrics add.
 //! 2. **A scrape of the full label set**: `Metrics::render` (host statistics included)
 //!    after the whole stream was observed, median of 20.
+mod cpu_time;
+
 use std::{
     thread,
     time::{Duration, Instant},
 };
 
+use cpu_time::thread_cpu_ns;
 use netmon::{
     event::Event,
     metrics::{self, Metrics, Sources},
     pipeline::hub::Hub,
 };
-
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and a pointer to a timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// `n` events: connect then close pairs of 500 exe names to 10,000 peers.
 fn stream(n: usize) -> Vec<Event> {

@@ -21,12 +21,15 @@
 //! busy process is in `netmon run`. Not in the figure: the hub's fan-out and the
 //! sink's thread (a second core), and DNS packets (the stream's UDP to port 53 is
 //! flows; names are looked up for every connect and UDP flow).
+mod cpu_time;
+
 use std::{
     hint::black_box,
     io,
     sync::{Arc, Mutex},
 };
 
+use cpu_time::thread_cpu_ns;
 use criterion::{
     Criterion, Throughput, criterion_group,
     measurement::{Measurement, ValueFormatter, WallTime},
@@ -288,16 +291,6 @@ fn json_sink() -> Sink {
 /// The calling thread's CPU time, formatted like wall time.
 struct ThreadCpuTime {
     wall: WallTime,
-}
-
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer; this clock always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl Measurement for ThreadCpuTime {
