@@ -26,7 +26,6 @@ use netmon::{
     },
     history::{HistoryConfig, Writer},
 };
-use tokio::sync::mpsc;
 
 const PROCESSES: u32 = 50;
 const REMOTES: u32 = 20;
@@ -160,7 +159,7 @@ fn config(db: PathBuf) -> HistoryConfig {
 }
 
 fn fill(db: PathBuf, total: u64) {
-    let (tx, rx) = mpsc::channel(65_536);
+    let (tx, rx) = netmon::pipeline::hub::direct(65_536);
     let writer = Writer::spawn(config(db.clone()), rx, None).expect("writer starts");
     let counters = writer.counters();
     let mut stream = Stream::new(total);
@@ -195,7 +194,7 @@ fn file_size(db: &std::path::Path) -> u64 {
 }
 
 fn paced(db: PathBuf, rate: u64, seconds: u64) {
-    let (tx, rx) = mpsc::channel(65_536);
+    let (tx, rx) = netmon::pipeline::hub::direct(65_536);
     let writer = Writer::spawn(config(db), rx, None).expect("writer starts");
     let counters = writer.counters();
     let total = rate * seconds;

@@ -73,8 +73,13 @@ fn emit_round(events: &[Event], with_metrics: bool) -> f64 {
     });
     let started = thread_cpu_ns();
     rt.block_on(async {
-        for e in events {
-            hub.emit(e.clone()).await.expect("consumers alive");
+        // As `netmon run`: the loop hands events over after each step of at most
+        // READ_BATCH (1024) ring records.
+        for step in events.chunks(1024) {
+            for e in step {
+                hub.emit(e.clone()).await.expect("consumers alive");
+            }
+            hub.flush().await.expect("consumers alive");
         }
     });
     let took = thread_cpu_ns() - started;

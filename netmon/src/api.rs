@@ -177,7 +177,7 @@ impl Bound {
     /// Starts the API thread. Call after the privilege drop (it starts threads).
     pub fn spawn(
         self,
-        events: mpsc::Receiver<Arc<Event>>,
+        events: crate::pipeline::hub::Subscription,
         state_file: PathBuf,
         history: Option<PathBuf>,
         ask: mpsc::Sender<crate::pipeline::state::FlowsRequest>,

@@ -4,7 +4,7 @@
 //!
 //! - `schema.rs`: the numbered migrations in `history/migrations/` (`PRAGMA user_version`).
 //! - `writer.rs`: the ONE writer thread; it owns the read-write connection, is fed by a
-//!   hub subscription (`Receiver<Arc<Event>>`) and commits in batches.
+//!   hub subscription (`pipeline::hub::Subscription`) and commits in batches.
 //! - `retention.rs`: pruning in small chunks between batches.
 //! - `query.rs`: the read-only SQL behind the typed questions of `crate::query`.
 //!

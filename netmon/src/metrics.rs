@@ -16,7 +16,7 @@
 //! - [`risk`]: the scanner's open ports and per-host risk score (top hosts, `~other`);
 //! - [`ring`]: the ring buffer's fill;
 //! - [`host`]: CPU, load, memory, swap, filesystems, disks, interfaces (procfs).
-use std::{net::TcpListener, sync::Arc, thread::JoinHandle};
+use std::{net::TcpListener, thread::JoinHandle};
 
 use axum::{
     Router,
@@ -27,9 +27,6 @@ use axum::{
 };
 use prometheus::{Encoder as _, Registry, TextEncoder};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
-
-use crate::event::Event;
 
 pub mod families;
 pub mod host;
@@ -152,7 +149,7 @@ async fn scrape(State(m): State<Metrics>) -> impl IntoResponse {
 /// Start it after the privilege drop (it is a thread).
 pub fn spawn(
     listener: Option<TcpListener>,
-    mut events: mpsc::Receiver<Arc<Event>>,
+    mut events: crate::pipeline::hub::Subscription,
     sources: Sources,
 ) -> std::io::Result<(Metrics, JoinHandle<()>)> {
     let (metrics, mut families) = Metrics::new(true, &sources);

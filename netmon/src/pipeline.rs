@@ -94,8 +94,7 @@ pub struct Options {
 pub struct Consumer {
     pub name: &'static str,
     pub capacity: usize,
-    pub run:
-        Box<dyn FnOnce(tokio::sync::mpsc::Receiver<std::sync::Arc<Event>>) -> Result<()> + Send>,
+    pub run: Box<dyn FnOnce(hub::Subscription) -> Result<()> + Send>,
 }
 
 /// Types `stats.events` always lists, 0 included.
@@ -378,6 +377,7 @@ impl Stages {
         // stopping netmon must get the orderly shutdown and the final stats.
         self.hub.emit(probe).await?;
         self.summaries(Summaries::Existing).await?;
+        self.hub.flush().await?;
         let start = tokio::time::Instant::now();
         let every = |d| tokio::time::interval_at(start + d, d);
         let mut stats_ticker = every(opts.stats_interval);
@@ -447,6 +447,9 @@ impl Stages {
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
             }
+            // What this step emitted reaches the consumers now: one hand-over per
+            // consumer and step, not one wake-up per event (hub.rs).
+            self.hub.flush().await?;
         }
         if let Some(scanner) = &mut self.scanner {
             let left = scanner.stop();
@@ -462,6 +465,7 @@ impl Stages {
             self.emit_log(log).await?;
         }
         self.stats(true).await?;
+        self.hub.flush().await?;
         Ok(())
     }
 
@@ -487,6 +491,7 @@ impl Stages {
             }
             self.records = records;
             self.detect_and_emit().await?;
+            self.hub.flush().await?;
             if n < READ_BATCH {
                 break;
             }

@@ -13,7 +13,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::event::{Event, EventBody};
 
@@ -202,7 +202,7 @@ impl Pump {
     }
 
     /// Until the hub closes the subscription (netmon stops).
-    pub async fn run(mut self, mut events: mpsc::Receiver<Arc<Event>>) {
+    pub async fn run(mut self, mut events: crate::pipeline::hub::Subscription) {
         while let Some(ev) = events.recv().await {
             self.push(&ev);
         }

@@ -22,7 +22,7 @@ use std::{
 };
 
 use rusqlite::{Connection, params};
-use tokio::sync::mpsc::{self, error::TryRecvError};
+use tokio::sync::mpsc::error::TryRecvError;
 
 use super::{
     HistoryConfig,
@@ -70,7 +70,7 @@ impl Writer {
     /// scanner's old state file, imported once when the database is first opened.
     pub fn spawn(
         config: HistoryConfig,
-        events: mpsc::Receiver<Arc<Event>>,
+        events: crate::pipeline::hub::Subscription,
         hosts_json: Option<PathBuf>,
     ) -> std::io::Result<Writer> {
         let counters = Arc::new(Counters::default());
@@ -140,7 +140,7 @@ impl WriterLoop {
         }
     }
 
-    async fn run(mut self, mut events: mpsc::Receiver<Arc<Event>>) {
+    async fn run(mut self, mut events: crate::pipeline::hub::Subscription) {
         self.open();
         loop {
             let deadline = match (self.batch_started, &self.prune) {

@@ -4,7 +4,7 @@
 //! event loop, which emits them like any other. Both run beside the loop on its
 //! thread; the scanner only awaits sockets and timers, so the ring buffer is served
 //! between its steps.
-use std::{collections::HashSet, net::IpAddr, sync::Arc};
+use std::{collections::HashSet, net::IpAddr};
 
 use tokio::{
     sync::{mpsc, watch},
@@ -83,7 +83,7 @@ impl Scanner {
 
 /// Hands each flow's remote address to the scanner, once. Never blocks the scanner's
 /// queue: when it is full, the peer is offered again with its next flow.
-async fn feed(mut events: mpsc::Receiver<Arc<Event>>, peers: mpsc::Sender<IpAddr>) {
+async fn feed(mut events: crate::pipeline::hub::Subscription, peers: mpsc::Sender<IpAddr>) {
     let mut sent = HashSet::new();
     while let Some(event) = events.recv().await {
         let Some(ip) = remote_address(&event) else {

@@ -17,21 +17,15 @@ use std::{
     io::{self, Write},
     os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::atomic::{AtomicBool, Ordering},
     thread::{self, JoinHandle},
 };
 
 use anyhow::Result;
-use tokio::sync::mpsc::{self, error::TryRecvError};
+use tokio::sync::mpsc::error::TryRecvError;
 
 use super::watchdog::Counted;
-use crate::{
-    event::Event,
-    output::{Format, Sink, written},
-};
+use crate::output::{Format, Sink, written};
 
 /// Events the sink's queue holds before the hub waits for it.
 pub const QUEUE: usize = 4096;
@@ -110,7 +104,7 @@ fn warn_if_shared(path: &Path, file: &File) {
 /// ([`OutputClosed`] for a broken pipe); dropping the queue then tells the hub.
 pub fn spawn(
     output: Output,
-    events: mpsc::Receiver<Arc<Event>>,
+    events: crate::pipeline::hub::Subscription,
 ) -> io::Result<JoinHandle<Result<()>>> {
     thread::Builder::new()
         .name("sink".into())
@@ -138,7 +132,7 @@ fn reopen_if_asked(output: &mut Output) -> Result<()> {
     }
 }
 
-fn write_all(mut output: Output, mut events: mpsc::Receiver<Arc<Event>>) -> Result<()> {
+fn write_all(mut output: Output, mut events: crate::pipeline::hub::Subscription) -> Result<()> {
     loop {
         reopen_if_asked(&mut output)?;
         let sink = &mut output.sink;
@@ -170,7 +164,9 @@ pub fn join(handle: JoinHandle<Result<()>>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Event;
     use crate::output::OutputClosed;
+    use std::sync::Arc;
     use std::sync::Mutex;
 
     /// A writer into shared memory, or one whose reader went away.
@@ -204,7 +200,7 @@ mod tests {
     #[test]
     fn writes_every_event_then_flushes_at_the_end() {
         let buf = Shared(Arc::default(), false);
-        let (tx, rx) = mpsc::channel(2);
+        let (tx, rx) = crate::pipeline::hub::direct(2);
         let h = spawn(
             Output {
                 sink: Sink::new(Format::Json, Box::new(buf.clone())),
@@ -228,7 +224,7 @@ mod tests {
 
     #[test]
     fn a_broken_pipe_ends_with_output_closed() {
-        let (tx, rx) = mpsc::channel(2);
+        let (tx, rx) = crate::pipeline::hub::direct(2);
         let h = spawn(
             Output {
                 sink: Sink::new(Format::Json, Box::new(Shared(Arc::default(), true))),
@@ -264,7 +260,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         let rotated = dir.path().join("events.jsonl.1");
-        let (tx, rx) = mpsc::channel(1);
+        let (tx, rx) = crate::pipeline::hub::direct(1);
         let h = spawn(open(Format::Json, Some(&path)).unwrap(), rx).unwrap();
         for _ in 0..5 {
             tx.blocking_send(stats_event()).unwrap();

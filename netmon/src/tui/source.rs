@@ -2,12 +2,11 @@
 //! (a hub subscription, `sudo netmon top`) or one or more agents' SSE streams
 //! (`--agent URL`, `agent.rs`). Either way the UI gets [`Msg`]s and builds every view
 //! from events alone. Also the local interface counters (`/proc/net/dev`).
-use std::sync::{Arc, mpsc as std_mpsc};
+use std::sync::mpsc as std_mpsc;
 
-use tokio::sync::mpsc::{self, error::TryRecvError};
+use tokio::sync::mpsc::error::TryRecvError;
 
 use super::app::{IfaceCounters, Msg};
-use crate::event::Event;
 
 pub mod agent;
 pub mod sse;
@@ -15,7 +14,7 @@ pub mod sse;
 /// A source of messages, polled without blocking by the UI loop.
 pub enum Source {
     /// The pipeline's hub subscription (agent 0).
-    InProcess(mpsc::Receiver<Arc<Event>>),
+    InProcess(crate::pipeline::hub::Subscription),
     /// Messages of every agent's client task (see `agent.rs`).
     Agents(std_mpsc::Receiver<Msg>, agent::Clients),
     /// Fixed messages (tests).

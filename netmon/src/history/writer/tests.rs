@@ -28,7 +28,7 @@ fn write_all(path: &std::path::Path, events: Vec<Event>) -> HistoryStats {
         path: path.to_owned(),
         ..HistoryConfig::default()
     };
-    let (tx, rx) = mpsc::channel(events.len() + 1);
+    let (tx, rx) = crate::pipeline::hub::direct(events.len() + 1);
     let writer = Writer::spawn(config, rx, None).unwrap();
     let counters = writer.counters();
     for e in events {
