@@ -36,6 +36,7 @@ use crate::{build, exec, setup};
 mod ebpf_log;
 mod history;
 mod loss;
+mod metrics;
 mod overhead;
 mod pipeline;
 mod proc;
@@ -59,6 +60,8 @@ pub enum Which {
     History,
     /// eBPF diagnostics: the programs' ns per run with aya-log compiled out, off, debug.
     EbpfLog,
+    /// Metrics: what the metrics consumer adds to the event loop per event, scrape time.
+    Metrics,
     /// All of the above, in order.
     All,
 }
@@ -293,6 +296,19 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
                 quick: args.quick,
             },
         )?)?;
+    }
+    if all || args.which == Which::Metrics {
+        let (events, rounds) = if args.quick {
+            (20_000, 1)
+        } else {
+            (200_000, args.rounds)
+        };
+        let (section, met) = metrics::run(&env, events, rounds)?;
+        emit(section)?;
+        // As for the scanner: a quick pass on a loaded machine proves it runs.
+        if !met && !args.quick {
+            bail!("the metrics consumer missed a performance target (see the table above)");
+        }
     }
     if all || args.which == Which::History {
         let (section, met) = history::run(&env, args.history_events)?;

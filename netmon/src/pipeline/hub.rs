@@ -12,13 +12,15 @@
 //! output backs up into the ring buffer, where the kernel counts what it cannot hand
 //! over (`stats.lost`), exactly as when the sink was written inline.
 //!
-//! Events travel in batches: [`Hub::emit`] only appends to each consumer's pending
-//! batch, and [`Hub::flush`] (the event loop calls it after every step) hands each
-//! batch over in one channel send. A consumer thread is woken once per batch instead
-//! of once per event: that wake-up (a futex call on both sides) was most of what a
-//! consumer cost the event loop (`benches/metrics.rs`). A batch is also handed over
-//! as soon as it holds [`BATCH`] events, so a long step never piles events up.
-//! [`Subscription`] gives the events back one at a time.
+//! Events travel in batches: [`Hub::emit`] only appends the event to one pending batch,
+//! and [`Hub::flush`] (the event loop calls it after every step) hands that batch to
+//! every consumer at once: one `Arc` of the whole batch per consumer, one channel send.
+//! So the event loop's cost per event does not grow with the number of consumers, and a
+//! consumer thread is woken once per batch instead of once per event (that wake-up, a
+//! futex call on both sides, and the event's shared count bouncing between cores were
+//! most of what a consumer cost the loop: `benches/metrics.rs`). A batch is also
+//! handed over as soon as it holds [`BATCH`] events, so a long step never piles events
+//! up. [`Subscription`] gives the events back one at a time.
 //!
 //! Owns no I/O: consumers run elsewhere (a tokio task, or a std thread with
 //! `blocking_recv`).
@@ -37,15 +39,17 @@ use tokio::sync::mpsc::{
 
 use crate::event::{ConsumerStats, Event, EventBody};
 
-/// The most events a consumer's pending batch holds before it is handed over.
+/// The most events the pending batch holds before it is handed over.
 pub const BATCH: usize = 256;
+
+/// A batch as consumers receive it: shared by all of them, or a consumer's own shorter
+/// copy when its queue had room for only part of it.
+type Batch = Arc<Vec<Arc<Event>>>;
 
 /// A consumer's queue as the hub sees it.
 struct Consumer {
     name: &'static str,
-    tx: mpsc::Sender<Vec<Arc<Event>>>,
-    /// Emitted since the last flush, not yet handed over.
-    pending: Vec<Arc<Event>>,
+    tx: mpsc::Sender<Batch>,
     /// Events handed over and not yet taken by the consumer (shared with it).
     queued: Arc<AtomicUsize>,
     capacity: usize,
@@ -65,18 +69,29 @@ pub struct ConsumerGone(pub &'static str);
 /// One consumer's end of the hub: the events in the order they were emitted, one at a
 /// time (they arrive in batches). Dropping it unsubscribes.
 pub struct Subscription {
-    rx: mpsc::Receiver<Vec<Arc<Event>>>,
-    batch: std::vec::IntoIter<Arc<Event>>,
+    rx: mpsc::Receiver<Batch>,
+    batch: Batch,
+    /// The next event of `batch` to give out.
+    next: usize,
     queued: Arc<AtomicUsize>,
 }
 
 impl Subscription {
+    fn new(rx: mpsc::Receiver<Batch>, queued: Arc<AtomicUsize>) -> Subscription {
+        Subscription {
+            rx,
+            batch: Arc::default(),
+            next: 0,
+            queued,
+        }
+    }
+
     /// The next event; `None` once the hub closed and everything was taken.
     /// Cancel-safe (usable in `tokio::select!`): nothing is lost when the future is
     /// dropped before it completes.
     pub async fn recv(&mut self) -> Option<Arc<Event>> {
         loop {
-            if let Some(e) = self.batch.next() {
+            if let Some(e) = self.next_of_batch() {
                 return Some(e);
             }
             let batch = self.rx.recv().await?;
@@ -87,7 +102,7 @@ impl Subscription {
     /// [`Subscription::recv`] for a std thread.
     pub fn blocking_recv(&mut self) -> Option<Arc<Event>> {
         loop {
-            if let Some(e) = self.batch.next() {
+            if let Some(e) = self.next_of_batch() {
                 return Some(e);
             }
             let batch = self.rx.blocking_recv()?;
@@ -98,7 +113,7 @@ impl Subscription {
     /// The next event if one is there now.
     pub fn try_recv(&mut self) -> Result<Arc<Event>, TryRecvError> {
         loop {
-            if let Some(e) = self.batch.next() {
+            if let Some(e) = self.next_of_batch() {
                 return Ok(e);
             }
             let batch = self.rx.try_recv()?;
@@ -106,9 +121,16 @@ impl Subscription {
         }
     }
 
-    fn take(&mut self, batch: Vec<Arc<Event>>) {
+    fn next_of_batch(&mut self) -> Option<Arc<Event>> {
+        let e = self.batch.get(self.next)?.clone();
+        self.next += 1;
+        Some(e)
+    }
+
+    fn take(&mut self, batch: Batch) {
         self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
-        self.batch = batch.into_iter();
+        self.batch = batch;
+        self.next = 0;
     }
 }
 
@@ -117,17 +139,18 @@ impl Subscription {
 pub fn direct(capacity: usize) -> (Feeder, Subscription) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let queued = Arc::new(AtomicUsize::new(0));
-    let sub = Subscription {
-        rx,
-        batch: Vec::new().into_iter(),
-        queued: queued.clone(),
-    };
-    (Feeder { tx, queued }, sub)
+    (
+        Feeder {
+            tx,
+            queued: queued.clone(),
+        },
+        Subscription::new(rx, queued),
+    )
 }
 
 /// The sending end of [`direct`]; dropping it ends the subscription's stream.
 pub struct Feeder {
-    tx: mpsc::Sender<Vec<Arc<Event>>>,
+    tx: mpsc::Sender<Batch>,
     queued: Arc<AtomicUsize>,
 }
 
@@ -135,18 +158,18 @@ impl Feeder {
     /// Sends `event`, waiting for room; gives it back if the subscription is gone.
     pub fn blocking_send(&self, event: Arc<Event>) -> Result<(), Arc<Event>> {
         self.queued.fetch_add(1, Ordering::AcqRel);
-        self.tx.blocking_send(vec![event]).map_err(|e| {
+        self.tx.blocking_send(Arc::new(vec![event])).map_err(|e| {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            e.0.into_iter().next().expect("one event")
+            e.0[0].clone()
         })
     }
 
     /// Sends `event` if there is room now; gives it back otherwise.
     pub fn try_send(&self, event: Arc<Event>) -> Result<(), Arc<Event>> {
         self.queued.fetch_add(1, Ordering::AcqRel);
-        self.tx.try_send(vec![event]).map_err(|e| {
+        self.tx.try_send(Arc::new(vec![event])).map_err(|e| {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            e.into_inner().into_iter().next().expect("one event")
+            e.into_inner()[0].clone()
         })
     }
 }
@@ -156,6 +179,8 @@ impl Feeder {
 pub struct Hub {
     /// Events emitted per type (`stats.events`), `stats` lines left out.
     counts: BTreeMap<&'static str, u64>,
+    /// Emitted since the last hand-over.
+    pending: Vec<Arc<Event>>,
     consumers: Vec<Consumer>,
 }
 
@@ -194,37 +219,25 @@ impl Hub {
         self.consumers.push(Consumer {
             name,
             tx,
-            pending: Vec::new(),
             queued: queued.clone(),
             capacity,
             lossless,
             dropped: 0,
             closed: false,
         });
-        Subscription {
-            rx,
-            batch: Vec::new().into_iter(),
-            queued,
-        }
+        Subscription::new(rx, queued)
     }
 
-    /// Counts `event` and adds it to every consumer's pending batch; a full batch is
-    /// handed over at once (waiting for a lossless consumer's room). Fails only when
-    /// a lossless consumer stopped (the caller ends the run and asks it why).
+    /// Counts `event` and adds it to the pending batch; a full batch is handed over at
+    /// once (waiting for a lossless consumer's room). Fails only when a lossless
+    /// consumer stopped (the caller ends the run and asks it why).
     pub async fn emit(&mut self, event: Event) -> Result<(), ConsumerGone> {
         if !matches!(event.body, EventBody::Stats(_)) {
             *self.counts.entry(event.body.type_name()).or_default() += 1;
         }
-        let event = Arc::new(event);
-        for c in &mut self.consumers {
-            if c.closed {
-                c.dropped += 1;
-                continue;
-            }
-            c.pending.push(event.clone());
-            if c.pending.len() >= BATCH {
-                c.hand_over().await?;
-            }
+        self.pending.push(Arc::new(event));
+        if self.pending.len() >= BATCH {
+            self.flush().await?;
         }
         Ok(())
     }
@@ -240,10 +253,17 @@ impl Hub {
         Ok(())
     }
 
-    /// Hands every pending batch over: what was emitted reaches the consumers.
+    /// Hands the pending batch to every consumer: what was emitted reaches them.
     pub async fn flush(&mut self) -> Result<(), ConsumerGone> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch: Batch = Arc::new(std::mem::replace(
+            &mut self.pending,
+            Vec::with_capacity(BATCH),
+        ));
         for c in &mut self.consumers {
-            c.hand_over().await?;
+            c.hand_over(&batch).await?;
         }
         Ok(())
     }
@@ -257,7 +277,7 @@ impl Hub {
         out
     }
 
-    /// `stats.consumers`.
+    /// `stats.consumers` (`queued` counts what is pending too).
     pub fn consumer_stats(&self) -> BTreeMap<String, ConsumerStats> {
         self.consumers
             .iter()
@@ -265,7 +285,7 @@ impl Hub {
                 let queued = if c.closed {
                     0
                 } else {
-                    c.queued.load(Ordering::Acquire) + c.pending.len()
+                    c.queued.load(Ordering::Acquire) + self.pending.len()
                 };
                 let stats = ConsumerStats {
                     queued: queued as u64,
@@ -284,17 +304,18 @@ impl Hub {
 }
 
 impl Consumer {
-    /// Hands the pending batch over: a lossless consumer is waited for; a lossy one
-    /// gets what fits in its queue, and the rest (the newest) is dropped and counted.
-    async fn hand_over(&mut self) -> Result<(), ConsumerGone> {
-        if self.pending.is_empty() || self.closed {
+    /// Hands `batch` over: a lossless consumer is waited for; a lossy one gets what
+    /// fits in its queue (its own copy of the oldest events when not all fit), and the
+    /// rest is dropped and counted.
+    async fn hand_over(&mut self, batch: &Batch) -> Result<(), ConsumerGone> {
+        let n = batch.len();
+        if self.closed {
+            self.dropped += n as u64;
             return Ok(());
         }
-        let mut batch = std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH));
         if self.lossless {
-            let n = batch.len();
             self.queued.fetch_add(n, Ordering::AcqRel);
-            if self.tx.send(batch).await.is_err() {
+            if self.tx.send(batch.clone()).await.is_err() {
                 self.queued.fetch_sub(n, Ordering::AcqRel);
                 self.closed = true;
                 self.dropped += n as u64;
@@ -305,26 +326,29 @@ impl Consumer {
         let room = self
             .capacity
             .saturating_sub(self.queued.load(Ordering::Acquire));
-        if batch.len() > room {
-            self.dropped += (batch.len() - room) as u64;
-            batch.truncate(room);
-        }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let n = batch.len();
-        self.queued.fetch_add(n, Ordering::AcqRel);
-        match self.tx.try_send(batch) {
+        let mine = if n <= room {
+            batch.clone()
+        } else {
+            self.dropped += (n - room) as u64;
+            if room == 0 {
+                return Ok(());
+            }
+            // A copy, so a nearly full queue never holds whole batches for a few events.
+            Arc::new(batch[..room].to_vec())
+        };
+        let len = mine.len();
+        self.queued.fetch_add(len, Ordering::AcqRel);
+        match self.tx.try_send(mine) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 // Cannot happen (as many batches as events fit); counted all the same.
-                self.queued.fetch_sub(n, Ordering::AcqRel);
-                self.dropped += n as u64;
+                self.queued.fetch_sub(len, Ordering::AcqRel);
+                self.dropped += len as u64;
             }
             Err(TrySendError::Closed(_)) => {
-                self.queued.fetch_sub(n, Ordering::AcqRel);
+                self.queued.fetch_sub(len, Ordering::AcqRel);
                 self.closed = true;
-                self.dropped += n as u64;
+                self.dropped += len as u64;
             }
         }
         Ok(())
