@@ -28,6 +28,8 @@ use crate::exec;
 
 /// Events per second the stand-in agent sends.
 pub const RATE: u64 = 10_000;
+/// The tmux server of this benchmark (`tmux -L`).
+const TMUX_SOCKET: &str = "netmon-bench-top";
 /// The issue's target: CPU of one core, in percent.
 const TARGET_PCT: f64 = 10.0;
 
@@ -46,9 +48,12 @@ pub fn run(env: &Env, args: &TopArgs) -> Result<(report::Section, bool)> {
     if !exec::on_path("tmux") {
         crate::setup::ensure_debian_packages(&["tmux"])?;
     }
-    let mut binaries = vec![("this tree", env.netmon.clone())];
+    let abs = |p: &Path| {
+        std::fs::canonicalize(p).with_context(|| format!("no binary at {}", p.display()))
+    };
+    let mut binaries = vec![("this tree", abs(&env.netmon)?)];
     if let Some(b) = &args.baseline {
-        binaries.push(("baseline", b.clone()));
+        binaries.push(("baseline", abs(b)?));
     }
     let views = [("Overview", '1'), ("Connections", '3')];
     // [binary][view] -> CPU % per round.
@@ -114,17 +119,22 @@ pub fn run(env: &Env, args: &TopArgs) -> Result<(report::Section, bool)> {
             ]);
         }
     }
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
     let md = format!(
-        "## netmon top\n\n`{}` on {}.\n\nA stand-in agent on 127.0.0.1 streams {RATE} `connect` \
-         events/s (measured: {rate:.0}/s) as Server-Sent Events; `netmon top --agent` runs in a \
-         120×40 tmux pane; CPU (`utime + stime`, all threads) over {} s after {} s of warm-up \
-         on each view, {} round(s), binaries interleaved.\n\n{}",
-        env.command_line,
-        env.machine,
+        "## netmon top\n\nA stand-in agent on 127.0.0.1 (`xtask/src/bench/top.rs`) streams {RATE} \
+         `connect` events/s (measured: {rate:.0}/s) as Server-Sent Events, a fresh local port \
+         each (the flow table stays at its cap); `netmon top --agent` runs in a 120×40 tmux \
+         pane; its CPU (`utime + stime`, all threads) over {} s after {} s of warm-up on each \
+         view, {} round(s), the binaries interleaved. Target (issue 16): at most 10% of one \
+         core.\n\n{}\n{}- command: `{}`\n- load average when this section ended: {load}\n",
         args.window_s,
         args.warmup_s,
         args.rounds,
-        table.render()
+        table.render(),
+        env.machine,
+        env.command_line,
     );
     Ok((
         report::Section {
@@ -261,23 +271,37 @@ struct Tmux {
 impl Tmux {
     fn start(session: &str, bin: &Path, port: u16) -> Result<Tmux> {
         let _ = Command::new("tmux")
-            .args(["kill-session", "-t", session])
+            .args(["-L", TMUX_SOCKET, "kill-session", "-t", session])
             .output();
         let cmd = format!(
             "NETMON_TOKEN=bench exec {} top --agent http://127.0.0.1:{port}",
             bin.display()
         );
-        exec::run(Command::new("tmux").args([
-            "new-session",
-            "-d",
-            "-s",
-            session,
-            "-x",
-            "120",
-            "-y",
-            "40",
-            &cmd,
-        ]))?;
+        // Its own tmux server (`-L`), apart from the user's and the tests'; killing the
+        // last session stops a server, and a session started meanwhile fails ("server
+        // exited unexpectedly"): retried.
+        let mut tries = 0;
+        loop {
+            let r = exec::run(Command::new("tmux").args([
+                "-L",
+                TMUX_SOCKET,
+                "new-session",
+                "-d",
+                "-s",
+                session,
+                "-x",
+                "120",
+                "-y",
+                "40",
+                &cmd,
+            ]));
+            tries += 1;
+            match r {
+                Ok(()) => break,
+                Err(e) if tries >= 5 => return Err(e),
+                Err(_) => thread::sleep(Duration::from_millis(300)),
+            }
+        }
         Ok(Tmux {
             session: session.to_owned(),
         })
@@ -287,6 +311,8 @@ impl Tmux {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let out = exec::output(Command::new("tmux").args([
+                "-L",
+                TMUX_SOCKET,
                 "list-panes",
                 "-t",
                 &self.session,
@@ -304,18 +330,32 @@ impl Tmux {
     }
 
     fn keys(&self, keys: &str) -> Result<()> {
-        exec::run(Command::new("tmux").args(["send-keys", "-t", &self.session, keys]))
+        exec::run(Command::new("tmux").args([
+            "-L",
+            TMUX_SOCKET,
+            "send-keys",
+            "-t",
+            &self.session,
+            keys,
+        ]))
     }
 
     fn capture(&self) -> Result<String> {
-        exec::output(Command::new("tmux").args(["capture-pane", "-p", "-t", &self.session]))
+        exec::output(Command::new("tmux").args([
+            "-L",
+            TMUX_SOCKET,
+            "capture-pane",
+            "-p",
+            "-t",
+            &self.session,
+        ]))
     }
 }
 
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.session])
+            .args(["-L", TMUX_SOCKET, "kill-session", "-t", &self.session])
             .output();
     }
 }
@@ -327,7 +367,7 @@ mod tests {
     #[test]
     fn civil_dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_789), (2026, 12, 1));
+        assert_eq!(civil_from_days(20_788), (2026, 12, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
     }
 
