@@ -16,6 +16,9 @@
 //!   flat out), `netmon history flows --since 24h` over 10 million events, size per
 //!   million events.
 //!
+//! - `top` ([`top`]): `netmon top`'s CPU while a stand-in agent on 127.0.0.1 streams
+//!   10,000 events/s (no root; `--baseline-netmon` measures a second binary beside it).
+//!
 //! - `ebpf-log` ([`ebpf_log`]): the programs' ns per run and xlated size with their
 //!   aya-log calls compiled out, compiled in with `--ebpf-log off`, and `debug`,
 //!   interleaved under one storm ("free when off", issue 22).
@@ -43,6 +46,7 @@ mod proc;
 mod report;
 mod scan;
 mod storm;
+mod top;
 mod tracer;
 mod web;
 
@@ -62,6 +66,8 @@ pub enum Which {
     EbpfLog,
     /// Metrics: what the metrics consumer adds to the event loop per event, scrape time.
     Metrics,
+    /// `netmon top`: CPU at 10,000 events/s from a stand-in agent (no root).
+    Top,
     /// All of the above, in order.
     All,
 }
@@ -116,7 +122,7 @@ pub struct BenchArgs {
     /// Use this netmon binary instead of building the release one.
     #[arg(long, value_name = "PATH")]
     pub netmon: Option<PathBuf>,
-    /// Overhead (web): also measure this netmon binary beside the one under test, in
+    /// Overhead (web) and top: also measure this netmon binary beside the one under test, in
     /// the same interleaved run (the "before" of a before/after).
     #[arg(long, value_name = "PATH")]
     pub baseline_netmon: Option<PathBuf>,
@@ -142,6 +148,9 @@ pub struct BenchArgs {
     /// instead of building one (a release build of netmon, minutes on two cores).
     #[arg(long, value_name = "PATH")]
     pub ebpf_log_baseline: Option<PathBuf>,
+    /// Top: seconds measured on each view (after a 5 s warm-up).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub top_seconds: u64,
     /// Print the report only; leave docs/benchmarks.md as it is.
     #[arg(long)]
     pub no_doc: bool,
@@ -156,6 +165,7 @@ impl BenchArgs {
         self.web_seconds = 1;
         self.quiet_wait_s = 0;
         self.history_events = 100_000;
+        self.top_seconds = 1;
         self.no_doc = true;
     }
 }
@@ -310,6 +320,21 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
             bail!("the metrics consumer missed a performance target (see the table above)");
         }
     }
+    if all || args.which == Which::Top {
+        let (section, met) = top::run(
+            &env,
+            &top::TopArgs {
+                rounds: args.rounds,
+                warmup_s: if args.quick { 1 } else { 5 },
+                window_s: args.top_seconds,
+                baseline: args.baseline_netmon.clone(),
+            },
+        )?;
+        emit(section)?;
+        if !met && !args.quick {
+            bail!("netmon top missed its CPU target (see the table above)");
+        }
+    }
     if all || args.which == Which::History {
         let (section, met) = history::run(&env, args.history_events)?;
         emit(section)?;
@@ -325,7 +350,13 @@ fn prepare(args: &BenchArgs, live: bool) -> Result<Env> {
     let root = build::workspace_root();
     let work = root.join("target/bench");
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-    let (netmon, storm) = if live {
+    let (netmon, storm) = if !live && args.which == Which::Top {
+        let netmon = match &args.netmon {
+            Some(p) => p.clone(),
+            None => build::netmon_binary()?,
+        };
+        (netmon, PathBuf::new())
+    } else if live {
         let netmon = match &args.netmon {
             Some(p) => p.clone(),
             None => build::netmon_binary()?,

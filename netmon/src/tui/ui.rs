@@ -164,7 +164,7 @@ pub fn table(
     widths: &[Constraint],
     theme: Theme,
 ) {
-    let rows = app.visible(view);
+    let rows = app.shown(view);
     let st = app.views[View::ALL.iter().position(|v| *v == view).unwrap_or(0)];
     let header = TRow::new(view.columns().iter().enumerate().map(|(i, c)| {
         let mark = if i == st.sort {
@@ -175,7 +175,7 @@ pub fn table(
         Cell::from(format!("{c}{mark}"))
     }))
     .style(theme.header());
-    let total = app.count(view);
+    let total = app.shown_total(view);
     let title = if rows.len() == total {
         format!(" {} ({}) ", view.title(), total)
     } else {
@@ -186,10 +186,10 @@ pub fn table(
     let fit = area.height.saturating_sub(2).max(1) as usize;
     let offset = selected.saturating_sub(fit - 1);
     let body = rows
-        .into_iter()
+        .iter()
         .skip(offset)
         .take(fit)
-        .map(|r| TRow::new(r.cells.into_iter().map(Cell::from)));
+        .map(|r| TRow::new(r.cells.iter().map(|c| Cell::from(c.as_str()))));
     let selected = selected - offset;
     let table = Table::new(body, widths.to_vec())
         .header(header)
@@ -316,6 +316,28 @@ mod tests {
         app.key(Key::Char('p'));
         let s = screen(&app, View::Processes, 80, 24);
         assert!(!contains(&s, "PAUSED") && contains(&s, "wget"), "{s:#?}");
+    }
+
+    #[test]
+    fn lists_are_rebuilt_on_each_tick_and_key_not_on_each_event() {
+        let mut app = app_with(&[CONNECT_CURL]);
+        app.key(Key::Char('2'));
+        let event = serde_json::from_str(CONNECT_WGET).unwrap();
+        app.event(0, &event);
+        // The frame drawn between two ticks shows the rows of the last refresh…
+        let s = screen(&app, View::Processes, 80, 24);
+        assert!(contains(&s, "curl") && !contains(&s, "wget"), "{s:#?}");
+        // Its title counts the rows it shows, not the newer state's.
+        assert!(contains(&s, "Processes (1)"), "{s:#?}");
+        // …the next tick brings the new one, and so does a key.
+        app.tick(chrono::Utc::now());
+        let s = screen(&app, View::Processes, 80, 24);
+        assert!(contains(&s, "wget"), "{s:#?}");
+        let event = serde_json::from_str(DNS_NX).unwrap();
+        app.event(0, &event);
+        app.key(Key::Char('5'));
+        let s = screen(&app, View::Dns, 80, 24);
+        assert!(contains(&s, "nope.example"), "{s:#?}");
     }
 
     #[test]

@@ -33,16 +33,25 @@ impl Parser {
     }
 
     /// Feeds bytes; complete events go to `out`.
-    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) {
-        for &b in bytes {
-            if b == b'\n' {
-                let line = std::mem::take(&mut self.line);
-                let line = line.strip_suffix(b"\r").unwrap_or(&line);
-                self.line_done(&String::from_utf8_lossy(line), out);
-            } else if self.line.len() < MAX_EVENT {
-                self.line.push(b);
-            } else {
+    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<SseEvent>) {
+        while !bytes.is_empty() {
+            let (part, rest, done) = match bytes.iter().position(|&b| b == b'\n') {
+                Some(i) => (&bytes[..i], &bytes[i + 1..], true),
+                None => (bytes, &[][..], false),
+            };
+            bytes = rest;
+            let room = MAX_EVENT.saturating_sub(self.line.len());
+            if part.len() > room {
                 self.too_long = true;
+            }
+            self.line.extend_from_slice(&part[..part.len().min(room)]);
+            if done {
+                // The buffer keeps its capacity from line to line.
+                let mut line = std::mem::take(&mut self.line);
+                let text = line.strip_suffix(b"\r").unwrap_or(&line);
+                self.line_done(&String::from_utf8_lossy(text), out);
+                line.clear();
+                self.line = line;
             }
         }
     }
