@@ -22,13 +22,19 @@
 //! handed over as soon as it holds [`BATCH`] events, so a long step never piles events
 //! up. [`Subscription`] gives the events back one at a time.
 //!
+//! Every emitted event gets the next number of the run's sequence ([`Hub::numbered_after`]:
+//! it goes on from the history's newest, so numbers never repeat across runs that
+//! share a history). A consumer reads it with [`Subscription::seq`]: the API's SSE
+//! `id` and the history's `events.seq` are this number, which is how a stream resumes
+//! from the history. A gap in what a consumer sees is what the hub dropped for it.
+//!
 //! Owns no I/O: consumers run elsewhere (a tokio task, or a std thread with
 //! `blocking_recv`).
 use std::{
     collections::BTreeMap,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -42,9 +48,16 @@ use crate::event::{ConsumerStats, Event, EventBody};
 /// The most events the pending batch holds before it is handed over.
 pub const BATCH: usize = 256;
 
+/// Consecutive events and the sequence number of the first.
+#[derive(Default)]
+struct Run {
+    first: u64,
+    events: Vec<Arc<Event>>,
+}
+
 /// A batch as consumers receive it: shared by all of them, or a consumer's own shorter
 /// copy when its queue had room for only part of it.
-type Batch = Arc<Vec<Arc<Event>>>;
+type Batch = Arc<Run>;
 
 /// A consumer's queue as the hub sees it.
 struct Consumer {
@@ -73,17 +86,27 @@ pub struct Subscription {
     batch: Batch,
     /// The next event of `batch` to give out.
     next: usize,
+    /// The sequence number of the event given out last.
+    last: u64,
     queued: Arc<AtomicUsize>,
 }
 
 impl Subscription {
-    fn new(rx: mpsc::Receiver<Batch>, queued: Arc<AtomicUsize>) -> Subscription {
+    /// `last`: the number of the event before the first this subscription gets.
+    fn new(rx: mpsc::Receiver<Batch>, queued: Arc<AtomicUsize>, last: u64) -> Subscription {
         Subscription {
             rx,
             batch: Arc::default(),
             next: 0,
+            last,
             queued,
         }
+    }
+
+    /// The run's sequence number of the event returned last (before any: the number
+    /// of the event emitted just before the subscription started).
+    pub fn seq(&self) -> u64 {
+        self.last
     }
 
     /// The next event; `None` once the hub closed and everything was taken.
@@ -122,20 +145,22 @@ impl Subscription {
     }
 
     fn next_of_batch(&mut self) -> Option<Arc<Event>> {
-        let e = self.batch.get(self.next)?.clone();
+        let e = self.batch.events.get(self.next)?.clone();
+        self.last = self.batch.first + self.next as u64;
         self.next += 1;
         Some(e)
     }
 
     fn take(&mut self, batch: Batch) {
-        self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        self.queued.fetch_sub(batch.events.len(), Ordering::AcqRel);
         self.batch = batch;
         self.next = 0;
     }
 }
 
 /// A subscription fed one event at a time without a hub, for tests and benchmarks of
-/// a consumer: `capacity` events at most in flight.
+/// a consumer: `capacity` events at most in flight. Events are numbered from 1 in
+/// the order they are sent (a refused one keeps its number: a gap, as in a hub).
 pub fn direct(capacity: usize) -> (Feeder, Subscription) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let queued = Arc::new(AtomicUsize::new(0));
@@ -143,8 +168,9 @@ pub fn direct(capacity: usize) -> (Feeder, Subscription) {
         Feeder {
             tx,
             queued: queued.clone(),
+            seq: AtomicU64::new(0),
         },
-        Subscription::new(rx, queued),
+        Subscription::new(rx, queued, 0),
     )
 }
 
@@ -152,24 +178,33 @@ pub fn direct(capacity: usize) -> (Feeder, Subscription) {
 pub struct Feeder {
     tx: mpsc::Sender<Batch>,
     queued: Arc<AtomicUsize>,
+    seq: AtomicU64,
 }
 
 impl Feeder {
+    fn one(&self, event: Arc<Event>) -> Batch {
+        let first = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        Arc::new(Run {
+            first,
+            events: vec![event],
+        })
+    }
+
     /// Sends `event`, waiting for room; gives it back if the subscription is gone.
     pub fn blocking_send(&self, event: Arc<Event>) -> Result<(), Arc<Event>> {
         self.queued.fetch_add(1, Ordering::AcqRel);
-        self.tx.blocking_send(Arc::new(vec![event])).map_err(|e| {
+        self.tx.blocking_send(self.one(event)).map_err(|e| {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            e.0[0].clone()
+            e.0.events[0].clone()
         })
     }
 
     /// Sends `event` if there is room now; gives it back otherwise.
     pub fn try_send(&self, event: Arc<Event>) -> Result<(), Arc<Event>> {
         self.queued.fetch_add(1, Ordering::AcqRel);
-        self.tx.try_send(Arc::new(vec![event])).map_err(|e| {
+        self.tx.try_send(self.one(event)).map_err(|e| {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            e.into_inner()[0].clone()
+            e.into_inner().events[0].clone()
         })
     }
 }
@@ -182,11 +217,23 @@ pub struct Hub {
     /// Emitted since the last hand-over.
     pending: Vec<Arc<Event>>,
     consumers: Vec<Consumer>,
+    /// The sequence number of the last event emitted.
+    seq: u64,
 }
 
 impl Hub {
+    /// Numbers events from 1.
     pub fn new() -> Hub {
         Hub::default()
+    }
+
+    /// Numbers events from `last + 1` (`last`: the history's newest, so that a run
+    /// goes on where the one before stopped).
+    pub fn numbered_after(last: u64) -> Hub {
+        Hub {
+            seq: last,
+            ..Hub::default()
+        }
     }
 
     /// A new consumer named `name` (its key in `stats.consumers`), with a queue of
@@ -225,7 +272,8 @@ impl Hub {
             dropped: 0,
             closed: false,
         });
-        Subscription::new(rx, queued)
+        // (Subscribe between steps: events pending now would reach this consumer too.)
+        Subscription::new(rx, queued, self.seq)
     }
 
     /// Counts `event` and adds it to the pending batch; a full batch is handed over at
@@ -235,6 +283,7 @@ impl Hub {
         if !matches!(event.body, EventBody::Stats(_)) {
             *self.counts.entry(event.body.type_name()).or_default() += 1;
         }
+        self.seq += 1;
         self.pending.push(Arc::new(event));
         if self.pending.len() >= BATCH {
             self.flush().await?;
@@ -258,10 +307,11 @@ impl Hub {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let batch: Batch = Arc::new(std::mem::replace(
-            &mut self.pending,
-            Vec::with_capacity(BATCH),
-        ));
+        let events = std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH));
+        let batch: Batch = Arc::new(Run {
+            first: self.seq + 1 - events.len() as u64,
+            events,
+        });
         for c in &mut self.consumers {
             c.hand_over(&batch).await?;
         }
@@ -308,7 +358,7 @@ impl Consumer {
     /// fits in its queue (its own copy of the oldest events when not all fit), and the
     /// rest is dropped and counted.
     async fn hand_over(&mut self, batch: &Batch) -> Result<(), ConsumerGone> {
-        let n = batch.len();
+        let n = batch.events.len();
         if self.closed {
             self.dropped += n as u64;
             return Ok(());
@@ -334,9 +384,13 @@ impl Consumer {
                 return Ok(());
             }
             // A copy, so a nearly full queue never holds whole batches for a few events.
-            Arc::new(batch[..room].to_vec())
+            // The dropped ones are the newest: what is kept still starts at `first`.
+            Arc::new(Run {
+                first: batch.first,
+                events: batch.events[..room].to_vec(),
+            })
         };
-        let len = mine.len();
+        let len = mine.events.len();
         self.queued.fetch_add(len, Ordering::AcqRel);
         match self.tx.try_send(mine) {
             Ok(()) => {}
@@ -555,6 +609,38 @@ mod tests {
             hub.close();
             releaser.join().unwrap();
             assert_eq!(reader.join().unwrap(), total);
+        });
+    }
+
+    #[test]
+    fn events_are_numbered_on_from_the_start_and_a_drop_leaves_a_gap() {
+        run(async {
+            let mut hub = Hub::numbered_after(100);
+            let mut rx = hub.subscribe("c", 3);
+            let mut all = hub.subscribe("all", 100);
+            assert_eq!(rx.seq(), 100, "before any event: the one before the first");
+            for i in 0..5 {
+                hub.emit(probe_like(i)).await.unwrap();
+            }
+            // 101 to 103 fit; 104 and 105 are dropped for this consumer.
+            hub.flush().await.unwrap();
+            let mut seqs = Vec::new();
+            while rx.try_recv().is_ok() {
+                seqs.push(rx.seq());
+            }
+            assert_eq!(seqs, [101, 102, 103]);
+            hub.emit(probe_like(9)).await.unwrap();
+            hub.flush().await.unwrap();
+            assert_eq!(
+                rx.try_recv().unwrap().body.connection().unwrap().dst.port,
+                9
+            );
+            assert_eq!(rx.seq(), 106);
+            let mut seqs = Vec::new();
+            while all.try_recv().is_ok() {
+                seqs.push(all.seq());
+            }
+            assert_eq!(seqs, [101, 102, 103, 104, 105, 106]);
         });
     }
 }
