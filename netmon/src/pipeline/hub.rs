@@ -20,6 +20,13 @@
 //! as soon as it holds [`BATCH`] events, so a long step never piles events up.
 //! [`Subscription`] gives the events back one at a time.
 //!
+//! Every emitted event gets the next number of the run's sequence ([`Hub::numbered_after`]:
+//! it goes on from the history's newest, so numbers never repeat across runs that
+//! share a history). A consumer reads it with [`Subscription::seq`]: the API's SSE
+//! `id` and the history's `events.seq` are this number, which is how a stream resumes
+//! from the history (`api/replay.rs`). A gap in what a consumer sees is what the hub
+//! dropped for it.
+//!
 //! Owns no I/O: consumers run elsewhere (a tokio task, or a std thread with
 //! `blocking_recv`).
 use std::{
@@ -43,9 +50,11 @@ pub const BATCH: usize = 256;
 /// A consumer's queue as the hub sees it.
 struct Consumer {
     name: &'static str,
-    tx: mpsc::Sender<Vec<Arc<Event>>>,
+    tx: mpsc::Sender<Batch>,
     /// Emitted since the last flush, not yet handed over.
     pending: Vec<Arc<Event>>,
+    /// The sequence number of `pending[0]` (pending events are consecutive).
+    pending_first: u64,
     /// Events handed over and not yet taken by the consumer (shared with it).
     queued: Arc<AtomicUsize>,
     capacity: usize,
@@ -62,11 +71,16 @@ struct Consumer {
 #[error("the `{0}` consumer stopped")]
 pub struct ConsumerGone(pub &'static str);
 
+/// Consecutive events and the sequence number of the first.
+type Batch = (u64, Vec<Arc<Event>>);
+
 /// One consumer's end of the hub: the events in the order they were emitted, one at a
 /// time (they arrive in batches). Dropping it unsubscribes.
 pub struct Subscription {
-    rx: mpsc::Receiver<Vec<Arc<Event>>>,
+    rx: mpsc::Receiver<Batch>,
     batch: std::vec::IntoIter<Arc<Event>>,
+    /// The sequence number of the next event of `batch`.
+    next_seq: u64,
     queued: Arc<AtomicUsize>,
 }
 
@@ -77,6 +91,7 @@ impl Subscription {
     pub async fn recv(&mut self) -> Option<Arc<Event>> {
         loop {
             if let Some(e) = self.batch.next() {
+                self.next_seq += 1;
                 return Some(e);
             }
             let batch = self.rx.recv().await?;
@@ -88,6 +103,7 @@ impl Subscription {
     pub fn blocking_recv(&mut self) -> Option<Arc<Event>> {
         loop {
             if let Some(e) = self.batch.next() {
+                self.next_seq += 1;
                 return Some(e);
             }
             let batch = self.rx.blocking_recv()?;
@@ -99,6 +115,7 @@ impl Subscription {
     pub fn try_recv(&mut self) -> Result<Arc<Event>, TryRecvError> {
         loop {
             if let Some(e) = self.batch.next() {
+                self.next_seq += 1;
                 return Ok(e);
             }
             let batch = self.rx.try_recv()?;
@@ -106,47 +123,63 @@ impl Subscription {
         }
     }
 
-    fn take(&mut self, batch: Vec<Arc<Event>>) {
+    /// The run's sequence number of the event returned last (0: none yet).
+    pub fn seq(&self) -> u64 {
+        self.next_seq.saturating_sub(1)
+    }
+
+    fn take(&mut self, (first, batch): Batch) {
         self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
         self.batch = batch.into_iter();
+        self.next_seq = first;
     }
 }
 
 /// A subscription fed one event at a time without a hub, for tests and benchmarks of
-/// a consumer: `capacity` events at most in flight.
+/// a consumer: `capacity` events at most in flight. Events are numbered from 1 in
+/// the order they are sent (a refused one keeps its number: a gap, as in a hub).
 pub fn direct(capacity: usize) -> (Feeder, Subscription) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let queued = Arc::new(AtomicUsize::new(0));
     let sub = Subscription {
         rx,
         batch: Vec::new().into_iter(),
+        next_seq: 1,
         queued: queued.clone(),
     };
-    (Feeder { tx, queued }, sub)
+    let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    (Feeder { tx, queued, seq }, sub)
 }
 
 /// The sending end of [`direct`]; dropping it ends the subscription's stream.
 pub struct Feeder {
-    tx: mpsc::Sender<Vec<Arc<Event>>>,
+    tx: mpsc::Sender<Batch>,
     queued: Arc<AtomicUsize>,
+    seq: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Feeder {
+    fn number(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
     /// Sends `event`, waiting for room; gives it back if the subscription is gone.
     pub fn blocking_send(&self, event: Arc<Event>) -> Result<(), Arc<Event>> {
         self.queued.fetch_add(1, Ordering::AcqRel);
-        self.tx.blocking_send(vec![event]).map_err(|e| {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            e.0.into_iter().next().expect("one event")
-        })
+        self.tx
+            .blocking_send((self.number(), vec![event]))
+            .map_err(|e| {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                e.0.1.into_iter().next().expect("one event")
+            })
     }
 
     /// Sends `event` if there is room now; gives it back otherwise.
     pub fn try_send(&self, event: Arc<Event>) -> Result<(), Arc<Event>> {
         self.queued.fetch_add(1, Ordering::AcqRel);
-        self.tx.try_send(vec![event]).map_err(|e| {
+        self.tx.try_send((self.number(), vec![event])).map_err(|e| {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            e.into_inner().into_iter().next().expect("one event")
+            e.into_inner().1.into_iter().next().expect("one event")
         })
     }
 }
@@ -157,11 +190,23 @@ pub struct Hub {
     /// Events emitted per type (`stats.events`), `stats` lines left out.
     counts: BTreeMap<&'static str, u64>,
     consumers: Vec<Consumer>,
+    /// The sequence number of the last event emitted.
+    seq: u64,
 }
 
 impl Hub {
+    /// Numbers events from 1.
     pub fn new() -> Hub {
         Hub::default()
+    }
+
+    /// Numbers events from `last + 1` (`last`: the history's newest, so that a run
+    /// goes on where the one before stopped).
+    pub fn numbered_after(last: u64) -> Hub {
+        Hub {
+            seq: last,
+            ..Hub::default()
+        }
     }
 
     /// A new consumer named `name` (its key in `stats.consumers`), with a queue of
@@ -195,6 +240,7 @@ impl Hub {
             name,
             tx,
             pending: Vec::new(),
+            pending_first: 0,
             queued: queued.clone(),
             capacity,
             lossless,
@@ -204,6 +250,7 @@ impl Hub {
         Subscription {
             rx,
             batch: Vec::new().into_iter(),
+            next_seq: self.seq + 1,
             queued,
         }
     }
@@ -216,10 +263,14 @@ impl Hub {
             *self.counts.entry(event.body.type_name()).or_default() += 1;
         }
         let event = Arc::new(event);
+        self.seq += 1;
         for c in &mut self.consumers {
             if c.closed {
                 c.dropped += 1;
                 continue;
+            }
+            if c.pending.is_empty() {
+                c.pending_first = self.seq;
             }
             c.pending.push(event.clone());
             if c.pending.len() >= BATCH {
@@ -294,7 +345,7 @@ impl Consumer {
         if self.lossless {
             let n = batch.len();
             self.queued.fetch_add(n, Ordering::AcqRel);
-            if self.tx.send(batch).await.is_err() {
+            if self.tx.send((self.pending_first, batch)).await.is_err() {
                 self.queued.fetch_sub(n, Ordering::AcqRel);
                 self.closed = true;
                 self.dropped += n as u64;
@@ -314,7 +365,8 @@ impl Consumer {
         }
         let n = batch.len();
         self.queued.fetch_add(n, Ordering::AcqRel);
-        match self.tx.try_send(batch) {
+        // The dropped ones are the newest: what is kept still starts at pending_first.
+        match self.tx.try_send((self.pending_first, batch)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 // Cannot happen (as many batches as events fit); counted all the same.
@@ -501,6 +553,32 @@ mod tests {
                 9
             );
             assert_eq!(hub.consumer_stats()["c"].dropped, 2);
+        });
+    }
+
+    #[test]
+    fn events_are_numbered_on_from_the_start_and_a_drop_leaves_a_gap() {
+        run(async {
+            let mut hub = Hub::numbered_after(100);
+            let mut rx = hub.subscribe("c", 3);
+            assert_eq!(rx.seq(), 100, "before any event: the one before the first");
+            for i in 0..5 {
+                hub.emit(probe_like(i)).await.unwrap();
+            }
+            // 101 to 103 fit; 104 and 105 are dropped for this consumer.
+            hub.flush().await.unwrap();
+            let mut seqs = Vec::new();
+            while rx.try_recv().is_ok() {
+                seqs.push(rx.seq());
+            }
+            assert_eq!(seqs, [101, 102, 103]);
+            hub.emit(probe_like(9)).await.unwrap();
+            hub.flush().await.unwrap();
+            assert_eq!(
+                rx.try_recv().unwrap().body.connection().unwrap().dst.port,
+                9
+            );
+            assert_eq!(rx.seq(), 106);
         });
     }
 
