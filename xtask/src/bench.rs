@@ -19,6 +19,9 @@
 //! - `ebpf-log` ([`ebpf_log`]): the programs' ns per run and xlated size with their
 //!   aya-log calls compiled out, compiled in with `--ebpf-log off`, and `debug`,
 //!   interleaved under one storm ("free when off", issue 22).
+//! - `api` ([`api`]): the storm with netmon's API and no client vs 50 SSE clients
+//!   (interleaved; every stream's gaps matched by `lagged`), and `GET /api/v1/flows`
+//!   with 100,000 flows (answer time, ring-buffer loss meanwhile) (issue 14).
 //!
 //! Root is needed for `overhead`, `loss` and `scan` (netmon loads programs; the storm
 //! and the scan lab create network namespaces). Every storm is bounded in time and count
@@ -33,6 +36,7 @@ use clap::{Args, ValueEnum};
 
 use crate::{build, exec, setup};
 
+mod api;
 mod ebpf_log;
 mod history;
 mod loss;
@@ -59,6 +63,8 @@ pub enum Which {
     History,
     /// eBPF diagnostics: the programs' ns per run with aya-log compiled out, off, debug.
     EbpfLog,
+    /// HTTP API: the storm with and without 50 SSE clients; /api/v1/flows at 100,000 flows.
+    Api,
     /// All of the above, in order.
     All,
 }
@@ -139,6 +145,12 @@ pub struct BenchArgs {
     /// instead of building one (a release build of netmon, minutes on two cores).
     #[arg(long, value_name = "PATH")]
     pub ebpf_log_baseline: Option<PathBuf>,
+    /// API: concurrent SSE clients.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub api_clients: u32,
+    /// API: UDP flows in the table when `/api/v1/flows` is asked.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1000..=100_000))]
+    pub api_flows: u32,
     /// Print the report only; leave docs/benchmarks.md as it is.
     #[arg(long)]
     pub no_doc: bool,
@@ -153,6 +165,8 @@ impl BenchArgs {
         self.web_seconds = 1;
         self.quiet_wait_s = 0;
         self.history_events = 100_000;
+        self.api_clients = 5;
+        self.api_flows = 1000;
         self.no_doc = true;
     }
 }
@@ -193,12 +207,12 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
     }
     let live = matches!(
         args.which,
-        Which::Overhead | Which::Loss | Which::Scan | Which::EbpfLog | Which::All
+        Which::Overhead | Which::Loss | Which::Scan | Which::EbpfLog | Which::Api | Which::All
     );
     // SAFETY: no preconditions.
     if live && unsafe { libc::geteuid() } != 0 {
         bail!(
-            "`bench overhead`, `bench loss`, `bench scan` and `bench ebpf-log` need root (netmon loads eBPF \
+            "`bench overhead`, `bench loss`, `bench scan`, `bench ebpf-log` and `bench api` need root (netmon loads eBPF \
              programs, the storm and the scan lab create network namespaces); `bench \
              pipeline` does not"
         );
@@ -293,6 +307,22 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
                 quick: args.quick,
             },
         )?)?;
+    }
+    if all || args.which == Which::Api {
+        let (section, met) = api::run(
+            &env,
+            &api::ApiArgs {
+                rounds: args.rounds,
+                storm: storm_cfg.clone(),
+                clients: args.api_clients as usize,
+                flows: args.api_flows,
+                quiet_wait: Duration::from_secs(args.quiet_wait_s),
+            },
+        )?;
+        emit(section)?;
+        if !met && !args.quick {
+            bail!("the API missed a performance target (see the table above)");
+        }
     }
     if all || args.which == Which::History {
         let (section, met) = history::run(&env, args.history_events)?;

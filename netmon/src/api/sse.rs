@@ -79,7 +79,7 @@ impl Client {
                 }
                 Ok(_) => {}
                 Err(first) => {
-                    self.from_history(first).await;
+                    self.replay_history(first).await;
                     continue;
                 }
             }
@@ -103,7 +103,7 @@ impl Client {
 
 impl Client {
     /// One stretch from the history, before `first` (the ring's oldest id).
-    async fn from_history(&mut self, first: u64) {
+    async fn replay_history(&mut self, first: u64) {
         let Some(h) = &mut self.history else {
             return;
         };
