@@ -7,7 +7,9 @@
 //! may not be in the file yet: the stream waits until the writer has settled up to
 //! where the ring begins (at most [`WAIT`], then what is still missing is `lagged`).
 //! Event types the history does not keep (`stats`, `probe`, `log`, `host`, `port`)
-//! are skipped without a count; ids older than the history's oldest are `lagged`.
+//! are skipped without a count, and so are events the writer dropped (a gap in
+//! `events.seq` cannot tell the two apart); ids older than the history's oldest are
+//! `lagged`.
 use std::{
     path::PathBuf,
     sync::{Arc, Mutex},
