@@ -3,7 +3,8 @@
 //! the event loop. Owns the listeners (bound before anything is attached, handed to
 //! the thread after the privilege drop), the router and the handlers; the token is in
 //! `api/auth.rs`, the numbered event ring in `api/feed.rs`, the query parameters in
-//! `api/filter.rs`, the SSE stream in `api/sse.rs`.
+//! `api/filter.rs`, the SSE stream in `api/sse.rs`, and its resuming from the history
+//! in `api/replay.rs`.
 //!
 //! Nothing here can change what netmon monitors or scans: every endpoint only reads.
 //!
@@ -40,6 +41,7 @@ pub mod feed;
 pub mod filter;
 pub mod history;
 pub mod processes;
+pub mod replay;
 pub mod serve;
 pub mod sse;
 pub mod tls;
@@ -156,11 +158,20 @@ struct Shared {
     state_file: PathBuf,
     /// The history file this agent writes (`/api/v1/history/*`), if it keeps one.
     history: Option<PathBuf>,
+    /// How far its writer has settled (streams resume from the file up to there).
+    settled: Option<Arc<crate::history::Counters>>,
     /// Asks the event loop for the flow table (`pipeline/state.rs`).
     ask: mpsc::Sender<crate::pipeline::state::FlowsRequest>,
 }
 
 type AppState = Arc<Shared>;
+
+/// The history this agent writes, as the API reads it.
+pub struct HistoryLink {
+    pub path: PathBuf,
+    /// The writer's counters: [`crate::history::Counters::settled`].
+    pub writer: Arc<crate::history::Counters>,
+}
 
 /// The running API: its thread ends once the hub closes its subscription.
 pub struct Api {
@@ -179,12 +190,17 @@ impl Bound {
         self,
         events: crate::pipeline::hub::Subscription,
         state_file: PathBuf,
-        history: Option<PathBuf>,
+        history: Option<HistoryLink>,
         ask: mpsc::Sender<crate::pipeline::state::FlowsRequest>,
         metrics: Option<crate::metrics::Metrics>,
     ) -> Result<Api> {
         let metrics_open = self.cfg.metrics_open;
-        let (feed, pump) = feed::start(self.cfg.replay);
+        // Ids are the hub's numbers: the first event is `events.seq() + 1`.
+        let (feed, pump) = feed::start(self.cfg.replay, events.seq());
+        let (history, settled) = match history {
+            Some(h) => (Some(h.path), Some(h.writer)),
+            None => (None, None),
+        };
         let shared = Arc::new(Shared {
             auth: self.auth,
             failures: auth::Failures::default(),
@@ -193,6 +209,7 @@ impl Bound {
             max_streams: self.cfg.max_streams,
             state_file,
             history,
+            settled,
             ask,
         });
         let listeners = self.listeners;

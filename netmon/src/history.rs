@@ -7,6 +7,8 @@
 //!   hub subscription (`pipeline::hub::Subscription`) and commits in batches.
 //! - `retention.rs`: pruning in small chunks between batches.
 //! - `query.rs`: the read-only SQL behind the typed questions of `crate::query`.
+//! - `replay.rs`: events read back by their number in the hub's sequence, for the
+//!   API's streams that resume from further back than its memory.
 //!
 //! Nothing here knows of the kernel; the writer never blocks the pipeline (its queue is
 //! the hub's, bounded, and what it misses is counted). See `docs/history.md`.
@@ -23,6 +25,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub mod aggregate;
 pub mod import;
 pub mod query;
+pub mod replay;
 pub mod retention;
 mod rows;
 pub mod schema;

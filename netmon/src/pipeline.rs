@@ -212,7 +212,13 @@ pub fn run(mut opts: Options) -> Result<()> {
         .context("cannot start the async runtime")?;
     // The reader registers the ring buffer with the runtime's reactor.
     let _runtime_context = runtime.enter();
-    let mut hub = Hub::new();
+    // Numbered on from the history's newest event, so that the API's ids never
+    // repeat across runs that share a history (`history/replay.rs`).
+    let mut hub = Hub::numbered_after(
+        opts.history
+            .as_ref()
+            .map_or(0, |h| crate::history::replay::last_seq(&h.path)),
+    );
     let sink_thread = match sink {
         Some(sink) => Some(
             sink::spawn(sink, hub.subscribe_lossless("sink", sink::QUEUE))
@@ -279,7 +285,12 @@ pub fn run(mut opts: Options) -> Result<()> {
                 .spawn(
                     hub.subscribe("api", crate::api::QUEUE),
                     config.scan.state_file.clone(),
-                    opts.history.as_ref().map(|h| h.path.clone()),
+                    opts.history.as_ref().zip(history.as_ref()).map(|(h, w)| {
+                        crate::api::HistoryLink {
+                            path: h.path.clone(),
+                            writer: w.counters(),
+                        }
+                    }),
                     ask,
                     metrics_registry,
                 )

@@ -2,7 +2,8 @@
 //! namespace, asked with the real `curl`: the token (401 without or with a wrong one,
 //! 200 with it), `/healthz`, 404 and 400 as JSON, the SSE stream of a test
 //! connection's `connect`/`accept`/`close`, resuming with `Last-Event-ID` after a
-//! disconnect during traffic without missing anything, `lagged` with the exact count,
+//! disconnect during traffic without missing anything (from the ring, and from the
+//! history when more than the ring happened meanwhile), `lagged` with the exact count,
 //! the stream cap, refusals at start (plain HTTP on a non-loopback address, a port in
 //! use), and garbage, a half-open connection and 10,000 requests leaving it healthy.
 use std::{
@@ -382,6 +383,110 @@ fn resume_with_last_event_id_after_a_disconnect_misses_nothing() {
         "unexpected lagged: {second:?}"
     );
     assert!(second.iter().filter_map(|f| f.id).all(|id| id > last_id));
+    let (status, _) = agent.netmon.stop();
+    assert!(status.success());
+}
+
+/// (direction, src port) of every `connect`/`close` to `port`, in order of arrival.
+fn conn_events(evs: &[(String, serde_json::Value)], port: u16) -> Vec<(String, String, u64)> {
+    evs.iter()
+        .filter(|(k, v)| (k == "connect" || k == "close") && v["dst"]["port"] == port)
+        .filter(|(_, v)| v["direction"] == "outbound")
+        .filter_map(|(k, v)| {
+            Some((
+                k.clone(),
+                v["backend"].as_str()?.to_owned(),
+                v["src"]["port"].as_u64()?,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn resume_from_the_history_beyond_the_ring_misses_nothing_and_repeats_nothing() {
+    require_root!();
+    let _ns = NetNs::new();
+    let scratch = Scratch::reserve("api-resume-history");
+    let db = scratch.0.join("h.db").to_string_lossy().into_owned();
+    // The default ring (1024 events) and a history.
+    let agent = Agent::start("resume-history", &["--history", &db]);
+    let port = free_port();
+    let (before, away, after) = (5, 600, 5);
+    let server = serve(port, before + away + after);
+    let filter = format!("/api/v1/events?port={port}");
+    let sse = agent.stream(&filter, &[]);
+    thread::sleep(Duration::from_millis(300));
+    let mut clients = Vec::new();
+    let connect = |n: usize, clients: &mut Vec<u64>| {
+        for _ in 0..n {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            clients.push(s.local_addr().unwrap().port() as u64);
+            s.write_all(b"x").unwrap();
+        }
+    };
+    connect(before, &mut clients);
+    let first = sse.read_until(WAIT, |f| closed_clients(&events(f), port).len() >= before);
+    let last_id = first.iter().filter_map(|f| f.id).max().expect("an id");
+    drop(sse);
+    // While no client listens: connect, accept and two closes per connection, far
+    // more than the ring holds. Reconnect at once: the history may still be
+    // committing what left the ring.
+    connect(away, &mut clients);
+    thread::sleep(Duration::from_millis(200));
+    let sse = agent.stream(&filter, &[&format!("Last-Event-ID: {last_id}")]);
+    connect(after, &mut clients);
+    server.join().unwrap();
+    let want = clients.len();
+    let second = sse.read_until(Duration::from_secs(60), |f| {
+        closed_clients(&events(f), port).len() >= want - before
+    });
+    assert!(
+        second.iter().all(|f| f.event.is_none()),
+        "nothing is missed, so no lagged: {:?}",
+        second.iter().find(|f| f.event.is_some())
+    );
+    let ids: Vec<u64> = second.iter().filter_map(|f| f.id).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids in order, none twice"
+    );
+    assert!(ids.iter().all(|id| *id > last_id));
+    // More than the ring: some of it can only have come from the history.
+    assert!(
+        ids.len() > 1024,
+        "only {} events after the reconnect",
+        ids.len()
+    );
+    let got = conn_events(&events(&second), port);
+    assert!(
+        got.iter().any(|(_, b, _)| b == "history"),
+        "none replayed from the history"
+    );
+    assert!(
+        got.iter().any(|(_, b, _)| b != "history"),
+        "none live after the replay"
+    );
+    let before_ports: BTreeSet<u64> = clients[..before].iter().copied().collect();
+    for kind in ["connect", "close"] {
+        let ports: Vec<u64> = got
+            .iter()
+            .filter(|(k, _, _)| k == kind)
+            .map(|(_, _, p)| *p)
+            .collect();
+        let unique: BTreeSet<u64> = ports.iter().copied().collect();
+        assert_eq!(ports.len(), unique.len(), "a {kind} came twice");
+        let want: BTreeSet<u64> = clients[before..].iter().copied().collect();
+        let missing: Vec<_> = want.difference(&unique).collect();
+        assert!(
+            missing.is_empty(),
+            "{} {kind}s missed: {missing:?}",
+            missing.len()
+        );
+        assert!(
+            unique.is_disjoint(&before_ports),
+            "a {kind} from before the disconnect came again"
+        );
+    }
     let (status, _) = agent.netmon.stop();
     assert!(status.success());
 }

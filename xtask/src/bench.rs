@@ -22,6 +22,9 @@
 //! - `ebpf-log` ([`ebpf_log`]): the programs' ns per run and xlated size with their
 //!   aya-log calls compiled out, compiled in with `--ebpf-log off`, and `debug`,
 //!   interleaved under one storm ("free when off", issue 22).
+//! - `api` ([`api`]): the storm with netmon's API and no client vs 50 SSE clients
+//!   (interleaved; every stream's gaps matched by `lagged`), and `GET /api/v1/flows`
+//!   with 100,000 flows (answer time, ring-buffer loss meanwhile) (issue 14).
 //!
 //! Root is needed for `overhead`, `loss` and `scan` (netmon loads programs; the storm
 //! and the scan lab create network namespaces). Every storm is bounded in time and count
@@ -36,6 +39,7 @@ use clap::{Args, ValueEnum};
 
 use crate::{build, exec, setup};
 
+mod api;
 mod ebpf_log;
 mod history;
 mod loss;
@@ -68,6 +72,8 @@ pub enum Which {
     Metrics,
     /// `netmon top`: CPU at 10,000 events/s from a stand-in agent (no root).
     Top,
+    /// HTTP API: the storm with and without 50 SSE clients; /api/v1/flows at 100,000 flows.
+    Api,
     /// All of the above, in order.
     All,
 }
@@ -151,6 +157,12 @@ pub struct BenchArgs {
     /// Top: seconds measured on each view (after a 5 s warm-up).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
     pub top_seconds: u64,
+    /// API: concurrent SSE clients.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub api_clients: u32,
+    /// API: UDP flows in the table when `/api/v1/flows` is asked.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1000..=100_000))]
+    pub api_flows: u32,
     /// Print the report only; leave docs/benchmarks.md as it is.
     #[arg(long)]
     pub no_doc: bool,
@@ -166,6 +178,8 @@ impl BenchArgs {
         self.quiet_wait_s = 0;
         self.history_events = 100_000;
         self.top_seconds = 1;
+        self.api_clients = 5;
+        self.api_flows = 1000;
         self.no_doc = true;
     }
 }
@@ -206,12 +220,12 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
     }
     let live = matches!(
         args.which,
-        Which::Overhead | Which::Loss | Which::Scan | Which::EbpfLog | Which::All
+        Which::Overhead | Which::Loss | Which::Scan | Which::EbpfLog | Which::Api | Which::All
     );
     // SAFETY: no preconditions.
     if live && unsafe { libc::geteuid() } != 0 {
         bail!(
-            "`bench overhead`, `bench loss`, `bench scan` and `bench ebpf-log` need root (netmon loads eBPF \
+            "`bench overhead`, `bench loss`, `bench scan`, `bench ebpf-log` and `bench api` need root (netmon loads eBPF \
              programs, the storm and the scan lab create network namespaces); `bench \
              pipeline` does not"
         );
@@ -333,6 +347,22 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
         emit(section)?;
         if !met && !args.quick {
             bail!("netmon top missed its CPU target (see the table above)");
+        }
+    }
+    if all || args.which == Which::Api {
+        let (section, met) = api::run(
+            &env,
+            &api::ApiArgs {
+                rounds: args.rounds,
+                storm: storm_cfg.clone(),
+                clients: args.api_clients as usize,
+                flows: args.api_flows,
+                quiet_wait: Duration::from_secs(args.quiet_wait_s),
+            },
+        )?;
+        emit(section)?;
+        if !met && !args.quick {
+            bail!("the API missed a performance target (see the table above)");
         }
     }
     if all || args.which == Which::History {

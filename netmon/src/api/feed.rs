@@ -1,5 +1,6 @@
 //! The API's copy of the event stream: one pump task takes every event of its hub
-//! subscription, numbers it (the SSE `id`, from 1, increasing), serialises it once
+//! subscription, numbers it (the SSE `id`: the hub's number, which the history keeps
+//! too; increasing, with a gap where the hub dropped events for the API), serialises it once
 //! (the same JSON object as the JSON Lines output) and keeps the newest in a bounded
 //! ring, from which every SSE client reads at its own pace and resumes. Also keeps
 //! the small recent buffers the other endpoints answer from: the last `stats` line,
@@ -100,7 +101,7 @@ impl Item {
     }
 }
 
-/// A bounded FIFO of items, numbered without gaps.
+/// A bounded FIFO of items, in increasing order of their numbers.
 pub struct Ring {
     items: VecDeque<Arc<Item>>,
     cap: usize,
@@ -130,15 +131,21 @@ impl Ring {
         self.items.back().map_or(1, |i| i.id + 1)
     }
 
+    /// The id of the oldest item kept.
+    pub fn first_id(&self) -> Option<u64> {
+        self.items.front().map(|i| i.id)
+    }
+
     /// Up to `max` items from id `from` on, into `out`; how many the reader missed
-    /// because they left the ring already.
+    /// because they left the ring already. (Gaps between the items are the reader's
+    /// to see.)
     pub fn read_from(&self, from: u64, max: usize, out: &mut Vec<Arc<Item>>) -> Missed {
-        let Some(first) = self.items.front().map(|i| i.id) else {
+        let Some(first) = self.first_id() else {
             return Missed(0);
         };
         let missed = first.saturating_sub(from);
-        let start = from.saturating_sub(first) as usize;
-        out.extend(self.items.iter().skip(start).take(max).cloned());
+        let start = self.items.partition_point(|i| i.id < from);
+        out.extend(self.items.range(start..).take(max).cloned());
         Missed(missed)
     }
 
@@ -155,41 +162,43 @@ pub struct Feed {
     pub logs: Mutex<Ring>,
     /// The newest `stats` line.
     pub stats: Mutex<Option<Arc<str>>>,
-    /// The id of the newest event (0: none yet); clients wait on it.
+    /// The id of the newest event (before any: the hub's number of the last event
+    /// before the API subscribed); clients wait on it.
     pub latest: watch::Receiver<u64>,
+    /// The agent's host name (the `host` of its events), for events rebuilt from the
+    /// history.
+    pub host: std::sync::OnceLock<String>,
 }
 
 /// Sizes of the buffers.
 pub const LOGS_KEPT: usize = 1000;
 
-/// The pump: numbers, serialises and keeps every event until the hub closes.
-pub fn start(capacity: usize) -> (Arc<Feed>, Pump) {
-    let (tx, rx) = watch::channel(0);
+/// The pump: serialises and keeps every event until the hub closes; `last` is the
+/// number of the event before the first it will get.
+pub fn start(capacity: usize, last: u64) -> (Arc<Feed>, Pump) {
+    let (tx, rx) = watch::channel(last);
     let feed = Arc::new(Feed {
         events: Mutex::new(Ring::new(capacity)),
         logs: Mutex::new(Ring::new(LOGS_KEPT)),
         stats: Mutex::new(None),
         latest: rx,
+        host: std::sync::OnceLock::new(),
     });
-    (
-        feed.clone(),
-        Pump {
-            feed,
-            latest: tx,
-            next: 1,
-        },
-    )
+    (feed.clone(), Pump { feed, latest: tx })
 }
 
 pub struct Pump {
     feed: Arc<Feed>,
     latest: watch::Sender<u64>,
-    next: u64,
 }
 
 impl Pump {
-    pub fn push(&mut self, ev: &Event) {
-        let item = Arc::new(Item::new(self.next, ev));
+    /// Keeps `ev`, number `id` (increasing).
+    pub fn push(&mut self, id: u64, ev: &Event) {
+        if self.feed.host.get().is_none() {
+            let _ = self.feed.host.set(ev.host.clone());
+        }
+        let item = Arc::new(Item::new(id, ev));
         if item.kind == "stats" {
             *lock(&self.feed.stats) = Some(item.json.clone());
         }
@@ -197,14 +206,13 @@ impl Pump {
             lock(&self.feed.logs).push(item.clone());
         }
         lock(&self.feed.events).push(item);
-        self.latest.send_replace(self.next);
-        self.next += 1;
+        self.latest.send_replace(id);
     }
 
     /// Until the hub closes the subscription (netmon stops).
     pub async fn run(mut self, mut events: crate::pipeline::hub::Subscription) {
         while let Some(ev) = events.recv().await {
-            self.push(&ev);
+            self.push(events.seq(), &ev);
         }
     }
 }
@@ -233,10 +241,10 @@ mod tests {
 
     #[test]
     fn ring_reads_resume_and_counts_what_fell_out() {
-        let (feed, mut pump) = start(3);
+        let (feed, mut pump) = start(3, 0);
         let ev = stats_event();
-        for _ in 0..5 {
-            pump.push(&ev);
+        for id in 1..=5 {
+            pump.push(id, &ev);
         }
         let ring = lock(&feed.events);
         assert_eq!(ring.next_id(), 6);
@@ -251,6 +259,24 @@ mod tests {
         assert_eq!(ring.read_from(6, 10, &mut out), Missed(0));
         assert!(out.is_empty());
         assert_eq!(*feed.latest.borrow(), 5);
+        assert_eq!(feed.host.get().map(String::as_str), Some("h"));
+    }
+
+    #[test]
+    fn a_ring_with_gaps_reads_from_the_next_kept_id() {
+        let (feed, mut pump) = start(10, 100);
+        assert_eq!(*feed.latest.borrow(), 100);
+        let ev = stats_event();
+        for id in [101, 102, 105, 106] {
+            pump.push(id, &ev);
+        }
+        let ring = lock(&feed.events);
+        let mut out = Vec::new();
+        assert_eq!(ring.read_from(103, 10, &mut out), Missed(0));
+        assert_eq!(out.iter().map(|i| i.id).collect::<Vec<_>>(), [105, 106]);
+        out.clear();
+        assert_eq!(ring.read_from(99, 1, &mut out), Missed(2));
+        assert_eq!(out.iter().map(|i| i.id).collect::<Vec<_>>(), [101]);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! `GET /api/v1/events`: the live stream as Server-Sent Events. Each event is
 //! `id: <n>` and `data: <the JSON Lines object>`; a client that fell more than the
-//! ring behind (or asked to resume from an id the ring no longer holds) first gets
-//! `event: lagged` with `data: {"missed": N}`, N the events it will never get.
+//! ring behind (or asked to resume from an id neither the ring nor the history holds)
+//! first gets `event: lagged` with `data: {"missed": N}`, N the events it will never get.
 //!
-//! Resume with `Last-Event-ID` or `since=<id>`: the stream starts after that id.
+//! Resume with `Last-Event-ID` or `since=<id>`: the stream starts after that id, from
+//! the ring, or from the history when the ring no longer holds it (`api/replay.rs`).
 //! Without either, it starts with the next event. The number of streams is capped.
 use std::{
     collections::{HashMap, VecDeque},
@@ -27,6 +28,7 @@ use super::{
     feed::{self, Item, Missed},
     filter::{self, Filter},
     last_event_id,
+    replay::{self, History},
 };
 
 /// Events copied out of the ring per lock.
@@ -45,6 +47,8 @@ struct Client {
     latest: watch::Receiver<u64>,
     pending: VecDeque<Out>,
     batch: Vec<Arc<Item>>,
+    /// Where ids older than the ring are read from, when the agent keeps a history.
+    history: Option<History>,
 }
 
 impl Drop for Client {
@@ -61,15 +65,29 @@ impl Client {
                 return Some(o);
             }
             let _ = self.latest.borrow_and_update();
-            let Missed(missed) = {
+            let read = {
                 let ring = feed::lock(&self.shared.feed.events);
-                ring.read_from(self.next, BATCH, &mut self.batch)
+                match ring.first_id() {
+                    Some(first) if self.history.is_some() && self.next < first => Err(first),
+                    _ => Ok(ring.read_from(self.next, BATCH, &mut self.batch)),
+                }
             };
-            if missed > 0 {
-                self.pending.push_back(Out::Lagged(missed));
-                self.next += missed;
+            match read {
+                Ok(Missed(missed)) if missed > 0 => {
+                    self.pending.push_back(Out::Lagged(missed));
+                    self.next += missed;
+                }
+                Ok(_) => {}
+                Err(first) => {
+                    self.replay_history(first).await;
+                    continue;
+                }
             }
             for it in self.batch.drain(..) {
+                if it.id > self.next {
+                    // The hub dropped these for the API (its queue was full).
+                    self.pending.push_back(Out::Lagged(it.id - self.next));
+                }
                 self.next = it.id + 1;
                 if self.filter.matches(&it) {
                     self.pending.push_back(Out::Item(it));
@@ -78,6 +96,30 @@ impl Client {
             if self.pending.is_empty() && *self.latest.borrow() < self.next {
                 // Nothing new: wait for the pump (an error: it stopped).
                 self.latest.changed().await.ok()?;
+            }
+        }
+    }
+}
+
+impl Client {
+    /// One stretch from the history, before `first` (the ring's oldest id).
+    async fn replay_history(&mut self, first: u64) {
+        let Some(h) = &mut self.history else {
+            return;
+        };
+        match h.step(&self.shared.feed, self.next, first, BATCH).await {
+            replay::Step::Wait => {}
+            replay::Step::Missed(n, go_on) => {
+                self.pending.push_back(Out::Lagged(n));
+                self.next = go_on;
+            }
+            replay::Step::Events(items, go_on) => {
+                for it in items {
+                    if self.filter.matches(&it) {
+                        self.pending.push_back(Out::Item(it));
+                    }
+                }
+                self.next = go_on;
             }
         }
     }
@@ -93,12 +135,12 @@ fn render(o: Out) -> SseEvent {
 }
 
 /// Where a new stream starts: after `resume` when given, else with the next event.
-/// An id beyond the newest (netmon restarted and numbers from 1 again) replays the
-/// whole ring.
-fn start_at(resume: Option<u64>, latest: u64) -> u64 {
+/// An id beyond the newest (a netmon without a history restarted and numbers from 1
+/// again) replays the whole ring, from `oldest`.
+fn start_at(resume: Option<u64>, latest: u64, oldest: u64) -> u64 {
     match resume {
         None => latest + 1,
-        Some(id) if id > latest => 1,
+        Some(id) if id > latest => oldest,
         Some(id) => id + 1,
     }
 }
@@ -127,7 +169,13 @@ pub(super) async fn events(
         );
     }
     let latest = s.feed.latest.clone();
-    let from = start_at(resume, *latest.borrow());
+    let oldest = feed::lock(&s.feed.events).first_id().unwrap_or(1);
+    let from = start_at(resume, *latest.borrow(), oldest);
+    let history = s
+        .history
+        .clone()
+        .zip(s.settled.clone())
+        .map(|(path, settled)| History::new(path, settled));
     let client = Client {
         shared: s.clone(),
         filter,
@@ -135,6 +183,7 @@ pub(super) async fn events(
         latest,
         pending: VecDeque::new(),
         batch: Vec::with_capacity(BATCH),
+        history,
     };
     let stream = futures_util::stream::unfold(client, |mut c| async move {
         let o = c.next().await?;
@@ -166,10 +215,11 @@ mod tests {
 
     #[test]
     fn streams_start_live_or_after_the_resume_id() {
-        assert_eq!(start_at(None, 10), 11);
-        assert_eq!(start_at(Some(4), 10), 5);
-        assert_eq!(start_at(Some(10), 10), 11);
+        assert_eq!(start_at(None, 10, 1), 11);
+        assert_eq!(start_at(Some(4), 10, 1), 5);
+        assert_eq!(start_at(Some(10), 10, 1), 11);
         // A restarted netmon numbers from 1: an id from before replays the ring.
-        assert_eq!(start_at(Some(500), 10), 1);
+        assert_eq!(start_at(Some(500), 10, 1), 1);
+        assert_eq!(start_at(Some(500), 10, 3), 3);
     }
 }

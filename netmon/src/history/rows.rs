@@ -9,7 +9,7 @@ use super::aggregate::{FlowKey, direction_name, proto_name};
 use crate::event::{Connection as Conn, Event, EventBody, ProcessInfo};
 
 /// The statement [`insert_event`] runs, prepared once per batch by the writer.
-pub(super) const INSERT_EVENT: &str = "INSERT INTO events (ts, type, process_id, proto, direction, src_ip, src_port, dst_ip, dst_port, remote_name, bytes_sent, bytes_received, packets_sent, packets_received, duration_ms, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+pub(super) const INSERT_EVENT: &str = "INSERT INTO events (ts, type, process_id, proto, direction, src_ip, src_port, dst_ip, dst_port, remote_name, bytes_sent, bytes_received, packets_sent, packets_received, duration_ms, detail, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
 
 /// A DNS event's `detail`: all but its type and process (the process is in
 /// `processes`), borrowed, so nothing is copied to write it.
@@ -172,13 +172,14 @@ fn conn_row<'a>(c: &'a Conn) -> Row<'a> {
     }
 }
 
-/// Inserts the `events` row of `event` with `insert` ([`INSERT_EVENT`]; nothing for
-/// types the history does not keep), its process, and what other tables keep of it
-/// (alerts, the scanner's hosts and ports).
+/// Inserts the `events` row of `event` (number `seq` in the hub's sequence) with
+/// `insert` ([`INSERT_EVENT`]; nothing for types the history does not keep), its
+/// process, and what other tables keep of it (alerts, the scanner's hosts and ports).
 pub(super) fn insert_event(
     tx: &Transaction<'_>,
     insert: &mut Statement<'_>,
     procs: &mut ProcessCache,
+    seq: u64,
     event: &Event,
 ) -> rusqlite::Result<()> {
     let ts = ns(event);
@@ -320,6 +321,7 @@ pub(super) fn insert_event(
         row.packets_received.map(|b| b as i64),
         row.duration_ms,
         row.detail,
+        (seq > 0).then_some(seq as i64),
     ])?;
     if let EventBody::Alert(a) = &event.body {
         tx.prepare_cached(

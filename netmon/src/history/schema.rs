@@ -10,6 +10,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0002_events_type_index",
         include_str!("migrations/0002_events_type_index.sql"),
     ),
+    (
+        "0003_events_seq",
+        include_str!("migrations/0003_events_seq.sql"),
+    ),
 ];
 
 /// The schema version this netmon writes.

@@ -45,9 +45,17 @@ pub struct Counters {
     batches: AtomicU64,
     errors: AtomicU64,
     dropped: AtomicU64,
+    /// Every event up to this number of the hub's sequence is in the file, or never
+    /// will be (a type not kept, a batch that failed): how far the API can replay.
+    settled: AtomicU64,
 }
 
 impl Counters {
+    /// See `settled`: the API's replay waits for this to pass what it needs.
+    pub fn settled(&self) -> u64 {
+        self.settled.load(Ordering::Acquire)
+    }
+
     pub fn snapshot(&self) -> HistoryStats {
         HistoryStats {
             written: self.written.load(Ordering::Relaxed),
@@ -109,7 +117,10 @@ struct WriterLoop {
     next_open: Instant,
     /// The last warning printed, so a failing disk warns once, not per batch.
     last_warning: Option<String>,
-    batch: Vec<Arc<Event>>,
+    /// Each event with its number in the hub's sequence (`events.seq`).
+    batch: Vec<(u64, Arc<Event>)>,
+    /// The number of the last event received.
+    received: u64,
     batch_started: Option<Instant>,
     aggregator: Aggregator,
     next_prune: Instant,
@@ -133,6 +144,7 @@ impl WriterLoop {
             next_open: now,
             last_warning: None,
             batch: Vec::with_capacity(1024),
+            received: 0,
             batch_started: None,
             aggregator: Aggregator::default(),
             prune: None,
@@ -156,13 +168,13 @@ impl WriterLoop {
                 biased;
                 event = events.recv() => match event {
                     Some(event) => {
-                        self.push(event);
+                        self.push(events.seq(), event);
                         loop {
                             if self.batch.len() >= MAX_BATCH {
                                 break;
                             }
                             match events.try_recv() {
-                                Ok(event) => self.push(event),
+                                Ok(event) => self.push(events.seq(), event),
                                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                             }
                         }
@@ -184,13 +196,24 @@ impl WriterLoop {
         self.commit();
     }
 
-    fn push(&mut self, event: Arc<Event>) {
+    fn push(&mut self, seq: u64, event: Arc<Event>) {
+        self.received = seq;
         if !stored(&event.body) {
+            if self.batch.is_empty() {
+                self.settle();
+            }
             return;
         }
         self.aggregator.add(&event);
         self.batch_started.get_or_insert_with(Instant::now);
-        self.batch.push(event);
+        self.batch.push((seq, event));
+    }
+
+    /// Everything received is committed (or dropped): the API may replay up to it.
+    fn settle(&self) {
+        self.counters
+            .settled
+            .store(self.received, Ordering::Release);
     }
 
     fn open(&mut self) {
@@ -245,6 +268,7 @@ impl WriterLoop {
     fn commit(&mut self) {
         self.batch_started = None;
         if self.batch.is_empty() {
+            self.settle();
             return;
         }
         let n = self.batch.len() as u64;
@@ -255,6 +279,7 @@ impl WriterLoop {
         let Some(store) = &mut self.store else {
             self.counters.dropped.fetch_add(n, Ordering::Relaxed);
             self.batch.clear();
+            self.settle();
             return;
         };
         match store.write(&self.batch, &totals) {
@@ -291,6 +316,7 @@ impl WriterLoop {
             }
         }
         self.batch.clear();
+        self.settle();
     }
 
     /// Background upkeep between batches: one bounded pruning step at a time.
@@ -352,7 +378,7 @@ impl Store {
 
     fn write(
         &mut self,
-        batch: &[Arc<Event>],
+        batch: &[(u64, Arc<Event>)],
         totals: &[(i64, Arc<FlowKey>, Totals)],
     ) -> rusqlite::Result<()> {
         let result = self.write_tx(batch, totals);
@@ -366,7 +392,7 @@ impl Store {
 
     fn write_tx(
         &mut self,
-        batch: &[Arc<Event>],
+        batch: &[(u64, Arc<Event>)],
         totals: &[(i64, Arc<FlowKey>, Totals)],
     ) -> rusqlite::Result<()> {
         if self.processes.len() > MAX_CACHED {
@@ -383,8 +409,8 @@ impl Store {
             // for every event cost a tenth of the writer's time. (Many rows per
             // `INSERT` measured no faster.)
             let mut insert = tx.prepare_cached(rows::INSERT_EVENT)?;
-            for event in batch {
-                rows::insert_event(&tx, &mut insert, &mut self.processes, event)?;
+            for (seq, event) in batch {
+                rows::insert_event(&tx, &mut insert, &mut self.processes, *seq, event)?;
             }
             let mut minute = tx.prepare_cached(UPSERT_MINUTE)?;
             let mut hour = tx.prepare_cached(UPSERT_HOUR)?;

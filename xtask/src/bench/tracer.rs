@@ -217,10 +217,11 @@ pub fn netmon_args(output: &Path, extra: &[String]) -> Vec<String> {
         "run".to_string(),
         "--output".into(),
         output.display().to_string(),
-        // Only the final `stats` line matters here.
-        "--stats-interval".into(),
-        "3600".into(),
     ];
+    // Only the final `stats` line matters here, unless `extra` asks for more.
+    if !extra.iter().any(|a| a == "--stats-interval") {
+        args.extend(["--stats-interval".into(), "3600".into()]);
+    }
     args.extend_from_slice(extra);
     args
 }
