@@ -10,7 +10,17 @@ use crate::{build, exec};
 
 /// Sections of `docs/benchmarks.md`, in document order.
 pub const SECTION_ORDER: &[&str] = &[
-    "overhead", "loss", "pipeline", "scan", "history", "ebpf-log", "top", "api", "metrics",
+    "overhead",
+    "overhead-web",
+    "loss",
+    "pipeline",
+    "scan",
+    "history",
+    "ebpf-log",
+    "top",
+    "api",
+    "metrics",
+    "report",
 ];
 
 /// One sub-benchmark's part of the report.
@@ -154,13 +164,22 @@ disappears with it, bounded in time and in count.
 ";
 
 /// Replaces the given sections of `existing` (the current document, possibly empty) and
-/// keeps the others, in [`SECTION_ORDER`].
+/// keeps the others, in [`SECTION_ORDER`]; a section whose id is not listed there (a
+/// new benchmark, or an older binary writing a newer document) goes after them in the
+/// order found, never dropped.
 pub fn merge_sections(existing: &str, new: &[Section]) -> String {
+    let mut ids: Vec<String> = SECTION_ORDER.iter().map(|s| s.to_string()).collect();
+    let found = section_ids(existing).chain(new.iter().map(|s| s.id.to_string()));
+    for id in found.collect::<Vec<_>>() {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
     let mut out = String::from(DOC_HEADER);
-    for id in SECTION_ORDER {
+    for id in &ids {
         let body = new
             .iter()
-            .find(|s| s.id == *id)
+            .find(|s| s.id == id)
             .map(|s| s.markdown.trim().to_string())
             .or_else(|| section_of(existing, id));
         if let Some(body) = body {
@@ -171,6 +190,15 @@ pub fn merge_sections(existing: &str, new: &[Section]) -> String {
         }
     }
     out
+}
+
+/// The ids of the sections in `doc`, in order.
+fn section_ids(doc: &str) -> impl Iterator<Item = String> + '_ {
+    doc.lines().filter_map(|l| {
+        l.strip_prefix("<!-- section:")
+            .and_then(|r| r.strip_suffix(" -->"))
+            .map(str::to_string)
+    })
 }
 
 fn section_of(doc: &str, id: &str) -> Option<String> {
@@ -194,6 +222,33 @@ pub fn write_doc(path: &Path, sections: &[Section]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sections_of_unknown_ids_are_kept_after_the_known_ones() {
+        let doc = merge_sections(
+            "",
+            &[
+                Section {
+                    id: "zzz-new",
+                    markdown: "## New".into(),
+                },
+                Section {
+                    id: "loss",
+                    markdown: "## Loss".into(),
+                },
+            ],
+        );
+        let again = merge_sections(
+            &doc,
+            &[Section {
+                id: "overhead",
+                markdown: "## Overhead".into(),
+            }],
+        );
+        let ids: Vec<String> = section_ids(&again).collect();
+        assert_eq!(ids, ["overhead", "loss", "zzz-new"]);
+        assert!(again.contains("## New") && again.contains("## Loss"));
+    }
 
     #[test]
     fn medians() {
