@@ -10,7 +10,7 @@ use crate::{build, exec};
 
 /// Sections of `docs/benchmarks.md`, in document order.
 pub const SECTION_ORDER: &[&str] = &[
-    "overhead", "loss", "pipeline", "scan", "history", "ebpf-log",
+    "overhead", "loss", "pipeline", "scan", "history", "ebpf-log", "report",
 ];
 
 /// One sub-benchmark's part of the report.
