@@ -206,7 +206,6 @@ pub fn run(args: ScanArgs) -> Result<ExitCode> {
         let plan = scan::plan(&targets, opts.allow_public, None).await?;
         anyhow::Ok(scan::run(&plan, &opts, &mut write).await)
     })?;
-    drop(write);
     let outcome = match scanned {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
