@@ -2,9 +2,11 @@
 //! bounded `mpsc` queue (the hub's), one writer thread committing in batches. No
 //! kernel, no root. `cargo xtask bench history` runs it; by hand:
 //!
-//! - `cargo bench -p netmon --bench history -- fill DB N`: N events as fast as the
-//!   writer takes them (the producer waits when the queue is full), timestamps spread
-//!   evenly over the last 24 hours; prints one JSON line (events/s, file size).
+//! - `cargo bench -p netmon --bench history -- fill DB N [REMOTES]`: N events as fast
+//!   as the writer takes them (the producer waits when the queue is full), timestamps
+//!   spread evenly over the last 24 hours; prints one JSON line (events/s, file size).
+//!   REMOTES (default 20) is the remote services per process: 200 makes the 10,000
+//!   flow keys of `cargo xtask bench report`.
 //! - `cargo bench -p netmon --bench history -- paced DB RATE SECONDS`: RATE events/s
 //!   offered without ever waiting (a full queue drops, as in the hub); prints the
 //!   events written and dropped.
@@ -32,13 +34,16 @@ const REMOTES: u32 = 20;
 
 struct Stream {
     processes: Vec<ProcessInfo>,
+    /// Remote services per process (at most 254: the last octet of their address).
+    remotes: u32,
     start_ns: i64,
     step_ns: i64,
     n: u64,
 }
 
 impl Stream {
-    fn new(total: u64) -> Stream {
+    fn new(total: u64, remotes: u32) -> Stream {
+        assert!((1..=254).contains(&remotes), "REMOTES is 1 to 254");
         let processes = (0..PROCESSES)
             .map(|i| ProcessInfo {
                 pid: 1000 + i,
@@ -64,6 +69,7 @@ impl Stream {
         let day = 86_400_000_000_000i64;
         Stream {
             processes,
+            remotes,
             start_ns: now - day,
             step_ns: (day / total.max(1) as i64).max(1),
             n: 0,
@@ -75,7 +81,7 @@ impl Stream {
         self.n += 1;
         let ts = DateTime::from_timestamp_nanos(self.start_ns + n as i64 * self.step_ns);
         let p = (n / 2 % PROCESSES as u64) as u32;
-        let r = (n / 2 / PROCESSES as u64 % REMOTES as u64) as u32;
+        let r = (n / 2 / PROCESSES as u64 % u64::from(self.remotes)) as u32;
         let process = self.processes[p as usize].clone();
         let remote: IpAddr = format!("10.{}.{}.{}", 1 + p / 200, p % 200, 1 + r)
             .parse()
@@ -158,11 +164,11 @@ fn config(db: PathBuf) -> HistoryConfig {
     }
 }
 
-fn fill(db: PathBuf, total: u64) {
+fn fill(db: PathBuf, total: u64, remotes: u32) {
     let (tx, rx) = netmon::pipeline::hub::direct(65_536);
     let writer = Writer::spawn(config(db.clone()), rx, None).expect("writer starts");
     let counters = writer.counters();
-    let mut stream = Stream::new(total);
+    let mut stream = Stream::new(total, remotes);
     let started = Instant::now();
     for _ in 0..total {
         if tx.blocking_send(Arc::new(stream.next())).is_err() {
@@ -198,7 +204,7 @@ fn paced(db: PathBuf, rate: u64, seconds: u64) {
     let writer = Writer::spawn(config(db), rx, None).expect("writer starts");
     let counters = writer.counters();
     let total = rate * seconds;
-    let mut stream = Stream::new(total);
+    let mut stream = Stream::new(total, REMOTES);
     let mut full = 0u64;
     let started = Instant::now();
     // Offered in slices of 1 ms, each slice's events made and sent at once.
@@ -239,14 +245,21 @@ fn main() {
         .collect();
     let arg = |i: usize| -> &str { args.get(i).map(String::as_str).unwrap_or("") };
     match arg(0) {
-        "fill" => fill(PathBuf::from(arg(1)), arg(2).parse().expect("fill DB N")),
+        "fill" => fill(
+            PathBuf::from(arg(1)),
+            arg(2).parse().expect("fill DB N [REMOTES]"),
+            match arg(3) {
+                "" => REMOTES,
+                r => r.parse().expect("fill DB N [REMOTES]"),
+            },
+        ),
         "paced" => paced(
             PathBuf::from(arg(1)),
             arg(2).parse().expect("paced DB RATE SECONDS"),
             arg(3).parse().expect("paced DB RATE SECONDS"),
         ),
         _ => {
-            eprintln!("usage: history fill DB N | history paced DB RATE SECONDS");
+            eprintln!("usage: history fill DB N [REMOTES] | history paced DB RATE SECONDS");
         }
     }
 }

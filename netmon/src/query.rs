@@ -130,6 +130,14 @@ pub struct PortRow {
     pub version: Option<String>,
 }
 
+/// One DNS name asked in a window: how often, and by which processes (`comm`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DnsNameRow {
+    pub name: String,
+    pub queries: u64,
+    pub processes: Vec<String>,
+}
+
 /// Whoever answers the questions: the history (`history::query::Store`), later live state.
 pub trait Source {
     type Error: std::error::Error + Send + Sync + 'static;
@@ -138,6 +146,9 @@ pub trait Source {
     fn alerts(&self, q: &Question) -> Result<Vec<AlertRow>, Self::Error>;
     /// Hosts whose last change is in the window.
     fn hosts(&self, q: &Question) -> Result<Vec<HostRow>, Self::Error>;
+    /// The DNS names asked in the window, most asked first (`limit` names), counted
+    /// where the events are: a day's DNS events are never all loaded.
+    fn dns_names(&self, q: &Question) -> Result<Vec<DnsNameRow>, Self::Error>;
 }
 
 /// Parses a point in time: a span back from `now` (`90s`, `15m`, `1h`, `7d`), an RFC

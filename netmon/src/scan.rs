@@ -11,11 +11,15 @@
 //! `allow_public`, and when an allow-list is given nothing outside it is touched), and
 //! every packet the scanner sends first takes a token from one shared rate limiter.
 //!
+//! Targets are streamed: a `Plan` keeps each target as its bounds and `run` takes its
+//! addresses a host group at a time, so a large range plans in constant memory and
+//! reports its first hosts while the rest wait.
+//!
 //! Over 600 lines: `run_with_limiter` orders one scan's phases over per-host state they
 //! share (each phase's work is in the submodules below); the rest is the options and
 //! the plan.
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     io::IsTerminal,
     net::{IpAddr, SocketAddr},
     sync::{
@@ -166,21 +170,86 @@ pub struct Planned {
     pub single: bool,
 }
 
+/// The checked targets of one scan. It holds each target once (a range as its
+/// bounds, a name as its resolved addresses) and `iter` produces the addresses as
+/// the scan reaches them, so a /12 plans in the memory of one address.
+#[derive(Debug)]
+pub struct Plan {
+    entries: Vec<PlanEntry>,
+}
+
+#[derive(Debug)]
+struct PlanEntry {
+    token: String,
+    addrs: PlanAddrs,
+}
+
+#[derive(Debug)]
+enum PlanAddrs {
+    Range(target::Addrs),
+    /// A name's addresses, resolved once.
+    Name(Vec<IpAddr>),
+}
+
+impl PlanAddrs {
+    fn iter(&self) -> Box<dyn Iterator<Item = IpAddr> + Send + '_> {
+        match self {
+            PlanAddrs::Range(a) => a.iter(),
+            PlanAddrs::Name(v) => Box::new(v.iter().copied()),
+        }
+    }
+
+    fn contains(&self, ip: &IpAddr) -> bool {
+        match self {
+            PlanAddrs::Range(a) => a.contains(ip),
+            PlanAddrs::Name(v) => v.contains(ip),
+        }
+    }
+}
+
+impl Plan {
+    /// Every address to scan, in target order, each once (an address that an earlier
+    /// target already gave is skipped: asked of the earlier targets, not remembered).
+    pub fn iter(&self) -> impl Iterator<Item = Planned> + Send + '_ {
+        self.entries.iter().enumerate().flat_map(move |(i, e)| {
+            let earlier = &self.entries[..i];
+            let single = match &e.addrs {
+                PlanAddrs::Range(a) => matches!(a, target::Addrs::One(_)),
+                PlanAddrs::Name(_) => true,
+            };
+            e.addrs
+                .iter()
+                .filter(move |a| !earlier.iter().any(|p| p.addrs.contains(a)))
+                .map(move |addr| Planned {
+                    addr,
+                    token: e.token.clone(),
+                    // Only a name's addresses are one host's; a range's members are
+                    // hosts of their own.
+                    siblings: match &e.addrs {
+                        PlanAddrs::Name(v) => v.iter().copied().filter(|a| *a != addr).collect(),
+                        PlanAddrs::Range(_) => Vec::new(),
+                    },
+                    single,
+                })
+        })
+    }
+}
+
 /// Resolves and checks the targets. Fails on the first address that may not be
-/// scanned, naming the token it came from.
+/// scanned, naming the token it came from. Every address is checked here, one at a
+/// time, before anything is probed; none is kept.
 pub async fn plan(
     targets: &[(String, Target)],
     allow_public: bool,
     allow: Option<&[IpNet]>,
-) -> Result<Vec<Planned>, ScanError> {
-    let mut out = Vec::new();
-    let mut seen = HashSet::new();
+) -> Result<Plan, ScanError> {
+    let mut entries = Vec::with_capacity(targets.len());
     for (token, t) in targets {
-        let (addrs, single) = match t {
-            Target::Addrs(a) => (a.clone(), a.len() == 1),
-            Target::Name(n) => (target::resolve(n).await?, true),
+        let addrs = match t {
+            Target::Addrs(a) => PlanAddrs::Range(a.clone()),
+            Target::Name(n) => PlanAddrs::Name(target::resolve(n).await?),
         };
-        for &addr in &addrs {
+        for addr in addrs.iter() {
             target::check_allowed(token, addr, allow_public || allow.is_some())?;
             if let Some(nets) = allow
                 && !nets.iter().any(|n| n.contains(&addr))
@@ -198,26 +267,33 @@ pub async fn plan(
                     },
                 });
             }
-            if seen.insert(addr) {
-                out.push(Planned {
-                    addr,
-                    token: token.clone(),
-                    // Only a name's addresses are one host's; a range's members are
-                    // hosts of their own (copying the range into each member made a
-                    // /16 plan 65,534 × 65,534 addresses).
-                    siblings: match t {
-                        Target::Name(_) => addrs.iter().copied().filter(|a| *a != addr).collect(),
-                        Target::Addrs(_) => Vec::new(),
-                    },
-                    single,
-                });
-            }
         }
+        entries.push(PlanEntry {
+            token: token.clone(),
+            addrs,
+        });
     }
-    if out.is_empty() {
+    if entries.is_empty() {
         return Err(ScanError::NoTargets);
     }
-    Ok(out)
+    Ok(Plan { entries })
+}
+
+/// How many addresses one group of a streamed scan (`run`) takes: enough that the
+/// probes of a group keep the discovery and port scans busy, few enough that a
+/// group's jobs and results stay bounded (about a million port probes).
+pub fn host_group(opts: &ScanOptions) -> usize {
+    ((1usize << 20) / opts.ports.len().max(1)).clamp(256, 4096)
+}
+
+/// What a streamed scan hands its caller as it goes.
+#[derive(Debug)]
+pub enum Found {
+    /// Something the user should know, given once.
+    Warning(String),
+    /// A host's results (live hosts, and down hosts that were named singly), in
+    /// target order.
+    Host(Box<HostResult>),
 }
 
 /// Counters a progress line reads.
@@ -262,12 +338,46 @@ pub struct ScanOutcome {
     pub probes_sent: u64,
 }
 
-/// Runs a whole scan over planned addresses.
-pub async fn run(planned: &[Planned], opts: &ScanOptions) -> ScanOutcome {
-    run_with_limiter(planned, opts, Arc::new(RateLimiter::new(opts.rate_pps))).await
+/// Runs a whole scan over a plan, a group of `host_group` addresses at a time (as
+/// nmap's host groups): each group goes through every phase and its hosts are handed
+/// to `found` before the next group is taken from the plan, so results start at once
+/// and memory follows the group, not the range. The outcome has the totals; its
+/// `hosts` stay empty. An error from `found` stops the scan and is returned.
+pub async fn run<E>(
+    plan: &Plan,
+    opts: &ScanOptions,
+    mut found: impl FnMut(Found) -> Result<(), E>,
+) -> Result<ScanOutcome, E> {
+    let started = Instant::now();
+    let rate = Arc::new(RateLimiter::new(opts.rate_pps));
+    let mut total = ScanOutcome::default();
+    let mut addrs = plan.iter().peekable();
+    let group_size = host_group(opts);
+    while addrs.peek().is_some() {
+        let group: Vec<Planned> = addrs.by_ref().take(group_size).collect();
+        let outcome = run_with_limiter(&group, opts, rate.clone()).await;
+        for w in outcome.warnings {
+            if !total.warnings.contains(&w) {
+                found(Found::Warning(w.clone()))?;
+                total.warnings.push(w);
+            }
+        }
+        for h in outcome.hosts {
+            found(Found::Host(Box::new(h)))?;
+        }
+        total.up += outcome.up;
+        total.down += outcome.down;
+        total.probes_sent += outcome.probes_sent;
+        if total.method.is_empty() || outcome.method == "connect" {
+            total.method = outcome.method;
+        }
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
 }
 
-/// Like `run`, sharing a rate limiter the caller owns (the monitor's).
+/// Scans a list of addresses through every phase (one group of `run`; the monitor's
+/// peers), sharing a rate limiter the caller owns.
 pub async fn run_with_limiter(
     planned: &[Planned],
     opts: &ScanOptions,

@@ -358,6 +358,106 @@ fn open_ports(ev: &[Event], addr: &str) -> BTreeSet<u16> {
         .collect()
 }
 
+/// `VmHWM` of a running process, in KiB (None once it is gone).
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_slash_16_streams_its_hosts_at_once_in_bounded_memory() {
+    require_lab!();
+    let lab = Lab::new(17, 0);
+    // 127.0.0.0/16 inside the lab's namespace (its own loopback, nothing else): 65,534
+    // addresses of this host, up without a probe, each scanned on two closed ports.
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &lab.scanner])
+        .arg(netmon_bin())
+        .args([
+            "scan",
+            "127.0.0.0/16",
+            "-p",
+            "1-2",
+            "-n",
+            "--format",
+            "json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start netmon scan");
+    let started = Instant::now();
+    // `ip netns exec` execs netmon: the same process.
+    let pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+    let reader = thread::spawn(move || {
+        use std::io::BufRead;
+        let mut first = None;
+        let mut hosts: Vec<u32> = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            first.get_or_insert_with(|| started.elapsed());
+            let ev: Event = serde_json::from_str(&line).unwrap();
+            if let EventBody::Host(h) = ev.body {
+                assert_eq!(h.state, netmon::scan::HostState::Up, "{line}");
+                assert_eq!(h.ports_scanned, 2, "{line}");
+                let IpAddr::V4(v4) = h.addr else {
+                    panic!("{line}")
+                };
+                hosts.push(v4.into());
+            }
+        }
+        (first, hosts)
+    });
+    let mut peak = 0;
+    let deadline = started + Duration::from_secs(180);
+    while child.try_wait().unwrap().is_none() {
+        if let Some(kib) = vm_hwm_kib(pid) {
+            peak = peak.max(kib);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the scan of a /16 took over 180 s");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let total = started.elapsed();
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{err}");
+    let (first, hosts) = reader.join().unwrap();
+    eprintln!(
+        "first host after {first:?}, {} hosts in {total:?}, VmHWM {peak} KiB; {err}",
+        hosts.len()
+    );
+    // Every member once, in order.
+    assert_eq!(hosts.len(), 65_534, "{err}");
+    assert!(hosts.windows(2).all(|w| w[0] + 1 == w[1]));
+    assert_eq!(hosts[0], u32::from(std::net::Ipv4Addr::new(127, 0, 0, 1)));
+    // Results start while the rest of the range waits...
+    let first = first.expect("no output");
+    assert!(
+        first < Duration::from_secs(1),
+        "the first host came after {first:?} (the whole scan took {total:?})"
+    );
+    // ...and memory follows a host group, not the range.
+    assert!(peak < 64 * 1024, "VmHWM {peak} KiB");
+}
+
 #[test]
 fn discovery_finds_exactly_the_live_hosts() {
     require_lab!();

@@ -18,6 +18,9 @@
 //!
 //! - `top` ([`top`]): `netmon top`'s CPU while a stand-in agent on 127.0.0.1 streams
 //!   10,000 events/s (no root; `--baseline-netmon` measures a second binary beside it).
+//! - `report` ([`reports`]): `netmon report --since 24h` over 1 million events and
+//!   10,000 connections (time, peak RSS), and a report of the current sockets with a
+//!   few thousand loopback sockets open in a network namespace it creates.
 //!
 //! - `ebpf-log` ([`ebpf_log`]): the programs' ns per run and xlated size with their
 //!   aya-log calls compiled out, compiled in with `--ebpf-log off`, and `debug`,
@@ -48,6 +51,7 @@ mod overhead;
 mod pipeline;
 mod proc;
 mod report;
+mod reports;
 mod scan;
 mod storm;
 mod top;
@@ -74,6 +78,8 @@ pub enum Which {
     Top,
     /// HTTP API: the storm with and without 50 SSE clients; /api/v1/flows at 100,000 flows.
     Api,
+    /// Report: `netmon report --since 24h` over 1 M events, and of the current sockets.
+    Report,
     /// All of the above, in order.
     All,
 }
@@ -150,6 +156,9 @@ pub struct BenchArgs {
     /// History: events the fill writes (the query runs over them).
     #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1000..=100_000_000))]
     pub history_events: u64,
+    /// Report: events of the history the report reads.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1000..=100_000_000))]
+    pub report_events: u64,
     /// eBPF log: a netmon built with `NETMON_EBPF_NO_LOG=1` to use as the baseline
     /// instead of building one (a release build of netmon, minutes on two cores).
     #[arg(long, value_name = "PATH")]
@@ -180,6 +189,7 @@ impl BenchArgs {
         self.top_seconds = 1;
         self.api_clients = 5;
         self.api_flows = 1000;
+        self.report_events = 100_000;
         self.no_doc = true;
     }
 }
@@ -371,6 +381,13 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
         // As for the scanner: a quick pass on a loaded machine proves it runs.
         if !met && !args.quick {
             bail!("the history missed a performance target (see the table above)");
+        }
+    }
+    if all || args.which == Which::Report {
+        let (section, met) = reports::run(&env, args.report_events, args.quick)?;
+        emit(section)?;
+        if !met && !args.quick {
+            bail!("the report missed a performance target (see the table above)");
         }
     }
     Ok(())

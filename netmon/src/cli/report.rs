@@ -346,8 +346,8 @@ fn from_store(args: &ReportArgs, plan: &Plan, path: &Path) -> Result<Data> {
         .hosts(&ask(Window::default(), &[], 10_000))
         .with_context(|| asked("hosts"))?;
     let dns = store
-        .events(&ask(window, &["dns"], 200_000))
-        .with_context(|| asked("DNS events"))?;
+        .dns_names(&ask(window, &["dns"], 50))
+        .with_context(|| asked("DNS names"))?;
     // The chart: connections per bucket, each bucket one question of flow totals.
     let first = since.unwrap_or_else(|| flows.iter().map(|f| f.first).min().unwrap_or(until));
     let size = bucket(until - first);

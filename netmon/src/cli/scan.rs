@@ -163,33 +163,24 @@ pub fn run(args: ScanArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let outcome = runtime.block_on(async {
-        let planned = scan::plan(&targets, opts.allow_public, None).await?;
-        anyhow::Ok(scan::run(&planned, &opts).await)
-    })?;
-    for w in &outcome.warnings {
-        crate::eline!("netmon: warning: {w}");
-    }
     let host = system::hostname();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let total_open: usize = outcome.hosts.iter().map(|h| h.ports.len()).sum();
-    let per_host = opts.ports.len();
-    let summary = format!(
-        "netmon scan: {} host{} up, {} down; {} open port{}; {} port{} per host, {} scan; {:.2} s",
-        outcome.up,
-        if outcome.up == 1 { "" } else { "s" },
-        outcome.down,
-        total_open,
-        if total_open == 1 { "" } else { "s" },
-        per_host,
-        if per_host == 1 { "" } else { "s" },
-        outcome.method,
-        outcome.elapsed.as_secs_f64()
-    );
-    let written = match args.format {
-        Format::Json => (|| -> std::io::Result<()> {
-            for h in &outcome.hosts {
+    let format = args.format;
+    let mut total_open = 0usize;
+    // Each host is written as its group finishes (and flushed, so a reader sees the
+    // first hosts of a large range at once); the summary comes last.
+    let mut write = |found: scan::Found| -> std::io::Result<()> {
+        let h = match found {
+            scan::Found::Warning(w) => {
+                crate::eline!("netmon: warning: {w}");
+                return Ok(());
+            }
+            scan::Found::Host(h) => h,
+        };
+        total_open += h.ports.len();
+        match format {
+            Format::Json => {
                 let ts = Utc::now();
                 let mut line = |body: EventBody| -> std::io::Result<()> {
                     serde_json::to_writer(
@@ -207,23 +198,44 @@ pub fn run(args: ScanArgs) -> Result<ExitCode> {
                     line(EventBody::Port(p.clone()))?;
                 }
             }
-            out.flush()
-        })(),
-        Format::Text => (|| -> std::io::Result<()> {
-            for h in &outcome.hosts {
-                write_host_text(&mut out, h)?;
-            }
-            writeln!(out, "{summary}")?;
-            out.flush()
-        })(),
+            Format::Text => write_host_text(&mut out, &h)?,
+        }
+        out.flush()
     };
-    match written {
-        Ok(()) => {}
+    let scanned = runtime.block_on(async {
+        let plan = scan::plan(&targets, opts.allow_public, None).await?;
+        anyhow::Ok(scan::run(&plan, &opts, &mut write).await)
+    })?;
+    let outcome = match scanned {
+        Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
         Err(e) => return Err(e).context("cannot write the scan results"),
-    }
-    if args.format == Format::Json {
-        crate::eline!("{summary}");
+    };
+    let per_host = opts.ports.len();
+    let summary = format!(
+        "netmon scan: {} host{} up, {} down; {} open port{}; {} port{} per host, {} scan; {:.2} s",
+        outcome.up,
+        if outcome.up == 1 { "" } else { "s" },
+        outcome.down,
+        total_open,
+        if total_open == 1 { "" } else { "s" },
+        per_host,
+        if per_host == 1 { "" } else { "s" },
+        outcome.method,
+        outcome.elapsed.as_secs_f64()
+    );
+    match args.format {
+        Format::Json => crate::eline!("{summary}"),
+        Format::Text => {
+            let written = writeln!(out, "{summary}").and_then(|()| out.flush());
+            match written {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => return Err(e).context("cannot write the scan results"),
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

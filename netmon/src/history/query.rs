@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use rusqlite::{Connection, functions::FunctionFlags, types::Value};
 
-use crate::query::{AlertRow, EventRow, FlowRow, HostRow, PortRow, Question, Source};
+use crate::query::{AlertRow, DnsNameRow, EventRow, FlowRow, HostRow, PortRow, Question, Source};
 
 /// `netmon_in_net(ip_text, net_text)`: the address is in the network;
 /// `netmon_basename(path)`: the last component of a path.
@@ -304,6 +304,48 @@ impl Source for Store {
         .collect()
     }
 
+    fn dns_names(&self, q: &Question) -> rusqlite::Result<Vec<DnsNameRow>> {
+        let mut w = Where::default();
+        w.push("e.type = ?", [text("dns")]);
+        if let Some(t) = q.window.since {
+            w.push("e.ts >= ?", [Value::Integer(ns(t))]);
+        }
+        if let Some(t) = q.window.until {
+            w.push("e.ts < ?", [Value::Integer(ns(t))]);
+        }
+        w.push("e.remote_name IS NOT NULL", []);
+        common(
+            &mut w,
+            q,
+            "p.comm",
+            "p.exe",
+            ["e.src_ip", "e.dst_ip"],
+            ["e.src_port", "e.dst_port"],
+        );
+        // One pass over the (type, ts) index; only the counts leave SQLite.
+        let sql = format!(
+            "SELECT e.remote_name, count(*) AS n, group_concat(DISTINCT p.comm) FROM events e LEFT JOIN processes p ON p.id = e.process_id {} GROUP BY e.remote_name ORDER BY n DESC, e.remote_name LIMIT ?{}",
+            w.sql(),
+            w.next()
+        );
+        let mut params = w.params;
+        params.push(Value::Integer(limit(q)));
+        let mut stmt = self.conn.prepare(&sql)?;
+        stmt.query_map(rusqlite::params_from_iter(params), |r| {
+            let comms: Option<String> = r.get(2)?;
+            let mut processes: Vec<String> = comms
+                .map(|c| c.split(',').map(str::to_owned).collect())
+                .unwrap_or_default();
+            processes.sort();
+            Ok(DnsNameRow {
+                name: r.get(0)?,
+                queries: u(r.get(1)?).unwrap_or(0),
+                processes,
+            })
+        })?
+        .collect()
+    }
+
     fn alerts(&self, q: &Question) -> rusqlite::Result<Vec<AlertRow>> {
         let mut w = Where::default();
         if let Some(t) = q.window.since {
@@ -420,5 +462,92 @@ impl Source for Store {
                 .collect::<Result<_, _>>()?;
         }
         Ok(hosts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        event::{Dns, DnsRole, Endpoint, Event, EventBody, Family, ProcessInfo, Proto},
+        history::{HistoryConfig, Writer},
+        query::{Filter, Window},
+    };
+
+    fn dns(ts: i64, name: &str, comm: &str) -> Event {
+        let pid = if comm == "curl" { 8 } else { 9 };
+        Event {
+            ts: DateTime::from_timestamp(ts, 0).unwrap(),
+            host: "h".into(),
+            body: EventBody::Dns(Dns {
+                proto: Proto::Udp,
+                family: Family::Ipv4,
+                role: DnsRole::Client,
+                src: Endpoint::new("10.0.0.1".parse().unwrap(), 5353),
+                dst: Endpoint::new("10.0.0.53".parse().unwrap(), 53),
+                id: 7,
+                query: name.into(),
+                qtype: "A".into(),
+                rcode: Some("NOERROR".into()),
+                answers: Vec::new(),
+                latency_ms: Some(1.0),
+                process: Some(ProcessInfo::kernel(pid, pid, comm.into(), 1000, 1000, 1)),
+                truncated: false,
+            }),
+        }
+    }
+
+    #[test]
+    fn dns_names_are_counted_in_the_window_most_asked_first() {
+        let dir = std::env::temp_dir().join(format!("netmon-dns-names-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("h.db");
+        let t = Utc::now().timestamp() - 3600;
+        let mut events = vec![dns(t - 600, "old.example", "dig")];
+        for i in 0..3 {
+            events.push(dns(t + i, "a.example", if i == 0 { "curl" } else { "dig" }));
+        }
+        events.push(dns(t + 5, "b.example", "dig"));
+        let (tx, rx) = crate::pipeline::hub::direct(events.len() + 1);
+        let config = HistoryConfig {
+            path: path.clone(),
+            ..HistoryConfig::default()
+        };
+        let writer = Writer::spawn(config, rx, None).unwrap();
+        for e in events {
+            tx.try_send(Arc::new(e)).unwrap();
+        }
+        drop(tx);
+        writer.finish();
+        let store = Store::open(&path).unwrap();
+        let q = |limit| Question {
+            window: Window {
+                since: DateTime::from_timestamp(t, 0),
+                until: DateTime::from_timestamp(t + 60, 0),
+            },
+            filter: Filter {
+                limit,
+                ..Filter::default()
+            },
+        };
+        let names = store.dns_names(&q(10)).unwrap();
+        let got: Vec<(&str, u64, Vec<&str>)> = names
+            .iter()
+            .map(|d| {
+                let p = d.processes.iter().map(String::as_str).collect();
+                (d.name.as_str(), d.queries, p)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a.example", 3, vec!["curl", "dig"]),
+                ("b.example", 1, vec!["dig"])
+            ]
+        );
+        assert_eq!(store.dns_names(&q(1)).unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

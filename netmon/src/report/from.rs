@@ -9,7 +9,7 @@ use super::{AlertItem, Bucket, Connection, Data, DnsName, Listener};
 use crate::{
     cli::snapshot::{Report as Snapshot, SocketEntry},
     event::{Alert, ProcessInfo},
-    query::{AlertRow, EventRow, FlowRow, HostRow, PortRow},
+    query::{AlertRow, DnsNameRow, FlowRow, HostRow, PortRow},
     scan::{HostState, PortState, inventory::Inventory},
 };
 
@@ -195,7 +195,8 @@ pub struct HistoryRows {
     pub flows: Vec<FlowRow>,
     pub alerts: Vec<AlertRow>,
     pub hosts: Vec<HostRow>,
-    pub dns: Vec<EventRow>,
+    /// The most asked names (`Source::dns_names`), most asked first.
+    pub dns: Vec<DnsNameRow>,
     pub timeline: Vec<Bucket>,
 }
 
@@ -272,22 +273,13 @@ pub fn history(
             }
         })
         .collect();
-    let mut dns: BTreeMap<String, (u64, BTreeSet<String>)> = BTreeMap::new();
-    for e in &rows.dns {
-        if let Some(name) = &e.remote_name {
-            let d = dns.entry(name.clone()).or_default();
-            d.0 += 1;
-            if let Some(c) = &e.comm {
-                d.1.insert(c.clone());
-            }
-        }
-    }
-    let mut dns: Vec<DnsName> = dns
+    let mut dns: Vec<DnsName> = rows
+        .dns
         .into_iter()
-        .map(|(name, (queries, p))| DnsName {
-            name,
-            queries,
-            processes: p.into_iter().collect::<Vec<_>>().join(", "),
+        .map(|d| DnsName {
+            name: d.name,
+            queries: d.queries,
+            processes: d.processes.join(", "),
         })
         .collect();
     dns.sort_by(|a, b| b.queries.cmp(&a.queries).then_with(|| a.name.cmp(&b.name)));

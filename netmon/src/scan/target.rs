@@ -2,7 +2,9 @@
 //! `10.0.0.1-20`, `10.0.0.1-10.0.0.9`, `10.0.1-2.1-254`, `db.example`) turned into
 //! addresses, and the safety question of whether an address may be scanned at all.
 //!
-//! Parsing is pure; only `resolve` (hostnames) touches the system resolver.
+//! Parsing is pure; only `resolve` (hostnames) touches the system resolver. A range is
+//! kept as its bounds (`Addrs`) and its members are produced one at a time, so a /12
+//! costs what a single address costs until the scan reaches each member.
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -17,9 +19,101 @@ pub const MAX_ADDRESSES: u64 = 1 << 20;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     /// Addresses (a single address, a CIDR's hosts, a range), in order.
-    Addrs(Vec<IpAddr>),
+    Addrs(Addrs),
     /// A hostname; resolved at scan time.
     Name(String),
+}
+
+/// The addresses of one target, kept as bounds: `iter` yields them in order without
+/// ever holding them all, `contains` answers membership in constant time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Addrs {
+    /// One address.
+    One(IpAddr),
+    /// A network's hosts (see [`net_hosts`] for the addresses left out).
+    Net(IpNet),
+    /// Every address from the first to the last, both included, of one family.
+    Range(IpAddr, IpAddr),
+    /// nmap-style octet ranges, each `(first, last)` included.
+    Octets([(u8, u8); 4]),
+}
+
+impl Addrs {
+    /// The members in order, produced one at a time.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = IpAddr> + Send + '_> {
+        match *self {
+            Addrs::One(ip) => Box::new(std::iter::once(ip)),
+            Addrs::Net(IpNet::V4(n)) => Box::new(v4_hosts(n).map(IpAddr::V4)),
+            Addrs::Net(IpNet::V6(n)) => Box::new(v6_hosts(n).map(IpAddr::V6)),
+            Addrs::Range(IpAddr::V4(a), IpAddr::V4(b)) => {
+                Box::new((u32::from(a)..=u32::from(b)).map(|x| IpAddr::V4(x.into())))
+            }
+            Addrs::Range(a, b) => {
+                Box::new((u128_of(a)..=u128_of(b)).map(|x| IpAddr::V6(Ipv6Addr::from(x))))
+            }
+            Addrs::Octets(r) => Box::new((r[0].0..=r[0].1).flat_map(move |a| {
+                (r[1].0..=r[1].1).flat_map(move |b| {
+                    (r[2].0..=r[2].1).flat_map(move |c| {
+                        (r[3].0..=r[3].1).map(move |d| IpAddr::V4(Ipv4Addr::new(a, b, c, d)))
+                    })
+                })
+            })),
+        }
+    }
+
+    /// How many members `iter` yields.
+    pub fn len(&self) -> u128 {
+        match self {
+            Addrs::One(_) => 1,
+            Addrs::Net(n) => {
+                let size = net_size(n);
+                match n {
+                    IpNet::V4(n) if n.prefix_len() < 31 => size - 2,
+                    IpNet::V6(n) if n.prefix_len() <= 126 => size - 2,
+                    _ => size,
+                }
+            }
+            Addrs::Range(a, b) => u128_of(*b) - u128_of(*a) + 1,
+            Addrs::Octets(r) => r.iter().map(|(a, b)| u128::from(b - a) + 1).product(),
+        }
+    }
+
+    /// Never empty: every parsed target has at least one member.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Whether `iter` yields `ip` (an IPv4-mapped IPv6 address is not its IPv4 address,
+    /// as for `IpAddr`'s equality).
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        match (self, ip) {
+            (Addrs::One(a), _) => a == ip,
+            (Addrs::Net(IpNet::V4(n)), IpAddr::V4(v4)) => {
+                n.contains(v4)
+                    && (n.prefix_len() >= 31 || (*v4 != n.network() && *v4 != n.broadcast()))
+            }
+            (Addrs::Net(IpNet::V6(n)), IpAddr::V6(v6)) => {
+                n.contains(v6)
+                    && (n.prefix_len() > 126 || (*v6 != n.network() && *v6 != n.broadcast()))
+            }
+            (Addrs::Range(a, b), _) => {
+                a.is_ipv4() == ip.is_ipv4() && (u128_of(*a)..=u128_of(*b)).contains(&u128_of(*ip))
+            }
+            (Addrs::Octets(r), IpAddr::V4(v4)) => v4
+                .octets()
+                .iter()
+                .zip(r)
+                .all(|(o, (a, b))| (a..=b).contains(&o)),
+            _ => false,
+        }
+    }
+}
+
+fn u128_of(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
 }
 
 /// Why a target token was refused. Every message names the token.
@@ -57,7 +151,7 @@ pub fn parse(token: &str) -> Result<Target, TargetError> {
         return Err(invalid(token, "empty target"));
     }
     if let Ok(ip) = t.parse::<IpAddr>() {
-        return Ok(Target::Addrs(vec![ip]));
+        return Ok(Target::Addrs(Addrs::One(ip)));
     }
     if t.contains('/') {
         return parse_cidr(token, t);
@@ -121,24 +215,24 @@ fn parse_cidr(token: &str, t: &str) -> Result<Target, TargetError> {
             count,
         });
     }
-    Ok(Target::Addrs(net_hosts(&net)))
+    Ok(Target::Addrs(Addrs::Net(net)))
 }
 
 /// The addresses of a network. For IPv4 prefixes up to /30 (and IPv6 up to /126) the
 /// network and broadcast addresses are left out, as no host answers there.
 pub fn net_hosts(net: &IpNet) -> Vec<IpAddr> {
     match net {
-        IpNet::V4(n) => v4_hosts(n).map(IpAddr::V4).collect(),
-        IpNet::V6(n) => v6_hosts(n).map(IpAddr::V6).collect(),
+        IpNet::V4(n) => v4_hosts(*n).map(IpAddr::V4).collect(),
+        IpNet::V6(n) => v6_hosts(*n).map(IpAddr::V6).collect(),
     }
 }
 
-fn v4_hosts(n: &Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
+fn v4_hosts(n: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
     // ipnet leaves out the network and broadcast addresses below /31, as wanted.
     n.hosts()
 }
 
-fn v6_hosts(n: &Ipv6Net) -> impl Iterator<Item = Ipv6Addr> {
+fn v6_hosts(n: Ipv6Net) -> impl Iterator<Item = Ipv6Addr> {
     // ipnet's IPv6 hosts are every address; as for IPv4, the first and last are left
     // out up to /126.
     let mut hosts = n.hosts();
@@ -170,9 +264,10 @@ fn v4_range(token: &str, a: Ipv4Addr, b: Ipv4Addr) -> Result<Target, TargetError
             count,
         });
     }
-    Ok(Target::Addrs(
-        (a..=b).map(|x| IpAddr::V4(Ipv4Addr::from(x))).collect(),
-    ))
+    Ok(Target::Addrs(Addrs::Range(
+        IpAddr::V4(a.into()),
+        IpAddr::V4(b.into()),
+    )))
 }
 
 fn v6_range(token: &str, a: Ipv6Addr, b: Ipv6Addr) -> Result<Target, TargetError> {
@@ -187,9 +282,10 @@ fn v6_range(token: &str, a: Ipv6Addr, b: Ipv6Addr) -> Result<Target, TargetError
             count,
         });
     }
-    Ok(Target::Addrs(
-        (a..=b).map(|x| IpAddr::V6(Ipv6Addr::from(x))).collect(),
-    ))
+    Ok(Target::Addrs(Addrs::Range(
+        IpAddr::V6(a.into()),
+        IpAddr::V6(b.into()),
+    )))
 }
 
 /// nmap-style octet ranges: `10.0.0.1-20`, `10.0.1-3.*`.
@@ -223,17 +319,7 @@ fn parse_octets(token: &str, t: &str) -> Result<Target, TargetError> {
             count,
         });
     }
-    let mut out = Vec::with_capacity(count as usize);
-    for a in ranges[0].0..=ranges[0].1 {
-        for b in ranges[1].0..=ranges[1].1 {
-            for c in ranges[2].0..=ranges[2].1 {
-                for d in ranges[3].0..=ranges[3].1 {
-                    out.push(IpAddr::V4(Ipv4Addr::new(a, b, c, d)));
-                }
-            }
-        }
-    }
-    Ok(Target::Addrs(out))
+    Ok(Target::Addrs(Addrs::Octets(ranges)))
 }
 
 fn parse_name(token: &str, t: &str) -> Result<Target, TargetError> {
@@ -324,7 +410,11 @@ mod tests {
 
     fn addrs(t: &str) -> Vec<String> {
         match parse(t).unwrap() {
-            Target::Addrs(a) => a.iter().map(|a| a.to_string()).collect(),
+            Target::Addrs(a) => {
+                let v: Vec<String> = a.iter().map(|a| a.to_string()).collect();
+                assert_eq!(v.len() as u128, a.len(), "{t}");
+                v
+            }
             Target::Name(n) => panic!("{t} parsed as the name {n}"),
         }
     }
@@ -354,6 +444,56 @@ mod tests {
         assert_eq!(addrs("10.0.1-2.1").len(), 2);
         assert_eq!(addrs("10.0.0.*").len(), 256);
         assert_eq!(addrs("fd00::1-fd00::3").len(), 3);
+    }
+
+    #[test]
+    fn membership_agrees_with_the_members() {
+        // Every address around each target: `contains` says yes exactly for what
+        // `iter` yields (the scan's de-duplication across targets relies on it).
+        for t in [
+            "10.1.2.0/24",
+            "10.1.2.4/31",
+            "10.1.2.4/32",
+            "10.1.2.250-10.1.3.5",
+            "10.1.1-3.254-255",
+            "10.1.2.7",
+        ] {
+            let Target::Addrs(a) = parse(t).unwrap() else {
+                panic!("{t}")
+            };
+            let members: BTreeSet<IpAddr> = a.iter().collect();
+            for x in u32::from(Ipv4Addr::new(10, 1, 0, 0))..u32::from(Ipv4Addr::new(10, 1, 5, 0)) {
+                let ip = IpAddr::V4(x.into());
+                assert_eq!(a.contains(&ip), members.contains(&ip), "{t}: {ip}");
+            }
+            let mapped = IpAddr::V6(Ipv4Addr::new(10, 1, 2, 7).to_ipv6_mapped());
+            assert!(!a.contains(&mapped), "{t}");
+        }
+        for t in ["fd00::/120", "fd00::/127", "fd00::fe-fd00::102"] {
+            let Target::Addrs(a) = parse(t).unwrap() else {
+                panic!("{t}")
+            };
+            let members: BTreeSet<IpAddr> = a.iter().collect();
+            for x in 0u128..0x200 {
+                let ip = IpAddr::V6(Ipv6Addr::from(0xfd00u128 << 112 | x));
+                assert_eq!(a.contains(&ip), members.contains(&ip), "{t}: {ip}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_network_is_kept_as_its_bounds() {
+        // A /12 (the largest accepted) parses to its prefix, not to a million entries.
+        let t = parse("10.16.0.0/12").unwrap();
+        assert_eq!(
+            t,
+            Target::Addrs(Addrs::Net("10.16.0.0/12".parse().unwrap()))
+        );
+        let Target::Addrs(a) = t else { unreachable!() };
+        assert_eq!(a.len(), (1 << 20) - 2);
+        let mut it = a.iter();
+        assert_eq!(it.next(), Some("10.16.0.1".parse().unwrap()));
+        assert_eq!(it.last(), Some("10.31.255.254".parse().unwrap()));
     }
 
     #[test]
