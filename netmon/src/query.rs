@@ -149,6 +149,14 @@ pub trait Source {
     /// The DNS names asked in the window, most asked first (`limit` names), counted
     /// where the events are: a day's DNS events are never all loaded.
     fn dns_names(&self, q: &Question) -> Result<Vec<DnsNameRow>, Self::Error>;
+    /// Connections per bucket of `bucket_secs` (aligned on multiples of it since the
+    /// epoch) in the window, oldest first; buckets without any are left out. One
+    /// question for a whole chart, answered from the flow roll-ups.
+    fn connections_over_time(
+        &self,
+        window: &Window,
+        bucket_secs: i64,
+    ) -> Result<Vec<(DateTime<Utc>, u64)>, Self::Error>;
 }
 
 /// Parses a point in time: a span back from `now` (`90s`, `15m`, `1h`, `7d`), an RFC

@@ -348,25 +348,29 @@ fn from_store(args: &ReportArgs, plan: &Plan, path: &Path) -> Result<Data> {
     let dns = store
         .dns_names(&ask(window, &["dns"], 50))
         .with_context(|| asked("DNS names"))?;
-    // The chart: connections per bucket, each bucket one question of flow totals.
+    // The chart: connections per bucket, one question for all the buckets.
     let first = since.unwrap_or_else(|| flows.iter().map(|f| f.first).min().unwrap_or(until));
     let size = bucket(until - first);
+    let counted = store
+        .connections_over_time(
+            &Window {
+                since: Some(first),
+                until: Some(until),
+            },
+            size.num_seconds(),
+        )
+        .with_context(|| asked("connections over time"))?;
     let mut timeline = Vec::new();
     let mut t = first.duration_trunc(size).unwrap_or(first);
     while t < until {
-        let w = Window {
-            since: Some(t.max(first)),
-            until: Some((t + size).min(until)),
-        };
-        let n: u64 = store
-            .flows(&ask(w, &[], usize::MAX / 2))
-            .with_context(|| asked("flows"))?
+        let connections = counted
             .iter()
-            .map(|f| f.connections)
+            .filter(|(start, _)| *start >= t && *start < t + size)
+            .map(|(_, n)| n)
             .sum();
         timeline.push(report::Bucket {
             start: t,
-            connections: n,
+            connections,
         });
         t += size;
     }

@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use rusqlite::{Connection, functions::FunctionFlags, types::Value};
 
-use crate::query::{AlertRow, DnsNameRow, EventRow, FlowRow, HostRow, PortRow, Question, Source};
+use crate::query::{
+    AlertRow, DnsNameRow, EventRow, FlowRow, HostRow, PortRow, Question, Source, Window,
+};
 
 /// `netmon_in_net(ip_text, net_text)`: the address is in the network;
 /// `netmon_basename(path)`: the last component of a path.
@@ -155,6 +157,33 @@ fn limit(q: &Question) -> i64 {
     q.filter.limit.min(i64::MAX as usize) as i64
 }
 
+/// A window as the roll-ups read it, in seconds: `[lo, hi)` whole minutes, of which the
+/// whole hours `[h_lo, h_hi)` come from `flow_hour` and the rest from `flow_minute`.
+fn roll_up_bounds(window: &Window) -> (i64, i64, i64, i64) {
+    let lo = window
+        .since
+        .map_or(i64::MIN / 2, |t| t.timestamp().div_euclid(60) * 60);
+    let hi = window.until.map_or(i64::MAX / 2, |t| {
+        let s = t.timestamp();
+        // A minute that began before `until` is in the window.
+        if t.timestamp_subsec_nanos() > 0 || s % 60 != 0 {
+            s.div_euclid(60) * 60 + 60
+        } else {
+            s
+        }
+    });
+    let mut h_lo = lo.div_euclid(3600) * 3600;
+    if h_lo < lo {
+        h_lo += 3600;
+    }
+    let mut h_hi = hi.div_euclid(3600) * 3600;
+    if h_hi <= h_lo {
+        h_lo = hi;
+        h_hi = hi;
+    }
+    (lo, h_lo, h_hi, hi)
+}
+
 impl Source for Store {
     type Error = rusqlite::Error;
 
@@ -220,30 +249,37 @@ impl Source for Store {
         Ok(rows)
     }
 
+    fn connections_over_time(
+        &self,
+        window: &Window,
+        bucket_secs: i64,
+    ) -> rusqlite::Result<Vec<(DateTime<Utc>, u64)>> {
+        let b = bucket_secs.max(60);
+        let (lo, mut h_lo, mut h_hi, hi) = roll_up_bounds(window);
+        if b % 3600 != 0 {
+            // Buckets inside an hour: the per-minute totals alone, as a question of
+            // one bucket's flows would read them.
+            (h_lo, h_hi) = (hi, hi);
+        }
+        let mut stmt = self.conn.prepare(
+            "WITH parts AS (
+                SELECT connections, minute AS t
+                FROM flow_minute WHERE (minute >= ?1 AND minute < ?2) OR (minute >= ?3 AND minute < ?4)
+                UNION ALL
+                SELECT connections, hour AS t
+                FROM flow_hour WHERE hour >= ?2 AND hour < ?3
+             )
+             SELECT (t / ?5) * ?5 AS bucket, sum(connections) FROM parts GROUP BY bucket ORDER BY bucket",
+        )?;
+        stmt.query_map(rusqlite::params![lo, h_lo, h_hi, hi, b], |r| {
+            Ok((secs(r.get(0)?), u(r.get(1)?).unwrap_or(0)))
+        })?
+        .collect()
+    }
+
     fn flows(&self, q: &Question) -> rusqlite::Result<Vec<FlowRow>> {
         // [lo, hi) in seconds; whole hours [h_lo, h_hi) come from flow_hour.
-        let lo = q
-            .window
-            .since
-            .map_or(i64::MIN / 2, |t| t.timestamp().div_euclid(60) * 60);
-        let hi = q.window.until.map_or(i64::MAX / 2, |t| {
-            let s = t.timestamp();
-            // A minute that began before `until` is in the window.
-            if t.timestamp_subsec_nanos() > 0 || s % 60 != 0 {
-                s.div_euclid(60) * 60 + 60
-            } else {
-                s
-            }
-        });
-        let mut h_lo = lo.div_euclid(3600) * 3600;
-        if h_lo < lo {
-            h_lo += 3600;
-        }
-        let mut h_hi = hi.div_euclid(3600) * 3600;
-        if h_hi <= h_lo {
-            h_lo = hi;
-            h_hi = hi;
-        }
+        let (lo, h_lo, h_hi, hi) = roll_up_bounds(&q.window);
         let mut w = Where::default();
         w.push("1", []);
         common(
@@ -548,6 +584,70 @@ mod tests {
             ]
         );
         assert_eq!(store.dns_names(&q(1)).unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_chart_in_one_question_equals_a_question_per_bucket() {
+        use crate::event::Direction;
+        use crate::history::aggregate::tests::{at, conn};
+        let dir = std::env::temp_dir().join(format!("netmon-over-time-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("h.db");
+        // Connections over three hours, a few per minute, some minutes empty.
+        let start = (Utc::now().timestamp() - 4 * 3600).div_euclid(3600) * 3600 + 600;
+        let mut events = Vec::new();
+        for i in 0..400i64 {
+            let ts = start + i * 29;
+            if (ts / 60) % 7 == 3 {
+                continue;
+            }
+            events.push(at(
+                ts,
+                EventBody::Connect(conn(Direction::Outbound, 40000 + (i % 50) as u16, 443)),
+            ));
+        }
+        let total = events.len() as u64;
+        let (tx, rx) = crate::pipeline::hub::direct(events.len() + 1);
+        let config = HistoryConfig {
+            path: path.clone(),
+            ..HistoryConfig::default()
+        };
+        let writer = Writer::spawn(config, rx, None).unwrap();
+        for e in events {
+            tx.try_send(Arc::new(e)).unwrap();
+        }
+        drop(tx);
+        writer.finish();
+        let store = Store::open(&path).unwrap();
+        let window = Window {
+            since: DateTime::from_timestamp(start - 300, 0),
+            until: DateTime::from_timestamp(start + 4 * 3600, 0),
+        };
+        for bucket in [300i64, 900, 3600] {
+            let chart = store.connections_over_time(&window, bucket).unwrap();
+            assert_eq!(chart.iter().map(|(_, n)| n).sum::<u64>(), total, "{bucket}");
+            for (t, n) in &chart {
+                assert_eq!(t.timestamp() % bucket, 0);
+                let one = Question {
+                    window: Window {
+                        since: Some((*t).max(window.since.unwrap())),
+                        until: Some(*t + chrono::Duration::seconds(bucket)),
+                    },
+                    filter: Filter {
+                        limit: 1_000_000,
+                        ..Filter::default()
+                    },
+                };
+                let asked: u64 = store
+                    .flows(&one)
+                    .unwrap()
+                    .iter()
+                    .map(|f| f.connections)
+                    .sum();
+                assert_eq!(*n, asked, "bucket {t} of {bucket} s");
+            }
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
