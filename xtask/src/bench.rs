@@ -393,6 +393,39 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+impl Env {
+    /// The end of a section: this machine, the command that made it, the load when it
+    /// started.
+    pub fn footer(&self, md: &mut String, load: &str) {
+        md.push_str(&self.machine);
+        md.push_str(&format!("- command: `{}`\n", self.command_line));
+        md.push_str(&format!(
+            "- load average when this section started: {load}\n"
+        ));
+    }
+
+    /// Runs a driver of `netmon/benches/` (`cargo bench -p netmon --bench NAME -- ARGS`)
+    /// and reads its result: the last line of its output that is a JSON object.
+    pub fn driver<I, A>(&self, name: &str, args: I) -> Result<serde_json::Value>
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<std::ffi::OsStr>,
+    {
+        let out = exec::output(
+            std::process::Command::new("cargo")
+                .args(["bench", "-p", "netmon", "--bench", name, "--"])
+                .args(args)
+                .current_dir(&self.root),
+        )?;
+        let line = out
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .with_context(|| format!("the {name} driver printed no result: {out}"))?;
+        Ok(serde_json::from_str(line)?)
+    }
+}
+
 fn prepare(args: &BenchArgs, live: bool) -> Result<Env> {
     let root = build::workspace_root();
     let work = root.join("target/bench");

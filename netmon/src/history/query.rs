@@ -184,17 +184,30 @@ fn roll_up_bounds(window: &Window) -> (i64, i64, i64, i64) {
     (lo, h_lo, h_hi, hi)
 }
 
+/// The conditions on `events e` (joined to `processes p`) every events question shares:
+/// the window, then the process, host and port filters.
+fn events_in(w: &mut Where, q: &Question) {
+    if let Some(t) = q.window.since {
+        w.push("e.ts >= ?", [Value::Integer(ns(t))]);
+    }
+    if let Some(t) = q.window.until {
+        w.push("e.ts < ?", [Value::Integer(ns(t))]);
+    }
+    common(
+        w,
+        q,
+        "p.comm",
+        "p.exe",
+        ["e.src_ip", "e.dst_ip"],
+        ["e.src_port", "e.dst_port"],
+    );
+}
+
 impl Source for Store {
     type Error = rusqlite::Error;
 
     fn events(&self, q: &Question) -> rusqlite::Result<Vec<EventRow>> {
         let mut w = Where::default();
-        if let Some(t) = q.window.since {
-            w.push("e.ts >= ?", [Value::Integer(ns(t))]);
-        }
-        if let Some(t) = q.window.until {
-            w.push("e.ts < ?", [Value::Integer(ns(t))]);
-        }
         if !q.filter.types.is_empty() {
             let marks = vec!["?"; q.filter.types.len()].join(", ");
             w.push(
@@ -202,14 +215,7 @@ impl Source for Store {
                 q.filter.types.iter().map(|t| text(t)),
             );
         }
-        common(
-            &mut w,
-            q,
-            "p.comm",
-            "p.exe",
-            ["e.src_ip", "e.dst_ip"],
-            ["e.src_port", "e.dst_port"],
-        );
+        events_in(&mut w, q);
         let sql = format!(
             "SELECT e.ts, e.type, p.pid, p.comm, nullif(p.exe, ''), nullif(p.user, ''), p.uid, nullif(p.cmdline, ''), e.proto, e.direction, e.src_ip, e.src_port, e.dst_ip, e.dst_port, e.remote_name, e.bytes_sent, e.bytes_received, e.packets_sent, e.packets_received, e.duration_ms, e.detail FROM events e LEFT JOIN processes p ON p.id = e.process_id {} ORDER BY e.ts DESC, e.id DESC LIMIT ?{}",
             w.sql(),
@@ -343,21 +349,8 @@ impl Source for Store {
     fn dns_names(&self, q: &Question) -> rusqlite::Result<Vec<DnsNameRow>> {
         let mut w = Where::default();
         w.push("e.type = ?", [text("dns")]);
-        if let Some(t) = q.window.since {
-            w.push("e.ts >= ?", [Value::Integer(ns(t))]);
-        }
-        if let Some(t) = q.window.until {
-            w.push("e.ts < ?", [Value::Integer(ns(t))]);
-        }
         w.push("e.remote_name IS NOT NULL", []);
-        common(
-            &mut w,
-            q,
-            "p.comm",
-            "p.exe",
-            ["e.src_ip", "e.dst_ip"],
-            ["e.src_port", "e.dst_port"],
-        );
+        events_in(&mut w, q);
         // One pass over the (type, ts) index; only the counts leave SQLite.
         let sql = format!(
             "SELECT e.remote_name, count(*) AS n, group_concat(DISTINCT p.comm) FROM events e LEFT JOIN processes p ON p.id = e.process_id {} GROUP BY e.remote_name ORDER BY n DESC, e.remote_name LIMIT ?{}",

@@ -21,18 +21,7 @@ const QUERY_RUNS: usize = 5;
 
 /// One run of the driver: its JSON line.
 fn driver(env: &Env, args: &[&str]) -> Result<Value> {
-    let out = exec::output(
-        Command::new("cargo")
-            .args(["bench", "-p", "netmon", "--bench", "history", "--"])
-            .args(args)
-            .current_dir(&env.root),
-    )?;
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .with_context(|| format!("the history driver printed no result: {out}"))?;
-    Ok(serde_json::from_str(line)?)
+    env.driver("history", args)
 }
 
 fn fresh(path: &Path) -> Result<()> {
@@ -167,9 +156,7 @@ pub fn run(env: &Env, events: u64) -> Result<(Section, bool)> {
     );
     md.push_str(&t.render());
     let _ = writeln!(md);
-    md.push_str(&env.machine);
-    let _ = writeln!(md, "- command: `{}`", env.command_line);
-    let _ = writeln!(md, "- load average when this section started: {load}");
+    env.footer(&mut md, &load);
     Ok((
         Section {
             id: "history",

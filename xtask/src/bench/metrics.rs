@@ -5,16 +5,14 @@
 //! The load comes from `netmon/benches/metrics.rs` (a driver, not criterion): the real
 //! hub with a draining sink, with and without the real metrics consumer, rounds
 //! interleaved; the emitting thread's CPU time. No root needed.
-use std::{fmt::Write as _, process::Command};
+use std::fmt::Write as _;
 
-use anyhow::{Context as _, Result};
-use serde_json::Value;
+use anyhow::Result;
 
 use super::{
     Env, proc,
     report::{Section, Table, met, thousands},
 };
-use crate::exec;
 
 /// What the issue allows: ns per event the metrics consumer adds to the event loop.
 const TARGET_NS: f64 = 50.0;
@@ -24,18 +22,7 @@ const TARGET_SCRAPE_MS: f64 = 50.0;
 /// Runs the driver; the section and whether both targets were met.
 pub fn run(env: &Env, events: u64, rounds: u32) -> Result<(Section, bool)> {
     let load = proc::load_average();
-    let out = exec::output(
-        Command::new("cargo")
-            .args(["bench", "-p", "netmon", "--bench", "metrics", "--"])
-            .args([events.to_string(), rounds.to_string()])
-            .current_dir(&env.root),
-    )?;
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .with_context(|| format!("the metrics driver printed no result: {out}"))?;
-    let v: Value = serde_json::from_str(line)?;
+    let v = env.driver("metrics", [events.to_string(), rounds.to_string()])?;
     let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let rounds_of = |k: &str| -> String {
         v[k].as_array()
@@ -101,9 +88,7 @@ pub fn run(env: &Env, events: u64, rounds: u32) -> Result<(Section, bool)> {
     );
     md.push_str(&t.render());
     let _ = writeln!(md);
-    md.push_str(&env.machine);
-    let _ = writeln!(md, "- command: `{}`", env.command_line);
-    let _ = writeln!(md, "- load average when this section started: {load}");
+    env.footer(&mut md, &load);
     Ok((
         Section {
             id: "metrics",

@@ -157,19 +157,15 @@ fn fresh(path: &Path) -> Result<()> {
 }
 
 fn fill(env: &Env, db: &Path, events: u64) -> Result<Value> {
-    let out = exec::output(
-        Command::new("cargo")
-            .args(["bench", "-p", "netmon", "--bench", "history", "--", "fill"])
-            .arg(db)
-            .args([events.to_string(), REMOTES.to_string()])
-            .current_dir(&env.root),
+    let v = env.driver(
+        "history",
+        [
+            "fill".into(),
+            db.as_os_str().to_owned(),
+            events.to_string().into(),
+            REMOTES.to_string().into(),
+        ],
     )?;
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .with_context(|| format!("the history driver printed no result: {out}"))?;
-    let v: Value = serde_json::from_str(line)?;
     if v["written"].as_u64() != Some(events) {
         bail!("the fill wrote {} of {events} events: {v}", v["written"]);
     }
@@ -293,9 +289,7 @@ pub fn run(env: &Env, events: u64, quick: bool) -> Result<(Section, bool)> {
     );
     md.push_str(&t.render());
     let _ = writeln!(md);
-    md.push_str(&env.machine);
-    let _ = writeln!(md, "- command: `{}`", env.command_line);
-    let _ = writeln!(md, "- load average when this section started: {load}");
+    env.footer(&mut md, &load);
     Ok((
         Section {
             id: "report",
