@@ -1079,6 +1079,64 @@ fn monitor_reports_closed_ports_and_hosts_that_go_away() {
     let a_rec = recs.iter().find(|r| r["addr"] == a.to_string()).unwrap();
     assert_eq!(a_rec["ports"]["8000/tcp"]["state"], "closed");
     assert_eq!(a_rec["ports"]["22/tcp"]["service"], "ssh");
+
+    // And what an agent's API serves from it (`/api/v1/hosts`, `/api/v1/hosts/{ip}`).
+    inventory_over_the_api(&state_file, a, b);
+}
+
+/// `netmon run` serving the inventory in `state_file` (a up with ssh, b down) over its API.
+fn inventory_over_the_api(state_file: &std::path::Path, a: IpAddr, b: IpAddr) {
+    let config = ConfigFile::new(&format!("[scan]\nstate_file = {:?}\n", state_file));
+    let port = netmon_tests::free_port();
+    let token_file = state_file.with_file_name("api.token");
+    let addr = format!("127.0.0.1:{port}");
+    let netmon = Netmon::start(&[
+        "--config",
+        &config.arg(),
+        "--api",
+        &addr,
+        "--api-token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let get = |path: &str| -> (u16, serde_json::Value) {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", "-H"])
+            .arg(format!("Authorization: Bearer {}", token.trim()))
+            .arg(format!("http://{addr}{path}"))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+        (code.trim().parse().unwrap_or(0), json)
+    };
+    let (code, all) = get("/api/v1/hosts");
+    assert_eq!(code, 200, "{all}");
+    assert_eq!(all["down"], 1, "{all}");
+    let hosts = all["hosts"].as_array().unwrap();
+    let of = |ip: IpAddr| hosts.iter().find(|h| h["addr"] == ip.to_string()).cloned();
+    let a_host = of(a).expect("a listed");
+    assert_eq!(a_host["state"], "up");
+    assert_eq!(a_host["ports"]["22/tcp"]["service"], "ssh", "{a_host}");
+    assert_eq!(of(b).expect("b listed")["state"], "down");
+    let (code, down) = get("/api/v1/hosts?state=down");
+    assert_eq!(code, 200);
+    let down: Vec<&str> = down["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["addr"].as_str().unwrap())
+        .collect();
+    assert_eq!(down, [b.to_string()]);
+    let (code, one) = get(&format!("/api/v1/hosts/{a}"));
+    assert_eq!(code, 200, "{one}");
+    assert_eq!(one["host"]["addr"], a.to_string());
+    assert_eq!(one["host"]["ports"]["8000/tcp"]["state"], "closed");
+    assert_eq!(get("/api/v1/hosts/10.200.14.250").0, 404);
+    assert_eq!(get("/api/v1/hosts?state=sideways").0, 400);
+    let (status, _) = netmon.stop();
+    assert!(status.success());
 }
 
 /// The user's path: `netmon run --config` with a `[scan]` section. The peers that the
