@@ -253,6 +253,21 @@ pub struct InitPlan<'a> {
     pub test_timeout: u64,
 }
 
+/// A fresh tmpfs on `/tmp`, unless the workspace itself is under `/tmp` (a clone
+/// there): the tmpfs would hide the test binaries the archive carries at their host
+/// paths. The archive's root is in memory already, so `/tmp` stays writable.
+fn tmp_mount(plan: &InitPlan) -> &'static str {
+    let under_tmp = |p: &Path| p.starts_with("/tmp");
+    if under_tmp(plan.workdir)
+        || under_tmp(plan.netmon)
+        || plan.tests.iter().any(|(_, bin)| under_tmp(bin))
+    {
+        "# The workspace is under /tmp: no tmpfs over it.\n"
+    } else {
+        "mount -t tmpfs tmpfs /tmp\n"
+    }
+}
+
 /// The `/init` script. The kernel name and what `auto` must pick come from the kernel
 /// command line (`netmon_kernel=… netmon_expect_auto=…`, which the kernel hands to init
 /// as environment variables), so one archive serves every kernel.
@@ -271,8 +286,7 @@ export RUST_BACKTRACE=1
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
+{tmp}mount -t tmpfs tmpfs /run
 mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
@@ -295,6 +309,7 @@ run_test() {{
         netmon = plan.netmon.display(),
         workdir = plan.workdir.display(),
         timeout = plan.test_timeout,
+        tmp = tmp_mount(plan),
     );
     for backend in plan.backends {
         for (name, bin) in plan.tests {
@@ -413,5 +428,22 @@ mod tests {
             ]
         );
         assert!(s.trim_end().ends_with("poweroff -f"));
+        assert!(s.contains("mount -t tmpfs tmpfs /tmp\n"));
+
+        // A workspace cloned under /tmp keeps its files visible.
+        let tests = [(
+            "flows".to_owned(),
+            PathBuf::from("/tmp/ci/main/target/release/deps/flows-2"),
+        )];
+        let s = init_script(&InitPlan {
+            backends: &backends,
+            tests: &tests,
+            netmon: Path::new("/tmp/ci/main/target/release/netmon"),
+            workdir: Path::new("/tmp/ci/main/tests"),
+            path_dirs: &[],
+            test_timeout: 60,
+        });
+        assert!(!s.contains("tmpfs /tmp"), "{s}");
+        assert!(s.contains("mount -t tmpfs tmpfs /run"));
     }
 }
