@@ -24,7 +24,8 @@ fn driver(env: &Env, args: &[&str]) -> Result<Value> {
     env.driver("history", args)
 }
 
-fn fresh(path: &Path) -> Result<()> {
+/// Removes a database and its WAL files, so a run starts from nothing.
+pub(super) fn fresh(path: &Path) -> Result<()> {
     for suffix in ["", "-wal", "-shm"] {
         let p = format!("{}{suffix}", path.display());
         if Path::new(&p).exists() {

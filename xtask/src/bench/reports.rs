@@ -146,16 +146,6 @@ impl Drop for Lab {
     }
 }
 
-fn fresh(path: &Path) -> Result<()> {
-    for suffix in ["", "-wal", "-shm"] {
-        let p = format!("{}{suffix}", path.display());
-        if Path::new(&p).exists() {
-            std::fs::remove_file(&p).with_context(|| format!("cannot remove {p}"))?;
-        }
-    }
-    Ok(())
-}
-
 fn fill(env: &Env, db: &Path, events: u64) -> Result<Value> {
     let v = env.driver(
         "history",
@@ -206,7 +196,7 @@ pub fn run(env: &Env, events: u64, quick: bool) -> Result<(Section, bool)> {
     let dir = env.work.join("report");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let db = dir.join("history.db");
-    fresh(&db)?;
+    super::history::fresh(&db)?;
     let filled = fill(env, &db, events)?;
     let flows = exec::output(
         Command::new(&netmon)
