@@ -192,6 +192,16 @@ fn serve(port: u16, n: usize) -> thread::JoinHandle<()> {
     })
 }
 
+/// `n` connections to the `serve`r on `port`, one byte each; their client ports are
+/// added to `clients`.
+fn connections(port: u16, n: usize, clients: &mut Vec<u64>) {
+    for _ in 0..n {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        clients.push(s.local_addr().unwrap().port() as u64);
+        s.write_all(b"x").unwrap();
+    }
+}
+
 fn connect_once(port: u16) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(b"hello").unwrap();
@@ -354,13 +364,7 @@ fn resume_with_last_event_id_after_a_disconnect_misses_nothing() {
     let sse = agent.stream(&filter, &[]);
     thread::sleep(Duration::from_millis(300));
     let mut clients = Vec::new();
-    let connect = |n: usize, clients: &mut Vec<u64>| {
-        for _ in 0..n {
-            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            clients.push(s.local_addr().unwrap().port() as u64);
-            s.write_all(b"x").unwrap();
-        }
-    };
+    let connect = |n: usize, clients: &mut Vec<u64>| connections(port, n, clients);
     connect(10, &mut clients);
     let first = sse.read_until(WAIT, |f| closed_clients(&events(f), port).len() >= 10);
     let last_id = first.iter().filter_map(|f| f.id).max().expect("an id");
@@ -417,13 +421,7 @@ fn resume_from_the_history_beyond_the_ring_misses_nothing_and_repeats_nothing() 
     let sse = agent.stream(&filter, &[]);
     thread::sleep(Duration::from_millis(300));
     let mut clients = Vec::new();
-    let connect = |n: usize, clients: &mut Vec<u64>| {
-        for _ in 0..n {
-            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            clients.push(s.local_addr().unwrap().port() as u64);
-            s.write_all(b"x").unwrap();
-        }
-    };
+    let connect = |n: usize, clients: &mut Vec<u64>| connections(port, n, clients);
     connect(before, &mut clients);
     let first = sse.read_until(WAIT, |f| closed_clients(&events(f), port).len() >= before);
     let last_id = first.iter().filter_map(|f| f.id).max().expect("an id");
