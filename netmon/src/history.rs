@@ -59,10 +59,10 @@ pub struct HistoryConfig {
 impl Default for HistoryConfig {
     fn default() -> Self {
         HistoryConfig {
-            // Off until `--history FILE` or `[history] enabled = true`: with 100,000 live
-            // flows the writer's per-minute totals cost more memory than netmon's 50 MB
-            // budget (tests/tests/flows.rs); on by default once that is bounded.
-            enabled: false,
+            // On: the aggregator keeps only the counters of flows it saw a summary of
+            // (about 5 MB per 100,000 long-lived flows), so netmon stays within its
+            // 50 MB budget with the history on (tests/tests/flows.rs).
+            enabled: true,
             path: PathBuf::from(DEFAULT_PATH),
             raw_retention: Span::days(7),
             minute_retention: Span::days(30),
@@ -166,7 +166,7 @@ impl<'de> Deserialize<'de> for Span {
 pub enum Error {
     #[error("cannot create the history directory {dir}: {source}")]
     Directory { dir: PathBuf, source: io::Error },
-    #[error("cannot create the history file {file}: {source}")]
+    #[error("cannot create or write the history file {file}: {source}")]
     Create { file: PathBuf, source: io::Error },
     #[error("cannot open the history {file}: {source}")]
     Open {
@@ -191,11 +191,11 @@ pub enum Error {
     },
 }
 
-/// Opens (creating if needed: directory 0700, file 0600) the read-write connection of
-/// the writer, migrated to the newest schema. A file that is not a database, or a
-/// damaged one, is renamed `<file>.corrupt-<unix time>` (never overwritten) and a new
-/// one is made; the returned warning says so.
-pub fn open_writer(path: &Path) -> Result<(Connection, Option<Error>), Error> {
+/// Makes sure the history can live in `path`: creates its directory (0700) and the
+/// file (0600) when missing, and opens the file for writing. What fails here is a
+/// matter of permissions or of the file system, not of the database (for `netmon run`
+/// to turn a default history off with one warning instead of retrying).
+pub fn create(path: &Path) -> Result<(), Error> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.exists()
     {
@@ -208,19 +208,28 @@ pub fn open_writer(path: &Path) -> Result<(Connection, Option<Error>), Error> {
                 source,
             })?;
     }
-    if !path.exists() {
-        // Created here, 0600, so SQLite's own -wal and -shm files (which copy the
-        // database's mode) are private too: the file holds every user's command lines.
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| Error::Create {
-                file: path.to_owned(),
-                source,
-            })?;
-    }
+    // Created here, 0600, so SQLite's own -wal and -shm files (which copy the
+    // database's mode) are private too: the file holds every user's command lines.
+    // Never truncated: an existing file is only opened, to see that it is writable.
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| Error::Create {
+            file: path.to_owned(),
+            source,
+        })?;
+    Ok(())
+}
+
+/// Opens (creating if needed: directory 0700, file 0600) the read-write connection of
+/// the writer, migrated to the newest schema. A file that is not a database, or a
+/// damaged one, is renamed `<file>.corrupt-<unix time>` (never overwritten) and a new
+/// one is made; the returned warning says so.
+pub fn open_writer(path: &Path) -> Result<(Connection, Option<Error>), Error> {
+    create(path)?;
     match open_migrated(path) {
         Ok(conn) => Ok((conn, None)),
         Err(OpenFailure::Damaged(why)) => {
@@ -382,6 +391,8 @@ mod tests {
     #[test]
     fn config_defaults_and_checks() {
         let c = HistoryConfig::default();
+        assert!(c.enabled, "the history is on by default (issue 13)");
+        assert_eq!(c.path, PathBuf::from(DEFAULT_PATH));
         assert_eq!(c.raw_retention, Span::days(7));
         assert_eq!(c.minute_retention, Span::days(30));
         assert_eq!(c.hour_retention, Span::days(365));
@@ -414,6 +425,26 @@ mod tests {
         };
         assert_eq!(fs::read(&moved).unwrap(), vec![b'x'; 8192]);
         assert!(open_reader(&path).is_ok());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn create_says_what_cannot_be_made_and_leaves_a_file_as_it_is() {
+        let dir =
+            std::env::temp_dir().join(format!("netmon-history-create-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // A directory that cannot be made (a file is in the way).
+        let blocker = dir.join("plain-file");
+        fs::write(&blocker, b"x").unwrap();
+        let e = create(&blocker.join("netmon.db")).unwrap_err();
+        assert!(matches!(e, Error::Directory { .. }), "{e}");
+        assert!(e.to_string().contains("plain-file"), "{e}");
+        // An existing file is opened, never truncated.
+        let file = dir.join("netmon.db");
+        fs::write(&file, b"kept").unwrap();
+        create(&file).unwrap();
+        assert_eq!(fs::read(&file).unwrap(), b"kept");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -77,6 +77,10 @@ pub struct Options {
     pub keep_privileges: bool,
     /// The history to keep (`[history]`, `--history`), or none (`--no-history`).
     pub history: Option<crate::history::HistoryConfig>,
+    /// The history's file was named (`--history FILE`, `[history] path`): when it
+    /// cannot be opened the writer warns and retries. The default file instead turns
+    /// the history off with one warning (a user who cannot write /var/lib/netmon).
+    pub history_named: bool,
     /// Write every event to `format`/`output` (`netmon run`); off when the consumer
     /// below is the only face (`netmon top`).
     pub sink: bool,
@@ -246,6 +250,18 @@ pub fn run(mut opts: Options) -> Result<()> {
     let _stalled = opts.stalled_consumer.map(|n| hub.subscribe("stalled", n));
     // The history writer: its own thread and queue; a full queue drops for it alone
     // (`stats.consumers.history`), a failing disk only costs `stats.history.errors`.
+    // The default file, when this user cannot make or write it: one warning, no
+    // history (the writer would otherwise retry and count every event as dropped).
+    // Checked after the privilege drop, as the writer will write.
+    if !opts.history_named
+        && let Some(h) = &opts.history
+        && let Err(e) = crate::history::create(&h.path)
+    {
+        eprintln!(
+            "netmon: warning: the history is off: {e}; give a writable --history FILE, or --no-history"
+        );
+        opts.history = None;
+    }
     let history = match &opts.history {
         Some(h) => Some(
             crate::history::Writer::spawn(

@@ -158,6 +158,21 @@ fn set_lo_up() {
     }
 }
 
+/// What a test's `netmon run` adds for its history: nothing when `args` already say
+/// (`--history FILE`, `--no-history`), else `--no-history`, so that no test writes to
+/// the default /var/lib/netmon/netmon.db that every run would share. A test about the
+/// history gives its own file in a [`Scratch`] directory.
+pub fn history_args(args: &[&str]) -> &'static [&'static str] {
+    if args
+        .iter()
+        .any(|a| *a == "--no-history" || *a == "--history" || a.starts_with("--history="))
+    {
+        &[]
+    } else {
+        &["--no-history"]
+    }
+}
+
 /// The name the kernel gives the calling thread (`comm`).
 pub fn thread_comm() -> String {
     std::fs::read_to_string("/proc/thread-self/comm")
@@ -210,7 +225,22 @@ impl Netmon {
 
     /// As [`Netmon::try_start`], with the binary `netmon` started through `wrapper`
     /// (e.g. `setpriv --reuid … --ambient-caps …`), when `wrapper` is not empty.
+    /// Without `--history FILE` (or `--no-history`) in `extra` it runs with
+    /// `--no-history`: tests never share the default /var/lib/netmon/netmon.db.
     pub fn try_start_wrapped(
+        wrapper: &[&str],
+        netmon: &std::path::Path,
+        backend: &str,
+        extra: &[&str],
+    ) -> Result<Netmon, String> {
+        let mut args = history_args(extra).to_vec();
+        args.extend_from_slice(extra);
+        Netmon::try_start_default_history(wrapper, netmon, backend, &args)
+    }
+
+    /// As [`Netmon::try_start_wrapped`], with netmon's own history default (the file
+    /// in /var/lib/netmon): only for tests of that default.
+    pub fn try_start_default_history(
         wrapper: &[&str],
         netmon: &std::path::Path,
         backend: &str,

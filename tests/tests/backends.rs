@@ -257,7 +257,7 @@ fn a_refused_explicit_backend_exits_2_naming_the_hook() {
     let _ns = NetNs::new();
     for backend in ["fentry", "kprobe"] {
         let mut child = Command::new(netmon_bin())
-            .args(["run", "--backend", backend])
+            .args(["run", "--no-history", "--backend", backend])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

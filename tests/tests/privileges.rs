@@ -3,6 +3,7 @@
 //! and it runs without root with the capabilities the shipped systemd unit grants.
 use std::{net::TcpStream, path::PathBuf, time::Duration};
 
+use netmon::event::EventBody;
 use netmon_tests::{
     NetNs, Netmon, Peer, backend, bpf_ids_held_by, bpf_prog_exists, conn_events, netmon_bin,
     require_root,
@@ -174,7 +175,11 @@ fn runs_as_nobody_with_the_systemd_units_capabilities() {
         amb.as_str(),
     ];
     let ns = NetNs::new();
-    let started = Netmon::try_start_wrapped(&wrapper, &bin, &backend(), &[]);
+    // netmon's own history default (/var/lib/netmon/netmon.db), which nobody cannot
+    // create or write (the directory is root's, 0700, or /var/lib is): one warning,
+    // and monitoring goes on without a history.
+    let started =
+        Netmon::try_start_default_history(&wrapper, &bin, &backend(), &["--stats-interval", "1"]);
     let _ = std::fs::remove_dir_all(&dir);
     let mut netmon =
         started.unwrap_or_else(|e| panic!("netmon did not start as nobody with {caps}: {e}"));
@@ -188,5 +193,25 @@ fn runs_as_nobody_with_the_systemd_units_capabilities() {
     let (eff, prm, _bnd, nnp) = wait_for_privileges(netmon.pid(), KEPT);
     assert_eq!((eff, prm, nnp), (KEPT, KEPT, 1));
     assert_names_a_connection(&mut netmon, &ns);
+    let stats = netmon
+        .wait_for(WAIT, |e| matches!(e.body, EventBody::Stats(_)))
+        .expect("no stats line");
+    let EventBody::Stats(stats) = &stats.body else {
+        unreachable!()
+    };
+    assert!(
+        stats.history.is_none() && !stats.consumers.contains_key("history"),
+        "a history writer runs as nobody: {stats:?}"
+    );
+    let stderr = netmon.stderr.lock().unwrap().clone();
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("history")).collect();
+    assert_eq!(warnings.len(), 1, "one line about the history: {stderr}");
+    assert!(
+        warnings[0].starts_with("netmon: warning: the history is off: ")
+            && warnings[0].contains(netmon::history::DEFAULT_PATH.rsplit_once('/').unwrap().0)
+            && warnings[0].contains("--no-history"),
+        "{}",
+        warnings[0]
+    );
     stop_and_check_detached(netmon);
 }

@@ -263,6 +263,7 @@ fn text_output_shows_alerts_as_a_block() {
     let mut child = std::process::Command::new(netmon_tests::netmon_bin())
         .args([
             "run",
+            "--no-history",
             "--format",
             "text",
             "--backend",

@@ -132,7 +132,14 @@ ruleset(name="netmon") {{
     let port = listener.local_addr().unwrap().port();
     let netmon = Killed(
         Command::new(netmon_bin())
-            .args(["run", "--backend", &backend(), "--stats-interval", "1"])
+            .args([
+                "run",
+                "--no-history",
+                "--backend",
+                &backend(),
+                "--stats-interval",
+                "1",
+            ])
             .arg("--output")
             .arg(&output)
             .stdout(Stdio::null())

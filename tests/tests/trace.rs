@@ -357,7 +357,7 @@ fn sigterm_detaches_everything_and_writes_final_stats() {
 /// (for tests of how it treats its reader).
 fn spawn_piped_netmon() -> std::process::Child {
     std::process::Command::new(netmon_tests::netmon_bin())
-        .args(["run", "--backend", &netmon_tests::backend()])
+        .args(["run", "--no-history", "--backend", &netmon_tests::backend()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -435,6 +435,7 @@ fn json_lines_follow_the_contract() {
     let mut child = std::process::Command::new(netmon_tests::netmon_bin())
         .args([
             "run",
+            "--no-history",
             "--backend",
             &netmon_tests::backend(),
             "--output",

@@ -60,8 +60,9 @@ pub struct RunArgs {
     pub keep_privileges: bool,
     #[command(flatten)]
     pub config: super::ConfigArgs,
-    /// Keep the history in FILE (SQLite) instead of `[history] path`
-    /// (/var/lib/netmon/netmon.db by default). See docs/history.md.
+    /// Keep the history in FILE (SQLite) instead of `[history] path`. It is on by
+    /// default, in /var/lib/netmon/netmon.db; when netmon cannot write there it warns
+    /// once and keeps none. See docs/history.md.
     #[arg(long, value_name = "FILE", conflicts_with = "no_history")]
     pub history: Option<PathBuf>,
     /// Keep no history (also `[history] enabled = false`).
@@ -227,6 +228,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         stalled_consumer: args.test_stalled_consumer,
         keep_privileges: args.keep_privileges,
         history: None,
+        history_named: false,
         sink: true,
         consumer: None,
         metrics: args.metrics,
@@ -242,6 +244,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     if args.events.contains(&ExtraEvent::Exec) {
         opts.config.events.exec = true;
     }
+    opts.history_named = args.history.is_some()
+        || opts.config.history.path != std::path::Path::new(crate::history::DEFAULT_PATH);
     opts.history = history_config(&opts.config.history, args.history, args.no_history);
     pipeline::run(opts)?;
     Ok(ExitCode::SUCCESS)

@@ -111,6 +111,7 @@ pub fn run(args: TopArgs) -> Result<ExitCode> {
         stalled_consumer: None,
         keep_privileges: false,
         history: None,
+        history_named: false,
         sink: false,
         metrics: None,
         api: None,

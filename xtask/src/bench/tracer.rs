@@ -222,6 +222,15 @@ pub fn netmon_args(output: &Path, extra: &[String]) -> Vec<String> {
     if !extra.iter().any(|a| a == "--stats-interval") {
         args.extend(["--stats-interval".into(), "3600".into()]);
     }
+    // History off unless a benchmark names a file: these benchmarks measure tracing
+    // and the pipeline as they did before the history was on by default (its cost is
+    // `bench history`'s), and never write to the default /var/lib/netmon/netmon.db.
+    if !extra
+        .iter()
+        .any(|a| a == "--history" || a == "--no-history")
+    {
+        args.push("--no-history".into());
+    }
     args.extend_from_slice(extra);
     args
 }
