@@ -70,15 +70,23 @@ pub(super) fn key_id(tx: &Transaction<'_>, k: &FlowKey) -> rusqlite::Result<i64>
     )
 }
 
-pub(super) type ProcessCache = HashMap<(u32, String, u32), (Arc<crate::event::ProcessDetail>, i64)>;
+/// The `processes` id of each (pid, uid) seen lately, with the name and detail it was
+/// stored with: a hit is checked without allocating (a pid that changed its name or
+/// exec'd misses, and its new row replaces the entry).
+pub(super) type ProcessCache = HashMap<
+    (u32, u32),
+    (String, Arc<crate::event::ProcessDetail>, i64),
+    foldhash::fast::RandomState,
+>;
 
 fn process_id(
     tx: &Transaction<'_>,
     cache: &mut ProcessCache,
     p: &ProcessInfo,
 ) -> rusqlite::Result<i64> {
-    let key = (p.pid, p.comm.clone(), p.uid);
-    if let Some((detail, id)) = cache.get(&key)
+    let key = (p.pid, p.uid);
+    if let Some((comm, detail, id)) = cache.get(&key)
+        && *comm == p.comm
         && (Arc::ptr_eq(detail, &p.detail) || **detail == *p.detail)
     {
         return Ok(*id);
@@ -105,7 +113,7 @@ fn process_id(
             ],
             |r| r.get(0),
         )?;
-    cache.insert(key, (p.detail.clone(), id));
+    cache.insert(key, (p.comm.clone(), p.detail.clone(), id));
     Ok(id)
 }
 
@@ -138,6 +146,26 @@ fn conn_extras(c: &Conn, extra: &[(&str, serde_json::Value)]) -> Option<String> 
         }
     }
     (!m.is_empty()).then(|| serde_json::Value::Object(m).to_string())
+}
+
+/// Buffers the writer reuses for the addresses of every row, so that writing one does
+/// not allocate.
+#[derive(Default)]
+pub(super) struct Texts {
+    src: Text,
+    dst: Text,
+}
+
+#[derive(Default)]
+struct Text(String);
+
+impl Text {
+    fn of(&mut self, ip: IpAddr) -> &str {
+        use std::fmt::Write as _;
+        self.0.clear();
+        let _ = write!(self.0, "{ip}");
+        &self.0
+    }
 }
 
 #[derive(Default)]
@@ -179,6 +207,7 @@ pub(super) fn insert_event(
     tx: &Transaction<'_>,
     insert: &mut Statement<'_>,
     procs: &mut ProcessCache,
+    text: &mut Texts,
     seq: u64,
     event: &Event,
 ) -> rusqlite::Result<()> {
@@ -304,15 +333,17 @@ pub(super) fn insert_event(
         Some(p) => Some(process_id(tx, procs, p)?),
         None => None,
     };
+    let src_ip = row.src.map(|s| text.src.of(s.0));
+    let dst_ip = row.dst.map(|d| text.dst.of(d.0));
     insert.execute(params![
         ts,
         event.body.type_name(),
         process_id,
         row.proto,
         row.direction,
-        row.src.map(|s| s.0.to_string()),
+        src_ip,
         row.src.map(|s| s.1),
-        row.dst.map(|d| d.0.to_string()),
+        dst_ip,
         row.dst.map(|d| d.1),
         row.remote_name,
         row.bytes_sent.map(|b| b as i64),

@@ -225,3 +225,41 @@ fn retention_prunes_each_table_by_its_own_period() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_checkpointer_moves_the_wal_into_the_file_while_the_writer_keeps_it_open() {
+    let dir = std::env::temp_dir().join(format!("netmon-history-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("h.db");
+    let (db, _) = super::super::open_writer(&path).unwrap();
+    let mut store = Store::new(db, &path);
+    // The writer's own checkpoints are only the backstop.
+    let pages: i64 = store
+        .conn
+        .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
+        .unwrap();
+    assert_eq!(pages, WRITER_CHECKPOINT_PAGES);
+    let now = Utc::now().timestamp();
+    let batch: Vec<Arc<Event>> = (0..2_000u16)
+        .map(|i| {
+            Arc::new(at(
+                now,
+                close(conn(Direction::Outbound, 30_000 + i, 443), 10, 20),
+            ))
+        })
+        .collect();
+    let size = || std::fs::metadata(&path).unwrap().len();
+    let before = size();
+    store.write(&batch, &[]).unwrap();
+    // Far fewer than WRITER_CHECKPOINT_PAGES: only the checkpointer copies them.
+    let deadline = std::time::Instant::now() + CHECKPOINT_EVERY * 20;
+    while size() <= before && std::time::Instant::now() < deadline {
+        std::thread::sleep(CHECKPOINT_EVERY / 5);
+    }
+    assert!(
+        size() > before,
+        "the file stayed at {before} bytes: nothing checkpointed"
+    );
+    drop(store);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
