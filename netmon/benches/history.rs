@@ -8,8 +8,9 @@
 //!   REMOTES (default 20) is the remote services per process: 200 makes the 10,000
 //!   flow keys of `cargo xtask bench report`.
 //! - `cargo bench -p netmon --bench history -- paced DB RATE SECONDS`: RATE events/s
-//!   offered without ever waiting (a full queue drops, as in the hub); prints the
-//!   events written and dropped.
+//!   offered without ever waiting (a full queue drops, as in the hub), stamped as a
+//!   live stream at that rate is (from now on, RATE a second); through a queue of
+//!   netmon's own size (`[history] queue`); prints the events written and dropped.
 //!
 //! The stream: 50 processes × 20 remote services each (1,000 flow keys), TCP connect +
 //! close pairs with byte counts, 1 in 10 a DNS transaction, 1 in 20 a UDP flow.
@@ -42,7 +43,29 @@ struct Stream {
 }
 
 impl Stream {
+    /// `total` events with timestamps spread evenly over the last 24 hours (the fill:
+    /// what `history flows --since 24h` then reads).
     fn new(total: u64, remotes: u32) -> Stream {
+        let day = 86_400_000_000_000i64;
+        Stream::timed(
+            Utc::now().timestamp_nanos_opt().unwrap_or_default() - day,
+            (day / total.max(1) as i64).max(1),
+            remotes,
+        )
+    }
+
+    /// Events `rate` a second from now on, as a live stream at that rate is stamped
+    /// (the paced run: its per-minute totals are those of one live minute, not of a
+    /// day squeezed into seconds).
+    fn live(rate: u64, remotes: u32) -> Stream {
+        Stream::timed(
+            Utc::now().timestamp_nanos_opt().unwrap_or_default(),
+            (1_000_000_000 / rate.max(1)) as i64,
+            remotes,
+        )
+    }
+
+    fn timed(start_ns: i64, step_ns: i64, remotes: u32) -> Stream {
         assert!((1..=254).contains(&remotes), "REMOTES is 1 to 254");
         let processes = (0..PROCESSES)
             .map(|i| ProcessInfo {
@@ -65,13 +88,11 @@ impl Stream {
                 }),
             })
             .collect();
-        let now = Utc::now().timestamp_nanos_opt().unwrap_or_default();
-        let day = 86_400_000_000_000i64;
         Stream {
             processes,
             remotes,
-            start_ns: now - day,
-            step_ns: (day / total.max(1) as i64).max(1),
+            start_ns,
+            step_ns: step_ns.max(1),
             n: 0,
         }
     }
@@ -156,6 +177,39 @@ impl Stream {
     }
 }
 
+/// Nanoseconds of CPU used so far by the history's threads (the writer and its
+/// checkpointer: `netmon-history*`), from `/proc/self/task/*/schedstat`. CPU, not wall
+/// time: what the writer costs whatever else the shared machine runs.
+fn history_cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.starts_with("netmon-history"))
+        })
+        .filter_map(|t| {
+            let s = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+            s.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// Waits until the writer has committed or dropped `total` events (it commits at
+/// least every 0.5 s), so that its CPU can be read while its threads still run.
+fn wait_written(counters: &netmon::history::Counters, total: u64) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while Instant::now() < deadline {
+        let s = counters.snapshot();
+        if s.written + s.dropped >= total {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn config(db: PathBuf) -> HistoryConfig {
     HistoryConfig {
         path: db,
@@ -175,9 +229,11 @@ fn fill(db: PathBuf, total: u64, remotes: u32) {
             break;
         }
     }
+    wait_written(&counters, total);
+    let secs = started.elapsed().as_secs_f64();
+    let cpu_ns = history_cpu_ns();
     drop(tx);
     writer.finish();
-    let secs = started.elapsed().as_secs_f64();
     let s = counters.snapshot();
     let size = file_size(&db);
     println!(
@@ -185,6 +241,8 @@ fn fill(db: PathBuf, total: u64, remotes: u32) {
         serde_json::json!({
             "mode": "fill", "events": total, "seconds": secs,
             "events_per_s": s.written as f64 / secs, "written": s.written,
+            "cpu_ns_per_event": cpu_ns as f64 / s.written.max(1) as f64,
+            "events_per_cpu_s": s.written as f64 * 1e9 / cpu_ns.max(1) as f64,
             "batches": s.batches, "errors": s.errors, "dropped": s.dropped,
             "bytes": size, "bytes_per_million_events": size as f64 * 1e6 / total.max(1) as f64,
         })
@@ -200,11 +258,12 @@ fn file_size(db: &std::path::Path) -> u64 {
 }
 
 fn paced(db: PathBuf, rate: u64, seconds: u64) {
-    let (tx, rx) = netmon::pipeline::hub::direct(65_536);
+    // The queue `netmon run` gives the writer: what it must keep up with.
+    let (tx, rx) = netmon::pipeline::hub::direct(HistoryConfig::default().queue);
     let writer = Writer::spawn(config(db), rx, None).expect("writer starts");
     let counters = writer.counters();
     let total = rate * seconds;
-    let mut stream = Stream::new(total, REMOTES);
+    let mut stream = Stream::live(rate, REMOTES);
     let mut full = 0u64;
     let started = Instant::now();
     // Offered in slices of 1 ms, each slice's events made and sent at once.
@@ -223,6 +282,8 @@ fn paced(db: PathBuf, rate: u64, seconds: u64) {
         }
     }
     let offered_s = started.elapsed().as_secs_f64();
+    wait_written(&counters, total - full);
+    let cpu_ns = history_cpu_ns();
     drop(tx);
     writer.finish();
     let s = counters.snapshot();
@@ -230,9 +291,12 @@ fn paced(db: PathBuf, rate: u64, seconds: u64) {
         "{}",
         serde_json::json!({
             "mode": "paced", "rate": rate, "seconds": offered_s, "offered": total,
+            "queue": HistoryConfig::default().queue,
             "written": s.written, "queue_full": full, "batches": s.batches,
             "errors": s.errors, "dropped": s.dropped + full,
             "events_per_s": s.written as f64 / offered_s,
+            "cpu_ns_per_event": cpu_ns as f64 / s.written.max(1) as f64,
+            "events_per_cpu_s": s.written as f64 * 1e9 / cpu_ns.max(1) as f64,
         })
     );
 }

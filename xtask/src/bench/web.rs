@@ -1,9 +1,12 @@
 //! The web workload of `bench overhead`: `wrk` against nginx on 127.0.0.1, one new TCP
 //! connection per request (`Connection: close`, `keepalive_timeout 0`), as a busy
 //! production server sees them. Modes interleaved A B C … per round, so the machine's
-//! drifting load hits every mode alike: nothing attached, `netmon run`, optionally a
-//! baseline netmon binary (`--baseline-netmon`, the before of a before/after), and the
-//! bpftrace peer. Reported: requests/s kept (medians).
+//! drifting load hits every mode alike: nothing attached, `netmon run` with its history
+//! off (`--no-history`: what this benchmark measured before the history was on by
+//! default), the same netmon with its history on (`--history FILE`, a fresh file each
+//! run: issue 13's "≤ 10% more with history on"), optionally a baseline netmon binary
+//! (`--baseline-netmon`, the before of a before/after), and the bpftrace peer.
+//! Reported: requests/s kept (medians).
 //!
 //! Then one diagnostic run per tracer with the kernel's BPF run-time statistics on
 //! (`BPF_ENABLE_STATS`, what `kernel.bpf_stats_enabled=1` turns on; the counters are
@@ -44,6 +47,8 @@ pub struct WebArgs {
 enum Mode {
     Bare,
     Netmon(PathBuf),
+    /// The same netmon with its history on.
+    History(PathBuf),
     Baseline(PathBuf),
     Bpftrace,
 }
@@ -52,7 +57,8 @@ impl Mode {
     fn label(&self) -> String {
         match self {
             Mode::Bare => "(a) nothing attached".into(),
-            Mode::Netmon(_) => "(b) netmon".into(),
+            Mode::Netmon(_) => "(b) netmon, history off".into(),
+            Mode::History(_) => "(b+h) netmon, history on".into(),
             Mode::Baseline(p) => format!("(b0) baseline netmon `{}`", p.display()),
             Mode::Bpftrace => "(c) bpftrace peer".into(),
         }
@@ -61,7 +67,11 @@ impl Mode {
 
 pub fn run(env: &Env, args: &WebArgs) -> Result<Section> {
     let nginx = Nginx::start(&env.work)?;
-    let mut modes = vec![Mode::Bare, Mode::Netmon(env.netmon.clone())];
+    let mut modes = vec![
+        Mode::Bare,
+        Mode::Netmon(env.netmon.clone()),
+        Mode::History(env.netmon.clone()),
+    ];
     if let Some(b) = &args.baseline {
         modes.push(Mode::Baseline(b.clone()));
     }
@@ -104,6 +114,21 @@ fn start_tracer(env: &Env, args: &WebArgs, mode: &Mode, tag: &str) -> Result<Opt
             &env.work.join(format!("{tag}-netmon.json")),
             &args.netmon_flags,
         )?),
+        Mode::History(bin) => {
+            // A fresh file each run: every run writes the same amount.
+            let db = env.work.join(format!("{tag}-history.db"));
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = fs::remove_file(format!("{}{suffix}", db.display()));
+            }
+            let mut flags = args.netmon_flags.clone();
+            flags.extend(["--history".to_string(), db.display().to_string()]);
+            Some(Tracer::netmon(
+                bin,
+                env.netmon_nice,
+                &env.work.join(format!("{tag}-netmon-history.json")),
+                &flags,
+            )?)
+        }
         Mode::Bpftrace => Some(Tracer::bpftrace(
             &env.bpftrace_script,
             &env.work.join(format!("{tag}-bpftrace.txt")),
@@ -132,8 +157,9 @@ fn diagnose(env: &Env, args: &WebArgs, mode: &Mode, port: u16) -> Result<Diagnos
     let switches_before = context_switches(pid);
     let perf = Perf::start(pid)?;
     let r = wrk(port, args.seconds, args.connections)?;
-    // The batched reader drains within its latency bound: let it finish.
-    thread::sleep(Duration::from_millis(300));
+    // The batched reader drains within its latency bound, the history commits within
+    // 0.5 s: let them finish.
+    thread::sleep(Duration::from_millis(700));
     let syscalls = perf.stop();
     let after = proc::programs(pid);
     let switches = context_switches(pid).saturating_sub(switches_before);
@@ -181,7 +207,8 @@ fn render(env: &Env, args: &WebArgs, rates: &[(Mode, Vec<f64>)], diags: &[Diagno
         "## Overhead: wrk + nginx\n\n\
          `wrk -t1 -c{c} -d{s}s -H 'Connection: close'` against nginx 127.0.0.1 \
          (`worker_processes 1`, `keepalive_timeout 0`, `access_log off`): one new TCP \
-         connection per request. {rounds} rounds, modes interleaved; netmon as `{nice}netmon {flags}`. \
+         connection per request. {rounds} rounds, modes interleaved; netmon as `{nice}netmon {flags}` \
+         (history on: `--history FILE` instead of `--no-history`, a new file each run). \
          Machine: {machine}. Command: `{cmd}`.\n",
         c = args.connections,
         s = args.seconds,
@@ -233,6 +260,30 @@ fn render(env: &Env, args: &WebArgs, rates: &[(Mode, Vec<f64>)], diags: &[Diagno
         ]);
     }
     md.push_str(&t.render());
+    // Issue 13: with the history on, ≤ 10% more overhead and CPU per event than off.
+    let rate = |m: fn(&Mode) -> bool| rates.iter().find(|(x, _)| m(x)).map(|(_, r)| median(r));
+    let per_event = |m: fn(&Mode) -> bool| {
+        diags
+            .iter()
+            .find(|d| m(&d.mode))
+            .map(|d| d.cpu.as_secs_f64() * 1e6 / d.written.max(1) as f64)
+    };
+    let off = |m: &Mode| matches!(m, Mode::Netmon(_));
+    let on = |m: &Mode| matches!(m, Mode::History(_));
+    if let (Some(r_off), Some(r_on), Some(c_off), Some(c_on)) =
+        (rate(off), rate(on), per_event(off), per_event(on))
+    {
+        let overhead = |r: f64| (bare - r) / bare;
+        let _ = writeln!(
+            md,
+            "\nHistory on vs off (target ≤ 10% more): overhead (requests/s lost against \
+             nothing attached) {:.1}% vs {:.1}%; netmon's CPU per event {c_on:.2} vs \
+             {c_off:.2} µs ({:+.0}%).",
+            overhead(r_on) * 100.0,
+            overhead(r_off) * 100.0,
+            (c_on / c_off - 1.0) * 100.0
+        );
+    }
     md
 }
 
