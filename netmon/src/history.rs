@@ -437,7 +437,7 @@ mod tests {
         // A directory that cannot be made (a file is in the way).
         let blocker = dir.join("plain-file");
         fs::write(&blocker, b"x").unwrap();
-        let e = create(&blocker.join("netmon.db")).unwrap_err();
+        let e = create(&blocker.join("sub/netmon.db")).unwrap_err();
         assert!(matches!(e, Error::Directory { .. }), "{e}");
         assert!(e.to_string().contains("plain-file"), "{e}");
         // An existing file is opened, never truncated.
