@@ -15,21 +15,23 @@
 //!   and [`FlowTable::expire_udp`] ends UDP flows idle for longer than the timeout.
 //! - **Cap**: at most `cap` flows; opening one more evicts the flow idle the longest
 //!   (either protocol), and every eviction is counted.
-//! - **Memory**: a slab of compact entries (112 bytes) plus a key index (48-byte
-//!   buckets) and an idle-order index (16-byte entries): about 200 bytes per flow with
-//!   the maps' overhead; process context is shared (`Arc`), never copied per flow.
+//! - **Memory**: a slab of compact entries (104 bytes) plus a key index that holds
+//!   slot numbers only (4-byte buckets: the key is the slot's, hashed again when the
+//!   index grows) and an idle-order index (16-byte entries): about 150 bytes per flow
+//!   with the maps' overhead; process context is shared (`Arc`), never copied per flow.
 //!   `tests::sizes_the_comments_state` keeps these figures true.
 //!
 //! Over 600 lines on purpose: about 580 of code for one data structure whose slab and
 //! two indexes must change together (split, its invariants would cross files), and
 //! its unit tests below.
 use std::{
+    hash::BuildHasher as _,
     collections::BTreeSet,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };
 
-use foldhash::HashMap;
+use hashbrown::HashTable;
 
 use crate::event::{Connection, Direction, Endpoint, Family, FlowStats, ProcessInfo, Proto};
 
@@ -154,36 +156,39 @@ pub struct Counters {
     pub packets_received: Option<u64>,
 }
 
-/// [`Counters`] as stored in a flow: four values and a bit per known value (40 bytes
-/// with padding, instead of 64; a flow is paid for 100,000 times).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// [`Counters`] as stored in a flow: four values, `u64::MAX` for one not known (32
+/// bytes instead of 64; a flow is paid for 100,000 times). No counter of a real flow
+/// reaches 2^64 - 1 bytes or packets; one that did would read as not known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Packed {
     values: [u64; 4],
-    known: u8,
 }
+
+impl Default for Packed {
+    fn default() -> Packed {
+        Packed {
+            values: [UNKNOWN; 4],
+        }
+    }
+}
+
+const UNKNOWN: u64 = u64::MAX;
 
 impl Packed {
     fn of(c: Counters) -> Packed {
-        let mut p = Packed::default();
-        for (i, v) in [
-            c.bytes_sent,
-            c.bytes_received,
-            c.packets_sent,
-            c.packets_received,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            if let Some(v) = v {
-                p.values[i] = v;
-                p.known |= 1 << i;
-            }
+        let known = |v: Option<u64>| v.unwrap_or(UNKNOWN);
+        Packed {
+            values: [
+                known(c.bytes_sent),
+                known(c.bytes_received),
+                known(c.packets_sent),
+                known(c.packets_received),
+            ],
         }
-        p
     }
 
     fn get(&self) -> Counters {
-        let v = |i: usize| (self.known & (1 << i) != 0).then_some(self.values[i]);
+        let v = |i: usize| Some(self.values[i]).filter(|&v| v != UNKNOWN);
         Counters {
             bytes_sent: v(0),
             bytes_received: v(1),
@@ -243,6 +248,17 @@ impl Flow {
     fn proto_index(&self) -> usize {
         proto_index(self.key.proto)
     }
+
+    /// The process and remote endpoint of a UDP flow with a process: its name in
+    /// the kernel's `UDP_PEERS` map.
+    fn peer(&self) -> Option<(u32, SocketAddr)> {
+        let process = self.process.as_ref().filter(|_| self.key.proto == Proto::Udp)?;
+        Some((process.pid, self.key.remote()))
+    }
+
+    fn is_peer(&self, pid: u32, remote: SocketAddr) -> bool {
+        self.peer() == Some((pid, remote))
+    }
 }
 
 fn proto_index(p: Proto) -> usize {
@@ -267,11 +283,16 @@ pub struct FlowTable {
     cfg: FlowConfig,
     slots: Vec<Option<Flow>>,
     free: Vec<u32>,
-    index: HashMap<FlowKey, u32>,
-    /// UDP flows by (pid, remote endpoint), the key of the kernel's `UDP_PEERS` map,
-    /// hashed to 64 bits (16 bytes a bucket instead of 40); a hit is checked against
-    /// the flow itself, so a collision can only miss, never mix flows up.
-    udp_peers: HashMap<u64, u32>,
+    /// Slot numbers by their flow's key. A `HashMap<FlowKey, u32>` would keep a second
+    /// copy of every 44-byte key (48-byte buckets: 6 MB at 100,000 flows); the key is
+    /// already in the slot.
+    index: HashTable<u32>,
+    /// The hasher of `index`.
+    key_seed: foldhash::fast::RandomState,
+    /// Slots of UDP flows by (pid, remote endpoint), the key of the kernel's
+    /// `UDP_PEERS` map, which the slot's flow holds (4-byte buckets); the newest flow
+    /// of a pair when several share it.
+    udp_peers: HashTable<u32>,
     /// Per protocol, slots ordered by last activity (oldest first).
     idle: [BTreeSet<(u64, u32)>; 2],
     stats: FlowStats,
@@ -282,7 +303,6 @@ pub struct FlowTable {
 
 /// The `udp_peers` key of a process and a remote endpoint.
 fn peer_id(seed: &foldhash::fast::RandomState, pid: u32, remote: SocketAddr) -> u64 {
-    use std::hash::BuildHasher as _;
     seed.hash_one((pid, ip_bytes(remote.ip()), remote.port()))
 }
 
@@ -301,8 +321,9 @@ impl FlowTable {
             cfg,
             slots: Vec::new(),
             free: Vec::new(),
-            index: HashMap::default(),
-            udp_peers: HashMap::default(),
+            index: HashTable::new(),
+            key_seed: foldhash::fast::RandomState::default(),
+            udp_peers: HashTable::new(),
             idle: [BTreeSet::new(), BTreeSet::new()],
             stats: FlowStats {
                 cap: cfg.cap as u64,
@@ -343,8 +364,89 @@ impl FlowTable {
     }
 
     pub fn get(&self, key: &FlowKey) -> Option<&Flow> {
-        let slot = *self.index.get(key)?;
+        let slot = self.find(key)?;
         self.slots[slot as usize].as_ref()
+    }
+
+    /// The slot of the flow with `key`.
+    fn find(&self, key: &FlowKey) -> Option<u32> {
+        let slots = &self.slots;
+        self.index
+            .find(self.key_seed.hash_one(key), |&s| {
+                slots[s as usize].as_ref().is_some_and(|f| f.key == *key)
+            })
+            .copied()
+    }
+
+    /// Indexes `slot`, whose flow is in place and whose key is not indexed yet.
+    fn index_slot(&mut self, slot: u32) {
+        let (slots, seed) = (&self.slots, &self.key_seed);
+        let key_hash = |s: &u32| {
+            let flow = slots[*s as usize].as_ref().expect("indexed slot");
+            seed.hash_one(flow.key)
+        };
+        self.index.insert_unique(key_hash(&slot), slot, key_hash);
+    }
+
+    /// The slot of the UDP flow of process `pid` with `remote`, as the kernel's
+    /// `UDP_PEERS` map names it.
+    fn find_peer(&self, pid: u32, remote: SocketAddr) -> Option<u32> {
+        let slots = &self.slots;
+        self.udp_peers
+            .find(peer_id(&self.peer_seed, pid, remote), |&s| {
+                slots[s as usize]
+                    .as_ref()
+                    .is_some_and(|f| f.is_peer(pid, remote))
+            })
+            .copied()
+    }
+
+    /// Points the `udp_peers` entry of `slot`'s process and remote at `slot` (a UDP
+    /// flow in place, with its process): the newest flow of a peer pair wins.
+    fn index_peer(&mut self, slot: u32) {
+        let (slots, seed) = (&self.slots, &self.peer_seed);
+        let Some((pid, remote)) = slots[slot as usize].as_ref().and_then(Flow::peer) else {
+            return;
+        };
+        let hash = peer_id(seed, pid, remote);
+        let same_peer = |&s: &u32| {
+            slots[s as usize]
+                .as_ref()
+                .is_some_and(|f| f.is_peer(pid, remote))
+        };
+        let peer_hash = |s: &u32| {
+            let (pid, remote) = slots[*s as usize]
+                .as_ref()
+                .and_then(Flow::peer)
+                .expect("a peer-indexed slot holds a UDP flow with a process");
+            peer_id(seed, pid, remote)
+        };
+        match self.udp_peers.find_mut(hash, same_peer) {
+            Some(entry) => *entry = slot,
+            None => {
+                self.udp_peers.insert_unique(hash, slot, peer_hash);
+            }
+        }
+    }
+
+    /// Forgets the `udp_peers` entry of (`pid`, `remote`) if it points at `slot`.
+    fn unindex_peer(&mut self, slot: u32, pid: u32, remote: SocketAddr) {
+        if let Ok(entry) = self
+            .udp_peers
+            .find_entry(peer_id(&self.peer_seed, pid, remote), |&s| s == slot)
+        {
+            entry.remove();
+        }
+    }
+
+    /// Forgets `slot` in the key index (its flow still in place, with that key).
+    fn unindex_slot(&mut self, slot: u32, key: &FlowKey) {
+        if let Ok(entry) = self
+            .index
+            .find_entry(self.key_seed.hash_one(key), |&s| s == slot)
+        {
+            entry.remove();
+        }
     }
 
     /// Every flow, in no particular order.
@@ -374,7 +476,7 @@ impl FlowTable {
     /// a TCP flow is a new connection on a reused tuple, or the kernel's report of a
     /// socket seeded just before, so the new information replaces the old.
     pub fn open(&mut self, open: Open) -> Opened {
-        if let Some(&slot) = self.index.get(&open.key) {
+        if let Some(slot) = self.find(&open.key) {
             let flow = self.slots[slot as usize].as_mut().expect("indexed slot");
             let old_active = flow.last_active_ns;
             let old_pid = flow.process.as_ref().map(|p| p.pid);
@@ -406,15 +508,11 @@ impl FlowTable {
             self.reindex_idle(proto, slot, old_active, new_active);
             if open.key.proto == Proto::Udp {
                 let remote = open.key.remote();
-                if let Some(old) = old_pid.filter(|&o| Some(o) != pid)
-                    && self.udp_peers.get(&peer_id(&self.peer_seed, old, remote)) == Some(&slot)
-                {
-                    self.udp_peers
-                        .remove(&peer_id(&self.peer_seed, old, remote));
+                if let Some(old) = old_pid.filter(|&o| Some(o) != pid) {
+                    self.unindex_peer(slot, old, remote);
                 }
-                if let Some(pid) = pid {
-                    self.udp_peers
-                        .insert(peer_id(&self.peer_seed, pid, remote), slot);
+                if pid.is_some() {
+                    self.index_peer(slot);
                 }
             }
             return Opened {
@@ -440,7 +538,6 @@ impl FlowTable {
             counters: Packed::default(),
             process: open.process,
         };
-        let pid = flow.process.as_ref().map(|p| p.pid);
         let slot = match self.free.pop() {
             Some(s) => {
                 self.slots[s as usize] = Some(flow);
@@ -451,14 +548,9 @@ impl FlowTable {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.index.insert(open.key, slot);
+        self.index_slot(slot);
         self.idle[proto_index(open.key.proto)].insert((open.now_ns, slot));
-        if open.key.proto == Proto::Udp
-            && let Some(pid) = pid
-        {
-            self.udp_peers
-                .insert(peer_id(&self.peer_seed, pid, open.key.remote()), slot);
-        }
+        self.index_peer(slot);
         self.stats.opened += 1;
         if open.existing {
             self.stats.existing += 1;
@@ -468,7 +560,7 @@ impl FlowTable {
 
     /// The flow ended (a `close` from the kernel): removes and returns it.
     pub fn close(&mut self, key: &FlowKey) -> Option<Flow> {
-        let slot = *self.index.get(key)?;
+        let slot = self.find(key)?;
         let flow = self.remove(slot);
         self.stats.closed += 1;
         Some(flow)
@@ -485,15 +577,12 @@ impl FlowTable {
         datagrams: u64,
         bytes: u64,
     ) -> bool {
-        let Some(&slot) = self.udp_peers.get(&peer_id(&self.peer_seed, pid, remote)) else {
+        let Some(slot) = self.find_peer(pid, remote) else {
             return false;
         };
         let Some(flow) = self.slots[slot as usize].as_mut() else {
             return false;
         };
-        if flow.key.remote() != remote || flow.process.as_ref().map(|p| p.pid) != Some(pid) {
-            return false; // a 64-bit hash collision
-        }
         let mut c = flow.counters.get();
         c.packets_sent = Some(datagrams);
         // Payload, as for TCP: the 8-byte UDP header of each datagram comes out.
@@ -516,7 +605,7 @@ impl FlowTable {
         state: FlowState,
         now_ns: u64,
     ) -> bool {
-        let Some(&slot) = self.index.get(key) else {
+        let Some(slot) = self.find(key) else {
             return false;
         };
         let Some(flow) = self.slots[slot as usize].as_mut() else {
@@ -576,16 +665,14 @@ impl FlowTable {
     }
 
     fn remove(&mut self, slot: u32) -> Flow {
+        let key = self.slots[slot as usize].as_ref().expect("indexed slot").key;
+        self.unindex_slot(slot, &key);
         let flow = self.slots[slot as usize].take().expect("indexed slot");
-        self.index.remove(&flow.key);
         self.idle[flow.proto_index()].remove(&(flow.last_active_ns, slot));
         if flow.key.proto == Proto::Udp
             && let Some(p) = &flow.process
         {
-            let peer = peer_id(&self.peer_seed, p.pid, flow.key.remote());
-            if self.udp_peers.get(&peer) == Some(&slot) {
-                self.udp_peers.remove(&peer);
-            }
+            self.unindex_peer(slot, p.pid, flow.key.remote());
         }
         self.free.push(slot);
         flow

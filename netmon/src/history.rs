@@ -276,6 +276,7 @@ fn open_migrated(path: &Path) -> Result<Connection, OpenFailure> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "OFF")?;
+        conn.pragma_update(None, "cache_size", -512)?;
         Ok(())
     })();
     if let Err(e) = setup {

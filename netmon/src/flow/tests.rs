@@ -6,13 +6,11 @@ use super::*;
 fn sizes_the_comments_state() {
     use std::mem::size_of;
     assert_eq!(size_of::<FlowKey>(), 44);
-    assert_eq!(size_of::<Packed>(), 40);
+    assert_eq!(size_of::<Packed>(), 32);
     assert_eq!(size_of::<Counters>(), 64);
     assert_eq!(size_of::<(u64, u32)>(), 16);
-    assert_eq!(size_of::<((u32, SocketAddr), u32)>(), 40);
-    assert_eq!(size_of::<(FlowKey, u32)>(), 48);
     assert!(
-        size_of::<Option<Flow>>() <= 112,
+        size_of::<Option<Flow>>() <= 104,
         "{}",
         size_of::<Option<Flow>>()
     );
@@ -283,4 +281,57 @@ fn a_flow_renders_with_the_initiator_as_src() {
         "{}",
         std::mem::size_of::<Flow>()
     );
+}
+
+/// The two indexes hold slot numbers and hash the slot's flow again when they grow:
+/// through growth, removals and slot reuse, every flow stays found by its key and its
+/// UDP peer, and a removed one by neither.
+#[test]
+fn the_indexes_find_every_flow_through_growth_removal_and_reuse() {
+    let mut t = table(100_000);
+    let key = |i: u32| {
+        let proto = if i % 3 == 0 { Proto::Tcp } else { Proto::Udp };
+        let remote = SocketAddr::new([10, 0, (i >> 8) as u8, i as u8].into(), 53);
+        FlowKey::new(proto, 7, addr("10.1.0.1:40000"), remote)
+    };
+    let pid = |i: u32| 100 + i % 7;
+    for i in 0..20_000 {
+        assert!(t.open(open(key(i), pid(i), 1)).new);
+    }
+    for i in (0..20_000).step_by(2) {
+        assert!(t.close(&key(i)).is_some());
+    }
+    for i in 20_000..30_000 {
+        assert!(t.open(open(key(i), pid(i), 2)).new);
+    }
+    assert_eq!(t.len(), 20_000);
+    for i in 0..30_000 {
+        let live = i >= 20_000 || i % 2 == 1;
+        assert_eq!(t.get(&key(i)).is_some(), live, "flow {i}");
+        let remote = key(i).remote();
+        let udp = key(i).proto == Proto::Udp;
+        assert_eq!(t.observe_udp(pid(i), remote, 3 * NS_PER_S, 1, 9), live && udp, "peer {i}");
+    }
+}
+
+/// A UDP flow whose process changes is found under the new process only; of two flows
+/// of one process to one peer, the newest answers for the pair.
+#[test]
+fn a_udp_peer_follows_its_flows_process_and_the_newest_flow_of_a_pair() {
+    let mut t = table(100);
+    let remote = addr("10.0.0.9:53");
+    let a = udp("10.1.0.1:40000", "10.0.0.9:53");
+    t.open(open(a, 100, 1));
+    t.open(open(a, 200, 2));
+    assert!(!t.observe_udp(100, remote, 3 * NS_PER_S, 1, 9));
+    assert!(t.observe_udp(200, remote, 3 * NS_PER_S, 1, 9));
+    let b = udp("10.1.0.1:40001", "10.0.0.9:53");
+    t.open(open(b, 200, 4));
+    assert!(t.observe_udp(200, remote, 5 * NS_PER_S, 2, 18));
+    assert_eq!(t.get(&b).unwrap().counters().packets_sent, Some(2));
+    assert_eq!(t.get(&a).unwrap().counters().packets_sent, Some(1));
+    // Closing the older flow leaves the pair with the newest.
+    t.close(&a);
+    assert!(t.observe_udp(200, remote, 6 * NS_PER_S, 3, 27));
+    assert_eq!(t.get(&b).unwrap().counters().packets_sent, Some(3));
 }

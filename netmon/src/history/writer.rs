@@ -423,7 +423,7 @@ impl Drop for Checkpointer {
 
 /// Ids cached at most (then the caches start over): a few MB, the rest is looked up
 /// in the database's unique indexes.
-const MAX_CACHED: usize = 8192;
+const MAX_CACHED: usize = 2048;
 
 impl Store {
     fn new(conn: Connection, path: &std::path::Path) -> Store {

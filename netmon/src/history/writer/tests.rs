@@ -240,12 +240,13 @@ fn the_checkpointer_moves_the_wal_into_the_file_while_the_writer_keeps_it_open()
         .unwrap();
     assert_eq!(pages, WRITER_CHECKPOINT_PAGES);
     let now = Utc::now().timestamp();
-    let batch: Vec<Arc<Event>> = (0..2_000u16)
+    let batch: Vec<(u64, Arc<Event>)> = (0..2_000u16)
         .map(|i| {
-            Arc::new(at(
+            let event = at(
                 now,
                 close(conn(Direction::Outbound, 30_000 + i, 443), 10, 20),
-            ))
+            );
+            (u64::from(i) + 1, Arc::new(event))
         })
         .collect();
     let size = || std::fs::metadata(&path).unwrap().len();
