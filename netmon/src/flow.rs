@@ -25,8 +25,8 @@
 //! two indexes must change together (split, its invariants would cross files), and
 //! its unit tests below.
 use std::{
-    hash::BuildHasher as _,
     collections::BTreeSet,
+    hash::BuildHasher as _,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };
@@ -252,7 +252,10 @@ impl Flow {
     /// The process and remote endpoint of a UDP flow with a process: its name in
     /// the kernel's `UDP_PEERS` map.
     fn peer(&self) -> Option<(u32, SocketAddr)> {
-        let process = self.process.as_ref().filter(|_| self.key.proto == Proto::Udp)?;
+        let process = self
+            .process
+            .as_ref()
+            .filter(|_| self.key.proto == Proto::Udp)?;
         Some((process.pid, self.key.remote()))
     }
 
@@ -665,7 +668,10 @@ impl FlowTable {
     }
 
     fn remove(&mut self, slot: u32) -> Flow {
-        let key = self.slots[slot as usize].as_ref().expect("indexed slot").key;
+        let key = self.slots[slot as usize]
+            .as_ref()
+            .expect("indexed slot")
+            .key;
         self.unindex_slot(slot, &key);
         let flow = self.slots[slot as usize].take().expect("indexed slot");
         self.idle[flow.proto_index()].remove(&(flow.last_active_ns, slot));

@@ -290,7 +290,11 @@ fn a_flow_renders_with_the_initiator_as_src() {
 fn the_indexes_find_every_flow_through_growth_removal_and_reuse() {
     let mut t = table(100_000);
     let key = |i: u32| {
-        let proto = if i % 3 == 0 { Proto::Tcp } else { Proto::Udp };
+        let proto = if i.is_multiple_of(3) {
+            Proto::Tcp
+        } else {
+            Proto::Udp
+        };
         let remote = SocketAddr::new([10, 0, (i >> 8) as u8, i as u8].into(), 53);
         FlowKey::new(proto, 7, addr("10.1.0.1:40000"), remote)
     };
@@ -305,12 +309,16 @@ fn the_indexes_find_every_flow_through_growth_removal_and_reuse() {
         assert!(t.open(open(key(i), pid(i), 2)).new);
     }
     assert_eq!(t.len(), 20_000);
-    for i in 0..30_000 {
-        let live = i >= 20_000 || i % 2 == 1;
+    for i in 0..30_000u32 {
+        let live = i >= 20_000 || !i.is_multiple_of(2);
         assert_eq!(t.get(&key(i)).is_some(), live, "flow {i}");
         let remote = key(i).remote();
         let udp = key(i).proto == Proto::Udp;
-        assert_eq!(t.observe_udp(pid(i), remote, 3 * NS_PER_S, 1, 9), live && udp, "peer {i}");
+        assert_eq!(
+            t.observe_udp(pid(i), remote, 3 * NS_PER_S, 1, 9),
+            live && udp,
+            "peer {i}"
+        );
     }
 }
 
