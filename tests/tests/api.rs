@@ -489,6 +489,82 @@ fn resume_from_the_history_beyond_the_ring_misses_nothing_and_repeats_nothing() 
     assert!(status.success());
 }
 
+/// `since=` as a time: the stream starts with the first event at or after it, from the
+/// history (further back than the ring) and then the ring, nothing before it; `since=1h`
+/// reaches back to the start.
+#[test]
+fn since_a_time_starts_at_that_time_from_the_history_then_the_ring() {
+    require_root!();
+    let _ns = NetNs::new();
+    let scratch = Scratch::reserve("api-since-time");
+    let db = scratch.0.join("h.db").to_string_lossy().into_owned();
+    let agent = Agent::start("since-time", &["--history", &db]);
+    let port = free_port();
+    let (before, after) = (3, 600);
+    let server = serve(port, before + after);
+    let mut clients = Vec::new();
+    connections(port, before, &mut clients);
+    thread::sleep(Duration::from_millis(1_100));
+    // A whole second at most 1 s back: still after the first connections.
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    let mark = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    // Far more events than the ring (1024) holds.
+    connections(port, after, &mut clients);
+    server.join().unwrap();
+    let want_after: BTreeSet<u64> = clients[before..].iter().copied().collect();
+    let want_all: BTreeSet<u64> = clients.iter().copied().collect();
+    let read = |since: &str, want: &BTreeSet<u64>| {
+        let sse = agent.stream(&format!("/api/v1/events?port={port}&since={since}"), &[]);
+        let frames = sse.read_until(Duration::from_secs(60), |f| {
+            closed_clients(&events(f), port).len() >= want.len()
+        });
+        assert!(
+            frames.iter().all(|f| f.event.is_none()),
+            "since={since}: nothing is missed, so no lagged: {:?}",
+            frames.iter().find(|f| f.event.is_some())
+        );
+        conn_events(&events(&frames), port)
+    };
+    let got = read(&mark, &want_after);
+    assert!(
+        got.iter().any(|(_, b, _)| b == "history"),
+        "since={mark}: none replayed from the history"
+    );
+    for kind in ["connect", "close"] {
+        let ports: Vec<u64> = got
+            .iter()
+            .filter(|(k, _, _)| k == kind)
+            .map(|(_, _, p)| *p)
+            .collect();
+        let unique: BTreeSet<u64> = ports.iter().copied().collect();
+        assert_eq!(ports.len(), unique.len(), "a {kind} came twice");
+        assert_eq!(
+            unique, want_after,
+            "since={mark}: the {kind}s after the mark, only they"
+        );
+    }
+    let got = read("1h", &want_all);
+    let connects: BTreeSet<u64> = got
+        .iter()
+        .filter(|(k, _, _)| k == "connect")
+        .map(|(_, _, p)| *p)
+        .collect();
+    assert_eq!(connects, want_all, "since=1h: every connect");
+    // A bad value names the parameter.
+    let (status, body) = agent.get("/api/v1/events?since=yesterday");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("since"), "{body}");
+    let (status, _) = agent.netmon.stop();
+    assert!(status.success());
+}
+
 #[test]
 fn a_client_that_asks_for_more_than_the_ring_gets_lagged_with_the_count() {
     require_root!();

@@ -149,6 +149,18 @@ impl Ring {
         Missed(missed)
     }
 
+    /// Where a stream that starts at time `t` begins in the ring: `Some(id)` of the
+    /// first item at or after `t` when the ring holds an older one (so nothing at or
+    /// after `t` is missing before it); `None` when `t` is older than the ring (or
+    /// the ring is empty): the start is further back, or not kept.
+    pub fn first_at(&self, t: chrono::DateTime<chrono::Utc>) -> Option<u64> {
+        if self.items.front()?.ts >= t {
+            return None;
+        }
+        let start = self.items.partition_point(|i| i.ts < t);
+        Some(self.items.get(start).map_or(self.next_id(), |i| i.id))
+    }
+
     /// Items from the newest back, for the recent buffers.
     pub fn iter_rev(&self) -> impl Iterator<Item = &Arc<Item>> {
         self.items.iter().rev()
@@ -237,6 +249,31 @@ mod tests {
                 last_seen: None,
             }),
         }
+    }
+
+    #[test]
+    fn a_time_is_found_in_the_ring_only_when_the_ring_reaches_back_to_it() {
+        let (feed, mut pump) = start(3, 0);
+        let t0: chrono::DateTime<chrono::Utc> = "2026-12-07T10:00:00Z".parse().unwrap();
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        for id in 1..=5 {
+            let ev = Event {
+                ts: at(id as i64 * 10),
+                ..stats_event()
+            };
+            pump.push(id, &ev);
+        }
+        // Ids 3, 4, 5 at +30 s, +40 s, +50 s are kept.
+        let ring = lock(&feed.events);
+        assert_eq!(ring.first_at(at(35)), Some(4));
+        assert_eq!(ring.first_at(at(40)), Some(4));
+        assert_eq!(ring.first_at(at(31)), Some(4));
+        // After the newest: the next event.
+        assert_eq!(ring.first_at(at(60)), Some(6));
+        // At or before the oldest kept: older events may exist elsewhere.
+        assert_eq!(ring.first_at(at(30)), None);
+        assert_eq!(ring.first_at(at(5)), None);
+        assert_eq!(Ring::new(3).first_at(at(5)), None);
     }
 
     #[test]

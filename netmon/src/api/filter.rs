@@ -2,6 +2,8 @@
 //! `since=`), checked: a bad value is a 400 that names the parameter. Pure.
 use std::{collections::HashMap, net::IpAddr};
 
+use chrono::{DateTime, Utc};
+
 use super::feed::{Item, Keys};
 
 /// Every `type` an event can have (docs/events.md).
@@ -151,23 +153,40 @@ fn param_name(k: &str) -> &'static str {
         .unwrap_or("(unknown)")
 }
 
-/// A resume point: `since=` (an event id) or the `Last-Event-ID` header; the
-/// parameter wins.
+/// Where a stream resumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// After this event id (`since=<id>`, `Last-Event-ID`).
+    After(u64),
+    /// With the first event at or after this time (`since=10m`, `since=2026-12-01T10:00Z`).
+    At(DateTime<Utc>),
+}
+
+/// A resume point: `since=` (an event id, a span back from `now` such as `10m`, or a
+/// UTC time) or the `Last-Event-ID` header; the parameter wins.
 pub fn resume_from(
     q: &HashMap<String, String>,
     last_event_id: Option<&str>,
-) -> Result<Option<u64>, BadParam> {
+    now: DateTime<Utc>,
+) -> Result<Option<Resume>, BadParam> {
     if let Some(s) = q.get("since") {
-        return s
-            .parse()
-            .map(Some)
-            .map_err(|_| bad("since", "not an event id (a whole number)"));
+        if let Ok(id) = s.trim().parse() {
+            return Ok(Some(Resume::After(id)));
+        }
+        return crate::query::parse_time(s, now)
+            .map(|t| Some(Resume::At(t)))
+            .map_err(|why| {
+                bad(
+                    "since",
+                    format!("not an event id, a span (10m) or a time (2026-12-01T10:00Z): {why}"),
+                )
+            });
     }
     match last_event_id {
         Some(s) => s
             .trim()
             .parse()
-            .map(Some)
+            .map(|id| Some(Resume::After(id)))
             .map_err(|_| bad("Last-Event-ID", "not an event id (a whole number)")),
         None => Ok(None),
     }
@@ -217,14 +236,28 @@ mod tests {
         assert_eq!(e(&[("port", "70000")]), "port");
         assert_eq!(e(&[("bogus\x1b[31m", "1")]), "(unknown)");
         assert!(Filter::parse(&q(&[("since", "3")]), &["since"]).is_ok());
+    }
+
+    #[test]
+    fn since_is_an_event_id_a_span_or_a_time_and_wins_over_the_header() {
+        let now: DateTime<Utc> = "2026-12-07T10:00:00Z".parse().unwrap();
+        let r = |pairs: &[(&str, &str)], h: Option<&str>| resume_from(&q(pairs), h, now);
+        assert_eq!(r(&[("since", "x")], None).unwrap_err().param, "since");
+        assert_eq!(r(&[("since", "-5")], None).unwrap_err().param, "since");
+        assert_eq!(r(&[], Some("1h")).unwrap_err().param, "Last-Event-ID");
+        assert_eq!(r(&[], Some("17")).unwrap(), Some(Resume::After(17)));
+        assert_eq!(r(&[], None).unwrap(), None);
         assert_eq!(
-            resume_from(&q(&[("since", "x")]), None).unwrap_err().param,
-            "since"
+            r(&[("since", "5")], Some("17")).unwrap(),
+            Some(Resume::After(5))
         );
-        assert_eq!(resume_from(&q(&[]), Some("17")).unwrap(), Some(17));
         assert_eq!(
-            resume_from(&q(&[("since", "5")]), Some("17")).unwrap(),
-            Some(5)
+            r(&[("since", "10m")], Some("17")).unwrap(),
+            Some(Resume::At("2026-12-07T09:50:00Z".parse().unwrap()))
+        );
+        assert_eq!(
+            r(&[("since", "2026-12-07T08:30Z")], None).unwrap(),
+            Some(Resume::At("2026-12-07T08:30:00Z".parse().unwrap()))
         );
     }
 }

@@ -46,6 +46,18 @@ pub enum Step {
     Wait,
 }
 
+/// The number of the first event at or after `t` in the history at `path` (`None`:
+/// none that late, or the file cannot be read).
+pub async fn first_at(path: PathBuf, t: chrono::DateTime<chrono::Utc>) -> Option<u64> {
+    let ts_ns = t.timestamp_nanos_opt()?;
+    tokio::task::spawn_blocking(move || {
+        let conn = crate::history::open_reader(&path).ok()?;
+        crate::history::replay::first_seq_at(&conn, ts_ns).ok()?
+    })
+    .await
+    .ok()?
+}
+
 impl History {
     pub fn new(path: PathBuf, settled: Arc<crate::history::Counters>) -> History {
         History {

@@ -5,6 +5,9 @@
 //!
 //! Resume with `Last-Event-ID` or `since=<id>`: the stream starts after that id, from
 //! the ring, or from the history when the ring no longer holds it (`api/replay.rs`).
+//! `since=10m` or `since=2026-12-01T10:00Z` starts with the first event at or after
+//! that time that the ring or the history holds (nothing older is announced as
+//! `lagged`: a time does not say how many events came before the oldest kept).
 //! Without either, it starts with the next event. The number of streams is capped.
 use std::{
     collections::{HashMap, VecDeque},
@@ -26,7 +29,7 @@ use tokio::sync::watch;
 use super::{
     AppState, Shared, bad_request, error,
     feed::{self, Item, Missed},
-    filter::{self, Filter},
+    filter::{self, Filter, Resume},
     last_event_id,
     replay::{self, History},
 };
@@ -154,7 +157,7 @@ pub(super) async fn events(
         Ok(f) => f,
         Err(e) => return bad_request(e),
     };
-    let resume = match filter::resume_from(&q, last_event_id(&headers)) {
+    let resume = match filter::resume_from(&q, last_event_id(&headers), chrono::Utc::now()) {
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
@@ -169,8 +172,15 @@ pub(super) async fn events(
         );
     }
     let latest = s.feed.latest.clone();
-    let oldest = feed::lock(&s.feed.events).first_id().unwrap_or(1);
-    let from = start_at(resume, *latest.borrow(), oldest);
+    let latest_id = *latest.borrow();
+    let from = match resume {
+        Some(Resume::At(t)) => start_at_time(&s, t, latest_id).await,
+        Some(Resume::After(id)) => {
+            let oldest = feed::lock(&s.feed.events).first_id().unwrap_or(1);
+            start_at(Some(id), latest_id, oldest)
+        }
+        None => latest_id + 1,
+    };
     let history = s
         .history
         .clone()
@@ -192,6 +202,25 @@ pub(super) async fn events(
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
+}
+
+/// Where a stream that starts at time `t` begins: in the ring when it reaches back to
+/// `t`, else at the history's first event at or after `t`, else at the ring's oldest
+/// (or the next event, the ring being empty).
+async fn start_at_time(s: &Shared, t: chrono::DateTime<chrono::Utc>, latest: u64) -> u64 {
+    let (in_ring, oldest) = {
+        let ring = feed::lock(&s.feed.events);
+        (ring.first_at(t), ring.first_id().unwrap_or(latest + 1))
+    };
+    if let Some(id) = in_ring {
+        return id;
+    }
+    match &s.history {
+        Some(path) => replay::first_at(path.clone(), t)
+            .await
+            .map_or(oldest, |id| id.min(oldest)),
+        None => oldest,
+    }
 }
 
 /// Counts a new stream unless the cap is reached.

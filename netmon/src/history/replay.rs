@@ -43,6 +43,18 @@ pub fn first_seq(conn: &Connection) -> rusqlite::Result<Option<u64>> {
     .map(|n| n.map(|n| n.max(0) as u64))
 }
 
+/// The number of the first numbered event at or after `ts_ns` (Unix nanoseconds), on
+/// the `ts` index; `None` when the history holds none that late.
+pub fn first_seq_at(conn: &Connection, ts_ns: i64) -> rusqlite::Result<Option<u64>> {
+    conn.query_row(
+        "SELECT seq FROM events WHERE ts >= ?1 AND seq IS NOT NULL ORDER BY ts, seq LIMIT 1",
+        [ts_ns],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map(|n| n.map(|n| n.max(0) as u64))
+}
+
 /// Up to `limit` events numbered `from..before`, in order, each with its number;
 /// `host` is the `host` of the rebuilt events (this agent's). A row that cannot be
 /// rebuilt (written by a netmon that knew other types) is left out.
