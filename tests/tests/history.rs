@@ -528,3 +528,44 @@ fn an_old_hosts_json_is_imported_once() {
             .contains("10.77.0.6")
     );
 }
+
+/// Without `--history` or `--no-history`, `netmon run` keeps a history: here at the
+/// `[history] path` of a config (the default, /var/lib/netmon/netmon.db, is shared by
+/// the machine's own runs), created 0600 in a 0700 directory, with the run's events.
+#[test]
+fn the_history_is_on_by_default_private_and_filled() {
+    require_root!();
+    let scratch = Scratch::new("history-default");
+    let dir = scratch.0.join("lib");
+    let db = dir.join("netmon.db");
+    let config = ConfigFile::new(&format!("[history]\npath = \"{}\"\n", db.display()));
+    let _ns = NetNs::new();
+    let port = free_port();
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let server = serve(listener, 10, 1);
+    let netmon = Netmon::try_start_default_history(
+        &[],
+        &netmon_bin(),
+        &netmon_tests::backend(),
+        &["--config", &config.arg()],
+    )
+    .expect("netmon run starts");
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(&[b'q'; 1000]).unwrap();
+    let mut reply = Vec::new();
+    c.read_to_end(&mut reply).unwrap();
+    drop(c);
+    server.join().unwrap();
+    thread::sleep(Duration::from_millis(1_500));
+    let (status, _) = netmon.stop();
+    assert!(status.success());
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "the directory");
+    assert_eq!(mode(&db), 0o600, "the file");
+    let closes = sqlite3(
+        &db,
+        &format!("SELECT count(*) FROM events WHERE type = 'close' AND dst_port = {port}"),
+    );
+    assert!(closes.parse::<u32>().unwrap() >= 1, "closes kept: {closes}");
+}
