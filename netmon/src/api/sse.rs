@@ -162,7 +162,7 @@ fn render(buf: &mut Vec<u8>, o: &Out) {
             let _ = write!(buf, "event: lagged\ndata: {{\"missed\":{n}}}\n\n");
         }
         Out::Item(it) => {
-            let _ = write!(buf, "id: {}\n", it.id);
+            let _ = writeln!(buf, "id: {}", it.id);
             // JSON escapes every control character, so this is one line; were it
             // not, each line would be a `data:` line, as SSE wants.
             for line in it.json.split(['\n', '\r']) {
