@@ -1241,3 +1241,45 @@ fn an_agent_without_history_says_so() {
     let (status, _) = agent.netmon.stop();
     assert!(status.success());
 }
+
+/// The nice value of `pid`'s thread named `comm` (field 19 of its `stat`).
+fn thread_nice(pid: u32, comm: &str) -> Option<i64> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+        let (head, rest) = stat.rsplit_once(") ")?;
+        if head.split_once(" (")?.1 != comm {
+            continue;
+        }
+        // Fields after the name start at 3 (state); nice is field 19.
+        return rest.split_whitespace().nth(19 - 3)?.parse().ok();
+    }
+    None
+}
+
+/// The API thread runs at `--api-nice` (19 by default) and the event loop at netmon's
+/// own priority; a value outside 0–19 is refused.
+#[test]
+fn the_api_thread_yields_to_the_workload_by_its_nice_value() {
+    require_root!();
+    let _ns = NetNs::new();
+    let agent = Agent::start("nice", &[]);
+    let pid = agent.netmon.pid();
+    assert_eq!(thread_nice(pid, "netmon-api"), Some(19));
+    assert_eq!(thread_nice(pid, "netmon"), Some(0), "the event loop");
+    let (status, _) = agent.netmon.stop();
+    assert!(status.success());
+    let agent = Agent::start("nice0", &["--api-nice", "0"]);
+    assert_eq!(thread_nice(agent.netmon.pid(), "netmon-api"), Some(0));
+    let (status, _) = agent.netmon.stop();
+    assert!(status.success());
+    let out = Command::new(netmon_bin())
+        .args(["run", "--api-nice", "20"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--api-nice") && err.contains("0..=19"),
+        "{err}"
+    );
+}

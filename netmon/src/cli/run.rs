@@ -105,6 +105,12 @@ pub struct RunArgs {
     /// about 1 KiB each (kept as the JSON sent).
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
     pub api_replay: u64,
+    /// The API thread's nice value (0–19). By default 19: on a saturated machine the
+    /// API yields to the workload and to netmon's event loop, and streams that fall
+    /// behind get `lagged` with the exact count; 0 serves observers at the workload's
+    /// priority.
+    #[arg(long, value_name = "N", default_value_t = crate::api::DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub api_nice: i32,
     /// Serve the API's `/metrics` without the token (for Prometheus scrapers that have
     /// none); every other endpoint still needs it. Off by default.
     #[arg(long)]
@@ -175,6 +181,7 @@ fn api_config(args: &RunArgs) -> Result<Option<crate::api::ApiConfig>> {
         },
         max_streams: args.api_max_streams as usize,
         replay: args.api_replay as usize,
+        nice: args.api_nice,
         explicit: !args.api.is_empty()
             || args.api_token_file != std::path::Path::new(crate::api::auth::DEFAULT_TOKEN_FILE),
         metrics_open: args.api_metrics_open,
