@@ -1,6 +1,7 @@
 //! `netmon top`: a live terminal UI over the event stream of the in-process pipeline
-//! or of one or more agents. `app.rs` holds the state (pure), `ui.rs` + `ui/` draw it
-//! (pure), `source.rs` brings the messages, `terminal.rs` owns the terminal. This file
+//! or of one or more agents. `app.rs` holds the state (pure), `past.rs` the time
+//! cursor's window and rows (pure), `ui.rs` + `ui/` draw it (pure), `source.rs` brings
+//! the messages and asks the agents' history, `terminal.rs` owns the terminal. This file
 //! is the loop that ties them: read what the source has, tick once a second, draw at
 //! most every [`FRAME`] (and on a key or a resize), handle keys.
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use anyhow::{Context as _, Result};
 use crossterm::event::{self, Event as TermEvent, KeyCode, KeyEventKind, KeyModifiers};
 
 pub mod app;
+pub mod past;
 pub mod source;
 pub mod terminal;
 pub mod ui;
@@ -28,6 +30,12 @@ pub fn run(mut app: App, mut source: Source) -> Result<()> {
     let theme = ui::Theme::from_env();
     let mut guard = terminal::Guard::enter()?;
     let local = source.local();
+    if local {
+        app.no_history = Some(
+            "no history in-process: watch an agent (sudo netmon run; netmon top) to move back in time".into(),
+        );
+        app.set_cursor(None);
+    }
     if !local {
         app.interfaces_note = Some(
             "Agents do not send interface counters yet; run `sudo netmon top` on the host.".into(),
@@ -54,6 +62,9 @@ pub fn run(mut app: App, mut source: Source) -> Result<()> {
         if ended {
             drop(guard);
             anyhow::bail!("the event source stopped (netmon was told to stop, or lost its agents)");
+        }
+        if let Some(window) = app.take_history_request() {
+            source.ask_history(window);
         }
         let now = Instant::now();
         if now >= next_tick {

@@ -5,8 +5,9 @@
 //! against SSE servers this test runs on loopback (serving recorded netmon JSON lines
 //! in the agreed `GET /api/v1/events` format): two agents merged, one killed shows
 //! unreachable and then reconnects with `Last-Event-ID`, a wrong token and a server
-//! that is not netmon each get one clear line. Without privileges and no agent: one
-//! line, non-zero exit.
+//! that is not netmon each get one clear line. Against a real agent with a history:
+//! `--since 5m` shows its connections from the history, `]` is live again. Without
+//! privileges and no agent: one line, non-zero exit.
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
@@ -529,4 +530,71 @@ fn top_merges_agents_reconnects_and_names_bad_ones() {
     for srv in [alpha, wrong, html] {
         srv.kill();
     }
+}
+
+/// The time cursor against a real agent with a history: `--since 5m` shows the
+/// Connections of the last five minutes from the agent's history (its per-minute
+/// totals: the peer, its connection count), `]` returns to live.
+#[test]
+fn top_since_shows_the_agents_history_and_right_bracket_returns_to_live() {
+    require_root!();
+    let _ns = NetNs::new();
+    let scratch = netmon_tests::Scratch::new("top-history");
+    let db = scratch.0.join("h.db").to_string_lossy().into_owned();
+    let token_file = scratch.0.join("api.token").to_string_lossy().into_owned();
+    let api_port = netmon_tests::free_port();
+    let api = format!("127.0.0.1:{api_port}");
+    let agent = netmon_tests::Netmon::start(&[
+        "--history",
+        &db,
+        "--api",
+        &api,
+        "--api-token-file",
+        &token_file,
+    ]);
+    // Seven connections to a peer port: one per-minute row of 7 connections.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer_port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        for _ in 0..7 {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut b = [0u8; 16];
+            let _ = s.read(&mut b);
+        }
+    });
+    for _ in 0..7 {
+        let mut c = TcpStream::connect(("127.0.0.1", peer_port)).unwrap();
+        c.write_all(b"ping").unwrap();
+    }
+    server.join().unwrap();
+    // The writer commits every 0.5 s.
+    thread::sleep(Duration::from_millis(1_500));
+    let tmux = Tmux::start(
+        "history",
+        160,
+        40,
+        &top_cmd(&format!(
+            "--agent http://{api} --token-file {token_file} --since 5m"
+        )),
+        &[],
+    );
+    tmux.keys(&["3"]);
+    let peer = format!("127.0.0.1:{peer_port}");
+    let s = tmux.wait("the history's connections", Duration::from_secs(10), |s| {
+        s.contains("HISTORY") && s.contains(&peer)
+    });
+    let row = s.lines().find(|l| l.contains(&peer)).unwrap();
+    assert!(row.contains("7 conn"), "{s}");
+    assert!(!s.contains("asking"), "{s}");
+    // Live again: the footer's HISTORY is gone.
+    tmux.keys(&["]"]);
+    tmux.wait("live again", Duration::from_secs(5), |s| {
+        !s.contains("HISTORY")
+    });
+    tmux.keys(&["q"]);
+    tmux.wait("a clean exit", Duration::from_secs(5), |s| {
+        s.contains("TOP-EXIT=0")
+    });
+    let (status, _) = agent.stop();
+    assert!(status.success());
 }

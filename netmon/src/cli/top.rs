@@ -36,6 +36,12 @@ pub struct TopArgs {
     /// deployment's (see docs/api.md); default: the system's CA certificates.
     #[arg(long, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
+    /// Start with the time cursor this far back (`2h`, `30m`) or at this UTC time
+    /// (`2026-12-01T10:00Z`): Processes, Connections and Alerts show the 5 minutes
+    /// from then on, from the agents' history; `[`/`]` move it 5 minutes, and `]`
+    /// up to now is live again.
+    #[arg(long, value_name = "SPAN|TIME")]
+    pub since: Option<String>,
     /// Trace in-process even if a local agent answers (needs root).
     #[arg(long, conflicts_with = "agent")]
     pub in_process: bool,
@@ -52,6 +58,12 @@ pub fn run(args: TopArgs) -> Result<ExitCode> {
             "netmon top needs a terminal: stdout is not one (run it in a terminal; for a stream use `netmon run`)"
         );
     }
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| crate::query::parse_time(s, chrono::Utc::now()))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
     let agents = if !args.agent.is_empty() {
         args.agent.clone()
     } else if !args.in_process && local_agent_answers() {
@@ -79,11 +91,15 @@ pub fn run(args: TopArgs) -> Result<ExitCode> {
             .collect();
         let (rx, clients) = agent::start(specs).context("cannot start the agent clients")?;
         let labels = agents.iter().map(|a| crate::escape::remote(a)).collect();
-        tui::run(
-            App::new(labels, Caps::default()),
-            Source::Agents(rx, clients),
-        )?;
+        let mut app = App::new(labels, Caps::default());
+        app.set_cursor(since);
+        tui::run(app, Source::Agents(rx, clients))?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if since.is_some() {
+        bail!(
+            "--since needs an agent's history: start an agent (`sudo netmon run`) and run `netmon top --since …`, or watch one with --agent URL"
+        );
     }
     if crate::system::check_privileges().is_err() {
         bail!(

@@ -19,6 +19,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 
+use super::past::{self, Past, Which, Window};
 use crate::{
     escape,
     event::{Connection, Event, EventBody, ProcessInfo, Proto, Severity},
@@ -155,6 +156,12 @@ pub enum Msg {
     },
     /// Per-interface byte counters read locally (`/proc/net/dev`).
     Interfaces(Vec<IfaceCounters>),
+    /// An agent's history for a window of the time cursor (or why it has none).
+    Past {
+        agent: usize,
+        window: Window,
+        answer: Result<past::Answer, String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -323,7 +330,7 @@ pub struct Row {
 }
 
 impl Row {
-    fn new(cells: Vec<(String, SortKey)>) -> Row {
+    pub(super) fn new(cells: Vec<(String, SortKey)>) -> Row {
         // The cells lowercased, space-separated, in one allocation (rows are rebuilt
         // by the thousand).
         let mut haystack = String::with_capacity(cells.iter().map(|(c, _)| c.len() + 1).sum());
@@ -388,6 +395,15 @@ pub struct App {
     pub detail: bool,
     /// Where the Interfaces view's figures come from, when not read locally.
     pub interfaces_note: Option<String>,
+    /// The time cursor: the window of the past that Processes, Connections and
+    /// Alerts show (`None`: live).
+    pub past: Option<Past>,
+    /// Why the source has no history to move back in (in-process tracing), if so.
+    pub no_history: Option<String>,
+    /// One line for the footer until the next key (e.g. why `[` cannot go back).
+    pub notice: Option<String>,
+    /// A window to ask the agents for, taken by the loop (`take_history_request`).
+    history_request: Option<Window>,
     frozen: Option<Vec<Vec<Row>>>,
     processes: HashMap<ProcKey, ProcRow>,
     flows: HashMap<FlowKey, FlowRow>,
@@ -418,6 +434,10 @@ impl App {
             help: false,
             detail: false,
             interfaces_note: None,
+            past: None,
+            no_history: None,
+            notice: None,
+            history_request: None,
             frozen: None,
             processes: HashMap::new(),
             flows: HashMap::new(),
@@ -450,7 +470,59 @@ impl App {
                 }
             }
             Msg::Interfaces(counters) => self.interfaces(counters),
+            Msg::Past {
+                agent,
+                window,
+                answer,
+            } => {
+                if let Some(p) = &mut self.past {
+                    p.answer(agent, window, answer);
+                }
+            }
         }
+    }
+
+    /// Moves the time cursor to the window from `since` on; at or after now, back to
+    /// live. The window is then asked of the agents (see `take_history_request`).
+    pub fn set_cursor(&mut self, since: Option<DateTime<Utc>>) {
+        match since {
+            Some(t) if t < self.now && self.no_history.is_none() => {
+                let w = Window::starting(t);
+                self.past = Some(Past::new(w, self.agents.len()));
+                self.history_request = Some(w);
+            }
+            _ => {
+                self.past = None;
+                self.history_request = None;
+            }
+        }
+        for st in &mut self.views {
+            st.selected = 0;
+        }
+    }
+
+    /// The window the agents are to be asked for, once.
+    pub fn take_history_request(&mut self) -> Option<Window> {
+        self.history_request.take()
+    }
+
+    /// The host column's text per agent: its host name once known, else its label.
+    pub fn host_labels(&self) -> Vec<String> {
+        self.agents
+            .iter()
+            .map(|a| a.host.clone().unwrap_or_else(|| a.label.clone()))
+            .collect()
+    }
+
+    /// Rows of `view` from the time cursor's window, when it is set and applies.
+    fn past_rows(&self, view: View) -> Option<Vec<Row>> {
+        let p = self.past.as_ref()?;
+        let hosts = self.host_labels();
+        Some(match past_view(view)? {
+            Which::Processes => p.process_rows(&hosts),
+            Which::Connections => p.connection_rows(&hosts),
+            Which::Alerts => p.alert_rows(&hosts),
+        })
     }
 
     /// One event of agent `agent` (its index in the list given to [`App::new`]).
@@ -796,6 +868,9 @@ impl App {
 
     /// The rows of `view`, before filter and sort (frozen while paused).
     pub fn rows(&self, view: View) -> Vec<Row> {
+        if let Some(rows) = self.past_rows(view) {
+            return rows;
+        }
         if let Some(frozen) = &self.frozen {
             return frozen[view.index()].clone();
         }
@@ -804,6 +879,9 @@ impl App {
 
     /// How many rows `view` has before the filter (cheaper than [`App::rows`]).
     pub fn count(&self, view: View) -> usize {
+        if let (Some(p), Some(which)) = (&self.past, past_view(view)) {
+            return p.count(which);
+        }
         if let Some(frozen) = &self.frozen {
             return frozen[view.index()].len();
         }
@@ -1066,6 +1144,7 @@ impl App {
             };
         }
         let ncols = self.view.columns().len();
+        self.notice = None;
         match key {
             Key::Char('q') => return KeyOutcome::Quit,
             Key::Char('?') | Key::Char('h') => self.help = true,
@@ -1090,6 +1169,21 @@ impl App {
                 self.filter.clear();
             }
             Key::Char('p') | Key::Char(' ') => self.pause(!self.paused),
+            Key::Char('[') if self.no_history.is_some() => {
+                self.notice = self.no_history.clone();
+            }
+            Key::Char('[') => {
+                let since = self.past.as_ref().map_or(self.now, |p| p.window.since);
+                self.set_cursor(Some(since - chrono::Duration::minutes(past::STEP_MIN)));
+            }
+            Key::Char(']') => {
+                // Forward 5 minutes; a window that would reach past now is live.
+                if let Some(p) = &self.past {
+                    let since = p.window.until;
+                    let live = since + chrono::Duration::minutes(past::STEP_MIN) > self.now;
+                    self.set_cursor((!live).then_some(since));
+                }
+            }
             Key::Enter if self.view == View::Alerts => self.detail = !self.detail,
             Key::Up | Key::Char('k') => self.scroll(-1),
             Key::Down | Key::Char('j') => self.scroll(1),
@@ -1145,6 +1239,16 @@ impl FlowRow {
 }
 
 /// Keeps the `cap` entries of `map` with the newest `when`.
+/// The view's part in the time cursor, if it has one.
+fn past_view(view: View) -> Option<Which> {
+    match view {
+        View::Processes => Some(Which::Processes),
+        View::Connections => Some(Which::Connections),
+        View::Alerts => Some(Which::Alerts),
+        _ => None,
+    }
+}
+
 fn cap_by<K: Clone + Eq + std::hash::Hash, V>(
     map: &mut HashMap<K, V>,
     cap: usize,

@@ -44,6 +44,18 @@ impl Source {
         }
     }
 
+    /// Asks the agents' history for the time cursor's `window`; false when this
+    /// source has none (in-process tracing keeps no history).
+    pub fn ask_history(&self, window: super::past::Window) -> bool {
+        match self {
+            Source::Agents(_, clients) => {
+                clients.ask(window);
+                true
+            }
+            Source::InProcess(_) | Source::Fixed(_) => false,
+        }
+    }
+
     /// True when the Interfaces view can read this machine's counters (the source
     /// traces this machine).
     pub fn local(&self) -> bool {

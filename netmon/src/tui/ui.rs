@@ -106,6 +106,15 @@ fn draw_footer(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     if app.paused {
         spans.push(Span::styled("PAUSED ", theme.bad()));
     }
+    if let Some(p) = &app.past {
+        spans.push(Span::styled(
+            format!("{} | ", p.status(&app.host_labels(), app.now())),
+            theme.bad(),
+        ));
+    }
+    if let Some(n) = &app.notice {
+        spans.push(Span::styled(format!("{n} | "), theme.bad()));
+    }
     if app.editing_filter || !app.filter.is_empty() {
         let cursor = if app.editing_filter { "_" } else { "" };
         spans.push(Span::styled(
@@ -130,6 +139,8 @@ fn draw_help(frame: &mut Frame, area: Rect, theme: Theme) {
         "/                      filter (process, address, port, name);",
         "                       Enter keeps it, Esc clears it",
         "p or space             pause / resume the lists",
+        "[ / ]                  5 minutes back / forward in the agents'",
+        "                       history (Processes, Connections, Alerts)",
         "Up/Down, PgUp/PgDn     scroll; Home/End",
         "Enter (Alerts)         the alert's details and sample flows",
         "q                      quit",

@@ -7,6 +7,10 @@
 //!
 //! Runs its own current-thread tokio runtime on one thread; the UI reads a bounded
 //! channel, and what does not fit is counted as skipped, never waited for.
+//!
+//! The time cursor's windows ([`Clients::ask`]) are asked of every agent's history
+//! (`/api/v1/history/flows` and `/alerts`) on the same runtime; each answer, or why
+//! there is none, comes back as a [`Msg::Past`].
 use std::{
     sync::{Arc, mpsc as std_mpsc},
     thread::JoinHandle,
@@ -20,7 +24,11 @@ use super::sse::Parser;
 use crate::{
     client::{self, AgentUrl},
     event::Event,
-    tui::app::{AgentStatus, Msg},
+    query::{AlertRow, FlowRow},
+    tui::{
+        app::{AgentStatus, Msg},
+        past::{self, Window},
+    },
 };
 
 /// Messages waiting for the UI before a client counts what it drops.
@@ -29,6 +37,8 @@ const QUEUE: usize = 65_536;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Time allowed for one history answer.
+const HISTORY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// One agent to watch.
 #[derive(Clone)]
@@ -42,11 +52,20 @@ pub struct AgentSpec {
 /// The clients' thread (it lives as long as the process).
 pub struct Clients {
     _thread: JoinHandle<()>,
+    ask: tokio::sync::mpsc::UnboundedSender<Window>,
+}
+
+impl Clients {
+    /// Asks every agent's history for `window`; the answers come as [`Msg::Past`].
+    pub fn ask(&self, window: Window) {
+        let _ = self.ask.send(window);
+    }
 }
 
 /// Starts a client per agent; agent `i` of the messages is `agents[i]`.
 pub fn start(agents: Vec<AgentSpec>) -> std::io::Result<(std_mpsc::Receiver<Msg>, Clients)> {
     let (tx, rx) = std_mpsc::sync_channel(QUEUE);
+    let (ask, mut asked) = tokio::sync::mpsc::unbounded_channel::<Window>();
     let thread = std::thread::Builder::new()
         .name("agents".into())
         .spawn(move || {
@@ -58,14 +77,38 @@ pub fn start(agents: Vec<AgentSpec>) -> std::io::Result<(std_mpsc::Receiver<Msg>
             };
             runtime.block_on(async move {
                 let mut tasks = tokio::task::JoinSet::new();
-                for (i, spec) in agents.into_iter().enumerate() {
+                for (i, spec) in agents.iter().cloned().enumerate() {
                     tasks.spawn(watch(i, spec, tx.clone()));
                 }
+                // The time cursor's questions: each window of every agent on a task
+                // of its own, so a slow agent holds up no other.
+                let history_tx = tx.clone();
+                tasks.spawn(async move {
+                    while let Some(window) = asked.recv().await {
+                        for (i, spec) in agents.iter().cloned().enumerate() {
+                            let tx = history_tx.clone();
+                            tokio::spawn(async move {
+                                let answer = history(&spec, window).await;
+                                let _ = tx.try_send(Msg::Past {
+                                    agent: i,
+                                    window,
+                                    answer,
+                                });
+                            });
+                        }
+                    }
+                });
                 drop(tx);
                 while tasks.join_next().await.is_some() {}
             });
         })?;
-    Ok((rx, Clients { _thread: thread }))
+    Ok((
+        rx,
+        Clients {
+            _thread: thread,
+            ask,
+        },
+    ))
 }
 
 /// Why one connection to an agent ended.
@@ -247,6 +290,70 @@ async fn try_stream(
         }
     }
     Ok(())
+}
+
+/// One agent's history for `window`: its biggest flows and newest alerts.
+async fn history(spec: &AgentSpec, window: Window) -> Result<past::Answer, String> {
+    #[derive(serde::Deserialize)]
+    struct Rows<R> {
+        rows: Vec<R>,
+    }
+    let time =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let query = serde_urlencoded::to_string([
+        ("since", time(window.since)),
+        ("until", time(window.until)),
+        ("limit", past::LIMIT.to_string()),
+    ])
+    .unwrap_or_default();
+    let flows = get(spec, &format!("/api/v1/history/flows?{query}")).await?;
+    let alerts = get(spec, &format!("/api/v1/history/alerts?{query}")).await?;
+    let not_netmon = |_| "its history answers are not netmon's".to_owned();
+    Ok(past::Answer {
+        flows: serde_json::from_slice::<Rows<FlowRow>>(&flows)
+            .map_err(not_netmon)?
+            .rows,
+        alerts: serde_json::from_slice::<Rows<AlertRow>>(&alerts)
+            .map_err(not_netmon)?
+            .rows,
+    })
+}
+
+/// The body of a 200 answer to `GET path`, or one line saying why not.
+async fn get(spec: &AgentSpec, path: &str) -> Result<Bytes, String> {
+    let url = AgentUrl::parse(&spec.url)?;
+    let ask = async {
+        let mut sender = client::connect(&url, spec.tls.as_ref(), CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let req = Request::get(url.target(path))
+            .header(hyper::header::HOST, url.authority.as_str())
+            .header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", spec.token),
+            )
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if status != StatusCode::OK {
+            let why = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("HTTP {status}"));
+            return Err(why);
+        }
+        Ok(body)
+    };
+    tokio::time::timeout(HISTORY_TIMEOUT, ask)
+        .await
+        .map_err(|_| format!("no history answer within {}s", HISTORY_TIMEOUT.as_secs()))?
 }
 
 fn send(tx: &std_mpsc::SyncSender<Msg>, msg: Msg) -> Result<(), Failure> {
