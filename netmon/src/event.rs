@@ -12,6 +12,7 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod decode;
 pub mod log;
 pub mod scan;
 
@@ -173,8 +174,10 @@ impl Endpoint {
     }
 }
 
-/// The process an event belongs to.
+/// The process an event belongs to. (Read through `decode::ProcessWire`: serde's
+/// `flatten` would copy the whole object first.)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "decode::ProcessWire")]
 pub struct ProcessInfo {
     pub pid: u32,
     pub tid: u32,

@@ -15,7 +15,7 @@ use clap::Args;
 
 use super::{ConfigArgs, EXIT_FINDING};
 use crate::{
-    event::{Event, EventBody},
+    event::EventBody,
     output::{Format, Sink, written},
     pipeline::detect::Detector,
     rules::NoResolver,
@@ -57,7 +57,7 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
             (false, _) => Some(format!("longer than {MAX_LINE} bytes")),
             (true, Err(e)) => Some(format!("not UTF-8 ({e})")),
             (true, Ok(line)) if line.trim().is_empty() => continue,
-            (true, Ok(line)) => match serde_json::from_str::<Event>(line) {
+            (true, Ok(line)) => match crate::event::decode::from_json(line) {
                 Ok(event) => {
                     if matches!(event.body, EventBody::Alert(_)) {
                         continue;

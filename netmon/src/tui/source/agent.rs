@@ -23,7 +23,6 @@ use hyper::{Request, StatusCode, body::Bytes};
 use super::sse::Parser;
 use crate::{
     client::{self, AgentUrl},
-    event::Event,
     query::{AlertRow, FlowRow},
     tui::{
         app::{AgentStatus, Msg},
@@ -253,7 +252,7 @@ async fn try_stream(
                     status: AgentStatus::Lagged(missed),
                 }
             } else {
-                match serde_json::from_str::<Event>(&e.data) {
+                match crate::event::decode::from_json(&e.data) {
                     Ok(event) => {
                         *got_any = true;
                         Msg::Event {
