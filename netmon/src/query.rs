@@ -138,6 +138,14 @@ pub struct DnsNameRow {
     pub processes: Vec<String>,
 }
 
+/// Connections begun in one minute (`/api/v1/history/timeline`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimelineRow {
+    /// The minute's start.
+    pub t: DateTime<Utc>,
+    pub connections: u64,
+}
+
 /// Whoever answers the questions: the history (`history::query::Store`), later live state.
 pub trait Source {
     type Error: std::error::Error + Send + Sync + 'static;

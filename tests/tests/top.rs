@@ -532,9 +532,10 @@ fn top_merges_agents_reconnects_and_names_bad_ones() {
     }
 }
 
-/// The time cursor against a real agent with a history: `--since 5m` shows the
-/// Connections of the last five minutes from the agent's history (its per-minute
-/// totals: the peer, its connection count), `]` returns to live.
+/// The time cursor against a real agent with a history: the Overview's hour
+/// sparkline starts from the history; `--since 5m` shows the Connections of the last
+/// five minutes from the agent's history (its per-minute totals: the peer, its
+/// connection count), `]` returns to live.
 #[test]
 fn top_since_shows_the_agents_history_and_right_bracket_returns_to_live() {
     require_root!();
@@ -578,6 +579,15 @@ fn top_since_shows_the_agents_history_and_right_bracket_returns_to_live() {
         )),
         &[],
     );
+    // The Overview's hour sparkline starts from the history: the 7 connections (and
+    // the agent's own API connections) are in it.
+    let s = tmux.wait("the hour from the history", Duration::from_secs(10), |s| {
+        s.lines()
+            .find_map(|l| l.split("conn/min, last 60 min: ").nth(1))
+            .and_then(|n| n.split_whitespace().next()?.parse::<u64>().ok())
+            .is_some_and(|n| n >= 7)
+    });
+    assert!(s.contains("conn/min"), "{s}");
     tmux.keys(&["3"]);
     let peer = format!("127.0.0.1:{peer_port}");
     let s = tmux.wait("the history's connections", Duration::from_secs(10), |s| {

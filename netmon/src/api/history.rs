@@ -25,6 +25,8 @@ pub enum Kind {
     Flows,
     Alerts,
     Hosts,
+    /// Connections per minute (`TimelineRow`), e.g. for `netmon top`'s hour sparkline.
+    Timeline,
 }
 
 impl Kind {
@@ -34,6 +36,7 @@ impl Kind {
             "flows" => Self::Flows,
             "alerts" => Self::Alerts,
             "hosts" => Self::Hosts,
+            "timeline" => Self::Timeline,
             _ => return None,
         })
     }
@@ -115,7 +118,7 @@ pub(super) async fn history(
     let Some(kind) = Kind::parse(&kind) else {
         return error(
             StatusCode::NOT_FOUND,
-            "no such history (events, flows, alerts or hosts)",
+            "no such history (events, flows, alerts, hosts or timeline)",
         );
     };
     let question = match question(&q, Utc::now()) {
@@ -152,6 +155,16 @@ fn answer(path: PathBuf, kind: Kind, q: &Question) -> anyhow::Result<String> {
         Kind::Flows => body(&store.flows(q).with_context(asked)?),
         Kind::Alerts => body(&store.alerts(q).with_context(asked)?),
         Kind::Hosts => body(&store.hosts(q).with_context(asked)?),
+        Kind::Timeline => {
+            use crate::query::Source as _;
+            let rows: Vec<crate::query::TimelineRow> = store
+                .connections_over_time(&q.window, 60)
+                .with_context(asked)?
+                .into_iter()
+                .map(|(t, connections)| crate::query::TimelineRow { t, connections })
+                .collect();
+            body(&rows)
+        }
     }
 }
 

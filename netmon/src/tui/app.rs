@@ -156,6 +156,11 @@ pub enum Msg {
     },
     /// Per-interface byte counters read locally (`/proc/net/dev`).
     Interfaces(Vec<IfaceCounters>),
+    /// An agent's connections per minute over the last hour, from its history.
+    Timeline {
+        agent: usize,
+        rows: Vec<(DateTime<Utc>, u64)>,
+    },
     /// An agent's history for a window of the time cursor (or why it has none).
     Past {
         agent: usize,
@@ -189,6 +194,18 @@ pub struct Agent {
     pub bytes_out: VecDeque<u64>,
     pub alert_rate: VecDeque<u64>,
     cur: [u64; 4],
+    /// Connections per minute over the last hour, newest last: the agent's history at
+    /// start (`Msg::Timeline`), then the minutes watched.
+    pub hour: VecDeque<u64>,
+    /// The minute being counted into `hour`, and its connections so far.
+    minute: Option<(DateTime<Utc>, u64)>,
+}
+
+/// Minutes of the Overview's hour sparkline.
+pub const HOUR_MINUTES: usize = 60;
+
+fn minute_of(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp().div_euclid(60) * 60, 0).unwrap_or(t)
 }
 
 impl Agent {
@@ -208,7 +225,54 @@ impl Agent {
             bytes_out: VecDeque::new(),
             alert_rate: VecDeque::new(),
             cur: [0; 4],
+            hour: VecDeque::new(),
+            minute: None,
         }
+    }
+
+    /// Counts the last second's connections into the minute of `now`; a new minute
+    /// pushes the last one (and a zero for every minute without a tick) into `hour`.
+    fn roll_minute(&mut self, now: DateTime<Utc>, conns: u64) {
+        let m = minute_of(now);
+        match &mut self.minute {
+            Some((start, n)) if *start == m => *n += conns,
+            Some((start, n)) => {
+                let gap = ((m - *start).num_minutes() - 1).clamp(0, HOUR_MINUTES as i64);
+                self.hour.push_back(*n);
+                self.hour.extend(std::iter::repeat_n(0, gap as usize));
+                self.minute = Some((m, conns));
+            }
+            None => self.minute = Some((m, conns)),
+        }
+        while self.hour.len() > HOUR_MINUTES {
+            self.hour.pop_front();
+        }
+    }
+
+    /// The agent's history of the last hour (connections per minute, oldest first),
+    /// as it was when netmon top started: the minutes before the one being counted.
+    fn timeline(&mut self, now: DateTime<Utc>, rows: &[(DateTime<Utc>, u64)]) {
+        let current = minute_of(now);
+        let mut hour: VecDeque<u64> = VecDeque::with_capacity(HOUR_MINUTES);
+        for i in (1..=HOUR_MINUTES as i64).rev() {
+            let m = current - chrono::Duration::minutes(i);
+            hour.push_back(
+                rows.iter()
+                    .filter(|(t, _)| minute_of(*t) == m)
+                    .map(|(_, n)| n)
+                    .sum(),
+            );
+        }
+        // Minutes watched since start replace what the history had for them.
+        let watched = self.hour.len().min(HOUR_MINUTES);
+        for (slot, v) in hour
+            .iter_mut()
+            .rev()
+            .zip(self.hour.iter().rev().take(watched))
+        {
+            *slot = (*slot).max(*v);
+        }
+        self.hour = hour;
     }
 
     fn roll(&mut self, cap: usize) {
@@ -470,6 +534,12 @@ impl App {
                 }
             }
             Msg::Interfaces(counters) => self.interfaces(counters),
+            Msg::Timeline { agent, rows } => {
+                let now = self.now;
+                if let Some(a) = self.agents.get_mut(agent) {
+                    a.timeline(now, &rows);
+                }
+            }
             Msg::Past {
                 agent,
                 window,
@@ -817,6 +887,7 @@ impl App {
         self.last_tick = Some(now);
         self.now = now;
         for a in &mut self.agents {
+            a.roll_minute(now, a.cur[0]);
             a.roll(self.caps.history_s);
         }
         for p in self.processes.values_mut() {

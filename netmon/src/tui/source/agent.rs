@@ -79,6 +79,11 @@ pub fn start(agents: Vec<AgentSpec>) -> std::io::Result<(std_mpsc::Receiver<Msg>
                 for (i, spec) in agents.iter().cloned().enumerate() {
                     tasks.spawn(watch(i, spec, tx.clone()));
                 }
+                // The Overview's hour: each agent's connections per minute over the
+                // last hour, from its history, once it answers.
+                for (i, spec) in agents.iter().cloned().enumerate() {
+                    tasks.spawn(timeline(i, spec, tx.clone()));
+                }
                 // The time cursor's questions: each window of every agent on a task
                 // of its own, so a slow agent holds up no other.
                 let history_tx = tx.clone();
@@ -289,6 +294,35 @@ async fn try_stream(
         }
     }
     Ok(())
+}
+
+/// The agent's connections per minute over the last hour, sent once; retried while
+/// the agent cannot be reached (a minute at most), not when it keeps no history.
+async fn timeline(agent: usize, spec: AgentSpec, tx: std_mpsc::SyncSender<Msg>) {
+    #[derive(serde::Deserialize)]
+    struct Rows {
+        rows: Vec<crate::query::TimelineRow>,
+    }
+    let since =
+        chrono::Utc::now() - chrono::Duration::minutes(crate::tui::app::HOUR_MINUTES as i64);
+    let query = serde_urlencoded::to_string([(
+        "since",
+        since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )])
+    .unwrap_or_default();
+    for _ in 0..12 {
+        match get(&spec, &format!("/api/v1/history/timeline?{query}")).await {
+            Ok(body) => {
+                if let Ok(r) = serde_json::from_slice::<Rows>(&body) {
+                    let rows = r.rows.into_iter().map(|r| (r.t, r.connections)).collect();
+                    let _ = tx.try_send(Msg::Timeline { agent, rows });
+                }
+                return;
+            }
+            Err(why) if why.contains("keeps no history") => return,
+            Err(_) => tokio::time::sleep(Duration::from_secs(5)).await,
+        }
+    }
 }
 
 /// One agent's history for `window`: its biggest flows and newest alerts.

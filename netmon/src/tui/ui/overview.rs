@@ -1,6 +1,7 @@
 //! The Overview: one block per agent (status, host, backend, uptime, events lost) with
-//! sparklines of connections/s, bytes in and out, and alerts over the last minutes;
-//! an agent that cannot be reached says why in its block.
+//! sparklines of connections/s, bytes in and out, and alerts over the last minutes,
+//! and of connections per minute over the last hour (from the agent's history at
+//! start); an agent that cannot be reached says why in its block.
 use ratatui::{
     Frame,
     layout::{Constraint, Layout, Rect},
@@ -30,9 +31,9 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         frame.render_widget(Paragraph::new("no agent matches the filter"), area);
         return;
     }
-    // Each agent gets 6 lines when there is room, else 2 (status only).
-    let full = area.height as usize / agents.len() >= 6;
-    let per = if full { 6 } else { 2 };
+    // Each agent gets 7 lines when there is room, else 2 (status only).
+    let full = area.height as usize / agents.len() >= 7;
+    let per = if full { 7 } else { 2 };
     let rows = Layout::vertical(
         agents
             .iter()
@@ -75,8 +76,32 @@ fn agent(frame: &mut Frame, area: Rect, a: &Agent, full: bool, theme: Theme) {
         frame.render_widget(Paragraph::new(facts), inner);
         return;
     }
-    let [line, sparks] = Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(inner);
+    let [line, sparks, hour] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(1),
+        Constraint::Length(2),
+    ])
+    .areas(inner);
     frame.render_widget(Paragraph::new(facts), line);
+    let points: Vec<u64> = a
+        .hour
+        .iter()
+        .rev()
+        .take(hour.width as usize)
+        .rev()
+        .copied()
+        .collect();
+    frame.render_widget(
+        Sparkline::default()
+            .block(Block::default().title(format!(
+                "conn/min, last {} min: {}",
+                points.len(),
+                points.iter().sum::<u64>()
+            )))
+            .data(&points)
+            .style(theme.accent()),
+        hour,
+    );
     let cols = Layout::horizontal([Constraint::Ratio(1, 4); 4]).split(sparks);
     let last = |q: &std::collections::VecDeque<u64>| q.back().copied().unwrap_or(0);
     let series = [
@@ -135,5 +160,46 @@ mod tests {
             contains(&s, "unreachable: connection refused (retrying)"),
             "{s:#?}"
         );
+    }
+
+    /// The hour sparkline: the agent's history of the last hour at start, then the
+    /// minutes watched (a minute without a tick counts 0).
+    #[test]
+    fn the_hour_sparkline_starts_from_the_history_and_goes_on_with_the_minutes_watched() {
+        let mut app = App::new(vec!["http://a:9469".into()], Caps::default());
+        let t0: chrono::DateTime<chrono::Utc> = "2026-12-07T10:30:20Z".parse().unwrap();
+        app.tick(t0);
+        let minute = |m: i64| t0 - chrono::Duration::seconds(20) + chrono::Duration::minutes(m);
+        // History: 5 connections 2 minutes ago, 7 one hour ago (still in the hour),
+        // 100 at 61 minutes (out of it).
+        app.handle(Msg::Timeline {
+            agent: 0,
+            rows: vec![(minute(-2), 5), (minute(-60), 7), (minute(-61), 100)],
+        });
+        let hour = &app.agents[0].hour;
+        assert_eq!(hour.len(), 60);
+        assert_eq!(hour[0], 7);
+        assert_eq!(hour[58], 5);
+        assert_eq!(hour.iter().sum::<u64>(), 12);
+        let s = screen(&app, View::Overview, 80, 24);
+        assert!(contains(&s, "conn/min, last 60 min: 12"), "{s:#?}");
+        // Three connections in this minute; two minutes later (one without a tick):
+        // this minute's 3, then 0, and the oldest two minutes gone.
+        for i in 0..3 {
+            let ev: crate::event::Event = serde_json::from_str(CONNECT_CURL).unwrap();
+            app.handle(Msg::Event {
+                agent: 0,
+                event: std::sync::Arc::new(crate::event::Event {
+                    ts: t0 + chrono::Duration::seconds(i),
+                    ..ev
+                }),
+            });
+        }
+        app.tick(t0 + chrono::Duration::seconds(1));
+        app.tick(minute(2) + chrono::Duration::seconds(1));
+        let hour = &app.agents[0].hour;
+        assert_eq!(hour.len(), 60);
+        assert_eq!((hour[58], hour[59]), (3, 0));
+        assert_eq!(hour.iter().sum::<u64>(), 5 + 3);
     }
 }
