@@ -263,7 +263,9 @@ impl Agent {
                     .sum(),
             );
         }
-        // Minutes watched since start replace what the history had for them.
+        // Minutes watched since start: the larger count of the two (the history has
+        // what came before netmon top started, netmon top what the history has not
+        // committed yet; adding them would count twice).
         let watched = self.hour.len().min(HOUR_MINUTES);
         for (slot, v) in hour
             .iter_mut()
@@ -273,6 +275,29 @@ impl Agent {
             *slot = (*slot).max(*v);
         }
         self.hour = hour;
+        let so_far: u64 = rows
+            .iter()
+            .filter(|(t, _)| minute_of(*t) == current)
+            .map(|(_, n)| n)
+            .sum();
+        self.minute = match self.minute {
+            Some((m, n)) if m == current => Some((m, n.max(so_far))),
+            _ => Some((current, so_far)),
+        };
+    }
+
+    /// The hour sparkline's points, oldest first: the last [`HOUR_MINUTES`] minutes,
+    /// the one being counted last.
+    pub fn hour_points(&self) -> Vec<u64> {
+        let current = self.minute.map(|(_, n)| n);
+        let keep = HOUR_MINUTES - usize::from(current.is_some());
+        let skip = self.hour.len().saturating_sub(keep);
+        self.hour
+            .iter()
+            .skip(skip)
+            .copied()
+            .chain(current)
+            .collect()
     }
 
     fn roll(&mut self, cap: usize) {

@@ -83,14 +83,8 @@ fn agent(frame: &mut Frame, area: Rect, a: &Agent, full: bool, theme: Theme) {
     ])
     .areas(inner);
     frame.render_widget(Paragraph::new(facts), line);
-    let points: Vec<u64> = a
-        .hour
-        .iter()
-        .rev()
-        .take(hour.width as usize)
-        .rev()
-        .copied()
-        .collect();
+    let all = a.hour_points();
+    let points = &all[all.len().saturating_sub(hour.width as usize)..];
     frame.render_widget(
         Sparkline::default()
             .block(Block::default().title(format!(
@@ -98,7 +92,7 @@ fn agent(frame: &mut Frame, area: Rect, a: &Agent, full: bool, theme: Theme) {
                 points.len(),
                 points.iter().sum::<u64>()
             )))
-            .data(&points)
+            .data(points)
             .style(theme.accent()),
         hour,
     );
@@ -162,29 +156,33 @@ mod tests {
         );
     }
 
-    /// The hour sparkline: the agent's history of the last hour at start, then the
-    /// minutes watched (a minute without a tick counts 0).
+    /// The hour sparkline: the agent's history of the last hour at start (the minute
+    /// being counted included), then the minutes watched (a minute without a tick
+    /// counts 0).
     #[test]
     fn the_hour_sparkline_starts_from_the_history_and_goes_on_with_the_minutes_watched() {
         let mut app = App::new(vec!["http://a:9469".into()], Caps::default());
         let t0: chrono::DateTime<chrono::Utc> = "2026-12-07T10:30:20Z".parse().unwrap();
         app.tick(t0);
         let minute = |m: i64| t0 - chrono::Duration::seconds(20) + chrono::Duration::minutes(m);
-        // History: 5 connections 2 minutes ago, 7 one hour ago (still in the hour),
-        // 100 at 61 minutes (out of it).
+        // History: 4 in this minute, 5 two minutes ago, 7 at 59 minutes (the oldest
+        // minute shown), 100 at 60 (out of the hour).
         app.handle(Msg::Timeline {
             agent: 0,
-            rows: vec![(minute(-2), 5), (minute(-60), 7), (minute(-61), 100)],
+            rows: vec![
+                (minute(0), 4),
+                (minute(-2), 5),
+                (minute(-59), 7),
+                (minute(-60), 100),
+            ],
         });
-        let hour = &app.agents[0].hour;
-        assert_eq!(hour.len(), 60);
-        assert_eq!(hour[0], 7);
-        assert_eq!(hour[58], 5);
-        assert_eq!(hour.iter().sum::<u64>(), 12);
+        let points = app.agents[0].hour_points();
+        assert_eq!(points.len(), 60);
+        assert_eq!((points[0], points[57], points[59]), (7, 5, 4));
+        assert_eq!(points.iter().sum::<u64>(), 16);
         let s = screen(&app, View::Overview, 80, 24);
-        assert!(contains(&s, "conn/min, last 60 min: 12"), "{s:#?}");
-        // Three connections in this minute; two minutes later (one without a tick):
-        // this minute's 3, then 0, and the oldest two minutes gone.
+        assert!(contains(&s, "conn/min, last 60 min: 16"), "{s:#?}");
+        // Three more connections in this minute, seen live: 4 + 3.
         for i in 0..3 {
             let ev: crate::event::Event = serde_json::from_str(CONNECT_CURL).unwrap();
             app.handle(Msg::Event {
@@ -196,10 +194,12 @@ mod tests {
             });
         }
         app.tick(t0 + chrono::Duration::seconds(1));
+        // Two minutes later (one without a tick): this minute's 7, then 0, then the
+        // new minute's 0; the two oldest minutes gone.
         app.tick(minute(2) + chrono::Duration::seconds(1));
-        let hour = &app.agents[0].hour;
-        assert_eq!(hour.len(), 60);
-        assert_eq!((hour[58], hour[59]), (3, 0));
-        assert_eq!(hour.iter().sum::<u64>(), 5 + 3);
+        let points = app.agents[0].hour_points();
+        assert_eq!(points.len(), 60);
+        assert_eq!((points[57], points[58], points[59]), (7, 0, 0));
+        assert_eq!(points.iter().sum::<u64>(), 5 + 7);
     }
 }
