@@ -34,7 +34,6 @@ pub fn run(mut app: App, mut source: Source) -> Result<()> {
         app.no_history = Some(
             "no history in-process: watch an agent (sudo netmon run; netmon top) to move back in time".into(),
         );
-        app.set_cursor(None);
     }
     if !local {
         app.interfaces_note = Some(

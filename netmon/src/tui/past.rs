@@ -207,7 +207,15 @@ impl Past {
     /// Rows of a view the cursor applies to, before filter and sort.
     pub fn count(&self, which: Which) -> usize {
         match which {
-            Which::Processes => self.process_rows(&[]).len(),
+            Which::Processes => self
+                .answered()
+                .flat_map(|(agent, a)| {
+                    a.flows
+                        .iter()
+                        .map(move |f| (agent, &f.comm, &f.exe, &f.user))
+                })
+                .collect::<BTreeSet<_>>()
+                .len(),
             Which::Connections | Which::Alerts => self
                 .answered()
                 .map(|(_, a)| match which {
