@@ -12,8 +12,8 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub mod decode;
 pub mod log;
+pub mod read;
 pub mod scan;
 
 /// One line of output.
@@ -174,10 +174,10 @@ impl Endpoint {
     }
 }
 
-/// The process an event belongs to. (Read through `decode::ProcessWire`: serde's
+/// The process an event belongs to. (Read through `read::ProcessWire`: serde's
 /// `flatten` would copy the whole object first.)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "decode::ProcessWire")]
+#[serde(from = "read::ProcessWire")]
 pub struct ProcessInfo {
     pub pid: u32,
     pub tid: u32,

@@ -57,7 +57,7 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
             (false, _) => Some(format!("longer than {MAX_LINE} bytes")),
             (true, Err(e)) => Some(format!("not UTF-8 ({e})")),
             (true, Ok(line)) if line.trim().is_empty() => continue,
-            (true, Ok(line)) => match crate::event::decode::from_json(line) {
+            (true, Ok(line)) => match crate::event::read::from_json(line) {
                 Ok(event) => {
                     if matches!(event.body, EventBody::Alert(_)) {
                         continue;

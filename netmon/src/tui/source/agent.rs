@@ -257,7 +257,7 @@ async fn try_stream(
                     status: AgentStatus::Lagged(missed),
                 }
             } else {
-                match crate::event::decode::from_json(&e.data) {
+                match crate::event::read::from_json(&e.data) {
                     Ok(event) => {
                         *got_any = true;
                         Msg::Event {
