@@ -406,14 +406,31 @@ fn conn_events(evs: &[(String, serde_json::Value)], port: u16) -> Vec<(String, S
         .collect()
 }
 
+/// The client ports of the `kind` events in `got` (from [`conn_events`]), none twice.
+fn ports_once(got: &[(String, String, u64)], kind: &str) -> BTreeSet<u64> {
+    let ports: Vec<u64> = got
+        .iter()
+        .filter(|(k, _, _)| k == kind)
+        .map(|(_, _, p)| *p)
+        .collect();
+    let unique: BTreeSet<u64> = ports.iter().copied().collect();
+    assert_eq!(ports.len(), unique.len(), "a {kind} came twice");
+    unique
+}
+
+/// An agent keeping a history in a scratch directory (kept while the agent runs).
+fn agent_with_history(tag: &str) -> (Agent, Scratch) {
+    let scratch = Scratch::reserve(&format!("api-{tag}"));
+    let db = scratch.0.join("h.db").to_string_lossy().into_owned();
+    (Agent::start(tag, &["--history", &db]), scratch)
+}
+
 #[test]
 fn resume_from_the_history_beyond_the_ring_misses_nothing_and_repeats_nothing() {
     require_root!();
     let _ns = NetNs::new();
-    let scratch = Scratch::reserve("api-resume-history");
-    let db = scratch.0.join("h.db").to_string_lossy().into_owned();
     // The default ring (1024 events) and a history.
-    let agent = Agent::start("resume-history", &["--history", &db]);
+    let (agent, _scratch) = agent_with_history("resume-history");
     let port = free_port();
     let (before, away, after) = (5, 600, 5);
     let server = serve(port, before + away + after);
@@ -466,13 +483,7 @@ fn resume_from_the_history_beyond_the_ring_misses_nothing_and_repeats_nothing() 
     );
     let before_ports: BTreeSet<u64> = clients[..before].iter().copied().collect();
     for kind in ["connect", "close"] {
-        let ports: Vec<u64> = got
-            .iter()
-            .filter(|(k, _, _)| k == kind)
-            .map(|(_, _, p)| *p)
-            .collect();
-        let unique: BTreeSet<u64> = ports.iter().copied().collect();
-        assert_eq!(ports.len(), unique.len(), "a {kind} came twice");
+        let unique = ports_once(&got, kind);
         let want: BTreeSet<u64> = clients[before..].iter().copied().collect();
         let missing: Vec<_> = want.difference(&unique).collect();
         assert!(
@@ -496,9 +507,7 @@ fn resume_from_the_history_beyond_the_ring_misses_nothing_and_repeats_nothing() 
 fn since_a_time_starts_at_that_time_from_the_history_then_the_ring() {
     require_root!();
     let _ns = NetNs::new();
-    let scratch = Scratch::reserve("api-since-time");
-    let db = scratch.0.join("h.db").to_string_lossy().into_owned();
-    let agent = Agent::start("since-time", &["--history", &db]);
+    let (agent, _scratch) = agent_with_history("since-time");
     let port = free_port();
     let (before, after) = (3, 600);
     let server = serve(port, before + after);
@@ -538,25 +547,18 @@ fn since_a_time_starts_at_that_time_from_the_history_then_the_ring() {
         "since={mark}: none replayed from the history"
     );
     for kind in ["connect", "close"] {
-        let ports: Vec<u64> = got
-            .iter()
-            .filter(|(k, _, _)| k == kind)
-            .map(|(_, _, p)| *p)
-            .collect();
-        let unique: BTreeSet<u64> = ports.iter().copied().collect();
-        assert_eq!(ports.len(), unique.len(), "a {kind} came twice");
         assert_eq!(
-            unique, want_after,
+            ports_once(&got, kind),
+            want_after,
             "since={mark}: the {kind}s after the mark, only they"
         );
     }
     let got = read("1h", &want_all);
-    let connects: BTreeSet<u64> = got
-        .iter()
-        .filter(|(k, _, _)| k == "connect")
-        .map(|(_, _, p)| *p)
-        .collect();
-    assert_eq!(connects, want_all, "since=1h: every connect");
+    assert_eq!(
+        ports_once(&got, "connect"),
+        want_all,
+        "since=1h: every connect"
+    );
     // A bad value names the parameter.
     let (status, body) = agent.get("/api/v1/events?since=yesterday");
     assert_eq!(status, 400, "{body}");
