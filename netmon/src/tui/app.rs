@@ -12,6 +12,7 @@
 //! so splitting per view would spread one struct's invariants over files. The views'
 //! tests in `tui/ui*.rs` drive it through `App::event`/`App::key`, as the tmux suite does.
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::IpAddr,
     sync::Arc,
@@ -89,7 +90,7 @@ impl View {
         }
     }
 
-    fn index(self) -> usize {
+    pub(super) fn index(self) -> usize {
         View::ALL.iter().position(|v| *v == self).unwrap_or(0)
     }
 
@@ -323,7 +324,7 @@ impl Agent {
 struct ProcKey {
     host: Arc<str>,
     pid: u32,
-    comm: String,
+    comm: Arc<str>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -342,7 +343,7 @@ struct ProcRow {
     last_seen: Option<DateTime<Utc>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct FlowKey {
     host: Arc<str>,
     proto: Proto,
@@ -357,8 +358,9 @@ struct FlowRow {
     proto: Proto,
     local: String,
     remote: String,
-    state: String,
-    process: String,
+    /// A state netmon names (`established`, …), or the agent's own (escaped).
+    state: Cow<'static, str>,
+    process: Arc<str>,
     pid: Option<u32>,
     sent: Option<u64>,
     recv: Option<u64>,
@@ -505,9 +507,17 @@ pub struct App {
     now: DateTime<Utc>,
     /// Hosts as they came → escaped, so an event costs no escaping (bounded).
     host_names: HashMap<String, Arc<str>>,
+    names: Names,
     /// The current view's rows as of the last [`App::refresh`], and how many rows
     /// the view had then (before the filter).
-    shown: Option<(View, Vec<Row>, usize)>,
+    shown: Option<(View, Shown, usize)>,
+}
+
+/// A view's rows as of the last refresh: built, or (the live Connections view, up to
+/// 10,000 flows) only their order, each row built when it is drawn.
+enum Shown {
+    Rows(Vec<Row>),
+    Flows(Vec<FlowKey>),
 }
 
 impl App {
@@ -538,6 +548,7 @@ impl App {
             last_tick: None,
             now: Utc::now(),
             host_names: HashMap::new(),
+            names: Names::default(),
             shown: None,
         }
     }
@@ -642,7 +653,7 @@ impl App {
                 let key = flow_key(&host, &f.conn);
                 self.bytes(agent, &host, &f.conn, f.bytes_sent, f.bytes_received, &key);
                 let row = self.flow_row(key, &f.conn, f.start);
-                row.state = escape::remote(&f.state);
+                row.state = Cow::Owned(escape::remote(&f.state));
                 row.last_seen = event.ts;
                 row.sent = f.bytes_sent.or(row.sent);
                 row.recv = f.bytes_received.or(row.recv);
@@ -655,7 +666,7 @@ impl App {
                     .and_then(|ms| chrono::Duration::try_milliseconds(ms as i64))
                     .map_or(event.ts, |d| event.ts - d);
                 let row = self.flow_row(key, &c.conn, start);
-                row.state = "closed".into();
+                row.state = Cow::Borrowed("closed");
                 row.closed = true;
                 row.sent = c.bytes_sent.or(row.sent);
                 row.recv = c.bytes_received.or(row.recv);
@@ -664,7 +675,7 @@ impl App {
             EventBody::Dns(d) => {
                 let entry = self
                     .dns
-                    .entry(proc_key(&host, d.process.as_ref()))
+                    .entry(self.names.key(&host, d.process.as_ref()))
                     .or_default();
                 entry.queries += 1;
                 if d.rcode.as_deref() == Some("NXDOMAIN") {
@@ -788,16 +799,14 @@ impl App {
             Proto::Udp => "active",
         };
         if row.state != state {
-            row.state = state.into();
+            row.state = Cow::Borrowed(state);
         }
         row.last_seen = ts;
         if c.src.is_none() {
             return;
         }
-        let p = self
-            .processes
-            .entry(proc_key(host, c.process.as_ref()))
-            .or_default();
+        let key = self.names.key(host, c.process.as_ref());
+        let p = self.processes.entry(key).or_default();
         p.conns += 1;
         if p.peers.len() < 1024 {
             p.peers.insert(remote_of(c).ip);
@@ -840,19 +849,18 @@ impl App {
         let dr = recv.unwrap_or(0).saturating_sub(old_recv.unwrap_or(0));
         self.bump(agent, 1, dr);
         self.bump(agent, 2, ds);
-        let p = self
-            .processes
-            .entry(proc_key(host, c.process.as_ref()))
-            .or_default();
+        let key = self.names.key(host, c.process.as_ref());
+        let p = self.processes.entry(key).or_default();
         p.sent += ds;
         p.recv += dr;
     }
 
     fn flow_row(&mut self, key: FlowKey, c: &Connection, start: DateTime<Utc>) -> &mut FlowRow {
+        let names = &mut self.names;
         let row = self
             .flows
             .entry(key)
-            .or_insert_with(|| FlowRow::new(c, start));
+            .or_insert_with(|| FlowRow::new(c, start, names.of(c.process.as_ref())));
         if start < row.start {
             row.start = start;
         }
@@ -942,16 +950,88 @@ impl App {
     /// the Overview's figures and sparklines, read from the state, still change with
     /// every frame.
     pub fn refresh(&mut self) {
-        self.shown = Some((self.view, self.visible(self.view), self.count(self.view)));
+        let shown = if self.live_flows(self.view) {
+            Shown::Flows(self.flow_order())
+        } else {
+            Shown::Rows(self.visible(self.view))
+        };
+        self.shown = Some((self.view, shown, self.count(self.view)));
     }
 
-    /// The rows of `view` as shown: the last [`App::refresh`]'s when it was of this
-    /// view, else built now.
-    pub fn shown(&self, view: View) -> std::borrow::Cow<'_, [Row]> {
+    /// Whether `view` shows the live flow table (neither paused nor in the past).
+    fn live_flows(&self, view: View) -> bool {
+        view == View::Connections && self.frozen.is_none() && self.past.is_none()
+    }
+
+    /// How many rows `view` shows (after the filter), as of the last refresh.
+    pub fn shown_len(&self, view: View) -> usize {
         match &self.shown {
-            Some((v, rows, _)) if *v == view => std::borrow::Cow::Borrowed(rows),
-            _ => std::borrow::Cow::Owned(self.visible(view)),
+            Some((v, Shown::Rows(rows), _)) if *v == view => rows.len(),
+            Some((v, Shown::Flows(keys), _)) if *v == view => keys.len(),
+            _ if self.live_flows(view) => self.flow_order().len(),
+            _ => self.visible(view).len(),
         }
+    }
+
+    /// Rows `skip..skip + take` of `view` as shown: the last [`App::refresh`]'s when
+    /// it was of this view, else built now. Only these are formatted: the live
+    /// Connections view keeps the order of its flows and builds the rows drawn, from
+    /// the flows' figures of now (a flow gone since the refresh is left out).
+    pub fn shown_rows(&self, view: View, skip: usize, take: usize) -> Cow<'_, [Row]> {
+        let build = |keys: &[FlowKey]| -> Vec<Row> {
+            keys.iter()
+                .skip(skip)
+                .take(take)
+                .filter_map(|k| Some(flow_row(k, self.flows.get(k)?, self.now)))
+                .collect()
+        };
+        match &self.shown {
+            Some((v, Shown::Rows(rows), _)) if *v == view => {
+                let end = rows.len().min(skip.saturating_add(take));
+                Cow::Borrowed(&rows[skip.min(end)..end])
+            }
+            Some((v, Shown::Flows(keys), _)) if *v == view => Cow::Owned(build(keys)),
+            _ if self.live_flows(view) => Cow::Owned(build(&self.flow_order())),
+            _ => Cow::Owned(
+                self.visible(view)
+                    .into_iter()
+                    .skip(skip)
+                    .take(take)
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The live flows' keys, filtered by `/` and sorted by the Connections view's
+    /// column, as [`App::visible`] orders rows but without building any: comparing
+    /// the flows' own fields (text case-insensitively) costs no allocation.
+    fn flow_order(&self) -> Vec<FlowKey> {
+        let needle = self.filter.to_lowercase();
+        let now = self.now;
+        let mut flows: Vec<(&FlowKey, &FlowRow)> = self
+            .flows
+            .iter()
+            .filter(|(k, f)| needle.is_empty() || flow_row(k, f, now).haystack.contains(&needle))
+            .collect();
+        let st = self.views[View::Connections.index()];
+        let age = |f: &FlowRow| (now - f.start).num_seconds().max(0);
+        let bytes = |b: Option<u64>| b.map_or(-1, |b| b as i128);
+        flows.sort_by(|(ka, a), (kb, b)| {
+            let o = match st.sort {
+                0 => proto(a.proto).cmp(proto(b.proto)),
+                1 => cmp_text(&a.local, &b.local),
+                2 => cmp_text(&a.remote, &b.remote),
+                3 => cmp_text(&a.state, &b.state),
+                4 => cmp_text(&a.process, &b.process),
+                5 => bytes(a.sent).cmp(&bytes(b.sent)),
+                6 => bytes(a.recv).cmp(&bytes(b.recv)),
+                7 => age(a).cmp(&age(b)),
+                _ => cmp_text(&ka.host, &kb.host),
+            }
+            .then_with(|| ka.cmp(kb));
+            if st.ascending { o } else { o.reverse() }
+        });
+        flows.into_iter().map(|(k, _)| k.clone()).collect()
     }
 
     /// How many rows `view` had (before the filter) when [`App::shown`]'s were built.
@@ -1036,24 +1116,7 @@ impl App {
             View::Connections => self
                 .flows
                 .iter()
-                .map(|(k, f)| {
-                    let age = (now - f.start).num_seconds().max(0);
-                    let mut row = Row::new(vec![
-                        text(proto(f.proto)),
-                        text(&f.local),
-                        text(&f.remote),
-                        text(&f.state),
-                        text(&f.process),
-                        opt_bytes(f.sent),
-                        opt_bytes(f.recv),
-                        (duration(age), SortKey::Num(age as f64)),
-                        text(&k.host),
-                    ]);
-                    if let Some(pid) = f.pid {
-                        row.haystack.push_str(&format!(" pid:{pid}"));
-                    }
-                    row
-                })
+                .map(|(k, f)| flow_row(k, f, now))
                 .collect(),
             View::Hosts => self
                 .hosts
@@ -1186,8 +1249,9 @@ impl App {
 
     /// The selected alert's details (Alerts view, Enter).
     pub fn alert_detail(&self) -> Option<Vec<String>> {
-        let rows = self.shown(View::Alerts);
-        let row = rows.get(self.views[View::Alerts.index()].selected)?;
+        let selected = self.views[View::Alerts.index()].selected;
+        let rows = self.shown_rows(View::Alerts, selected, 1);
+        let row = rows.first()?;
         let a = self.alerts.iter().find(|a| {
             a.rule == row.cells[2] && a.summary == row.cells[3] && a.host == row.cells[5]
         })?;
@@ -1298,7 +1362,7 @@ impl App {
     }
 
     fn scroll(&mut self, by: i64) {
-        let n = self.shown(self.view).len() as i64;
+        let n = self.shown_len(self.view) as i64;
         let st = self.state_mut();
         st.selected = (st.selected as i64 + by).clamp(0, (n - 1).max(0)) as usize;
     }
@@ -1311,7 +1375,7 @@ impl App {
 }
 
 impl FlowRow {
-    fn new(c: &Connection, start: DateTime<Utc>) -> FlowRow {
+    fn new(c: &Connection, start: DateTime<Utc>, process: Arc<str>) -> FlowRow {
         FlowRow {
             proto: c.proto,
             local: local_of(c)
@@ -1322,8 +1386,8 @@ impl FlowRow {
             } else {
                 endpoint(&remote_of(c))
             },
-            state: String::new(),
-            process: c.process.as_ref().map(process_name).unwrap_or_default(),
+            state: Cow::Borrowed(""),
+            process,
             pid: c.process.as_ref().map(|p| p.pid),
             sent: None,
             recv: None,
@@ -1361,11 +1425,48 @@ fn cap_by<K: Clone + Eq + std::hash::Hash, V>(
     }
 }
 
-fn proc_key(host: &Arc<str>, p: Option<&ProcessInfo>) -> ProcKey {
-    ProcKey {
-        host: host.clone(),
-        pid: p.map_or(0, |p| p.pid),
-        comm: p.map(process_name).unwrap_or_else(|| "?".into()),
+/// Process names as the views show them, by pid: every event carries its process, and
+/// escaping its name for each one was a tenth of `netmon top`'s CPU at 10,000 events/s.
+#[derive(Default)]
+struct Names {
+    by_pid: HashMap<u32, (String, Option<String>, Arc<str>)>,
+}
+
+impl Names {
+    /// Most pids remembered (then the cache starts over).
+    const MAX: usize = 4096;
+
+    /// The shown name of `p` ([`process_name`]): from the cache when the pid still has
+    /// the same `comm` and executable.
+    fn of(&mut self, p: Option<&ProcessInfo>) -> Arc<str> {
+        let Some(p) = p else {
+            return Arc::from("");
+        };
+        if let Some((comm, exe, name)) = self.by_pid.get(&p.pid)
+            && *comm == p.comm
+            && *exe == p.detail.exe
+        {
+            return name.clone();
+        }
+        if self.by_pid.len() >= Self::MAX {
+            self.by_pid.clear();
+        }
+        let name: Arc<str> = process_name(p).into();
+        self.by_pid
+            .insert(p.pid, (p.comm.clone(), p.detail.exe.clone(), name.clone()));
+        name
+    }
+
+    /// The Processes and DNS views' key of `p` on `host` (`?` for no process).
+    fn key(&mut self, host: &Arc<str>, p: Option<&ProcessInfo>) -> ProcKey {
+        ProcKey {
+            host: host.clone(),
+            pid: p.map_or(0, |p| p.pid),
+            comm: match p {
+                Some(_) => self.of(p),
+                None => Arc::from("?"),
+            },
+        }
     }
 }
 
@@ -1444,6 +1545,33 @@ fn status_text(s: &AgentStatus) -> String {
         AgentStatus::Unreachable(why) => format!("unreachable: {why}"),
         AgentStatus::Lagged(n) => format!("live (skipped {n})"),
     }
+}
+
+/// One row of the Connections view.
+fn flow_row(k: &FlowKey, f: &FlowRow, now: DateTime<Utc>) -> Row {
+    let age = (now - f.start).num_seconds().max(0);
+    let mut row = Row::new(vec![
+        text(proto(f.proto)),
+        text(&f.local),
+        text(&f.remote),
+        text(&f.state),
+        text(&f.process),
+        opt_bytes(f.sent),
+        opt_bytes(f.recv),
+        (duration(age), SortKey::Num(age as f64)),
+        text(&k.host),
+    ]);
+    if let Some(pid) = f.pid {
+        row.haystack.push_str(&format!(" pid:{pid}"));
+    }
+    row
+}
+
+/// Text as [`SortKey::Text`] orders it (lowercased), without lowercasing a copy.
+fn cmp_text(a: &str, b: &str) -> std::cmp::Ordering {
+    a.chars()
+        .flat_map(char::to_lowercase)
+        .cmp(b.chars().flat_map(char::to_lowercase))
 }
 
 fn text(s: &str) -> (String, SortKey) {

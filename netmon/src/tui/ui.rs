@@ -175,7 +175,7 @@ pub fn table(
     widths: &[Constraint],
     theme: Theme,
 ) {
-    let rows = app.shown(view);
+    let shown = app.shown_len(view);
     let st = app.views[View::ALL.iter().position(|v| *v == view).unwrap_or(0)];
     let header = TRow::new(view.columns().iter().enumerate().map(|(i, c)| {
         let mark = if i == st.sort {
@@ -187,19 +187,18 @@ pub fn table(
     }))
     .style(theme.header());
     let total = app.shown_total(view);
-    let title = if rows.len() == total {
+    let title = if shown == total {
         format!(" {} ({}) ", view.title(), total)
     } else {
-        format!(" {} ({} of {}) ", view.title(), rows.len(), total)
+        format!(" {} ({} of {}) ", view.title(), shown, total)
     };
-    let selected = st.selected.min(rows.len().saturating_sub(1));
+    let selected = st.selected.min(shown.saturating_sub(1));
     // Only the rows that fit (title, header): a window that keeps the selection in it.
     let fit = area.height.saturating_sub(2).max(1) as usize;
     let offset = selected.saturating_sub(fit - 1);
+    let rows = app.shown_rows(view, offset, fit);
     let body = rows
         .iter()
-        .skip(offset)
-        .take(fit)
         .map(|r| TRow::new(r.cells.iter().map(|c| Cell::from(c.as_str()))));
     let selected = selected - offset;
     let table = Table::new(body, widths.to_vec())
@@ -364,6 +363,65 @@ mod tests {
             &screen(&app, View::Overview, 80, 24),
             "netmon top: keys"
         ));
+    }
+
+    #[test]
+    fn the_live_connections_view_orders_filters_and_scrolls_as_the_built_rows_do() {
+        // The live Connections view keeps only its flows' order and builds the rows it
+        // draws; paused, it shows rows built in full. Both must agree on every column.
+        let mut app = app_with(&[]);
+        for i in 0..120u32 {
+            let line = CONNECT_CURL
+                .replace("43512", &(1000 + i * 7 % 120).to_string())
+                .replace("\"pid\":1234", &format!("\"pid\":{}", i % 9))
+                .replace(
+                    "example.org",
+                    if i % 3 == 0 { "B.example" } else { "a.example" },
+                )
+                .replace("/usr/bin/curl", &format!("/usr/bin/Tool{}", i % 4));
+            app.event(0, &serde_json::from_str(&line).unwrap());
+        }
+        app.tick(chrono::Utc::now());
+        app.key(Key::Char('3'));
+        let column = |rows: &[crate::tui::app::Row], c: usize| {
+            rows.iter().map(|r| r.keys[c].clone()).collect::<Vec<_>>()
+        };
+        for filter in ["", "tool2", "pid:4", ":1011"] {
+            app.filter = filter.into();
+            for sort in 0..View::Connections.columns().len() {
+                for ascending in [true, false] {
+                    let st = &mut app.views[View::Connections.index()];
+                    st.sort = sort;
+                    st.ascending = ascending;
+                    app.pause(false);
+                    app.refresh();
+                    let live = app
+                        .shown_rows(View::Connections, 0, usize::MAX)
+                        .into_owned();
+                    let window = app.shown_rows(View::Connections, 5, 7).into_owned();
+                    app.pause(true);
+                    app.refresh();
+                    let built = app
+                        .shown_rows(View::Connections, 0, usize::MAX)
+                        .into_owned();
+                    let what = format!("filter {filter:?}, column {sort}, ascending {ascending}");
+                    assert!(!live.is_empty(), "{what}");
+                    assert_eq!(column(&live, sort), column(&built, sort), "{what}");
+                    let mut a = live.iter().map(|r| r.cells.clone()).collect::<Vec<_>>();
+                    let mut b = built.iter().map(|r| r.cells.clone()).collect::<Vec<_>>();
+                    a.sort();
+                    b.sort();
+                    assert_eq!(a, b, "{what}");
+                    let want = live.iter().skip(5).take(7).cloned().collect::<Vec<_>>();
+                    assert_eq!(window, want, "{what}");
+                }
+            }
+        }
+        app.pause(false);
+        app.filter = "tool2".into();
+        app.refresh();
+        let s = screen(&app, View::Connections, 120, 40);
+        assert!(contains(&s, "Connections (30 of 120)"), "{s:#?}");
     }
 
     #[test]

@@ -49,7 +49,11 @@ impl Parser {
                 // The buffer keeps its capacity from line to line.
                 let mut line = std::mem::take(&mut self.line);
                 let text = line.strip_suffix(b"\r").unwrap_or(&line);
-                self.line_done(&String::from_utf8_lossy(text), out);
+                // Valid UTF-8 (netmon's own JSON) is borrowed; anything else is mended.
+                match std::str::from_utf8(text) {
+                    Ok(text) => self.line_done(text, out),
+                    Err(_) => self.line_done(&String::from_utf8_lossy(text), out),
+                }
                 line.clear();
                 self.line = line;
             }
