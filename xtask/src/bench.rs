@@ -60,8 +60,12 @@ mod web;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Which {
-    /// Tracing overhead: nothing vs netmon vs bpftrace under a connection storm.
+    /// Tracing overhead: nothing vs netmon vs bpftrace under a connection storm, then
+    /// the wrk + nginx workload (`web`).
     Overhead,
+    /// Only the wrk + nginx part of `overhead`: nothing, netmon with its history off
+    /// and on, bpftrace.
+    Web,
     /// Loss under pressure: small ring buffer, stalled consumer, exact `lost`.
     Loss,
     /// Userspace pipeline throughput on one core (criterion).
@@ -230,12 +234,18 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
     }
     let live = matches!(
         args.which,
-        Which::Overhead | Which::Loss | Which::Scan | Which::EbpfLog | Which::Api | Which::All
+        Which::Overhead
+            | Which::Web
+            | Which::Loss
+            | Which::Scan
+            | Which::EbpfLog
+            | Which::Api
+            | Which::All
     );
     // SAFETY: no preconditions.
     if live && unsafe { libc::geteuid() } != 0 {
         bail!(
-            "`bench overhead`, `bench loss`, `bench scan`, `bench ebpf-log` and `bench api` need root (netmon loads eBPF \
+            "`bench overhead`, `bench web`, `bench loss`, `bench scan`, `bench ebpf-log` and `bench api` need root (netmon loads eBPF \
              programs, the storm and the scan lab create network namespaces); `bench \
              pipeline` does not"
         );
@@ -274,6 +284,8 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
                 quiet_wait: Duration::from_secs(args.quiet_wait_s),
             },
         )?)?;
+    }
+    if all || args.which == Which::Overhead || args.which == Which::Web {
         emit(web::run(
             &env,
             &web::WebArgs {
@@ -447,7 +459,7 @@ fn prepare(args: &BenchArgs, live: bool) -> Result<Env> {
     };
     let bpftrace_script = work.join("peer.bt");
     let mut bpftrace_version = String::new();
-    if live && matches!(args.which, Which::Overhead | Which::All) {
+    if live && matches!(args.which, Which::Overhead | Which::Web | Which::All) {
         if !exec::on_path("bpftrace") {
             setup::ensure_debian_packages(&["bpftrace"])?;
         }

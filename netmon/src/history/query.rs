@@ -184,14 +184,23 @@ fn roll_up_bounds(window: &Window) -> (i64, i64, i64, i64) {
     (lo, h_lo, h_hi, hi)
 }
 
-/// The conditions on `events e` (joined to `processes p`) every events question shares:
-/// the window, then the process, host and port filters.
-fn events_in(w: &mut Where, q: &Question) {
-    if let Some(t) = q.window.since {
-        w.push("e.ts >= ?", [Value::Integer(ns(t))]);
+/// The conditions on `e` (joined to `processes p`) every events question shares: the
+/// window from `since_ns` (Unix nanoseconds) to the question's `until`, then the
+/// process, host and port filters. `e` is the view `events` (`batched`: its batches'
+/// bounds are bounded too, so only the batches in the window are read) or the table
+/// `event_rows`.
+fn events_in(w: &mut Where, q: &Question, since_ns: Option<i64>, batched: bool) {
+    if let Some(t) = since_ns {
+        w.push("e.ts >= ?", [Value::Integer(t)]);
+        if batched {
+            w.push("e.batch_last_ts >= ?", [Value::Integer(t)]);
+        }
     }
     if let Some(t) = q.window.until {
         w.push("e.ts < ?", [Value::Integer(ns(t))]);
+        if batched {
+            w.push("e.batch_first_ts < ?", [Value::Integer(ns(t))]);
+        }
     }
     common(
         w,
@@ -206,53 +215,29 @@ fn events_in(w: &mut Where, q: &Question) {
 impl Source for Store {
     type Error = rusqlite::Error;
 
+    /// The newest `limit` events of the window: read back from the newest event in
+    /// windows that grow (a minute, then 8 times longer each time) until they hold
+    /// `limit` or reach `since`, so a short answer reads only the latest batches.
     fn events(&self, q: &Question) -> rusqlite::Result<Vec<EventRow>> {
-        let mut w = Where::default();
-        if !q.filter.types.is_empty() {
-            let marks = vec!["?"; q.filter.types.len()].join(", ");
-            w.push(
-                &format!("e.type IN ({marks})"),
-                q.filter.types.iter().map(|t| text(t)),
-            );
+        let (oldest, newest): (Option<i64>, Option<i64>) = self.conn.query_row(
+            "SELECT min(lo), max(hi) FROM (SELECT min(ts) AS lo, max(ts) AS hi FROM event_rows UNION ALL SELECT min(first_ts), max(last_ts) FROM event_batches)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let (Some(oldest), Some(newest)) = (oldest, newest) else {
+            return Ok(Vec::new());
+        };
+        let floor = q.window.since.map_or(oldest, ns).max(oldest);
+        let top = q.window.until.map_or(newest, |u| ns(u).min(newest));
+        let mut span: i64 = 60_000_000_000;
+        loop {
+            let lo = top.saturating_sub(span);
+            let rows = events_since(self, q, lo.max(floor))?;
+            if rows.len() >= limit(q) as usize || lo <= floor {
+                return Ok(rows);
+            }
+            span = span.saturating_mul(8);
         }
-        events_in(&mut w, q);
-        let sql = format!(
-            "SELECT e.ts, e.type, p.pid, p.comm, nullif(p.exe, ''), nullif(p.user, ''), p.uid, nullif(p.cmdline, ''), e.proto, e.direction, e.src_ip, e.src_port, e.dst_ip, e.dst_port, e.remote_name, e.bytes_sent, e.bytes_received, e.packets_sent, e.packets_received, e.duration_ms, e.detail FROM events e LEFT JOIN processes p ON p.id = e.process_id {} ORDER BY e.ts DESC, e.id DESC LIMIT ?{}",
-            w.sql(),
-            w.next()
-        );
-        let mut params = w.params;
-        params.push(Value::Integer(limit(q)));
-        let mut stmt = self.conn.prepare(&sql)?;
-        let mut rows: Vec<EventRow> = stmt
-            .query_map(rusqlite::params_from_iter(params), |r| {
-                Ok(EventRow {
-                    ts: time(r.get(0)?),
-                    kind: r.get(1)?,
-                    pid: r.get(2)?,
-                    comm: r.get(3)?,
-                    exe: r.get(4)?,
-                    user: r.get(5)?,
-                    uid: r.get(6)?,
-                    cmdline: r.get(7)?,
-                    proto: r.get(8)?,
-                    direction: r.get(9)?,
-                    src_ip: r.get(10)?,
-                    src_port: r.get(11)?,
-                    dst_ip: r.get(12)?,
-                    dst_port: r.get(13)?,
-                    remote_name: r.get(14)?,
-                    bytes_sent: u(r.get(15)?),
-                    bytes_received: u(r.get(16)?),
-                    packets_sent: u(r.get(17)?),
-                    packets_received: u(r.get(18)?),
-                    duration_ms: r.get(19)?,
-                    detail: json(r.get(20)?),
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        rows.reverse();
-        Ok(rows)
     }
 
     fn connections_over_time(
@@ -350,10 +335,11 @@ impl Source for Store {
         let mut w = Where::default();
         w.push("e.type = ?", [text("dns")]);
         w.push("e.remote_name IS NOT NULL", []);
-        events_in(&mut w, q);
-        // One pass over the (type, ts) index; only the counts leave SQLite.
+        events_in(&mut w, q, q.window.since.map(ns), false);
+        // DNS events are rows of `event_rows`, never batched: one pass over its
+        // (type, ts) index; only the counts leave SQLite.
         let sql = format!(
-            "SELECT e.remote_name, count(*) AS n, group_concat(DISTINCT p.comm) FROM events e LEFT JOIN processes p ON p.id = e.process_id {} GROUP BY e.remote_name ORDER BY n DESC, e.remote_name LIMIT ?{}",
+            "SELECT e.remote_name, count(*) AS n, group_concat(DISTINCT p.comm) FROM event_rows e LEFT JOIN processes p ON p.id = e.process_id {} GROUP BY e.remote_name ORDER BY n DESC, e.remote_name LIMIT ?{}",
             w.sql(),
             w.next()
         );
@@ -492,6 +478,56 @@ impl Source for Store {
         }
         Ok(hosts)
     }
+}
+
+/// [`Source::events`] in the window from `since_ns` to the question's `until`.
+fn events_since(store: &Store, q: &Question, since_ns: i64) -> rusqlite::Result<Vec<EventRow>> {
+    let mut w = Where::default();
+    if !q.filter.types.is_empty() {
+        let marks = vec!["?"; q.filter.types.len()].join(", ");
+        w.push(
+            &format!("e.type IN ({marks})"),
+            q.filter.types.iter().map(|t| text(t)),
+        );
+    }
+    events_in(&mut w, q, Some(since_ns), true);
+    let sql = format!(
+        "SELECT e.ts, e.type, p.pid, p.comm, nullif(p.exe, ''), nullif(p.user, ''), p.uid, nullif(p.cmdline, ''), e.proto, e.direction, e.src_ip, e.src_port, e.dst_ip, e.dst_port, e.remote_name, e.bytes_sent, e.bytes_received, e.packets_sent, e.packets_received, e.duration_ms, e.detail FROM events e LEFT JOIN processes p ON p.id = e.process_id {} ORDER BY e.ts DESC, e.id DESC LIMIT ?{}",
+        w.sql(),
+        w.next()
+    );
+    let mut params = w.params;
+    params.push(Value::Integer(limit(q)));
+    let mut stmt = store.conn.prepare(&sql)?;
+    let mut rows: Vec<EventRow> = stmt
+        .query_map(rusqlite::params_from_iter(params), |r| {
+            Ok(EventRow {
+                ts: time(r.get(0)?),
+                kind: r.get(1)?,
+                pid: r.get(2)?,
+                comm: r.get(3)?,
+                exe: r.get(4)?,
+                user: r.get(5)?,
+                uid: r.get(6)?,
+                cmdline: r.get(7)?,
+                proto: r.get(8)?,
+                direction: r.get(9)?,
+                src_ip: r.get(10)?,
+                src_port: r.get(11)?,
+                dst_ip: r.get(12)?,
+                dst_port: r.get(13)?,
+                remote_name: r.get(14)?,
+                bytes_sent: u(r.get(15)?),
+                bytes_received: u(r.get(16)?),
+                packets_sent: u(r.get(17)?),
+                packets_received: u(r.get(18)?),
+                duration_ms: r.get(19)?,
+                detail: json(r.get(20)?),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    rows.reverse();
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -20,9 +20,10 @@ pub fn last_seq(path: &Path) -> u64 {
     let Ok(conn) = super::open_reader(path) else {
         return 0;
     };
-    // On the partial index `events_seq`: no scan, however long the history.
+    // On the partial indexes `events_seq` and `event_batches_last_seq`: no scan,
+    // however long the history.
     conn.query_row(
-        "SELECT max(seq) FROM events WHERE seq IS NOT NULL",
+        "SELECT max(n) FROM (SELECT max(seq) AS n FROM event_rows WHERE seq IS NOT NULL UNION ALL SELECT max(last_seq) FROM event_batches WHERE last_seq IS NOT NULL)",
         [],
         |r| r.get::<_, Option<i64>>(0),
     )
@@ -36,23 +37,42 @@ pub fn last_seq(path: &Path) -> u64 {
 /// The smallest sequence number the history holds (`None`: none at all).
 pub fn first_seq(conn: &Connection) -> rusqlite::Result<Option<u64>> {
     conn.query_row(
-        "SELECT min(seq) FROM events WHERE seq IS NOT NULL",
+        "SELECT min(n) FROM (SELECT min(seq) AS n FROM event_rows WHERE seq IS NOT NULL UNION ALL SELECT min(first_seq) FROM event_batches WHERE first_seq IS NOT NULL)",
         [],
         |r| r.get::<_, Option<i64>>(0),
     )
     .map(|n| n.map(|n| n.max(0) as u64))
 }
 
-/// The number of the first numbered event at or after `ts_ns` (Unix nanoseconds), on
-/// the `ts` index; `None` when the history holds none that late.
+/// The number of the first numbered event at or after `ts_ns` (Unix nanoseconds);
+/// `None` when the history holds none that late. Looks in `[ts_ns, ts_ns + span)`,
+/// the span growing from a minute, so only the batches of that window are read.
 pub fn first_seq_at(conn: &Connection, ts_ns: i64) -> rusqlite::Result<Option<u64>> {
-    conn.query_row(
-        "SELECT seq FROM events WHERE ts >= ?1 AND seq IS NOT NULL ORDER BY ts, seq LIMIT 1",
-        [ts_ns],
-        |r| r.get::<_, i64>(0),
-    )
-    .optional()
-    .map(|n| n.map(|n| n.max(0) as u64))
+    let newest: Option<i64> = conn.query_row(
+        "SELECT max(t) FROM (SELECT max(ts) AS t FROM event_rows UNION ALL SELECT max(last_ts) FROM event_batches)",
+        [],
+        |r| r.get(0),
+    )?;
+    let Some(newest) = newest.filter(|n| *n >= ts_ns) else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq FROM events WHERE batch_last_ts >= ?1 AND batch_first_ts < ?2 AND ts >= ?1 AND ts < ?2 AND seq IS NOT NULL ORDER BY ts, seq LIMIT 1",
+    )?;
+    let mut span: i64 = 60_000_000_000;
+    loop {
+        let end = ts_ns.saturating_add(span);
+        if let Some(n) = stmt
+            .query_row([ts_ns, end], |r| r.get::<_, i64>(0))
+            .optional()?
+        {
+            return Ok(Some(n.max(0) as u64));
+        }
+        if end > newest {
+            return Ok(None);
+        }
+        span = span.saturating_mul(8);
+    }
 }
 
 /// Up to `limit` events numbered `from..before`, in order, each with its number;
@@ -65,8 +85,41 @@ pub fn events(
     limit: usize,
     host: &str,
 ) -> rusqlite::Result<Vec<(u64, Event)>> {
+    // Numbers are unique, so `limit` events lie in a range of at least `limit`
+    // numbers: read ranges that grow from there (numbers of types not kept leave
+    // holes) until `limit` are found or `before` is reached, each reading only the
+    // batches it overlaps.
+    let mut out = Vec::new();
+    let mut lo = from;
+    let mut span = (limit as u64).max(1024);
+    while lo < before && out.len() < limit {
+        let hi = lo.saturating_add(span).min(before);
+        let want = limit - out.len();
+        let (read, last) = events_in(conn, lo, hi, want, host, &mut out)?;
+        lo = match last {
+            // The range holds more than were read: on from the last one.
+            Some(seq) if read == want => seq + 1,
+            _ => {
+                span = span.saturating_mul(4);
+                hi
+            }
+        };
+    }
+    Ok(out)
+}
+
+/// Up to `limit` rows numbered `from..before`, in order, their events pushed on `out`:
+/// how many rows were read and the number of the last.
+fn events_in(
+    conn: &Connection,
+    from: u64,
+    before: u64,
+    limit: usize,
+    host: &str,
+    out: &mut Vec<(u64, Event)>,
+) -> rusqlite::Result<(usize, Option<u64>)> {
     let mut stmt = conn.prepare_cached(
-        "SELECT e.seq, e.ts, e.type, p.pid, p.comm, nullif(p.exe, ''), nullif(p.cmdline, ''), p.uid, nullif(p.user, ''), nullif(p.container, ''), e.proto, e.direction, e.src_ip, e.src_port, e.dst_ip, e.dst_port, e.remote_name, e.bytes_sent, e.bytes_received, e.packets_sent, e.packets_received, e.duration_ms, e.detail FROM events e LEFT JOIN processes p ON p.id = e.process_id WHERE e.seq >= ?1 AND e.seq < ?2 ORDER BY e.seq LIMIT ?3",
+        "SELECT e.seq, e.ts, e.type, p.pid, p.comm, nullif(p.exe, ''), nullif(p.cmdline, ''), p.uid, nullif(p.user, ''), nullif(p.container, ''), e.proto, e.direction, e.src_ip, e.src_port, e.dst_ip, e.dst_port, e.remote_name, e.bytes_sent, e.bytes_received, e.packets_sent, e.packets_received, e.duration_ms, e.detail FROM events e LEFT JOIN processes p ON p.id = e.process_id WHERE e.batch_last_seq >= ?1 AND e.batch_first_seq < ?2 AND e.seq >= ?1 AND e.seq < ?2 ORDER BY e.seq LIMIT ?3",
     )?;
     let rows = stmt.query_map(
         params![
@@ -102,14 +155,16 @@ pub fn events(
             })
         },
     )?;
-    let mut out = Vec::new();
+    let (mut read, mut last) = (0, None);
     for row in rows {
         let row = row?;
+        read += 1;
+        last = Some(row.seq);
         if let Some(ev) = row.event(host) {
             out.push((row.seq, ev));
         }
     }
-    Ok(out)
+    Ok((read, last))
 }
 
 /// One `events` row with its process, as stored.

@@ -14,6 +14,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0003_events_seq",
         include_str!("migrations/0003_events_seq.sql"),
     ),
+    (
+        "0004_event_batches",
+        include_str!("migrations/0004_event_batches.sql"),
+    ),
 ];
 
 /// The schema version this netmon writes.

@@ -363,6 +363,8 @@ struct Store {
     processes: rows::ProcessCache,
     keys: HashMap<Arc<FlowKey>, i64, foldhash::fast::RandomState>,
     texts: rows::Texts,
+    /// The commit's connection events (one `event_batches` row), its buffer reused.
+    batch: rows::Batch,
     /// Dropped before `conn` (fields drop in order): stops and joins the thread.
     _checkpointer: Option<Checkpointer>,
 }
@@ -439,6 +441,7 @@ impl Store {
             processes: HashMap::default(),
             keys: HashMap::default(),
             texts: rows::Texts::default(),
+            batch: rows::Batch::default(),
             _checkpointer: checkpointer,
         }
     }
@@ -450,9 +453,11 @@ impl Store {
     ) -> rusqlite::Result<()> {
         let result = self.write_tx(batch, totals);
         if result.is_err() {
-            // Ids handed out inside the rolled-back transaction do not exist.
+            // Ids handed out inside the rolled-back transaction do not exist, nor
+            // does the batch's row.
             self.processes.clear();
             self.keys.clear();
+            self.batch = rows::Batch::default();
         }
         result
     }
@@ -480,12 +485,14 @@ impl Store {
                 rows::insert_event(
                     &tx,
                     &mut insert,
+                    &mut self.batch,
                     &mut self.processes,
                     &mut self.texts,
                     *seq,
                     event,
                 )?;
             }
+            self.batch.insert(&tx)?;
             let mut minute = tx.prepare_cached(UPSERT_MINUTE)?;
             let mut hour = tx.prepare_cached(UPSERT_HOUR)?;
             for (bucket, key, t) in totals {

@@ -264,3 +264,80 @@ fn the_checkpointer_moves_the_wal_into_the_file_while_the_writer_keeps_it_open()
     drop(store);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn connection_events_are_kept_many_to_a_row_and_read_back_through_events() {
+    let dir = std::env::temp_dir().join(format!("netmon-history-batches-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("h.db");
+    // Two minutes of connect + close pairs, and DNS between them.
+    let t = Utc::now().timestamp() / 60 * 60 - 600;
+    let mut events = Vec::new();
+    for i in 0..300 {
+        let s = t + i * 120 / 300;
+        let sport = 40000 + i as u16;
+        events.push(at(
+            s,
+            EventBody::Connect(conn(Direction::Outbound, sport, 443)),
+        ));
+        events.push(at(s, close(conn(Direction::Outbound, sport, 443), 10, 20)));
+        if i % 60 == 0 {
+            events.push(at(s, dns_event(s)));
+        }
+    }
+    let stats = write_all(&path, events);
+    assert_eq!((stats.written, stats.dropped), (605, 0), "{stats:?}");
+    let db = crate::history::open_reader(&path).unwrap();
+    let one = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    // The 600 connection events are a few rows (a commit's, cut at each minute), the
+    // DNS events one row each; the view shows all 605.
+    let batches = one("SELECT count(*) FROM event_batches");
+    assert!((2..=4).contains(&batches), "{batches} batches");
+    assert_eq!(one("SELECT sum(count) FROM event_batches"), 600);
+    assert_eq!(
+        one(
+            "SELECT count(*) FROM event_batches WHERE first_ts / 60000000000 != last_ts / 60000000000"
+        ),
+        0,
+        "a batch within one minute"
+    );
+    assert_eq!(one("SELECT count(*) FROM event_rows WHERE type = 'dns'"), 5);
+    assert_eq!(one("SELECT count(*) FROM events"), 605);
+    assert_eq!(
+        one("SELECT count(DISTINCT seq) FROM events WHERE seq BETWEEN 1 AND 605"),
+        605
+    );
+    let (kind, port, sent, received, comm): (String, i64, i64, i64, String) = db
+        .query_row(
+            "SELECT type, dst_port, bytes_sent, bytes_received, comm FROM events_with_process WHERE src_port = 40123 AND type = 'close'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (kind.as_str(), port, sent, received, comm.as_str()),
+        ("close", 443, 10, 20, "curl")
+    );
+    // A window reads only its batches: through the index on their newest time.
+    let plan: Vec<String> = db
+        .prepare("EXPLAIN QUERY PLAN SELECT ts FROM events WHERE batch_last_ts >= 1 AND ts >= 1")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        plan.iter().any(|p| p.contains("event_batches_last_ts")),
+        "{plan:#?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_view_reads_each_batched_column_at_its_position() {
+    let sql = include_str!("../migrations/0004_event_batches.sql");
+    for (i, column) in rows::BATCH_COLUMNS.iter().enumerate() {
+        let read = format!("json_extract(e.value, '$[{i}]') AS {column},");
+        assert!(sql.contains(&read), "the view lacks {read}");
+    }
+}
