@@ -427,7 +427,7 @@ fn recent_logs(
         if n > 0 {
             body.push(',');
         }
-        body.push_str(&it.json);
+        body.push_str(it.json());
         n += 1;
     }
     body.push(']');

@@ -1,8 +1,11 @@
 //! The API's copy of the event stream: one pump task takes every event of its hub
 //! subscription, numbers it (the SSE `id`: the hub's number, which the history keeps
-//! too; increasing, with a gap where the hub dropped events for the API), serialises it once
-//! (the same JSON object as the JSON Lines output) and keeps the newest in a bounded
-//! ring, from which every SSE client reads at its own pace and resumes. Also keeps
+//! too; increasing, with a gap where the hub dropped events for the API) and keeps the
+//! newest in a bounded ring, from which every SSE client reads at its own pace and
+//! resumes. An event is serialised (the same JSON object as the JSON Lines output) once,
+//! when a client first needs it: with no client watching, the API costs an event a push
+//! (serialising every event up front was a quarter of `netmon run`'s CPU on a busy web
+//! server). Also keeps
 //! the small recent buffers the other endpoints answer from: the last `stats` line,
 //! recent alerts and inventory changes (`logs`).
 //!
@@ -69,27 +72,40 @@ impl Keys {
 /// One numbered event, with what the filters look at.
 pub struct Item {
     pub id: u64,
-    pub json: Arc<str>,
     pub kind: &'static str,
     pub ts: chrono::DateTime<chrono::Utc>,
-    pub keys: Keys,
+    event: Arc<Event>,
+    json: std::sync::OnceLock<Arc<str>>,
+    keys: std::sync::OnceLock<Keys>,
 }
 
 impl Item {
-    pub fn new(id: u64, ev: &Event) -> Item {
-        // The sink's writer: serde_json's bytes, without serde for the hot types.
-        let mut line = Vec::with_capacity(512);
-        crate::output::json::write_event(&mut line, ev);
-        let json: Arc<str> = String::from_utf8(line)
-            .unwrap_or_else(|_| "{}".into())
-            .into();
+    pub fn new(id: u64, event: Arc<Event>) -> Item {
         Item {
             id,
-            json,
-            kind: ev.body.type_name(),
-            ts: ev.ts,
-            keys: Keys::of(ev),
+            kind: event.body.type_name(),
+            ts: event.ts,
+            event,
+            json: std::sync::OnceLock::new(),
+            keys: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The event's JSON object, made by the first reader that needs it.
+    pub fn json(&self) -> &Arc<str> {
+        self.json.get_or_init(|| {
+            // The sink's writer: serde_json's bytes, without serde for the hot types.
+            let mut line = Vec::with_capacity(512);
+            crate::output::json::write_event(&mut line, &self.event);
+            String::from_utf8(line)
+                .unwrap_or_else(|_| "{}".into())
+                .into()
+        })
+    }
+
+    /// What the filters look at, found by the first filter that asks.
+    pub fn keys(&self) -> &Keys {
+        self.keys.get_or_init(|| Keys::of(&self.event))
     }
 
     /// An inventory change or an alert: what `/api/v1/logs` lists.
@@ -206,13 +222,13 @@ pub struct Pump {
 
 impl Pump {
     /// Keeps `ev`, number `id` (increasing).
-    pub fn push(&mut self, id: u64, ev: &Event) {
+    pub fn push(&mut self, id: u64, ev: Arc<Event>) {
         if self.feed.host.get().is_none() {
             let _ = self.feed.host.set(ev.host.clone());
         }
         let item = Arc::new(Item::new(id, ev));
         if item.kind == "stats" {
-            *lock(&self.feed.stats) = Some(item.json.clone());
+            *lock(&self.feed.stats) = Some(item.json().clone());
         }
         if item.is_log() {
             lock(&self.feed.logs).push(item.clone());
@@ -224,7 +240,7 @@ impl Pump {
     /// Until the hub closes the subscription (netmon stops).
     pub async fn run(mut self, mut events: crate::pipeline::hub::Subscription) {
         while let Some(ev) = events.recv().await {
-            self.push(events.seq(), &ev);
+            self.push(events.seq(), ev);
         }
     }
 }
@@ -261,7 +277,7 @@ mod tests {
                 ts: at(id as i64 * 10),
                 ..stats_event()
             };
-            pump.push(id, &ev);
+            pump.push(id, Arc::new(ev));
         }
         // Ids 3, 4, 5 at +30 s, +40 s, +50 s are kept.
         let ring = lock(&feed.events);
@@ -281,7 +297,7 @@ mod tests {
         let (feed, mut pump) = start(3, 0);
         let ev = stats_event();
         for id in 1..=5 {
-            pump.push(id, &ev);
+            pump.push(id, Arc::new(ev.clone()));
         }
         let ring = lock(&feed.events);
         assert_eq!(ring.next_id(), 6);
@@ -305,7 +321,7 @@ mod tests {
         assert_eq!(*feed.latest.borrow(), 100);
         let ev = stats_event();
         for id in [101, 102, 105, 106] {
-            pump.push(id, &ev);
+            pump.push(id, Arc::new(ev.clone()));
         }
         let ring = lock(&feed.events);
         let mut out = Vec::new();
@@ -319,8 +335,8 @@ mod tests {
     #[test]
     fn item_json_is_the_json_lines_object() {
         let ev = stats_event();
-        let item = Item::new(1, &ev);
-        let back: Event = serde_json::from_str(&item.json).unwrap();
+        let item = Item::new(1, Arc::new(ev.clone()));
+        let back: Event = serde_json::from_str(item.json()).unwrap();
         assert_eq!(back, ev);
     }
 }

@@ -109,7 +109,7 @@ impl Filter {
     }
 
     pub fn matches(&self, item: &Item) -> bool {
-        self.matches_keys(item.kind, &item.keys)
+        self.matches_keys(item.kind, item.keys())
     }
 
     pub fn matches_keys(&self, kind: &str, item: &Keys) -> bool {
@@ -206,7 +206,7 @@ mod tests {
 
     fn item(json: &str) -> Item {
         let ev: Event = serde_json::from_str(json).unwrap();
-        Item::new(1, &ev)
+        Item::new(1, std::sync::Arc::new(ev))
     }
 
     const CONNECT: &str = r#"{"ts":"2026-12-02T06:00:00Z","host":"h","type":"connect","proto":"tcp","family":"ipv4","direction":"outbound","src":{"ip":"127.0.0.1","port":40000},"dst":{"ip":"127.0.0.1","port":8080},"process":{"pid":42,"tid":42,"comm":"curl","uid":0,"gid":0,"cgroup_id":1},"backend":"tracepoint"}"#;

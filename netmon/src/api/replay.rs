@@ -123,7 +123,7 @@ impl History {
         let mut go_on = upto;
         let items: Vec<Arc<Item>> = rows
             .into_iter()
-            .map(|(seq, ev)| Arc::new(Item::new(seq, &ev)))
+            .map(|(seq, ev)| Arc::new(Item::new(seq, Arc::new(ev))))
             .collect();
         if full && let Some(last) = items.last() {
             go_on = last.id + 1;

@@ -165,7 +165,7 @@ fn render(buf: &mut Vec<u8>, o: &Out) {
             let _ = writeln!(buf, "id: {}", it.id);
             // JSON escapes every control character, so this is one line; were it
             // not, each line would be a `data:` line, as SSE wants.
-            for line in it.json.split(['\n', '\r']) {
+            for line in it.json().split(['\n', '\r']) {
                 buf.extend_from_slice(b"data: ");
                 buf.extend_from_slice(line.as_bytes());
                 buf.push(b'\n');
@@ -291,7 +291,7 @@ mod tests {
             r#"{"ts":"2026-12-02T06:00:00Z","host":"h","type":"host_up","addr":"10.0.0.7","mac":null,"name":null,"reason":"icmp","last_seen":null}"#,
         )
         .unwrap();
-        let item = Arc::new(feed::Item::new(42, &ev));
+        let item = Arc::new(feed::Item::new(42, Arc::new(ev.clone())));
         let mut buf = Vec::new();
         render(&mut buf, &Out::Item(item.clone()));
         render(&mut buf, &Out::Lagged(7));
@@ -300,10 +300,10 @@ mod tests {
             text,
             format!(
                 "id: 42\ndata: {}\n\nevent: lagged\ndata: {{\"missed\":7}}\n\n",
-                item.json
+                item.json()
             )
         );
-        assert!(!item.json.contains('\n'));
+        assert!(!item.json().contains('\n'));
     }
 
     #[test]
