@@ -77,16 +77,28 @@ pub fn run(env: &Env, args: &WebArgs) -> Result<Section> {
     }
     modes.push(Mode::Bpftrace);
     let mut rates: Vec<(Mode, Vec<f64>)> = modes.iter().map(|m| (m.clone(), vec![])).collect();
+    // The tracer's CPU (all threads) per event it wrote, each run: the medians compare
+    // history on and off (a single run of each swung by a third on this machine).
+    let mut cpu: Vec<(Mode, Vec<f64>)> = modes.iter().map(|m| (m.clone(), vec![])).collect();
     for round in 1..=args.rounds {
-        for (mode, runs) in rates.iter_mut() {
+        for ((mode, runs), (_, cpus)) in rates.iter_mut().zip(cpu.iter_mut()) {
             proc::wait_for_quiet(args.quiet_wait);
             let t = start_tracer(env, args, mode, "web")?;
+            let cpu_before = t.as_ref().map(|t| t.cpu_time()).transpose()?;
             let r = wrk(nginx.port, args.seconds, args.connections)?;
-            if let Some(t) = t {
+            let mut per_event = String::new();
+            if let (Some(t), Some(before)) = (t, cpu_before) {
+                // As in `diagnose`: the reader and the history finish their batches.
+                thread::sleep(Duration::from_millis(700));
+                let used = t.cpu_time()?.saturating_sub(before);
+                let output = t.output.clone();
                 t.stop()?;
+                let us = used.as_secs_f64() * 1e6 / written(mode, &output).max(1) as f64;
+                per_event = format!(", {us:.2} µs of CPU per event");
+                cpus.push(us);
             }
             eprintln!(
-                "bench overhead (web): round {round}/{}: {}: {:.0} requests/s",
+                "bench overhead (web): round {round}/{}: {}: {:.0} requests/s{per_event}",
                 args.rounds,
                 mode.label(),
                 r.per_s
@@ -101,7 +113,7 @@ pub fn run(env: &Env, args: &WebArgs) -> Result<Section> {
     }
     Ok(Section {
         id: "overhead-web",
-        markdown: render(env, args, &rates, &diags),
+        markdown: render(env, args, &rates, &cpu, &diags),
     })
 }
 
@@ -174,17 +186,7 @@ fn diagnose(env: &Env, args: &WebArgs, mode: &Mode, port: u16) -> Result<Diagnos
             a.run_time_ns - b.map_or(0, |b| b.run_time_ns)
         })
         .sum();
-    let text = fs::read_to_string(&output).unwrap_or_default();
-    let written = match mode {
-        Mode::Bpftrace => text
-            .lines()
-            .filter(|l| l.starts_with("connect ") || l.starts_with("accept "))
-            .count(),
-        _ => text
-            .lines()
-            .filter(|l| !l.contains("\"type\":\"probe\"") && !l.contains("\"type\":\"stats\""))
-            .count(),
-    } as u64;
+    let written = written(mode, &output);
     Ok(Diagnosis {
         mode: mode.clone(),
         requests: r.requests,
@@ -196,7 +198,29 @@ fn diagnose(env: &Env, args: &WebArgs, mode: &Mode, port: u16) -> Result<Diagnos
     })
 }
 
-fn render(env: &Env, args: &WebArgs, rates: &[(Mode, Vec<f64>)], diags: &[Diagnosis]) -> String {
+/// The events (lines) a tracer wrote to `output`: bpftrace's connect and accept lines,
+/// netmon's events but its `probe` and `stats`.
+fn written(mode: &Mode, output: &Path) -> u64 {
+    let text = fs::read_to_string(output).unwrap_or_default();
+    (match mode {
+        Mode::Bpftrace => text
+            .lines()
+            .filter(|l| l.starts_with("connect ") || l.starts_with("accept "))
+            .count(),
+        _ => text
+            .lines()
+            .filter(|l| !l.contains("\"type\":\"probe\"") && !l.contains("\"type\":\"stats\""))
+            .count(),
+    }) as u64
+}
+
+fn render(
+    env: &Env,
+    args: &WebArgs,
+    rates: &[(Mode, Vec<f64>)],
+    cpu: &[(Mode, Vec<f64>)],
+    diags: &[Diagnosis],
+) -> String {
     let mut md = String::new();
     let bare = rates
         .iter()
@@ -218,16 +242,32 @@ fn render(env: &Env, args: &WebArgs, rates: &[(Mode, Vec<f64>)], diags: &[Diagno
         machine = env.machine,
         cmd = env.command_line,
     );
-    let mut t = Table::new(&["mode", "requests/s (median)", "kept", "runs"]);
-    for (mode, runs) in rates {
+    let mut t = Table::new(&[
+        "mode",
+        "requests/s (median)",
+        "kept",
+        "runs",
+        "tracer CPU µs per event written (median)",
+        "runs",
+    ]);
+    let list = |v: &[f64], digits: usize| {
+        v.iter()
+            .map(|r| format!("{r:.digits$}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for ((mode, runs), (_, cpus)) in rates.iter().zip(cpu) {
         t.row(&[
             mode.label(),
             format!("{:.0}", median(runs)),
             format!("{:.3}", median(runs) / bare),
-            runs.iter()
-                .map(|r| format!("{r:.0}"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            list(runs, 0),
+            if cpus.is_empty() {
+                "–".into()
+            } else {
+                format!("{:.2}", median(cpus))
+            },
+            list(cpus, 2),
         ]);
     }
     md.push_str(&t.render());
@@ -263,10 +303,9 @@ fn render(env: &Env, args: &WebArgs, rates: &[(Mode, Vec<f64>)], diags: &[Diagno
     // Issue 13: with the history on, ≤ 10% more overhead and CPU per event than off.
     let rate = |m: fn(&Mode) -> bool| rates.iter().find(|(x, _)| m(x)).map(|(_, r)| median(r));
     let per_event = |m: fn(&Mode) -> bool| {
-        diags
-            .iter()
-            .find(|d| m(&d.mode))
-            .map(|d| d.cpu.as_secs_f64() * 1e6 / d.written.max(1) as f64)
+        cpu.iter()
+            .find(|(x, c)| m(x) && !c.is_empty())
+            .map(|(_, c)| median(c))
     };
     let off = |m: &Mode| matches!(m, Mode::Netmon(_));
     let on = |m: &Mode| matches!(m, Mode::History(_));
@@ -277,8 +316,8 @@ fn render(env: &Env, args: &WebArgs, rates: &[(Mode, Vec<f64>)], diags: &[Diagno
         let _ = writeln!(
             md,
             "\nHistory on vs off (target ≤ 10% more): overhead (requests/s lost against \
-             nothing attached) {:.1}% vs {:.1}%; netmon's CPU per event {c_on:.2} vs \
-             {c_off:.2} µs ({:+.0}%).",
+             nothing attached) {:.1}% vs {:.1}%; netmon's CPU per event (medians of the \
+             rounds) {c_on:.2} vs {c_off:.2} µs ({:+.0}%).",
             overhead(r_on) * 100.0,
             overhead(r_off) * 100.0,
             (c_on / c_off - 1.0) * 100.0
