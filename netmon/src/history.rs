@@ -5,6 +5,7 @@
 //! - `schema.rs`: the numbered migrations in `history/migrations/` (`PRAGMA user_version`).
 //! - `writer.rs`: the ONE writer thread; it owns the read-write connection, is fed by a
 //!   hub subscription (`pipeline::hub::Subscription`) and commits in batches.
+//! - `rows.rs`, `batch.rs`: how an event is kept (connection events many to a row).
 //! - `retention.rs`: pruning in small chunks between batches.
 //! - `query.rs`: the read-only SQL behind the typed questions of `crate::query`.
 //! - `replay.rs`: events read back by their number in the hub's sequence, for the
@@ -23,6 +24,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub mod aggregate;
+mod batch;
 pub mod import;
 pub mod query;
 pub mod replay;

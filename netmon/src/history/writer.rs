@@ -27,7 +27,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 use super::{
     HistoryConfig,
     aggregate::{Aggregator, FlowKey, Totals},
-    retention, rows,
+    batch, retention, rows,
 };
 use crate::event::{Event, EventBody, HistoryStats};
 
@@ -366,7 +366,7 @@ struct Store {
     keys: HashMap<Arc<FlowKey>, i64, foldhash::fast::RandomState>,
     texts: rows::Texts,
     /// The commit's connection events (one `event_batches` row), its buffer reused.
-    batch: rows::Batch,
+    batch: batch::Batch,
     /// Dropped before `conn` (fields drop in order): stops and joins the thread.
     _checkpointer: Option<Checkpointer>,
 }
@@ -443,7 +443,7 @@ impl Store {
             processes: HashMap::default(),
             keys: HashMap::default(),
             texts: rows::Texts::default(),
-            batch: rows::Batch::default(),
+            batch: batch::Batch::default(),
             _checkpointer: checkpointer,
         }
     }
@@ -459,7 +459,7 @@ impl Store {
             // does the batch's row.
             self.processes.clear();
             self.keys.clear();
-            self.batch = rows::Batch::default();
+            self.batch = batch::Batch::default();
         }
         result
     }

@@ -336,7 +336,7 @@ fn connection_events_are_kept_many_to_a_row_and_read_back_through_events() {
 #[test]
 fn the_view_reads_each_batched_column_at_its_position() {
     let sql = include_str!("../migrations/0004_event_batches.sql");
-    for (i, column) in rows::BATCH_COLUMNS.iter().enumerate() {
+    for (i, column) in super::super::batch::BATCH_COLUMNS.iter().enumerate() {
         let read = format!("json_extract(e.value, '$[{i}]') AS {column},");
         assert!(sql.contains(&read), "the view lacks {read}");
     }
