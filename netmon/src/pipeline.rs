@@ -574,7 +574,7 @@ impl Stages {
         let stats = Event {
             ts: Utc::now(),
             host: self.host.clone(),
-            body: EventBody::Stats(Stats {
+            body: EventBody::Stats(Box::new(Stats {
                 uptime_s: self.started.elapsed().as_secs_f64(),
                 events: self.hub.event_counts(&ALWAYS_COUNTED),
                 lost,
@@ -598,7 +598,7 @@ impl Stages {
                         dropped: q.dropped.load(std::sync::atomic::Ordering::Relaxed),
                     }),
                 ring_buffer: Some(self.reader.ring_buffer()),
-            }),
+            })),
         };
         self.hub.emit(stats).await
     }

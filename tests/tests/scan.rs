@@ -717,7 +717,7 @@ fn service_detection_is_parallel_and_bounded_by_service_timeout() {
 fn host_event(ev: &[Event], addr: &str) -> netmon::event::scan::ScanHost {
     ev.iter()
         .find_map(|e| match &e.body {
-            EventBody::Host(h) if h.addr.to_string() == addr => Some(h.clone()),
+            EventBody::Host(h) if h.addr.to_string() == addr => Some((**h).clone()),
             _ => None,
         })
         .unwrap_or_else(|| panic!("no host event for {addr}"))

@@ -193,7 +193,7 @@ pub fn run(args: ScanArgs) -> Result<ExitCode> {
                     )?;
                     out.write_all(b"\n")
                 };
-                line(EventBody::Host(h.host.clone()))?;
+                line(EventBody::Host(Box::new(h.host.clone())))?;
                 for p in &h.ports {
                     line(EventBody::Port(p.clone()))?;
                 }

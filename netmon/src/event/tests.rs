@@ -81,3 +81,15 @@ fn close_always_carries_its_counters_even_when_unknown() {
     let back: Event = serde_json::from_value(json).unwrap();
     assert_eq!(back, close);
 }
+
+#[test]
+fn an_event_stays_small_enough_to_move_cheaply() {
+    // Every event is moved by value through the reader, enrichment, rules and hub: the
+    // rare large variants are boxed so the enum is the size of the hot ones (a Flow).
+    let size = std::mem::size_of::<Event>();
+    assert!(
+        size <= 400,
+        "Event is {size} bytes: box the variant that grew (EventBody is {} bytes)",
+        std::mem::size_of::<EventBody>()
+    );
+}

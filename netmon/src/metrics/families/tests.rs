@@ -49,9 +49,9 @@ fn stats_totals_raise_counters_and_never_lower_them() {
     let mut f = Families::register(&r, 10, 300.0);
     let mut s = Stats::default();
     s.events.insert("connect".into(), 5);
-    f.observe(&event(EventBody::Stats(s.clone())));
+    f.observe(&event(EventBody::Stats(Box::new(s.clone()))));
     s.events.insert("connect".into(), 3);
-    f.observe(&event(EventBody::Stats(s)));
+    f.observe(&event(EventBody::Stats(Box::new(s))));
     assert_eq!(f.events.with_label_values(&["connect"]).get(), 5);
 }
 
@@ -75,7 +75,7 @@ fn kernel_map_counters_and_the_dns_rate_limit_become_families() {
         rate_limited: 12,
         ..Default::default()
     });
-    f.observe(&event(EventBody::Stats(s)));
+    f.observe(&event(EventBody::Stats(Box::new(s))));
     let map = ["socket_owners"];
     assert_eq!(f.kernel_map_evicted.with_label_values(&map).get(), 4000);
     assert_eq!(f.kernel_map_insert_failed.with_label_values(&map).get(), 2);

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use super::write_event;
 use crate::event::{
     Alert, Close, Connection, Container, Direction, Dns, DnsAnswer, DnsRole, Endpoint, Event,
-    EventBody, Exec, Family, FlowSummary, ProcessDetail, ProcessInfo, Proto, Severity, Stats,
+    EventBody, Exec, Family, FlowSummary, ProcessDetail, ProcessInfo, Proto, Severity,
 };
 
 fn ours(e: &Event) -> String {
@@ -211,7 +211,7 @@ fn samples(s: &str) -> Vec<Event> {
     v.push(event(ts, s, EventBody::Dns(dns(s, true))));
     v.push(event(ts, s, EventBody::Dns(dns(s, false))));
     // Not written by hand: must still be serde_json's.
-    v.push(event(ts, s, EventBody::Stats(Stats::default())));
+    v.push(event(ts, s, EventBody::Stats(Box::default())));
     v.push(event(
         ts,
         s,
