@@ -23,7 +23,7 @@ use super::feed::{self, Item};
 /// Longest wait for the history writer to catch up with the ring.
 pub const WAIT: Duration = Duration::from_secs(5);
 /// How often the writer's progress is looked at while waiting.
-const POLL: Duration = Duration::from_millis(20);
+pub const POLL: Duration = Duration::from_millis(20);
 
 /// One stream's reader of the history.
 pub struct History {

@@ -259,9 +259,22 @@ async fn start_at_time(s: &Shared, t: chrono::DateTime<chrono::Utc>, latest: u64
         return id;
     }
     match &s.history {
-        Some(path) => replay::first_at(path.clone(), t)
-            .await
-            .map_or(oldest, |id| id.min(oldest)),
+        Some(path) => {
+            // The history answers for what is older than the ring: let its writer
+            // commit up to the ring's oldest first (it does within half a second), or
+            // a burst that just left the ring would not be in the file yet.
+            if let Some(settled) = &s.settled {
+                let deadline = tokio::time::Instant::now() + replay::WAIT;
+                while settled.settled().saturating_add(1) < oldest
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(replay::POLL).await;
+                }
+            }
+            replay::first_at(path.clone(), t)
+                .await
+                .map_or(oldest, |id| id.min(oldest))
+        }
         None => oldest,
     }
 }
