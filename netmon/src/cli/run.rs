@@ -102,7 +102,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub api_max_streams: u64,
     /// Recent events the API keeps so that a stream can resume (`Last-Event-ID`),
-    /// about 1 KiB each (kept as the JSON sent).
+    /// about 1 KiB each (an event, and its JSON once a client has read it).
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
     pub api_replay: u64,
     /// The API thread's nice value (0–19). By default 19: on a saturated machine the
