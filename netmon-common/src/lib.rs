@@ -414,7 +414,9 @@ pub struct FlowStart {
     pub ktime_ns: u64,
     /// [`flags::INBOUND`] or 0.
     pub flags: u32,
-    pub _pad: u32,
+    /// Network-namespace inode of the socket, read once when the flow began (0 =
+    /// unknown), so that its close need not read it again.
+    pub netns: u32,
     pub process: Process,
 }
 

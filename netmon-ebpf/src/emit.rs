@@ -27,13 +27,17 @@ pub fn current_process() -> Process {
     }
 }
 
+/// The loader's [`KernelConfig`], read in place: a copy would be ~100 bytes moved on
+/// every run of every program.
 #[inline(always)]
-pub fn config() -> KernelConfig {
+pub fn config() -> &'static KernelConfig {
     match CONFIG.get(0) {
-        Some(c) => *c,
-        None => KernelConfig::UNKNOWN,
+        Some(c) => c,
+        None => &UNKNOWN_CONFIG,
     }
 }
+
+static UNKNOWN_CONFIG: KernelConfig = KernelConfig::UNKNOWN;
 
 #[inline(always)]
 pub fn is_self(cfg: &KernelConfig, process: &Process) -> bool {
@@ -77,11 +81,17 @@ pub fn sock_netns(cfg: &KernelConfig, sk: u64) -> u32 {
 /// A zeroed connection event with its header filled in.
 #[inline(always)]
 pub fn new_event(kind: u32, backend: u32, process: Process) -> ConnEvent {
+    new_event_at(kind, backend, process, ktime_ns())
+}
+
+/// [`new_event`] at a time the caller already read (one clock read per run).
+#[inline(always)]
+pub fn new_event_at(kind: u32, backend: u32, process: Process, ktime_ns: u64) -> ConnEvent {
     ConnEvent {
         header: EventHeader {
             kind,
             backend,
-            ktime_ns: ktime_ns(),
+            ktime_ns,
             process,
         },
         src_addr: [0; 16],

@@ -13,7 +13,10 @@ use netmon_common::{
 use crate::log::{debug, warn};
 
 use crate::{
-    emit::{current_process, is_self, ktime_ns, new_event, read_kernel_at, sock_netns, submit},
+    emit::{
+        current_process, is_self, ktime_ns, new_event, new_event_at, read_kernel_at, sock_netns,
+        submit,
+    },
     maps::{CONNECTING, CONNECTING_MAX, LISTENERS, TCP_FLOWS, TCP_FLOWS_MAX, count, put, take},
 };
 
@@ -183,18 +186,19 @@ fn on_connect_done(cfg: &KernelConfig, backend: u32, sk: u64, new: i32, tuple: &
             (Process::EMPTY, flags::PROCESS_UNKNOWN)
         }
     };
+    let now = ktime_ns();
     if is_self(cfg, &process) {
         if new == TCP_ESTABLISHED {
-            remember_flow(sk, FLOW_IGNORED, process);
+            remember_flow(sk, FLOW_IGNORED, process, 0, now);
         }
         return;
     }
-    let mut event = new_event(kind::CONNECT, backend, process);
+    let mut event = new_event_at(kind::CONNECT, backend, process, now);
     fill_outbound(&mut event, tuple);
     event.flags |= unknown;
     event.netns = sock_netns(cfg, sk);
     if new == TCP_ESTABLISHED {
-        remember_flow(sk, unknown, process);
+        remember_flow(sk, unknown, process, event.netns, now);
     } else {
         event.flags |= flags::CONNECT_FAILED;
     }
@@ -238,7 +242,7 @@ fn on_passive_open(cfg: &KernelConfig, backend: u32, sk: u64, tuple: &Tuple) {
             (Process::EMPTY, flags::PROCESS_UNKNOWN)
         }
     };
-    emit_accept(cfg, backend, sk, tuple, process, unknown);
+    emit_accept_in(backend, sk, tuple, process, unknown, key.netns, cfg);
 }
 
 /// An accepted connection, owned by `process` (the acceptor or the listener's owner).
@@ -251,15 +255,38 @@ pub fn emit_accept(
     process: Process,
     unknown: u32,
 ) {
+    emit_accept_in(
+        backend,
+        sk,
+        tuple,
+        process,
+        unknown,
+        sock_netns(cfg, sk),
+        cfg,
+    );
+}
+
+/// [`emit_accept`] for a socket whose network namespace is already known.
+#[inline(always)]
+fn emit_accept_in(
+    backend: u32,
+    sk: u64,
+    tuple: &Tuple,
+    process: Process,
+    unknown: u32,
+    netns: u32,
+    cfg: &KernelConfig,
+) {
+    let now = ktime_ns();
     if is_self(cfg, &process) {
-        remember_flow(sk, FLOW_IGNORED, process);
+        remember_flow(sk, FLOW_IGNORED, process, 0, now);
         return;
     }
-    let mut event = new_event(kind::ACCEPT, backend, process);
+    let mut event = new_event_at(kind::ACCEPT, backend, process, now);
     fill_inbound(&mut event, tuple);
     event.flags |= unknown;
-    event.netns = sock_netns(cfg, sk);
-    remember_flow(sk, flags::INBOUND | unknown, process);
+    event.netns = netns;
+    remember_flow(sk, flags::INBOUND | unknown, process, netns, now);
     submit(&event);
 }
 
@@ -271,9 +298,11 @@ fn on_close(cfg: &KernelConfig, backend: u32, sk: u64, old: i32, tuple: &Tuple) 
         take!(TCP_FLOWS, kmap::TCP_FLOWS, sk);
     }
     let mut event;
+    let mut netns = 0;
     match start {
         Some(start) if start.flags & FLOW_IGNORED != 0 => return,
         Some(start) => {
+            netns = start.netns;
             event = new_event(kind::CLOSE, backend, start.process);
             event.duration_ns = event.header.ktime_ns.saturating_sub(start.ktime_ns);
             event.flags |= flags::DURATION_KNOWN | (start.flags & flags::PROCESS_UNKNOWN);
@@ -317,17 +346,22 @@ fn on_close(cfg: &KernelConfig, backend: u32, sk: u64, old: i32, tuple: &Tuple) 
         event.bytes_received = received.saturating_sub(fin_received);
         event.flags |= flags::BYTES_KNOWN;
     }
-    event.netns = sock_netns(cfg, sk);
+    event.netns = if netns != 0 {
+        netns
+    } else {
+        sock_netns(cfg, sk)
+    };
     submit(&event);
 }
 
+/// Records the start of flow `sk` at `now` (network namespace `netns`, 0 = unknown).
 #[inline(always)]
-fn remember_flow(sk: u64, flow_flags: u32, process: Process) {
+fn remember_flow(sk: u64, flow_flags: u32, process: Process, netns: u32, now: u64) {
     let pid = process.pid; // not `process` itself after the insert: see remember_connecting
     let start = FlowStart {
-        ktime_ns: ktime_ns(),
+        ktime_ns: now,
         flags: flow_flags,
-        _pad: 0,
+        netns,
         process,
     };
     if let Err(e) = put!(TCP_FLOWS, kmap::TCP_FLOWS, TCP_FLOWS_MAX, sk, start) {
