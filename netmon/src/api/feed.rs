@@ -223,27 +223,60 @@ pub struct Pump {
 impl Pump {
     /// Keeps `ev`, number `id` (increasing).
     pub fn push(&mut self, id: u64, ev: Arc<Event>) {
-        if self.feed.host.get().is_none() {
-            let _ = self.feed.host.set(ev.host.clone());
-        }
-        let item = Arc::new(Item::new(id, ev));
-        if item.kind == "stats" {
-            *lock(&self.feed.stats) = Some(item.json().clone());
-        }
-        if item.is_log() {
-            lock(&self.feed.logs).push(item.clone());
-        }
-        lock(&self.feed.events).push(item);
-        self.latest.send_replace(id);
+        self.push_all(std::iter::once((id, ev)));
     }
 
-    /// Until the hub closes the subscription (netmon stops).
+    /// Keeps every `(id, event)` of `events` (ids increasing): the ring is locked and
+    /// waiting clients woken once for all of them, not once per event (per event, the
+    /// lock and the wake-up were most of what the API cost with nobody watching).
+    pub fn push_all(&mut self, events: impl IntoIterator<Item = (u64, Arc<Event>)>) {
+        let items: Vec<Arc<Item>> = events
+            .into_iter()
+            .map(|(id, ev)| Arc::new(Item::new(id, ev)))
+            .collect();
+        let Some(last) = items.last().map(|i| i.id) else {
+            return;
+        };
+        if self.feed.host.get().is_none() {
+            let _ = self.feed.host.set(items[0].event.host.clone());
+        }
+        if let Some(stats) = items.iter().rev().find(|i| i.kind == "stats") {
+            *lock(&self.feed.stats) = Some(stats.json().clone());
+        }
+        if items.iter().any(|i| i.is_log()) {
+            let mut logs = lock(&self.feed.logs);
+            for item in items.iter().filter(|i| i.is_log()) {
+                logs.push(item.clone());
+            }
+        }
+        {
+            let mut ring = lock(&self.feed.events);
+            for item in items {
+                ring.push(item);
+            }
+        }
+        self.latest.send_replace(last);
+    }
+
+    /// Until the hub closes the subscription (netmon stops). Takes what has arrived
+    /// (up to [`PUMP_BATCH`] events) before keeping it.
     pub async fn run(mut self, mut events: crate::pipeline::hub::Subscription) {
+        let mut pending = Vec::with_capacity(PUMP_BATCH);
         while let Some(ev) = events.recv().await {
-            self.push(events.seq(), ev);
+            pending.push((events.seq(), ev));
+            while pending.len() < PUMP_BATCH {
+                match events.try_recv() {
+                    Ok(ev) => pending.push((events.seq(), ev)),
+                    Err(_) => break,
+                }
+            }
+            self.push_all(pending.drain(..));
         }
     }
 }
+
+/// The most events the pump keeps at once.
+const PUMP_BATCH: usize = 1024;
 
 pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

@@ -271,6 +271,45 @@ fn process(out: &mut Vec<u8>, p: &ProcessInfo) {
     uint(out, *gid);
     out.extend_from_slice(b",\"cgroup_id\":");
     uint(out, *cgroup_id);
+    detail_memo(out, detail);
+    out.push(b'}');
+}
+
+/// How many processes' detail each thread keeps written (see [`detail_memo`]).
+const DETAIL_SLOTS: usize = 64;
+
+type DetailSlot = Option<(std::sync::Arc<ProcessDetail>, Box<[u8]>)>;
+
+thread_local! {
+    /// The last details written on this thread, by address of their shared `Arc`:
+    /// a direct-mapped table, so bounded and without hashing.
+    static DETAILS: std::cell::RefCell<[DetailSlot; DETAIL_SLOTS]> =
+        const { std::cell::RefCell::new([const { None }; DETAIL_SLOTS]) };
+}
+
+/// [`detail`], remembered per process: every event of a process shares its
+/// `Arc<ProcessDetail>` (exe, command line, ancestors…, about half of a line's bytes),
+/// so its fields are escaped once and then copied. The slot holds the `Arc` itself, so
+/// its address cannot be reused by another detail while it is there.
+fn detail_memo(out: &mut Vec<u8>, d: &std::sync::Arc<ProcessDetail>) {
+    let slot = (std::sync::Arc::as_ptr(d) as usize >> 4) % DETAIL_SLOTS;
+    DETAILS.with(|cell| {
+        let Ok(mut slots) = cell.try_borrow_mut() else {
+            return detail(out, d); // re-entered: never, but never panic either
+        };
+        match &slots[slot] {
+            Some((kept, bytes)) if std::sync::Arc::ptr_eq(kept, d) => out.extend_from_slice(bytes),
+            _ => {
+                let start = out.len();
+                detail(out, d);
+                slots[slot] = Some((d.clone(), out[start..].into()));
+            }
+        }
+    })
+}
+
+/// The detail fields of a `process` object, from `,"exe":` to the container.
+fn detail(out: &mut Vec<u8>, d: &ProcessDetail) {
     let ProcessDetail {
         exe,
         cmdline,
@@ -280,7 +319,7 @@ fn process(out: &mut Vec<u8>, p: &ProcessInfo) {
         start_time,
         ancestors,
         container,
-    } = &**detail;
+    } = d;
     out.extend_from_slice(b",\"exe\":");
     opt_string(out, exe.as_deref());
     out.extend_from_slice(b",\"cmdline\":");
@@ -327,7 +366,6 @@ fn process(out: &mut Vec<u8>, p: &ProcessInfo) {
         }
         None => out.extend_from_slice(b"null"),
     }
-    out.push(b'}');
 }
 
 fn endpoint(out: &mut Vec<u8>, e: &Endpoint) {
@@ -462,9 +500,11 @@ fn string(out: &mut Vec<u8>, s: &str) {
 /// fraction digits, `AutoSi` none, three, six or nine. Years outside 0..=9999 and leap
 /// seconds (which chrono spells its own way) go through chrono.
 fn timestamp(out: &mut Vec<u8>, ts: &DateTime<Utc>, format: SecondsFormat) {
+    // `DateTime<Utc>`'s accessors each convert to local (naive) time again.
+    let ts = ts.naive_utc();
     let (year, nanos) = (ts.year(), ts.nanosecond());
     if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
-        out.extend_from_slice(ts.to_rfc3339_opts(format, true).as_bytes());
+        out.extend_from_slice(ts.and_utc().to_rfc3339_opts(format, true).as_bytes());
         return;
     }
     let mut buf = *b"0000-00-00T00:00:00.000000000Z";

@@ -281,6 +281,33 @@ fn timestamps_match_chrono_at_the_edges() {
 }
 
 #[test]
+fn a_process_detail_written_before_is_copied_and_a_new_one_is_written_anew() {
+    // Events of one process share their `Arc<ProcessDetail>`: the writer keeps its
+    // bytes by the Arc's address. Whatever it kept, every line is serde_json's.
+    let shared = full_process("/usr/bin/curl");
+    let conn = |p: &ProcessInfo| {
+        let mut c = full_connection("x");
+        c.process = Some(p.clone());
+        EventBody::Connect(c)
+    };
+    let ts = DateTime::from_timestamp(1_795_000_000, 5).unwrap();
+    for _ in 0..3 {
+        assert_same(&event(ts, "h", conn(&shared)));
+    }
+    // Details dropped and made again (one may land at a freed detail's address), and
+    // more of them than the writer keeps: each line still has its own.
+    for round in 0..3 {
+        for i in 0..200 {
+            let mut p = full_process(&format!("/opt/p{round}-{i}"));
+            Arc::make_mut(&mut p.detail).ppid = Some(i);
+            assert_same(&event(ts, "h", conn(&p)));
+            assert_same(&event(ts, "h", conn(&p)));
+        }
+    }
+    assert_same(&event(ts, "h", conn(&shared)));
+}
+
+#[test]
 fn huge_fields_are_written_whole() {
     let huge: String = HOSTILE.repeat(10_000);
     for e in samples(&huge) {
