@@ -35,7 +35,11 @@ pub fn record_kind(bytes: &[u8]) -> Result<u32, DecodeError> {
 }
 
 /// Decodes one ring-buffer record.
-pub fn decode(bytes: &[u8], clock: &BootClock, host: &str) -> Result<Event, DecodeError> {
+pub fn decode(
+    bytes: &[u8],
+    clock: &BootClock,
+    host: &std::sync::Arc<str>,
+) -> Result<Event, DecodeError> {
     let kind = record_kind(bytes)?;
     let body = match kind {
         kind::CONNECT | kind::ACCEPT | kind::UDP | kind::LISTEN | kind::CLOSE => {
@@ -47,7 +51,7 @@ pub fn decode(bytes: &[u8], clock: &BootClock, host: &str) -> Result<Event, Deco
     let header: EventHeader = read_struct(bytes)?;
     Ok(Event {
         ts: clock.to_wall(header.ktime_ns),
-        host: host.to_owned(),
+        host: host.clone(),
         body,
     })
 }
@@ -140,7 +144,7 @@ fn connection_body(raw: &ConnEvent) -> Result<EventBody, DecodeError> {
         src: (raw.header.kind != kind::LISTEN).then_some(Endpoint::new(src_ip, raw.src_port)),
         dst: Endpoint::new(dst_ip, raw.dst_port),
         process,
-        backend: backend_name(raw.header.backend).to_owned(),
+        backend: backend_name(raw.header.backend).into(),
         netns: (raw.netns != 0).then_some(raw.netns),
         failed: raw.flags & flags::CONNECT_FAILED != 0,
         bytes: (raw.header.kind == kind::UDP).then_some(raw.bytes_sent),
@@ -263,7 +267,7 @@ mod tests {
     }
 
     fn decode_raw(ev: &ConnEvent) -> Event {
-        decode(&bytes_of(ev), &BootClock::from_offset_ns(0), "h").unwrap()
+        decode(&bytes_of(ev), &BootClock::from_offset_ns(0), &"h".into()).unwrap()
     }
 
     #[test]
@@ -337,17 +341,17 @@ mod tests {
     fn rejects_short_and_unknown_records() {
         let clock = BootClock::from_offset_ns(0);
         assert!(matches!(
-            decode(&[0; 8], &clock, "h"),
+            decode(&[0; 8], &clock, &"h".into()),
             Err(DecodeError::Short { .. })
         ));
         let bytes = bytes_of(&raw(99, AF_INET));
         assert_eq!(
-            decode(&bytes, &clock, "h"),
+            decode(&bytes, &clock, &"h".into()),
             Err(DecodeError::UnknownKind(99))
         );
         let bytes = bytes_of(&raw(kind::CONNECT, 77));
         assert_eq!(
-            decode(&bytes, &clock, "h"),
+            decode(&bytes, &clock, &"h".into()),
             Err(DecodeError::UnknownFamily(77))
         );
     }

@@ -21,7 +21,7 @@ pub mod scan;
 pub struct Event {
     #[serde(serialize_with = "ser_ts", deserialize_with = "de_ts")]
     pub ts: DateTime<Utc>,
-    pub host: String,
+    pub host: std::sync::Arc<str>,
     #[serde(flatten)]
     pub body: EventBody,
 }
@@ -288,8 +288,9 @@ pub struct Connection {
     pub dst: Endpoint,
     /// Null when the kernel could not attribute the event to a process.
     pub process: Option<ProcessInfo>,
-    /// Which hook family produced the event: `fentry`, `kprobe` or `tracepoint`.
-    pub backend: String,
+    /// Which hook family produced the event: `fentry`, `kprobe` or `tracepoint`
+    /// (borrowed from netmon's own names, owned only when read back from JSON).
+    pub backend: std::borrow::Cow<'static, str>,
     /// Network namespace inode, when the kernel's BTF let netmon read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<u32>,

@@ -237,7 +237,7 @@ impl Flow {
             src: Some(Endpoint::new(src.ip(), src.port())),
             dst: Endpoint::new(dst.ip(), dst.port()),
             process: self.process.as_deref().cloned(),
-            backend: backend.to_owned(),
+            backend: backend.to_owned().into(),
             netns: (self.key.netns != 0).then_some(self.key.netns),
             failed: false,
             bytes: None,

@@ -160,7 +160,7 @@ pub fn run(mut opts: Options) -> Result<()> {
     let losses = tracer.take_loss_counters()?;
     let skipped = tracer.skipped_runs();
     release_free_memory();
-    let host = system::hostname();
+    let host: std::sync::Arc<str> = system::hostname().into();
     let udp_peers = match tracer.take_udp_peers() {
         Ok(m) => Some(m),
         Err(e) => {
@@ -367,7 +367,7 @@ struct Stages {
     enrich: Enricher,
     detect: detect::Detector,
     hub: Hub,
-    host: String,
+    host: std::sync::Arc<str>,
     started: Instant,
     scanner: Option<scanner::Scanner>,
     /// The history writer's counters (`stats.history`), when it runs.
@@ -378,7 +378,7 @@ struct Stages {
     ebpf_log: Option<LogQueue>,
     /// Scratch buffers, reused: records read, events enriched, alerts of one event.
     records: Vec<Record>,
-    enriched: Vec<Event>,
+    enriched: Vec<std::sync::Arc<Event>>,
     alerts: Vec<Event>,
 }
 
@@ -541,10 +541,13 @@ impl Stages {
         result
     }
 
-    async fn detect_all(&mut self, enriched: &mut Vec<Event>) -> Result<(), ConsumerGone> {
+    async fn detect_all(
+        &mut self,
+        enriched: &mut Vec<std::sync::Arc<Event>>,
+    ) -> Result<(), ConsumerGone> {
         for event in enriched.drain(..) {
             self.detect.check(&event, &mut self.alerts);
-            self.hub.emit(event).await?;
+            self.hub.emit_shared(event).await?;
             for alert in self.alerts.drain(..) {
                 self.hub.emit(alert).await?;
             }

@@ -499,7 +499,7 @@ fn discovery_finds_exactly_the_live_hosts() {
         let EventBody::Host(h) = &e.body else {
             continue;
         };
-        assert_ne!(e.host, h.addr.to_string(), "`host` is the local hostname");
+        assert_ne!(&*e.host, h.addr.to_string(), "`host` is the local hostname");
         match h.addr.to_string().as_str() {
             "10.200.11.1" => assert_eq!(h.reason.as_deref(), Some("localhost")),
             // No echo reply: a TCP probe (accepted or refused) proved it up.

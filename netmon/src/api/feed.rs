@@ -238,7 +238,7 @@ impl Pump {
             return;
         };
         if self.feed.host.get().is_none() {
-            let _ = self.feed.host.set(items[0].event.host.clone());
+            let _ = self.feed.host.set(items[0].event.host.to_string());
         }
         if let Some(stats) = items.iter().rev().find(|i| i.kind == "stats") {
             *lock(&self.feed.stats) = Some(stats.json().clone());

@@ -187,7 +187,7 @@ pub fn run(args: ScanArgs) -> Result<ExitCode> {
                         &mut out,
                         &Event {
                             ts,
-                            host: host.clone(),
+                            host: host.clone().into(),
                             body,
                         },
                     )?;

@@ -150,7 +150,7 @@ pub fn from_json(line: &str) -> serde_json::Result<Event> {
     };
     Ok(Event {
         ts: head.ts,
-        host: head.host,
+        host: head.host.into(),
         body,
     })
 }

@@ -289,7 +289,7 @@ impl Row {
         let body: EventBody = serde_json::from_value(Value::Object(obj)).ok()?;
         Some(Event {
             ts: chrono::DateTime::from_timestamp_nanos(self.ts),
-            host: host.to_owned(),
+            host: host.into(),
             body,
         })
     }

@@ -70,6 +70,54 @@ pub struct Families {
     top: Arc<Mutex<TopProcesses>>,
     /// `[metrics] peers` above 0 only.
     peers: Option<Arc<Mutex<TopPeers>>>,
+    /// The counters every connection event moves, found once.
+    hot: HotCounters,
+}
+
+/// The children of the families that every connection and close event moves, found
+/// on first use and kept (`with_label_values` hashes and compares every label value
+/// on each call: it was most of what the metrics cost per event). Indexed by
+/// [`direction_index`], [`proto_index`], result (0 established, 1 failed) and way
+/// (0 sent, 1 received). None of these families is ever reset.
+#[derive(Default)]
+struct HotCounters {
+    connections: [Option<IntCounter>; 12],
+    closes: [Option<IntCounter>; 2],
+    bytes: [Option<IntCounter>; 4],
+    packets: [Option<IntCounter>; 4],
+}
+
+/// `slot`'s counter, found in `family` under `labels` the first time.
+fn hot<'a>(
+    slot: &'a mut Option<IntCounter>,
+    family: &IntCounterVec,
+    labels: &[&str],
+) -> &'a IntCounter {
+    slot.get_or_insert_with(|| family.with_label_values(labels))
+}
+
+fn proto_index(p: Proto) -> usize {
+    match p {
+        Proto::Tcp => 0,
+        Proto::Udp => 1,
+    }
+}
+
+fn direction_index(d: Option<Direction>) -> usize {
+    match d {
+        Some(Direction::Outbound) => 0,
+        Some(Direction::Inbound) => 1,
+        None => 2,
+    }
+}
+
+/// The `(slot, labels)` of `netmon_connections_total` for a connection that began.
+fn connection_slot(c: &Connection, failed: bool) -> (usize, [&'static str; 3]) {
+    let result = if failed { "failed" } else { "established" };
+    (
+        direction_index(c.direction) * 4 + proto_index(c.proto) * 2 + failed as usize,
+        [direction_name(c.direction), proto_name(c.proto), result],
+    )
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -315,6 +363,7 @@ impl Families {
             risk,
             top,
             peers: None,
+            hot: HotCounters::default(),
         };
         f.initialise();
         f
@@ -388,20 +437,13 @@ impl Families {
         let ts = event.ts.timestamp_millis() as f64 / 1000.0;
         match &event.body {
             EventBody::Connect(c) if !c.existing => {
-                let result = if c.failed { "failed" } else { "established" };
-                self.connections
-                    .with_label_values(&[direction_name(c.direction), proto_name(c.proto), result])
-                    .inc();
+                let (slot, labels) = connection_slot(c, c.failed);
+                hot(&mut self.hot.connections[slot], &self.connections, &labels).inc();
                 self.process_and_peer_connection(c, ts);
             }
             EventBody::Accept(c) if !c.existing => {
-                self.connections
-                    .with_label_values(&[
-                        direction_name(c.direction),
-                        proto_name(c.proto),
-                        "established",
-                    ])
-                    .inc();
+                let (slot, labels) = connection_slot(c, false);
+                hot(&mut self.hot.connections[slot], &self.connections, &labels).inc();
                 self.process_and_peer_connection(c, ts);
             }
             EventBody::Udp(c) if !c.existing => {
@@ -414,21 +456,33 @@ impl Families {
                 self.listens.with_label_values(&[proto_name(c.proto)]).inc();
             }
             EventBody::Close(c) => {
-                let proto = proto_name(c.conn.proto);
-                self.closes.with_label_values(&[proto]).inc();
+                let (proto, ix) = (proto_name(c.conn.proto), proto_index(c.conn.proto));
+                let hot_counters = &mut self.hot;
+                hot(&mut hot_counters.closes[ix], &self.closes, &[proto]).inc();
                 let sent = c.bytes_sent.unwrap_or(0);
                 let received = c.bytes_received.unwrap_or(0);
-                self.bytes.with_label_values(&["sent", proto]).inc_by(sent);
-                self.bytes
-                    .with_label_values(&["received", proto])
-                    .inc_by(received);
+                hot(&mut hot_counters.bytes[ix], &self.bytes, &["sent", proto]).inc_by(sent);
+                hot(
+                    &mut hot_counters.bytes[2 + ix],
+                    &self.bytes,
+                    &["received", proto],
+                )
+                .inc_by(received);
                 if let Some(p) = c.packets_sent {
-                    self.packets.with_label_values(&["sent", proto]).inc_by(p);
+                    hot(
+                        &mut hot_counters.packets[ix],
+                        &self.packets,
+                        &["sent", proto],
+                    )
+                    .inc_by(p);
                 }
                 if let Some(p) = c.packets_received {
-                    self.packets
-                        .with_label_values(&["received", proto])
-                        .inc_by(p);
+                    hot(
+                        &mut hot_counters.packets[2 + ix],
+                        &self.packets,
+                        &["received", proto],
+                    )
+                    .inc_by(p);
                 }
                 self.top()
                     .process_bytes(c.conn.process.as_ref(), sent, received, ts);

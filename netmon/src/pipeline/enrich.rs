@@ -8,6 +8,8 @@
 //! Owns the flow tracker, the DNS transaction tracker and the name cache; shares the
 //! run's one process-context cache with the rules (`process::Processes`). Pure but for
 //! the `/proc`, sock_diag and `UDP_PEERS` reads of `flows`.
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use crate::{
@@ -19,9 +21,6 @@ use crate::{
 pub mod flows;
 
 /// One ring-buffer record, decoded by the reader.
-// Nearly every record is an `Event`, and records only pass through a reused buffer:
-// boxing the big variant would cost an allocation per event for nothing.
-#[allow(clippy::large_enum_variant)]
 pub enum Record {
     /// A process exited (`sched_process_exit`).
     Exit(u32),
@@ -31,8 +30,10 @@ pub enum Record {
     Fork(process::Fork),
     /// A DNS packet, which may complete a transaction.
     Dns(dns::Packet),
-    /// Any other event (connect, accept, udp, listen, close).
-    Event(Event),
+    /// Any other event (connect, accept, udp, listen, close), already in the `Arc`
+    /// the hub hands out: from here on it moves as a pointer (enrichment changes it
+    /// in place, while it is the only owner).
+    Event(Arc<Event>),
 }
 
 pub struct Enricher {
@@ -41,12 +42,12 @@ pub struct Enricher {
     transactions: dns::Tracker,
     names: NameCache,
     dns_seen: bool,
-    host: String,
+    host: std::sync::Arc<str>,
     scratch: Vec<Dns>,
 }
 
 impl Enricher {
-    pub fn new(flows: flows::Tracker, host: String) -> Enricher {
+    pub fn new(flows: flows::Tracker, host: std::sync::Arc<str>) -> Enricher {
         Enricher {
             flows,
             transactions: dns::Tracker::new(),
@@ -59,12 +60,12 @@ impl Enricher {
 
     /// Enriches one record; appends the events it makes (none, one, or the `dns`
     /// events a packet completes) to `out`, in stream order.
-    pub fn record(&mut self, record: Record, now_ns: u64, out: &mut Vec<Event>) {
+    pub fn record(&mut self, record: Record, now_ns: u64, out: &mut Vec<Arc<Event>>) {
         match record {
             Record::Exit(pid) => self.flows.process_exited(pid, now_ns),
             Record::Exec(x) => {
                 if let Some(event) = self.flows.process_exec(x, &self.host) {
-                    out.push(event);
+                    out.push(Arc::new(event));
                 }
             }
             Record::Fork(f) => self.flows.process_fork(f),
@@ -75,33 +76,35 @@ impl Enricher {
                 self.dns_events(&mut done, packet.ts, out);
                 self.scratch = done;
             }
-            Record::Event(mut event) => {
-                self.flows.on_event(&mut event, now_ns);
-                self.name(&mut event);
-                out.push(event);
+            Record::Event(mut shared) => {
+                // The reader's `Arc` has no other owner yet: no copy is made.
+                let event = Arc::make_mut(&mut shared);
+                self.flows.on_event(event, now_ns);
+                self.name(event);
+                out.push(shared);
             }
         }
     }
 
     /// Queries that waited too long for a response: their `dns` events.
-    pub fn tick(&mut self, now: DateTime<Utc>, out: &mut Vec<Event>) {
+    pub fn tick(&mut self, now: DateTime<Utc>, out: &mut Vec<Arc<Event>>) {
         let mut done = std::mem::take(&mut self.scratch);
         self.transactions.expire(now, &mut done);
         self.dns_events(&mut done, now, out);
         self.scratch = done;
     }
 
-    fn dns_events(&mut self, done: &mut Vec<Dns>, ts: DateTime<Utc>, out: &mut Vec<Event>) {
+    fn dns_events(&mut self, done: &mut Vec<Dns>, ts: DateTime<Utc>, out: &mut Vec<Arc<Event>>) {
         for mut d in done.drain(..) {
             if let Some(p) = d.process.as_mut() {
                 self.flows.enrich_process(p);
             }
             self.names.learn(ts, &d);
-            out.push(Event {
+            out.push(Arc::new(Event {
                 ts,
                 host: self.host.clone(),
                 body: EventBody::Dns(d),
-            });
+            }));
         }
     }
 

@@ -280,11 +280,17 @@ impl Hub {
     /// once (waiting for a lossless consumer's room). Fails only when a lossless
     /// consumer stopped (the caller ends the run and asks it why).
     pub async fn emit(&mut self, event: Event) -> Result<(), ConsumerGone> {
+        self.emit_shared(Arc::new(event)).await
+    }
+
+    /// [`Hub::emit`] of an event already in its `Arc` (the kernel's events are put in
+    /// one when decoded, so they move as a pointer through the stages).
+    pub async fn emit_shared(&mut self, event: Arc<Event>) -> Result<(), ConsumerGone> {
         if !matches!(event.body, EventBody::Stats(_)) {
             *self.counts.entry(event.body.type_name()).or_default() += 1;
         }
         self.seq += 1;
-        self.pending.push(Arc::new(event));
+        self.pending.push(event);
         if self.pending.len() >= BATCH {
             self.flush().await?;
         }

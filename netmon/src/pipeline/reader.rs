@@ -25,7 +25,7 @@ use crate::{
 pub struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
     clock: BootClock,
-    host: String,
+    host: std::sync::Arc<str>,
     malformed: u64,
     losses: LossCounters,
     /// The kernel's count of runs of our programs it skipped.
@@ -39,7 +39,7 @@ impl Reader {
         ring: RingBuf<MapData>,
         losses: LossCounters,
         skipped: SkippedRuns,
-        host: String,
+        host: std::sync::Arc<str>,
         fill: fill::RingFill,
     ) -> Result<Reader> {
         // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as
@@ -87,7 +87,8 @@ impl Reader {
                     Ok(kind::DNS) => dns::decode_packet(&bytes, &self.clock).map(Record::Dns),
                     Ok(kind::EXEC) => decode::decode_exec(&bytes, &self.clock).map(Record::Exec),
                     Ok(kind::FORK) => decode::decode_fork(&bytes, &self.clock).map(Record::Fork),
-                    _ => decode::decode(&bytes, &self.clock, &self.host).map(Record::Event),
+                    _ => decode::decode(&bytes, &self.clock, &self.host)
+                        .map(|e| Record::Event(std::sync::Arc::new(e))),
                 }
             };
             drop(bytes);

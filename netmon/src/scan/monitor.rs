@@ -141,7 +141,7 @@ pub struct Monitor {
     schedule: Schedule,
     rate: Arc<RateLimiter>,
     peers: BTreeSet<IpAddr>,
-    host: String,
+    host: std::sync::Arc<str>,
     pub counters: MonitorCounters,
     /// Addresses of the configured networks, expanded once.
     network_addrs: Vec<IpAddr>,
@@ -175,7 +175,7 @@ impl Monitor {
             inventory,
             settings,
             peers: BTreeSet::new(),
-            host: system::hostname(),
+            host: system::hostname().into(),
             counters: MonitorCounters::default(),
             network_addrs,
         })

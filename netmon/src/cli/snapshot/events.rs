@@ -64,7 +64,7 @@ pub fn socket_events(
     };
     let event = |body| Event {
         ts,
-        host: host.to_owned(),
+        host: host.into(),
         body,
     };
     let conn = |s: &SocketInfo, direction, src: Option<SocketAddr>, dst: SocketAddr| Connection {

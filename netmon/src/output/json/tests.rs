@@ -67,7 +67,7 @@ fn full_connection(s: &str) -> Connection {
             name: Some(s.into()),
         },
         process: Some(full_process(s)),
-        backend: s.into(),
+        backend: s.to_owned().into(),
         netns: Some(4026531840),
         failed: true,
         bytes: Some(0),
@@ -83,7 +83,7 @@ fn bare_connection() -> Connection {
         src: None,
         dst: Endpoint::new("0.0.0.0".parse().unwrap(), 0),
         process: None,
-        backend: String::new(),
+        backend: String::new().into(),
         netns: None,
         failed: false,
         bytes: None,
@@ -415,7 +415,7 @@ fn connection() -> BoxedStrategy<Connection> {
                     src,
                     dst,
                     process,
-                    backend,
+                    backend: backend.into(),
                     netns,
                     failed,
                     bytes,
@@ -554,7 +554,7 @@ proptest! {
         host in hostile_string(),
         body in body(),
     ) {
-        let e = Event { ts: DateTime::from_timestamp(secs, nanos).unwrap(), host, body };
+        let e = Event { ts: DateTime::from_timestamp(secs, nanos).unwrap(), host: host.into(), body };
         prop_assert_eq!(ours(&e), serde_json::to_string(&e).unwrap());
     }
 }

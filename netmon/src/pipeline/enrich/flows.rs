@@ -60,7 +60,7 @@ pub struct Tracker {
     /// Backend names for events netmon makes itself (`close` of an idle UDP flow, `flow`).
     tcp_backend: String,
     udp_backend: String,
-    host: String,
+    host: std::sync::Arc<str>,
     /// The last process seen per pid, shared by its flows so each flow costs a pointer.
     interned: foldhash::HashMap<u32, Arc<ProcessInfo>>,
     /// Owner of each TCP listening port by (netns, port): from the sockets found at
@@ -78,7 +78,7 @@ impl Tracker {
         udp_peers: Option<UdpPeers>,
         netns_known: bool,
         backends: (String, String),
-        host: String,
+        host: std::sync::Arc<str>,
     ) -> Tracker {
         Tracker {
             flows: FlowTable::new(cfg),
@@ -128,7 +128,11 @@ impl Tracker {
     }
 
     /// An exec for the process table; the `exec` event it makes when those are on.
-    pub fn process_exec(&mut self, x: crate::process::Exec, host: &str) -> Option<Event> {
+    pub fn process_exec(
+        &mut self,
+        x: crate::process::Exec,
+        host: &std::sync::Arc<str>,
+    ) -> Option<Event> {
         let (pid, ts) = (x.pid, x.ts);
         let mut process = ProcessInfo::kernel(pid, pid, x.comm.clone(), x.uid, x.gid, x.cgroup_id);
         self.procs.get().exec(x);
@@ -139,7 +143,7 @@ impl Tracker {
         self.procs.get().enrich(&mut process);
         Some(Event {
             ts,
-            host: host.to_owned(),
+            host: host.clone(),
             body: EventBody::Exec(crate::event::Exec { process }),
         })
     }
