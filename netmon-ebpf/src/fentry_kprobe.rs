@@ -37,7 +37,7 @@ use crate::{
 #[inline(always)]
 fn on_tcp_connect(backend: u32, sk: u64) {
     let cfg = config();
-    if owns(&cfg, cap::TCP_CONNECT, backend) {
+    if owns(cfg, cap::TCP_CONNECT, backend) {
         remember_connecting(sk);
     }
 }
@@ -45,46 +45,46 @@ fn on_tcp_connect(backend: u32, sk: u64) {
 #[inline(always)]
 fn on_tcp_set_state(backend: u32, sk: u64, new: i32) {
     let cfg = config();
-    let Some(old) = sock_state(&cfg, sk) else {
+    let Some(old) = sock_state(cfg, sk) else {
         return;
     };
-    on_transition(&cfg, backend, sk, old, new, &SockTuple { cfg: &cfg, sk });
+    on_transition(cfg, backend, sk, old, new, &SockTuple { cfg, sk });
 }
 
 #[inline(always)]
 fn on_accept_return(backend: u32, newsk: u64) {
     let cfg = config();
-    if newsk == 0 || !owns(&cfg, cap::TCP_ACCEPT, backend) {
+    if newsk == 0 || !owns(cfg, cap::TCP_ACCEPT, backend) {
         return;
     }
-    if let Some(t) = tuple_of_sock(&cfg, newsk) {
-        emit_accept(&cfg, backend, newsk, &t, current_process(), 0);
+    if let Some(t) = tuple_of_sock(cfg, newsk) {
+        emit_accept(cfg, backend, newsk, &t, current_process(), 0);
     }
 }
 
 #[inline(always)]
 fn on_listen_start(backend: u32, sk: u64) {
     let cfg = config();
-    if !owns(&cfg, cap::TCP_LISTEN, backend) {
+    if !owns(cfg, cap::TCP_LISTEN, backend) {
         return;
     }
-    if let Some(t) = tuple_of_sock(&cfg, sk) {
-        on_listen(&cfg, backend, sk, &t);
+    if let Some(t) = tuple_of_sock(cfg, sk) {
+        on_listen(cfg, backend, sk, &t);
     }
 }
 
 #[inline(always)]
 fn on_send_skb(backend: u32, skb: u64, is_ipv6: bool) {
     let cfg = config();
-    if !owns(&cfg, cap::UDP_SEND, backend) {
+    if !owns(cfg, cap::UDP_SEND, backend) {
         return;
     }
-    let Some(base) = network_header(&cfg, skb) else {
+    let Some(base) = network_header(cfg, skb) else {
         return;
     };
     let datagram = udp::parse(is_ipv6, &KernelBytes(base));
     if let Some(d) = datagram {
-        udp::on_datagram(&cfg, backend, current_process(), 0, &d);
+        udp::on_datagram(cfg, backend, current_process(), 0, &d);
     }
 }
 

@@ -35,7 +35,7 @@ const ARGS_READ_MAX: u64 = EXEC_ARGS_MAX as u64 - 1;
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let process = current_process();
-    if process.pid != process.tid || is_self(&config(), &process) {
+    if process.pid != process.tid || is_self(config(), &process) {
         return 0;
     }
     let header = EventHeader {
@@ -83,7 +83,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         (*ev).ppid = ppid;
         (*ev).start_time_ns = start_time_ns;
         (*ev).filename_len = read_filename(&ctx, (*ev).filename.as_mut_ptr());
-        let (len, truncated) = read_args(&cfg, task, (*ev).args.as_mut_ptr());
+        let (len, truncated) = read_args(cfg, task, (*ev).args.as_mut_ptr());
         (*ev).args_len = len;
         (*ev).args_truncated = truncated;
     }
@@ -157,7 +157,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let process = current_process();
-    if is_self(&cfg, &process) {
+    if is_self(cfg, &process) {
         return 0;
     }
     let event = ForkEvent {

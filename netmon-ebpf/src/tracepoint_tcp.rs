@@ -50,7 +50,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let cfg = config();
-    on_transition(&cfg, backend::TRACEPOINT, sk, old, new, &record);
+    on_transition(cfg, backend::TRACEPOINT, sk, old, new, &record);
     Ok(())
 }
 
