@@ -5,8 +5,8 @@
 //! as `DnsEvent`s.
 //!
 //! Attribution: the socket cookie of the packet's socket maps to the process that last
-//! connected or sent on it (`SOCKET_OWNERS`). The `dns_connect*`/`dns_sendmsg*` hooks
-//! fill it for sockets talking to a DNS port (TCP included, which the UDP hooks skip),
+//! connected or sent on it (`SOCKET_OWNERS`). The `sock_connect*`/`sock_sendmsg*` programs
+//! (`cgroup_sock_addr.rs`) fill it for sockets talking to a DNS port (TCP included, which the UDP hooks skip),
 //! so a response arriving on the same socket is attributed to the process that asked.
 //! The kernel never interprets the DNS message: userspace parses it and distrusts every
 //! length in it.
@@ -16,10 +16,8 @@
 //! rate per owning process (GCRA on `DNS_RATE`, the owner's tgid; unknown owners share
 //! one budget); the excess is counted (`kmap::DNS_RATE_LIMITED`), not copied.
 use aya_ebpf::{
-    bindings::bpf_sock_addr,
     helpers::generated::{bpf_get_socket_cookie, bpf_skb_load_bytes},
-    macros::cgroup_sock_addr,
-    programs::{SkBuffContext, SockAddrContext},
+    programs::SkBuffContext,
 };
 use netmon_common::{
     AF_INET, AF_INET6, DNS_PAYLOAD_MAX, DnsEvent, IPPROTO_TCP, IPPROTO_UDP, Process, backend,
@@ -27,9 +25,8 @@ use netmon_common::{
 };
 
 use crate::{
-    cgroup_skb::{ALLOW, ETH_P_IP, ETH_P_IPV6},
-    cgroup_udp::remember_socket_owner,
-    emit::{config, count_lost, current_process, is_self, ktime_ns, submit_flags},
+    cgroup_skb::{ETH_P_IP, ETH_P_IPV6},
+    emit::{config, count_lost, is_self, ktime_ns, submit_flags},
     maps::{DNS_RATE, DNS_RATE_MAX, EVENTS, SOCKET_OWNERS, bump, is_dns_port, put},
 };
 
@@ -76,49 +73,6 @@ fn within_rate(pid: u32) -> bool {
     true
 }
 
-#[cgroup_sock_addr(connect4)]
-pub fn dns_connect4(ctx: SockAddrContext) -> i32 {
-    remember_dns_owner(&ctx);
-    ALLOW
-}
-
-#[cgroup_sock_addr(connect6)]
-pub fn dns_connect6(ctx: SockAddrContext) -> i32 {
-    remember_dns_owner(&ctx);
-    ALLOW
-}
-
-#[cgroup_sock_addr(sendmsg4)]
-pub fn dns_sendmsg4(ctx: SockAddrContext) -> i32 {
-    remember_dns_owner(&ctx);
-    ALLOW
-}
-
-#[cgroup_sock_addr(sendmsg6)]
-pub fn dns_sendmsg6(ctx: SockAddrContext) -> i32 {
-    remember_dns_owner(&ctx);
-    ALLOW
-}
-
-/// Records the calling process as the owner of a socket that talks to a DNS port.
-#[inline(always)]
-fn remember_dns_owner(ctx: &SockAddrContext) {
-    let addr: *const bpf_sock_addr = ctx.sock_addr;
-    // SAFETY: the verifier hands us a valid context pointer.
-    let (protocol, user_port) = unsafe { ((*addr).protocol, (*addr).user_port) };
-    if protocol != IPPROTO_UDP as u32 && protocol != IPPROTO_TCP as u32 {
-        return;
-    }
-    // `user_port` holds the port in network byte order in its low 16 bits.
-    let port = u16::from_be(user_port as u16);
-    if !is_dns_port(port) {
-        return;
-    }
-    // SAFETY: a helper call on the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    remember_socket_owner(cookie, current_process());
-}
-
 /// Where a packet's DNS payload lies, and its endpoints.
 struct Segment {
     family: u16,
@@ -152,7 +106,7 @@ pub fn capture(ctx: &SkBuffContext, direction: u32) -> Result<(), i64> {
         None => (Process::EMPTY, dns_flags::PROCESS_UNKNOWN),
     };
     let cfg = config();
-    if is_self(&cfg, &process) || !within_rate(process.pid) {
+    if is_self(cfg, &process) || !within_rate(process.pid) {
         return Ok(());
     }
     // The event is 600+ bytes: it is written straight into the ring buffer, never

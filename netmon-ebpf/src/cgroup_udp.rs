@@ -2,61 +2,23 @@
 //! without kprobes or fentry.
 //!
 //! `cgroup/connect{4,6}` and `cgroup/sendmsg{4,6}` run in the sending process, so they
-//! record which process owns each UDP socket (by socket cookie). The egress skb
+//! record which process owns each UDP socket (by socket cookie; the programs are in
+//! `cgroup_sock_addr.rs`, shared with DNS). The egress skb
 //! program (`cgroup_skb.rs`) sees every datagram with its real source address, port
 //! and length and hands it here, then to `udp.rs`, which reports new peers and counts
 //! the rest.
 use aya_ebpf::{
-    bindings::bpf_sock_addr,
     helpers::generated::bpf_get_socket_cookie,
-    macros::{cgroup_sock, cgroup_sock_addr},
-    programs::{SkBuffContext, SockAddrContext, SockContext},
+    macros::cgroup_sock,
+    programs::{SkBuffContext, SockContext},
 };
 use netmon_common::{IPPROTO_UDP, KernelConfig, Process, backend, flags, kmap};
 
 use crate::{
     cgroup_skb::ALLOW,
-    emit::current_process,
     maps::{SOCKET_OWNERS, SOCKET_OWNERS_MAX, count, entered, is_dns_port, take},
     udp,
 };
-
-#[cgroup_sock_addr(connect4)]
-pub fn udp_connect4(ctx: SockAddrContext) -> i32 {
-    remember_owner(&ctx);
-    ALLOW
-}
-
-#[cgroup_sock_addr(connect6)]
-pub fn udp_connect6(ctx: SockAddrContext) -> i32 {
-    remember_owner(&ctx);
-    ALLOW
-}
-
-#[cgroup_sock_addr(sendmsg4)]
-pub fn udp_sendmsg4(ctx: SockAddrContext) -> i32 {
-    remember_owner(&ctx);
-    ALLOW
-}
-
-#[cgroup_sock_addr(sendmsg6)]
-pub fn udp_sendmsg6(ctx: SockAddrContext) -> i32 {
-    remember_owner(&ctx);
-    ALLOW
-}
-
-#[inline(always)]
-fn remember_owner(ctx: &SockAddrContext) {
-    let addr: *const bpf_sock_addr = ctx.sock_addr;
-    // SAFETY: the verifier hands us a valid context pointer.
-    let protocol = unsafe { (*addr).protocol };
-    if protocol != IPPROTO_UDP as u32 {
-        return;
-    }
-    // SAFETY: a helper call on the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    remember_socket_owner(cookie, current_process());
-}
 
 /// Records `process` as the owner of the socket with `cookie`. Runs on every
 /// `sendmsg()` of an unconnected socket, so a known socket is updated in place (an

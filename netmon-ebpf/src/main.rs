@@ -12,6 +12,7 @@
 
 mod cgroup_dns;
 mod cgroup_skb;
+mod cgroup_sock_addr;
 mod cgroup_udp;
 mod emit;
 mod fentry_kprobe;

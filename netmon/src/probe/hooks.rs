@@ -224,6 +224,13 @@ const TCP_STATE_TP: Hook = hook(
 /// one program run, and it asks `cap_backend` which of the two it is wanted for.
 const SKB_EGRESS: Hook = hook("skb_egress", Attach::CgroupSkbEgress);
 
+/// The sock_addr programs that record a socket's owner, likewise shared by UDP
+/// (tracepoint backend) and DNS: a `connect()` or `sendmsg()` pays for one run.
+const SOCK_CONNECT4: Hook = hook("sock_connect4", Attach::CgroupSockAddr);
+const SOCK_CONNECT6: Hook = hook("sock_connect6", Attach::CgroupSockAddr);
+const SOCK_SENDMSG4: Hook = hook("sock_sendmsg4", Attach::CgroupSockAddr);
+const SOCK_SENDMSG6: Hook = hook("sock_sendmsg6", Attach::CgroupSockAddr);
+
 /// Forgets a socket's owner (`SOCKET_OWNERS`) when the socket is released. Kernels
 /// before 5.9 lack the hook: owners then leave only by LRU eviction, so a churn of
 /// sockets can push out live ones (counted in `stats.kernel_maps.socket_owners`).
@@ -328,10 +335,10 @@ pub(super) static HOOK_GROUPS: &[HookGroup] = &[
         backend: BackendChoice::Tracepoint,
         capabilities: &[UdpSend],
         hooks: &[
-            hook("udp_connect4", Attach::CgroupSockAddr),
-            hook("udp_connect6", Attach::CgroupSockAddr),
-            hook("udp_sendmsg4", Attach::CgroupSockAddr),
-            hook("udp_sendmsg6", Attach::CgroupSockAddr),
+            SOCK_CONNECT4,
+            SOCK_CONNECT6,
+            SOCK_SENDMSG4,
+            SOCK_SENDMSG6,
             SKB_EGRESS,
             SOCK_RELEASE,
         ],
@@ -371,10 +378,10 @@ pub(super) static HOOK_GROUPS: &[HookGroup] = &[
         backend: BackendChoice::Tracepoint,
         capabilities: &[Dns],
         hooks: &[
-            hook("dns_connect4", Attach::CgroupSockAddr),
-            hook("dns_connect6", Attach::CgroupSockAddr),
-            hook("dns_sendmsg4", Attach::CgroupSockAddr),
-            hook("dns_sendmsg6", Attach::CgroupSockAddr),
+            SOCK_CONNECT4,
+            SOCK_CONNECT6,
+            SOCK_SENDMSG4,
+            SOCK_SENDMSG6,
             SKB_EGRESS,
             hook("skb_ingress", Attach::CgroupSkbIngress),
             SOCK_RELEASE,
