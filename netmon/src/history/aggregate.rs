@@ -129,7 +129,16 @@ impl<'a> KeyView<'a> {
             && self.remote_name == k.remote_name
             && match self.user {
                 User::Name(n) => n == k.user,
-                _ => self.user() == k.user,
+                // The uid's digits on the stack: `user()` would allocate per event.
+                User::Uid(u) => {
+                    use std::io::Write as _;
+                    let mut digits = [0u8; 10];
+                    let mut rest = &mut digits[..];
+                    let _ = write!(rest, "{u}");
+                    let len = 10 - rest.len();
+                    digits[..len] == *k.user.as_bytes()
+                }
+                User::Unknown => k.user.is_empty(),
             }
     }
 
@@ -427,6 +436,33 @@ pub(super) mod tests {
             (find("inbound").connections, find("inbound").bytes_sent),
             (1, 2000)
         );
+    }
+
+    #[test]
+    fn events_of_a_key_seen_before_add_to_its_totals_without_a_second_entry() {
+        let mut a = Aggregator::default();
+        let named = |dir, sport| {
+            let mut c = conn(dir, sport, 8080);
+            if let Some(p) = c.process.as_mut() {
+                Arc::make_mut(&mut p.detail).user = Some("www-data".into());
+                Arc::make_mut(&mut p.detail).exe = Some("/usr/sbin/nginx".into());
+            }
+            c
+        };
+        for sport in 0..5_000 {
+            a.add(&at(
+                60,
+                EventBody::Connect(named(Direction::Outbound, sport)),
+            ));
+            a.add(&at(60, EventBody::Accept(named(Direction::Inbound, sport))));
+            a.add(&at(
+                61,
+                EventBody::Connect(conn(Direction::Outbound, sport, 8080)),
+            ));
+        }
+        assert_eq!((a.pending.len(), a.collided.len()), (3, 0));
+        let rows = a.take();
+        assert!(rows.iter().all(|r| r.2.connections == 5_000), "{rows:?}");
     }
 
     #[test]

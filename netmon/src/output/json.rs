@@ -371,6 +371,18 @@ fn detail(out: &mut Vec<u8>, d: &ProcessDetail) {
 fn endpoint(out: &mut Vec<u8>, e: &Endpoint) {
     let Endpoint { ip, port, name } = e;
     out.extend_from_slice(b"{\"ip\":\"");
+    ip_digits(out, ip);
+    out.extend_from_slice(b"\",\"port\":");
+    uint(out, *port);
+    if let Some(n) = name {
+        out.extend_from_slice(b",\"name\":");
+        string(out, n);
+    }
+    out.push(b'}');
+}
+
+/// An address as serde writes it, without the quotes.
+pub(crate) fn ip_digits(out: &mut Vec<u8>, ip: &IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, o) in v4.octets().into_iter().enumerate() {
@@ -392,13 +404,6 @@ fn endpoint(out: &mut Vec<u8>, e: &Endpoint) {
             let _ = write!(out, "{v6}");
         }
     }
-    out.extend_from_slice(b"\",\"port\":");
-    uint(out, *port);
-    if let Some(n) = name {
-        out.extend_from_slice(b",\"name\":");
-        string(out, n);
-    }
-    out.push(b'}');
 }
 
 fn proto(out: &mut Vec<u8>, p: Proto) {
@@ -410,12 +415,17 @@ fn proto(out: &mut Vec<u8>, p: Proto) {
 
 /// Numbers through serde_json's own formatter (itoa; zmij for floats), so they are
 /// its bytes whatever version it is.
-fn uint(out: &mut Vec<u8>, v: impl Into<u64>) {
+pub(crate) fn uint(out: &mut Vec<u8>, v: impl Into<u64>) {
     // Writing into a Vec cannot fail.
     let _ = CompactFormatter.write_u64(out, v.into());
 }
 
-fn opt_uint(out: &mut Vec<u8>, v: Option<impl Into<u64>>) {
+/// serde_json's i64.
+pub(crate) fn int(out: &mut Vec<u8>, v: i64) {
+    let _ = CompactFormatter.write_i64(out, v);
+}
+
+pub(crate) fn opt_uint(out: &mut Vec<u8>, v: Option<impl Into<u64>>) {
     match v {
         Some(v) => uint(out, v),
         None => out.extend_from_slice(b"null"),
@@ -431,7 +441,7 @@ fn skipped_uint(out: &mut Vec<u8>, key: &[u8], v: Option<u64>) {
 }
 
 /// serde_json's f64: its formatter for finite values, null for NaN and infinities.
-fn float(out: &mut Vec<u8>, v: f64) {
+pub(crate) fn float(out: &mut Vec<u8>, v: f64) {
     if v.is_finite() {
         let _ = CompactFormatter.write_f64(out, v);
     } else {
@@ -439,7 +449,7 @@ fn float(out: &mut Vec<u8>, v: f64) {
     }
 }
 
-fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
+pub(crate) fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
         Some(s) => string(out, s),
         None => out.extend_from_slice(b"null"),
@@ -466,7 +476,7 @@ static ESCAPE: [u8; 256] = {
 };
 
 /// A JSON string, escaped as serde_json escapes (nothing above U+001F but `"` and `\`).
-fn string(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
