@@ -11,7 +11,7 @@
 use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
 use netmon_common::{IPPROTO_TCP, IPPROTO_UDP, KernelConfig, backend, cap, dns_flags};
 
-use crate::{cgroup_dns, cgroup_udp, maps::CONFIG, maps::is_dns_port};
+use crate::{cgroup_dns, cgroup_udp, emit::config, maps::is_dns_port};
 
 /// Return value of cgroup hooks that lets the operation proceed.
 pub const ALLOW: i32 = 1;
@@ -40,7 +40,7 @@ struct Peek {
 
 #[inline(always)]
 fn try_packet(ctx: &SkBuffContext, direction: u32) -> Option<()> {
-    let cfg: &KernelConfig = CONFIG.get(0)?;
+    let cfg: &KernelConfig = config();
     let udp = direction == dns_flags::EGRESS
         && cfg.cap_backend[cap::UDP_SEND] as u32 == backend::TRACEPOINT;
     let dns = cfg.cap_backend[cap::DNS] != 0;
@@ -53,8 +53,7 @@ fn try_packet(ctx: &SkBuffContext, direction: u32) -> Option<()> {
         return None;
     }
     if udp && is_udp {
-        let cfg = *cfg;
-        cgroup_udp::on_egress(ctx, &cfg, p.is_ipv6);
+        cgroup_udp::on_egress(ctx, cfg, p.is_ipv6);
     }
     if dns {
         let (src, dst) = ports(ctx, p.l4)?;

@@ -242,7 +242,7 @@ fn on_passive_open(cfg: &KernelConfig, backend: u32, sk: u64, tuple: &Tuple) {
             (Process::EMPTY, flags::PROCESS_UNKNOWN)
         }
     };
-    emit_accept_in(backend, sk, tuple, process, unknown, key.netns, cfg);
+    emit_accept_in(cfg, backend, sk, tuple, process, unknown, key.netns);
 }
 
 /// An accepted connection, owned by `process` (the acceptor or the listener's owner).
@@ -256,26 +256,26 @@ pub fn emit_accept(
     unknown: u32,
 ) {
     emit_accept_in(
+        cfg,
         backend,
         sk,
         tuple,
         process,
         unknown,
         sock_netns(cfg, sk),
-        cfg,
     );
 }
 
 /// [`emit_accept`] for a socket whose network namespace is already known.
 #[inline(always)]
 fn emit_accept_in(
+    cfg: &KernelConfig,
     backend: u32,
     sk: u64,
     tuple: &Tuple,
     process: Process,
     unknown: u32,
     netns: u32,
-    cfg: &KernelConfig,
 ) {
     let now = ktime_ns();
     if is_self(cfg, &process) {

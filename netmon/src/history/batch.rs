@@ -112,13 +112,13 @@ impl BatchedEvent<'_> {
     /// `String` and escapes it again).
     pub(super) fn write(&self, out: &mut Vec<u8>) {
         use crate::output::json::{float, int, ip_digits, opt_string, string};
-        let n = |out: &mut Vec<u8>, v: Option<u64>| match v {
-            Some(v) => int(out, v.min(i64::MAX as u64) as i64),
-            None => out.extend_from_slice(b"null"),
-        };
         let opt_int = |out: &mut Vec<u8>, v: Option<i64>| match v {
             Some(v) => int(out, v),
             None => out.extend_from_slice(b"null"),
+        };
+        // Counters are u64; the columns are SQLite integers.
+        let n = |out: &mut Vec<u8>, v: Option<u64>| {
+            opt_int(out, v.map(|v| v.min(i64::MAX as u64) as i64))
         };
         let end = |out: &mut Vec<u8>, e: Option<(IpAddr, u16)>| match e {
             Some((ip, port)) => {
