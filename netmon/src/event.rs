@@ -213,7 +213,7 @@ impl ProcessInfo {
             uid,
             gid,
             cgroup_id,
-            detail: Arc::default(),
+            detail: ProcessDetail::unknown(),
         }
     }
 }
@@ -252,6 +252,18 @@ pub struct ProcessDetail {
     /// The container the process runs in, from its cgroup path; null outside containers.
     #[serde(default)]
     pub container: Option<Container>,
+}
+
+impl ProcessDetail {
+    /// The detail of a process nothing was read about, shared by the thread's events:
+    /// every kernel event starts with it until enrichment swaps in the process's own,
+    /// so a fresh allocation each time would be one per event for nothing.
+    pub fn unknown() -> Arc<ProcessDetail> {
+        thread_local! {
+            static UNKNOWN: Arc<ProcessDetail> = Arc::default();
+        }
+        UNKNOWN.with(Arc::clone)
+    }
 }
 
 /// An `exec` event: the process as it is after the exec (its new `exe`, `cmdline`,
@@ -655,9 +667,10 @@ pub struct Alert {
 pub struct FlowSample {
     #[serde(serialize_with = "ser_ts", deserialize_with = "de_ts")]
     pub ts: DateTime<Utc>,
-    /// `connect`, `accept`, `udp`, `listen` or `dns`.
+    /// `connect`, `accept`, `udp`, `listen` or `dns` (borrowed from the event type's
+    /// name: the rules take a sample of every connection).
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: std::borrow::Cow<'static, str>,
     pub proto: Proto,
     pub direction: Option<Direction>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

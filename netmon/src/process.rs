@@ -185,7 +185,7 @@ impl ProcessCache {
     /// thread's in `thread` when they differ.
     pub fn enrich(&mut self, process: &mut ProcessInfo) {
         if process.pid == 0 {
-            process.detail = Arc::default();
+            process.detail = ProcessDetail::unknown();
             return;
         }
         let leader_event = process.tid == process.pid || process.tid == 0;
@@ -203,7 +203,7 @@ impl ProcessCache {
     /// Context of `pid` (whose kernel `comm` is `comm`), from the table or `/proc`.
     pub fn detail(&mut self, pid: u32, uid: u32, comm: &str) -> Arc<ProcessDetail> {
         if pid == 0 {
-            return Arc::default();
+            return ProcessDetail::unknown();
         }
         self.lookup(pid, uid, comm, true).1
     }

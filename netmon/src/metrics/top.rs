@@ -14,7 +14,7 @@
 //! remembered up to a bound ([`MAX_CANDIDATES`]); beyond it a new key is only counted
 //! under `~other`. Pure state; the clock is the events' own time.
 use std::{
-    collections::HashMap,
+    borrow::{Borrow, Cow},
     fmt::Display,
     hash::Hash,
     net::IpAddr,
@@ -58,6 +58,10 @@ struct Slot {
     recent: u64,
 }
 
+/// Looked up on every connection and close: foldhash, not SipHash (the keys are the
+/// host's own process names and peers, and the map is bounded).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The state behind one bounded family pair.
 pub struct Top<K> {
     limit: usize,
@@ -75,8 +79,14 @@ pub type TopPeers = Top<IpAddr>;
 
 /// The label of a process: the file name of its exe (` (deleted)` cut), else its comm.
 pub fn process_name(p: Option<&ProcessInfo>) -> String {
+    process_label(p).into_owned()
+}
+
+/// [`process_name`], borrowed from the event unless it had to be changed: looked up
+/// on every connection and close, and allocated only for a key seen the first time.
+fn process_label(p: Option<&ProcessInfo>) -> Cow<'_, str> {
     let Some(p) = p else {
-        return "unknown".into();
+        return Cow::Borrowed("unknown");
     };
     let name = p
         .detail
@@ -93,9 +103,9 @@ pub fn process_name(p: Option<&ProcessInfo>) -> String {
     let name = &name[..end];
     // `~other` is ours: a process named so is kept apart.
     if name == OTHER || name.is_empty() {
-        format!("_{name}")
+        Cow::Owned(format!("_{name}"))
     } else {
-        name.to_owned()
+        Cow::Borrowed(name)
     }
 }
 
@@ -104,31 +114,43 @@ impl<K: Hash + Eq + Clone + Ord> Top<K> {
         Top {
             limit,
             grace_s,
-            slots: HashMap::new(),
-            candidates: HashMap::new(),
+            slots: HashMap::default(),
+            candidates: HashMap::default(),
             other: Counts::default(),
         }
     }
 
-    fn counts(&mut self, key: K, now: f64) -> &mut Counts {
-        if !self.slots.contains_key(&key) && self.slots.len() >= self.limit {
-            if self.limit > 0 {
-                let n = self.candidates.len();
-                match self.candidates.get_mut(&key) {
-                    Some(c) => *c += 1,
-                    None if n < MAX_CANDIDATES => {
-                        self.candidates.insert(key, 1);
+    /// The counts `key` adds to; the key is copied only when it gets a slot or
+    /// becomes a candidate.
+    fn counts<Q>(&mut self, key: &Q, now: f64) -> &mut Counts
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if !self.slots.contains_key(key) {
+            if self.slots.len() >= self.limit {
+                if self.limit > 0 {
+                    let n = self.candidates.len();
+                    match self.candidates.get_mut(key) {
+                        Some(c) => *c += 1,
+                        None if n < MAX_CANDIDATES => {
+                            self.candidates.insert(key.to_owned(), 1);
+                        }
+                        None => {}
                     }
-                    None => {}
                 }
+                return &mut self.other;
             }
-            return &mut self.other;
+            self.slots.insert(
+                key.to_owned(),
+                Slot {
+                    counts: Counts::default(),
+                    last_active: now,
+                    recent: 0,
+                },
+            );
         }
-        let slot = self.slots.entry(key).or_insert(Slot {
-            counts: Counts::default(),
-            last_active: now,
-            recent: 0,
-        });
+        let slot = self.slots.get_mut(key).expect("inserted above");
         slot.last_active = slot.last_active.max(now);
         slot.recent += 1;
         &mut slot.counts
@@ -136,11 +158,19 @@ impl<K: Hash + Eq + Clone + Ord> Top<K> {
 
     /// A connection (or UDP flow) of `key` began.
     pub fn connection(&mut self, key: K, now: f64) {
-        self.counts(key, now).connections += 1;
+        self.counts(&key, now).connections += 1;
     }
 
     /// A flow of `key` ended having carried these bytes.
     pub fn bytes(&mut self, key: K, sent: u64, received: u64, now: f64) {
+        self.add_bytes(&key, sent, received, now);
+    }
+
+    fn add_bytes<Q>(&mut self, key: &Q, sent: u64, received: u64, now: f64)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let c = self.counts(key, now);
         c.bytes_sent += sent;
         c.bytes_received += received;
@@ -216,12 +246,12 @@ impl<K: Hash + Eq + Clone + Ord> Top<K> {
 impl Top<String> {
     /// A connection of this process began.
     pub fn process_connection(&mut self, p: Option<&ProcessInfo>, now: f64) {
-        self.connection(process_name(p), now);
+        self.counts::<str>(&process_label(p), now).connections += 1;
     }
 
     /// A flow of this process ended having carried these bytes.
     pub fn process_bytes(&mut self, p: Option<&ProcessInfo>, sent: u64, received: u64, now: f64) {
-        self.bytes(process_name(p), sent, received, now);
+        self.add_bytes::<str>(&process_label(p), sent, received, now);
     }
 }
 

@@ -87,8 +87,7 @@ impl Reader {
                     Ok(kind::DNS) => dns::decode_packet(&bytes, &self.clock).map(Record::Dns),
                     Ok(kind::EXEC) => decode::decode_exec(&bytes, &self.clock).map(Record::Exec),
                     Ok(kind::FORK) => decode::decode_fork(&bytes, &self.clock).map(Record::Fork),
-                    _ => decode::decode(&bytes, &self.clock, &self.host)
-                        .map(|e| Record::Event(std::sync::Arc::new(e))),
+                    _ => decode::decode(&bytes, &self.clock, &self.host).map(Record::Event),
                 }
             };
             drop(bytes);
