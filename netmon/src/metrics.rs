@@ -188,8 +188,8 @@ pub fn spawn(
                         }
                     })
                 });
-                while let Some(event) = events.recv().await {
-                    families.observe(&event);
+                while let Some(event) = events.recv_ref().await {
+                    families.observe(event);
                 }
                 let _ = done_tx.send(());
                 if let Some(server) = server {

@@ -113,42 +113,58 @@ impl Subscription {
     /// Cancel-safe (usable in `tokio::select!`): nothing is lost when the future is
     /// dropped before it completes.
     pub async fn recv(&mut self) -> Option<Arc<Event>> {
-        loop {
-            if let Some(e) = self.next_of_batch() {
-                return Some(e);
-            }
-            let batch = self.rx.recv().await?;
-            self.take(batch);
-        }
+        self.recv_ref().await.map(Arc::clone)
     }
 
     /// [`Subscription::recv`] for a std thread.
     pub fn blocking_recv(&mut self) -> Option<Arc<Event>> {
-        loop {
-            if let Some(e) = self.next_of_batch() {
-                return Some(e);
-            }
-            let batch = self.rx.blocking_recv()?;
-            self.take(batch);
-        }
+        self.blocking_recv_ref().map(Arc::clone)
     }
 
     /// The next event if one is there now.
     pub fn try_recv(&mut self) -> Result<Arc<Event>, TryRecvError> {
-        loop {
-            if let Some(e) = self.next_of_batch() {
-                return Ok(e);
-            }
+        self.try_recv_ref().map(Arc::clone)
+    }
+
+    /// [`Subscription::recv`], lent rather than shared: for a consumer that only
+    /// reads each event (the sink, the metrics). Taking a share is an atomic add and,
+    /// later, a subtract on the event's count, which every consumer's core would
+    /// otherwise pull back and forth for every event.
+    pub async fn recv_ref(&mut self) -> Option<&Arc<Event>> {
+        while !self.has_next() {
+            let batch = self.rx.recv().await?;
+            self.take(batch);
+        }
+        Some(self.advance())
+    }
+
+    /// [`Subscription::recv_ref`] for a std thread.
+    pub fn blocking_recv_ref(&mut self) -> Option<&Arc<Event>> {
+        while !self.has_next() {
+            let batch = self.rx.blocking_recv()?;
+            self.take(batch);
+        }
+        Some(self.advance())
+    }
+
+    /// [`Subscription::try_recv`], lent (see [`Subscription::recv_ref`]).
+    pub fn try_recv_ref(&mut self) -> Result<&Arc<Event>, TryRecvError> {
+        while !self.has_next() {
             let batch = self.rx.try_recv()?;
             self.take(batch);
         }
+        Ok(self.advance())
     }
 
-    fn next_of_batch(&mut self) -> Option<Arc<Event>> {
-        let e = self.batch.events.get(self.next)?.clone();
+    fn has_next(&self) -> bool {
+        self.next < self.batch.events.len()
+    }
+
+    /// The next event of the batch; [`Subscription::has_next`] must be true.
+    fn advance(&mut self) -> &Arc<Event> {
         self.last = self.batch.first + self.next as u64;
         self.next += 1;
-        Some(e)
+        &self.batch.events[self.next - 1]
     }
 
     fn take(&mut self, batch: Batch) {

@@ -136,18 +136,19 @@ fn write_all(mut output: Output, mut events: crate::pipeline::hub::Subscription)
     loop {
         reopen_if_asked(&mut output)?;
         let sink = &mut output.sink;
-        let event = match events.try_recv() {
+        // Lent, not shared: the sink only reads the event (see `Subscription::recv_ref`).
+        let event = match events.try_recv_ref() {
             Ok(e) => e,
             Err(TryRecvError::Empty) => {
                 written(sink.flush(), "events")?;
-                match events.blocking_recv() {
+                match events.blocking_recv_ref() {
                     Some(e) => e,
                     None => break,
                 }
             }
             Err(TryRecvError::Disconnected) => break,
         };
-        written(sink.write(&event), "events")?;
+        written(sink.write(event), "events")?;
     }
     written(output.sink.flush(), "events")
 }
