@@ -4,7 +4,7 @@
 //! where events come from.
 use std::{
     fmt::Write as _,
-    io::{self, BufWriter, Write},
+    io::{self, Write},
 };
 
 use chrono::SecondsFormat;
@@ -53,11 +53,17 @@ pub enum Format {
 /// Where rendered events go; flushed after every batch so a pipe sees them promptly.
 pub struct Sink {
     format: Format,
-    out: BufWriter<Box<dyn Write + Send>>,
+    out: Box<dyn Write + Send>,
+    /// Lines not written yet. JSON is rendered straight into it: with a `BufWriter`
+    /// each line was rendered into a buffer of its own and then copied.
+    pending: Vec<u8>,
+    /// The text line being rendered (reused: no allocation per event).
     line: String,
-    /// The JSON line being written (reused: no allocation per event).
-    json: Vec<u8>,
 }
+
+/// Bytes gathered before they are written; also what `pending` shrinks back to after
+/// a huge event (a 1 MiB command line).
+const WRITE_SIZE: usize = 64 * 1024;
 
 impl Sink {
     pub fn stdout(format: Format) -> Sink {
@@ -67,9 +73,9 @@ impl Sink {
     pub fn new(format: Format, out: Box<dyn Write + Send>) -> Sink {
         Sink {
             format,
-            out: BufWriter::with_capacity(64 * 1024, out),
+            out,
+            pending: Vec::with_capacity(WRITE_SIZE + 4096),
             line: String::with_capacity(512),
-            json: Vec::with_capacity(1024),
         }
     }
 
@@ -78,34 +84,41 @@ impl Sink {
         match self.format {
             Format::Json => {
                 // serde_json's bytes, written by hand for the hot types (`output/json.rs`).
-                self.json.clear();
-                json::write_event(&mut self.json, event);
-                self.json.push(b'\n');
-                let r = self.out.write_all(&self.json);
-                if self.json.capacity() > 64 * 1024 {
-                    // A huge event (a 1 MiB command line) keeps no huge buffer.
-                    self.json = Vec::with_capacity(1024);
-                }
-                r
+                json::write_event(&mut self.pending, event);
+                self.pending.push(b'\n');
             }
             Format::Text => {
                 self.line.clear();
                 render_text(event, &mut self.line);
                 self.line.push('\n');
-                self.out.write_all(self.line.as_bytes())
+                self.pending.extend_from_slice(self.line.as_bytes());
             }
         }
+        if self.pending.len() >= WRITE_SIZE {
+            self.write_pending()?;
+        }
+        Ok(())
+    }
+
+    fn write_pending(&mut self) -> io::Result<()> {
+        let written = self.out.write_all(&self.pending);
+        self.pending.clear();
+        if self.pending.capacity() > 4 * WRITE_SIZE {
+            self.pending = Vec::with_capacity(WRITE_SIZE + 4096);
+        }
+        written
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
+        self.write_pending()?;
         self.out.flush()
     }
 
     /// Writes out what is buffered for the old writer, then goes on with `out` (the
     /// output file reopened after a rotation). Lines never straddle the two.
     pub fn replace_output(&mut self, out: Box<dyn Write + Send>) -> io::Result<()> {
-        self.out.flush()?;
-        *self.out.get_mut() = out;
+        self.flush()?;
+        self.out = out;
         Ok(())
     }
 }

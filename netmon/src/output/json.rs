@@ -292,7 +292,12 @@ thread_local! {
 /// so its fields are escaped once and then copied. The slot holds the `Arc` itself, so
 /// its address cannot be reused by another detail while it is there.
 fn detail_memo(out: &mut Vec<u8>, d: &std::sync::Arc<ProcessDetail>) {
-    let slot = (std::sync::Arc::as_ptr(d) as usize >> 4) % DETAIL_SLOTS;
+    // Fibonacci hashing of the address: the allocator hands out blocks of one size
+    // at fixed strides, so the low bits alone put two busy processes in one slot
+    // (seen with mimalloc: every event of nginx and wrk missed).
+    let slot = ((std::sync::Arc::as_ptr(d) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32)
+        as usize
+        % DETAIL_SLOTS;
     DETAILS.with(|cell| {
         let Ok(mut slots) = cell.try_borrow_mut() else {
             return detail(out, d); // re-entered: never, but never panic either
