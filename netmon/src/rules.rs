@@ -13,7 +13,7 @@
 //! configuration's checks and `netmon snapshot` all read that registry. Arrows point
 //! down: `rule.rs` and `matchers.rs` at the bottom, the rule files above them,
 //! `config.rs` above those, this file on top.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -75,6 +75,8 @@ struct Cooldown {
 pub struct Engine {
     rules: Vec<Box<dyn Rule>>,
     cooldowns: foldhash::HashMap<String, Cooldown>,
+    /// The cooldown key of the hit being cooled (see [`Engine::cool`]).
+    key_scratch: String,
     resolver: Box<dyn ProcessResolver>,
     pub stats: RuleStats,
     hits: Vec<Hit>,
@@ -112,6 +114,7 @@ impl Engine {
         Engine {
             rules,
             cooldowns: Default::default(),
+            key_scratch: String::new(),
             resolver,
             stats: RuleStats::default(),
             hits: Vec::new(),
@@ -163,7 +166,17 @@ impl Engine {
     /// Applies the condition's cooldown at rule time `ts`: the hit to alert with (its
     /// `hits` and `key` in [`Cooled`]), or `None` for a counted hit held back.
     fn cool(&mut self, ts: DateTime<Utc>, hit: Hit) -> Option<Cooled> {
-        let key = format!("{}:{}", hit.rule, hit.condition);
+        // Built in a reused buffer: a busy server above a threshold hits on every
+        // event, nearly all held back, and the key is only kept when one alerts.
+        let mut key = std::mem::take(&mut self.key_scratch);
+        key.clear();
+        let _ = write!(key, "{}:{}", hit.rule, hit.condition);
+        let cooled = self.cool_key(ts, hit, &key);
+        self.key_scratch = key;
+        cooled
+    }
+
+    fn cool_key(&mut self, ts: DateTime<Utc>, hit: Hit, key: &str) -> Option<Cooled> {
         if self.cooldowns.len() >= MAX_COOLDOWNS {
             self.cooldowns.retain(|_, c| {
                 (ts - c.last_alert).num_seconds() < c.cooldown_s as i64 || c.held > 0
@@ -172,7 +185,7 @@ impl Engine {
                 self.cooldowns.clear();
             }
         }
-        let hits = match self.cooldowns.get_mut(&key) {
+        let hits = match self.cooldowns.get_mut(key) {
             Some(c) if (ts - c.last_alert).num_milliseconds() < (c.cooldown_s as i64) * 1000 => {
                 c.held += 1;
                 self.stats.suppressed += 1;
@@ -187,7 +200,7 @@ impl Engine {
             }
             None => {
                 self.cooldowns.insert(
-                    key.clone(),
+                    key.to_owned(),
                     Cooldown {
                         last_alert: ts,
                         cooldown_s: hit.cooldown_s,
@@ -199,7 +212,11 @@ impl Engine {
         };
         self.stats.alerts += 1;
         *self.stats.by_rule.entry(hit.rule.clone()).or_default() += 1;
-        Some(Cooled { hit, key, hits })
+        Some(Cooled {
+            hit,
+            key: key.to_owned(),
+            hits,
+        })
     }
 }
 
