@@ -71,7 +71,7 @@ impl Stream {
             .map(|i| ProcessInfo {
                 pid: 1000 + i,
                 tid: 1000 + i,
-                comm: format!("worker-{i}"),
+                comm: format!("worker-{i}").into(),
                 thread: None,
                 uid: 1000 + i % 5,
                 gid: 1000,

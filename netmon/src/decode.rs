@@ -11,7 +11,9 @@ use netmon_common::{backend, flags, kind};
 
 use crate::{
     clock::BootClock,
-    event::{Close, Connection, Direction, Endpoint, Event, EventBody, Family, ProcessInfo, Proto},
+    event::{
+        Close, Connection, Direction, Endpoint, Event, EventBody, Family, Name, ProcessInfo, Proto,
+    },
     process::{Exec, Fork},
 };
 
@@ -80,7 +82,7 @@ pub fn decode_exec(bytes: &[u8], clock: &BootClock) -> Result<Exec, DecodeError>
         cgroup_id: p.cgroup_id,
         uid: p.uid,
         gid: p.gid,
-        comm: p.comm,
+        comm: p.comm.to_string(),
         ppid: raw.ppid,
         start_ns: raw.start_time_ns,
         start_time: (raw.start_time_ns != 0).then(|| clock.to_wall(raw.start_time_ns)),
@@ -95,7 +97,7 @@ pub fn decode_fork(bytes: &[u8], clock: &BootClock) -> Result<Fork, DecodeError>
     let parent = process_info(&raw.header.process);
     Ok(Fork {
         parent_pid: parent.pid,
-        comm: parent.comm,
+        comm: parent.comm.to_string(),
         child_pid: raw.child_pid,
         child_start_ns: raw.child_start_time_ns,
         child_start_time: (raw.child_start_time_ns != 0)
@@ -207,15 +209,45 @@ fn process_of(raw: &ConnEvent) -> ProcessInfo {
 
 /// The userspace form of a kernel [`Process`](netmon_common::Process).
 pub fn process_info(p: &netmon_common::Process) -> ProcessInfo {
-    let end = p.comm.iter().position(|&b| b == 0).unwrap_or(p.comm.len());
-    ProcessInfo::kernel(
-        p.pid,
-        p.tid,
-        String::from_utf8_lossy(&p.comm[..end]).into_owned(),
-        p.uid,
-        p.gid,
-        p.cgroup_id,
-    )
+    ProcessInfo::kernel(p.pid, p.tid, comm_name(&p.comm), p.uid, p.gid, p.cgroup_id)
+}
+
+/// Kernel `comm`s seen last on this thread.
+const COMM_SLOTS: usize = 64;
+
+/// A remembered `comm`: its raw bytes and their [`Name`].
+type CommSlot = Option<([u8; 16], Name)>;
+
+/// The [`Name`] of a kernel `comm` (16 bytes, NUL-padded), shared with the events
+/// before it: a busy host's events come from a few processes, so nearly every
+/// event's name is one seen just before. A direct-mapped table, bounded, keyed by
+/// the raw bytes (a slot only ever answers for exactly its bytes).
+pub fn comm_name(comm: &[u8; 16]) -> Name {
+    thread_local! {
+        static NAMES: std::cell::RefCell<[CommSlot; COMM_SLOTS]> =
+            const { std::cell::RefCell::new([const { None }; COMM_SLOTS]) };
+    }
+    let word = u64::from_ne_bytes(comm[..8].try_into().expect("8 bytes"))
+        ^ u64::from_ne_bytes(comm[8..].try_into().expect("8 bytes")).rotate_left(29);
+    let slot = (word.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize % COMM_SLOTS;
+    NAMES.with(|cell| {
+        let Ok(mut names) = cell.try_borrow_mut() else {
+            return decode_comm(comm); // re-entered: never, but never panic either
+        };
+        match &names[slot] {
+            Some((bytes, name)) if bytes == comm => name.clone(),
+            _ => {
+                let name = decode_comm(comm);
+                names[slot] = Some((*comm, name.clone()));
+                name
+            }
+        }
+    })
+}
+
+fn decode_comm(comm: &[u8; 16]) -> Name {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    Name::from(&*String::from_utf8_lossy(&comm[..end]))
 }
 
 /// The address of `family`; a v4-mapped IPv6 address becomes the IPv4 address.
@@ -367,6 +399,30 @@ mod tests {
         };
         assert_eq!(c.duration_ms, Some(2.5));
         assert_eq!((c.bytes_sent, c.bytes_received), (Some(1000), Some(50)));
+    }
+
+    #[test]
+    fn a_comm_is_named_by_its_own_bytes_whatever_was_seen_before() {
+        let comm = |s: &[u8]| {
+            let mut c = [0u8; 16];
+            c[..s.len()].copy_from_slice(s);
+            c
+        };
+        // More names than slots, each asked for twice: every answer is its own bytes,
+        // and a repeated one is the same shared string.
+        for round in 0..2 {
+            for i in 0..(COMM_SLOTS * 3) {
+                let raw = format!("proc-{i}");
+                let name = comm_name(&comm(raw.as_bytes()));
+                assert_eq!(name, raw.as_str(), "round {round}");
+            }
+        }
+        let a = comm_name(&comm(b"nginx"));
+        let b = comm_name(&comm(b"nginx"));
+        assert!(std::ptr::eq(a.as_str(), b.as_str()));
+        // All 16 bytes used (no NUL), and bytes that are not UTF-8.
+        assert_eq!(comm_name(&[b'x'; 16]), "x".repeat(16).as_str());
+        assert_eq!(comm_name(&comm(b"a\xffb")), "a\u{fffd}b");
     }
 
     #[test]

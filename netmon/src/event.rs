@@ -10,9 +10,11 @@
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use chrono::{DateTime, SecondsFormat, Utc};
+pub use name::Name;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub mod log;
+pub mod name;
 pub mod read;
 pub mod scan;
 
@@ -186,7 +188,7 @@ pub struct ProcessInfo {
     pub tid: u32,
     /// The process's name: its thread-group leader's `comm` (what `ps` shows), from
     /// the process table; the kernel's name of the thread when the process is unknown.
-    pub comm: String,
+    pub comm: Name,
     /// The name of the thread that acted, when it differs from `comm` (dig's
     /// `isc-net-0000`); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,7 +206,7 @@ pub struct ProcessInfo {
 
 impl ProcessInfo {
     /// A process known only by the kernel's fields.
-    pub fn kernel(pid: u32, tid: u32, comm: String, uid: u32, gid: u32, cgroup_id: u64) -> Self {
+    pub fn kernel(pid: u32, tid: u32, comm: Name, uid: u32, gid: u32, cgroup_id: u64) -> Self {
         ProcessInfo {
             pid,
             tid,

@@ -34,7 +34,7 @@ use std::{
 use chrono::{DateTime, Utc};
 
 use crate::{
-    event::{ProcessDetail, ProcessInfo, ProcessStats},
+    event::{Name, ProcessDetail, ProcessInfo, ProcessStats},
     rules::ProcessResolver,
     sockets::reason,
 };
@@ -193,8 +193,8 @@ impl ProcessCache {
         let (leader, detail) = self.lookup(process.pid, process.uid, &thread_comm, leader_event);
         process.detail = detail;
         if *leader != thread_comm && !leader_event {
-            process.comm = leader.into_owned();
-            process.thread = Some(thread_comm);
+            process.comm = Name::from(&*leader);
+            process.thread = Some(thread_comm.to_string());
         } else {
             process.comm = thread_comm;
         }
@@ -452,7 +452,7 @@ impl ProcessCache {
             })
             .unwrap_or(0);
         let uid = st.uid.unwrap_or(0);
-        let mut p = ProcessInfo::kernel(pid, pid, comm, uid, st.gid.unwrap_or(0), cgroup_id);
+        let mut p = ProcessInfo::kernel(pid, pid, comm.into(), uid, st.gid.unwrap_or(0), cgroup_id);
         self.enrich(&mut p);
         Some(p)
     }

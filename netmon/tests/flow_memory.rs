@@ -29,7 +29,7 @@ fn a_hundred_thousand_flows_fit_in_the_memory_budget() {
             let mut p = ProcessInfo::kernel(
                 10_000 + i,
                 10_000 + i,
-                format!("worker-{i}"),
+                format!("worker-{i}").into(),
                 1000,
                 1000,
                 4242,

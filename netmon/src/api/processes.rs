@@ -61,7 +61,7 @@ pub fn fold(flows: &[Arc<Event>], process: Option<&str>) -> Vec<ProcessRow> {
             (
                 ProcessRow {
                     pid: p.map(|p| p.pid),
-                    comm: p.map(|p| p.comm.clone()),
+                    comm: p.map(|p| p.comm.to_string()),
                     exe: p.and_then(|p| p.detail.exe.clone()),
                     user: p.and_then(|p| p.detail.user.clone()),
                     connections: 0,

@@ -429,7 +429,7 @@ pub fn build(
             for p in &processes {
                 let e = per_process
                     .entry(p.pid)
-                    .or_insert_with(|| (p.comm.clone(), p.detail.exe.clone(), 0));
+                    .or_insert_with(|| (p.comm.to_string(), p.detail.exe.clone(), 0));
                 e.2 += 1;
             }
         }

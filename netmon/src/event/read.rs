@@ -53,7 +53,7 @@ impl From<ProcessWire> for ProcessInfo {
         ProcessInfo {
             pid: w.pid,
             tid: w.tid,
-            comm: w.comm,
+            comm: w.comm.into(),
             thread: w.thread,
             uid: w.uid,
             gid: w.gid,

@@ -92,7 +92,7 @@ fn process_id(
 ) -> rusqlite::Result<i64> {
     let key = (p.pid, p.uid);
     if let Some((comm, detail, id)) = cache.get(&key)
-        && *comm == p.comm
+        && *comm == *p.comm
         && (Arc::ptr_eq(detail, &p.detail) || **detail == *p.detail)
     {
         return Ok(*id);
@@ -110,7 +110,7 @@ fn process_id(
         .query_row(
             params![
                 p.pid,
-                p.comm,
+                p.comm.as_str(),
                 d.exe.as_deref().unwrap_or(""),
                 d.cmdline.as_deref().unwrap_or(""),
                 p.uid,
@@ -119,7 +119,7 @@ fn process_id(
             ],
             |r| r.get(0),
         )?;
-    cache.insert(key, (p.comm.clone(), p.detail.clone(), id));
+    cache.insert(key, (p.comm.to_string(), p.detail.clone(), id));
     Ok(id)
 }
 

@@ -75,7 +75,7 @@ fn connection(s: &SocketEntry) -> Connection {
         remote_ip: remote.map_or(String::new(), |r| r.ip.to_canonical().to_string()),
         remote_port: remote.map_or(0, |r| r.port),
         remote_name: remote.and_then(|r| r.name.clone()).unwrap_or_default(),
-        comm: p.map_or(String::new(), |p| p.comm.clone()),
+        comm: p.map_or(String::new(), |p| p.comm.to_string()),
         pid: p.map(|p| p.pid),
         exe: p.and_then(|p| p.detail.exe.clone()).unwrap_or_default(),
         user: p

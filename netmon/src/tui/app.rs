@@ -1452,8 +1452,10 @@ impl Names {
             self.by_pid.clear();
         }
         let name: Arc<str> = process_name(p).into();
-        self.by_pid
-            .insert(p.pid, (p.comm.clone(), p.detail.exe.clone(), name.clone()));
+        self.by_pid.insert(
+            p.pid,
+            (p.comm.to_string(), p.detail.exe.clone(), name.clone()),
+        );
         name
     }
 

@@ -160,7 +160,7 @@ mod tests {
         match inode {
             0 => vec![],
             i => vec![
-                ProcessInfo::kernel(i * 100, i * 100, format!("p{i}"), 0, 0, 0),
+                ProcessInfo::kernel(i * 100, i * 100, format!("p{i}").into(), 0, 0, 0),
                 ProcessInfo::kernel(i * 100 + 1, i * 100 + 1, "second".into(), 0, 0, 0),
             ],
         }

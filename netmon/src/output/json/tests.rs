@@ -366,7 +366,7 @@ fn process() -> BoxedStrategy<ProcessInfo> {
                 ProcessInfo {
                     pid,
                     tid,
-                    comm: comm.clone(),
+                    comm: comm.clone().into(),
                     thread,
                     uid,
                     gid,

@@ -134,7 +134,8 @@ impl Tracker {
         host: &std::sync::Arc<str>,
     ) -> Option<Event> {
         let (pid, ts) = (x.pid, x.ts);
-        let mut process = ProcessInfo::kernel(pid, pid, x.comm.clone(), x.uid, x.gid, x.cgroup_id);
+        let mut process =
+            ProcessInfo::kernel(pid, pid, x.comm.as_str().into(), x.uid, x.gid, x.cgroup_id);
         self.procs.get().exec(x);
         self.interned.remove(&pid);
         if !self.exec_events {
@@ -284,7 +285,9 @@ impl Tracker {
                             // The process's name as the flow knew it; the kernel's is
                             // the acting thread's.
                             if p.comm != fp.comm {
-                                p.thread = Some(std::mem::replace(&mut p.comm, fp.comm.clone()));
+                                p.thread = Some(
+                                    std::mem::replace(&mut p.comm, fp.comm.clone()).to_string(),
+                                );
                             } else {
                                 p.thread = None;
                             }
