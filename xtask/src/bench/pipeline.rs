@@ -198,6 +198,11 @@ pub fn run(env: &Env, baseline: Option<&str>) -> Result<Section> {
 
 /// Runs criterion, then the cachegrind passes, of one build.
 fn measure(build: &Build) -> Result<Figures> {
+    // The baseline shares the workspace's target directory, and cargo names and
+    // fingerprints workspace members by paths relative to their workspace: without
+    // this, whichever build ran second found the first one's netmon "fresh" and
+    // measured it again (both columns were the baseline's).
+    exec::run(&mut build.cargo(&["clean", "--release", "-p", "netmon", "-p", "netmon-common"]))?;
     let started = std::time::SystemTime::now();
     // criterion's own report goes to stderr: stdout carries only the markdown.
     exec::run(
