@@ -82,7 +82,7 @@ pub fn decode_exec(bytes: &[u8], clock: &BootClock) -> Result<Exec, DecodeError>
         cgroup_id: p.cgroup_id,
         uid: p.uid,
         gid: p.gid,
-        comm: p.comm.to_string(),
+        comm: p.comm,
         ppid: raw.ppid,
         start_ns: raw.start_time_ns,
         start_time: (raw.start_time_ns != 0).then(|| clock.to_wall(raw.start_time_ns)),
@@ -97,7 +97,7 @@ pub fn decode_fork(bytes: &[u8], clock: &BootClock) -> Result<Fork, DecodeError>
     let parent = process_info(&raw.header.process);
     Ok(Fork {
         parent_pid: parent.pid,
-        comm: parent.comm.to_string(),
+        comm: parent.comm,
         child_pid: raw.child_pid,
         child_start_ns: raw.child_start_time_ns,
         child_start_time: (raw.child_start_time_ns != 0)

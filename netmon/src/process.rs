@@ -22,7 +22,6 @@
 //! Over 600 lines (just): one table and its three sources of truth (kernel records, the
 //! `/proc` seed, the `/proc` fallback), which share its eviction and exit-grace rules.
 use std::{
-    borrow::Cow,
     cell::RefCell,
     collections::{BTreeMap, HashMap, VecDeque},
     fs, io,
@@ -57,7 +56,7 @@ pub struct Exec {
     pub uid: u32,
     pub gid: u32,
     /// The new program's name (`comm`).
-    pub comm: String,
+    pub comm: Name,
     /// 0 when unknown.
     pub ppid: u32,
     /// `task->start_time` (CLOCK_MONOTONIC ns), 0 when unknown.
@@ -74,7 +73,7 @@ pub struct Exec {
 pub struct Fork {
     pub parent_pid: u32,
     /// The forking thread's name, which the child inherits.
-    pub comm: String,
+    pub comm: Name,
     pub child_pid: u32,
     pub child_start_ns: u64,
     pub child_start_time: Option<DateTime<Utc>>,
@@ -91,8 +90,8 @@ enum Source {
 }
 
 struct Entry {
-    /// The thread-group leader's `comm`, as last seen.
-    comm: String,
+    /// The thread-group leader's `comm`, as last seen (shared with its events).
+    comm: Name,
     detail: Arc<ProcessDetail>,
     source: Source,
     /// With the pid, the identity of the process (0: unknown).
@@ -164,7 +163,7 @@ impl ProcessCache {
             }
             let (detail, comm) = self.read(pid, None);
             if let Some(comm) = comm {
-                self.insert(pid, comm, detail, Source::Proc, 0);
+                self.insert(pid, comm.into(), detail, Source::Proc, 0);
             }
         }
         // Lineage once everyone is known (parents have lower pids only usually).
@@ -192,8 +191,8 @@ impl ProcessCache {
         let thread_comm = std::mem::take(&mut process.comm);
         let (leader, detail) = self.lookup(process.pid, process.uid, &thread_comm, leader_event);
         process.detail = detail;
-        if *leader != thread_comm && !leader_event {
-            process.comm = Name::from(&*leader);
+        if leader != thread_comm && !leader_event {
+            process.comm = leader;
             process.thread = Some(thread_comm.to_string());
         } else {
             process.comm = thread_comm;
@@ -205,20 +204,18 @@ impl ProcessCache {
         if pid == 0 {
             return ProcessDetail::unknown();
         }
-        self.lookup(pid, uid, comm, true).1
+        self.lookup(pid, uid, &Name::from(comm), true).1
     }
 
     /// (the process's name, its context) for an event of `pid` by a thread named
-    /// `comm` (the leader itself when `leader_event`). The name is borrowed from the
-    /// table on a hit: most events' thread is the leader, and copying its name for
-    /// each would be an allocation per event for nothing.
+    /// `comm` (the leader itself when `leader_event`). The name is the table's, shared.
     fn lookup(
         &mut self,
         pid: u32,
         uid: u32,
-        comm: &str,
+        comm: &Name,
         leader_event: bool,
-    ) -> (Cow<'_, str>, Arc<ProcessDetail>) {
+    ) -> (Name, Arc<ProcessDetail>) {
         let hit = match self.entries.get_mut(&pid) {
             Some(e) => {
                 // A kernel-fed live entry is this pid's process whatever the thread calls
@@ -226,11 +223,11 @@ impl ProcessCache {
                 // pid was reused unseen (another thread's name is just a thread name).
                 let trusted = (e.source == Source::Kernel && e.exited_ns.is_none())
                     || !leader_event
-                    || e.comm == comm;
-                if trusted && leader_event && e.comm != comm && e.exited_ns.is_none() {
+                    || e.comm == *comm;
+                if trusted && leader_event && e.comm != *comm && e.exited_ns.is_none() {
                     // The leader renamed itself (`prctl(PR_SET_NAME)`): its name changes,
                     // its program does not.
-                    e.comm = comm.to_owned();
+                    e.comm = comm.clone();
                 }
                 trusted
             }
@@ -238,24 +235,24 @@ impl ProcessCache {
         };
         if hit {
             let e = &self.entries[&pid];
-            return (Cow::Borrowed(&e.comm), e.detail.clone());
+            return (e.comm.clone(), e.detail.clone());
         }
         let (mut detail, read_comm) = self.read(pid, Some(uid));
         let (parent, ancestors) = self.lineage(detail.ppid.unwrap_or(0), pid);
         detail.parent = parent;
         detail.ancestors = ancestors;
         let name = match read_comm {
-            Some(n) if !leader_event => n,
-            _ => comm.to_owned(),
+            Some(n) if !leader_event => Name::from(n),
+            _ => comm.clone(),
         };
         let detail = self.insert(pid, name.clone(), detail, Source::Proc, 0);
-        (Cow::Owned(name), detail)
+        (name, detail)
     }
 
     fn insert(
         &mut self,
         pid: u32,
-        comm: String,
+        comm: Name,
         detail: ProcessDetail,
         source: Source,
         start_ns: u64,
@@ -313,7 +310,7 @@ impl ProcessCache {
             if ancestors.is_empty() {
                 parent = e.detail.exe.clone();
             }
-            ancestors.push(e.detail.exe.clone().unwrap_or_else(|| e.comm.clone()));
+            ancestors.push(e.detail.exe.clone().unwrap_or_else(|| e.comm.to_string()));
             seen = ppid;
             ppid = e.detail.ppid.unwrap_or(0);
         }
@@ -365,7 +362,7 @@ impl ProcessCache {
             None => {
                 let (mut d, comm) = self.read(f.parent_pid, None);
                 (d.parent, d.ancestors) = self.lineage(d.ppid.unwrap_or(0), f.parent_pid);
-                let comm = comm.unwrap_or_else(|| f.comm.clone());
+                let comm = comm.map_or_else(|| f.comm.clone(), Name::from);
                 self.insert(f.parent_pid, comm, d, Source::Proc, 0)
             }
         };
@@ -399,7 +396,7 @@ impl ProcessCache {
         let exe = detail.exe.clone();
         // Gone (no comm read): nothing worth caching; the next event reads again.
         if let Some(comm) = comm {
-            self.insert(pid, comm, detail, Source::Proc, 0);
+            self.insert(pid, comm.into(), detail, Source::Proc, 0);
         }
         exe
     }

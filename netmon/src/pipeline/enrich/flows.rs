@@ -134,8 +134,7 @@ impl Tracker {
         host: &std::sync::Arc<str>,
     ) -> Option<Event> {
         let (pid, ts) = (x.pid, x.ts);
-        let mut process =
-            ProcessInfo::kernel(pid, pid, x.comm.as_str().into(), x.uid, x.gid, x.cgroup_id);
+        let mut process = ProcessInfo::kernel(pid, pid, x.comm.clone(), x.uid, x.gid, x.cgroup_id);
         self.procs.get().exec(x);
         self.interned.remove(&pid);
         if !self.exec_events {
