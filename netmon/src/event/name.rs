@@ -24,18 +24,6 @@ impl Deref for Name {
     }
 }
 
-impl AsRef<str> for Name {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::borrow::Borrow<str> for Name {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
 impl From<&str> for Name {
     fn from(s: &str) -> Name {
         Name(Arc::from(s))
@@ -45,18 +33,6 @@ impl From<&str> for Name {
 impl From<String> for Name {
     fn from(s: String) -> Name {
         Name(Arc::from(s))
-    }
-}
-
-impl From<&String> for Name {
-    fn from(s: &String) -> Name {
-        Name(Arc::from(s.as_str()))
-    }
-}
-
-impl From<Name> for String {
-    fn from(n: Name) -> String {
-        n.0.to_string()
     }
 }
 
@@ -81,18 +57,6 @@ impl PartialEq<String> for Name {
 impl PartialEq<Name> for String {
     fn eq(&self, other: &Name) -> bool {
         **self == *other.0
-    }
-}
-
-impl PartialEq<Name> for &str {
-    fn eq(&self, other: &Name) -> bool {
-        **self == *other.0
-    }
-}
-
-impl PartialEq<Name> for str {
-    fn eq(&self, other: &Name) -> bool {
-        *self == *other.0
     }
 }
 
