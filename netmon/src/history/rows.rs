@@ -81,7 +81,7 @@ pub(super) fn key_id(tx: &Transaction<'_>, k: &FlowKey) -> rusqlite::Result<i64>
 /// exec'd misses, and its new row replaces the entry).
 pub(super) type ProcessCache = HashMap<
     (u32, u32),
-    (String, Arc<crate::event::ProcessDetail>, i64),
+    (crate::event::Name, Arc<crate::event::ProcessDetail>, i64),
     foldhash::fast::RandomState,
 >;
 
@@ -92,7 +92,7 @@ fn process_id(
 ) -> rusqlite::Result<i64> {
     let key = (p.pid, p.uid);
     if let Some((comm, detail, id)) = cache.get(&key)
-        && *comm == *p.comm
+        && *comm == p.comm
         && (Arc::ptr_eq(detail, &p.detail) || **detail == *p.detail)
     {
         return Ok(*id);
@@ -119,7 +119,7 @@ fn process_id(
             ],
             |r| r.get(0),
         )?;
-    cache.insert(key, (p.comm.to_string(), p.detail.clone(), id));
+    cache.insert(key, (p.comm.clone(), p.detail.clone(), id));
     Ok(id)
 }
 

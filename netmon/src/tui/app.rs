@@ -1429,7 +1429,7 @@ fn cap_by<K: Clone + Eq + std::hash::Hash, V>(
 /// escaping its name for each one was a tenth of `netmon top`'s CPU at 10,000 events/s.
 #[derive(Default)]
 struct Names {
-    by_pid: HashMap<u32, (String, Option<String>, Arc<str>)>,
+    by_pid: HashMap<u32, (crate::event::Name, Option<String>, Arc<str>)>,
 }
 
 impl Names {
@@ -1452,10 +1452,8 @@ impl Names {
             self.by_pid.clear();
         }
         let name: Arc<str> = process_name(p).into();
-        self.by_pid.insert(
-            p.pid,
-            (p.comm.to_string(), p.detail.exe.clone(), name.clone()),
-        );
+        self.by_pid
+            .insert(p.pid, (p.comm.clone(), p.detail.exe.clone(), name.clone()));
         name
     }
 
