@@ -13,9 +13,9 @@
 //! configuration's checks and `netmon snapshot` all read that registry. Arrows point
 //! down: `rule.rs` and `matchers.rs` at the bottom, the rule files above them,
 //! `config.rs` above those, this file on top.
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
 pub mod config;
@@ -37,38 +37,75 @@ pub use rule::{
 use crate::event::{Alert, Event, EventBody, RuleStats};
 
 /// The rules' clock: monotonic time made from the events' own timestamps. It advances
-/// by the time between consecutive events and never goes back, so a backward step of
-/// the wall clock (NTP, an operator, a recording spliced from two hosts) freezes it
-/// until time moves forward again instead of making every window and cooldown look
-/// hours long; and a replay still gives the live run's alerts, being pure arithmetic on
-/// the recorded `ts`. Windows and cooldowns are measured on it, never on `ev.ts`.
+/// with the newest event time seen and never goes back, so a backward step of the wall
+/// clock (NTP, an operator, a recording spliced from two hosts) freezes it until time
+/// moves forward again instead of making every window and cooldown look hours long;
+/// and a replay still gives the live run's alerts, being pure arithmetic on the
+/// recorded `ts`. Windows and cooldowns are measured on it, never on `ev.ts`.
+///
+/// Events do not arrive in exact time order: the kernel's CPUs fill one ring buffer, so
+/// an event may be stamped microseconds before the one read ahead of it. An event older
+/// than the newest by less than [`STEP_BACK`] is such a straggler: the clock stands
+/// still, and moves on when a newer event comes. (Counting each straggler's step back
+/// as a step of the wall clock made rule time run ahead by every reordering, several
+/// thousand a second on a busy server.) An event older by more is a step of the wall
+/// clock: time stands still at it, and moves on from it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RuleClock {
-    /// The last event's timestamp, and the rule time it was given.
-    last: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// The newest event time since the wall clock last stepped back (ns since the
+    /// epoch).
+    newest: Option<i64>,
+    /// Rule time minus event time (ns): the sum of the wall clock's steps back.
+    offset: i64,
 }
 
+/// How far back an event must be stamped, from the newest, to be a step of the wall
+/// clock rather than a straggler.
+pub const STEP_BACK: TimeDelta = TimeDelta::seconds(1);
+
 impl RuleClock {
-    /// The rule time of an event stamped `ts`.
+    /// The rule time of an event stamped `ts`. In integer nanoseconds: chrono's date
+    /// arithmetic was most of what the rules cost per event. (A `ts` outside the
+    /// years 1677–2262, which nanoseconds cannot hold, is its own rule time.)
     pub fn tick(&mut self, ts: DateTime<Utc>) -> DateTime<Utc> {
-        let now = match self.last {
-            None => ts,
-            Some((last_ts, last_now)) if ts > last_ts => last_now
-                .checked_add_signed(ts - last_ts)
-                .unwrap_or(last_now),
-            Some((_, last_now)) => last_now,
+        let Some(t) = ts.timestamp_nanos_opt() else {
+            return ts;
         };
-        self.last = Some((ts, now));
-        now
+        let newest = match self.newest {
+            None => t,
+            Some(newest) if t >= newest => t,
+            Some(newest) if newest - t < STEP_BACK.num_nanoseconds().unwrap_or(0) => newest,
+            Some(newest) => {
+                // The wall clock stepped back: rule time stands still here.
+                self.offset = self.offset.saturating_add(newest - t);
+                t
+            }
+        };
+        self.newest = Some(newest);
+        let now = newest.saturating_add(self.offset);
+        if now == t {
+            ts
+        } else {
+            DateTime::from_timestamp_nanos(now)
+        }
     }
 }
 
 /// The state of one condition's cooldown.
 struct Cooldown {
-    last_alert: DateTime<Utc>,
-    cooldown_s: u64,
+    /// Rule time until which hits are held back: the last alert plus its cooldown.
+    quiet_until: DateTime<Utc>,
     /// Hits since the last alert.
     held: u64,
+}
+
+/// The end of a cooldown of `secs` seconds that starts at `t`.
+fn quiet_until(t: DateTime<Utc>, secs: u64) -> DateTime<Utc> {
+    i64::try_from(secs)
+        .ok()
+        .and_then(TimeDelta::try_seconds)
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// All enabled rules, the cooldowns and the counters.
@@ -170,7 +207,9 @@ impl Engine {
         // event, nearly all held back, and the key is only kept when one alerts.
         let mut key = std::mem::take(&mut self.key_scratch);
         key.clear();
-        let _ = write!(key, "{}:{}", hit.rule, hit.condition);
+        key.push_str(&hit.rule);
+        key.push(':');
+        key.push_str(&hit.condition);
         let cooled = self.cool_key(ts, hit, &key);
         self.key_scratch = key;
         cooled
@@ -178,15 +217,14 @@ impl Engine {
 
     fn cool_key(&mut self, ts: DateTime<Utc>, hit: Hit, key: &str) -> Option<Cooled> {
         if self.cooldowns.len() >= MAX_COOLDOWNS {
-            self.cooldowns.retain(|_, c| {
-                (ts - c.last_alert).num_seconds() < c.cooldown_s as i64 || c.held > 0
-            });
+            self.cooldowns
+                .retain(|_, c| ts < c.quiet_until || c.held > 0);
             if self.cooldowns.len() >= MAX_COOLDOWNS {
                 self.cooldowns.clear();
             }
         }
         let hits = match self.cooldowns.get_mut(key) {
-            Some(c) if (ts - c.last_alert).num_milliseconds() < (c.cooldown_s as i64) * 1000 => {
+            Some(c) if ts < c.quiet_until => {
                 c.held += 1;
                 self.stats.suppressed += 1;
                 return None;
@@ -194,16 +232,14 @@ impl Engine {
             Some(c) => {
                 let hits = c.held + 1;
                 c.held = 0;
-                c.last_alert = ts;
-                c.cooldown_s = hit.cooldown_s;
+                c.quiet_until = quiet_until(ts, hit.cooldown_s);
                 hits
             }
             None => {
                 self.cooldowns.insert(
                     key.to_owned(),
                     Cooldown {
-                        last_alert: ts,
-                        cooldown_s: hit.cooldown_s,
+                        quiet_until: quiet_until(ts, hit.cooldown_s),
                         held: 0,
                     },
                 );
@@ -211,7 +247,12 @@ impl Engine {
             }
         };
         self.stats.alerts += 1;
-        *self.stats.by_rule.entry(hit.rule.clone()).or_default() += 1;
+        match self.stats.by_rule.get_mut(hit.rule.as_ref()) {
+            Some(n) => *n += 1,
+            None => {
+                self.stats.by_rule.insert(hit.rule.to_string(), 1);
+            }
+        }
         Some(Cooled {
             hit,
             key: key.to_owned(),
@@ -224,7 +265,7 @@ impl Cooled {
     fn into_alert(self) -> Alert {
         let Cooled { hit, key, hits } = self;
         Alert {
-            rule: hit.rule,
+            rule: hit.rule.into_owned(),
             severity: hit.severity,
             summary: hit.summary,
             recommendation: hit.recommendation,
@@ -423,6 +464,26 @@ mod tests {
         assert_eq!(clock.tick(at(10)), at(100));
         assert_eq!(clock.tick(at(15)), at(105));
         assert_eq!(clock.tick(at(200)), at(290));
+    }
+
+    #[test]
+    fn stragglers_neither_stop_nor_speed_the_rule_clock() {
+        let ms = |n: i64| at(100) + TimeDelta::milliseconds(n);
+        let mut clock = RuleClock::default();
+        assert_eq!(clock.tick(ms(0)), ms(0));
+        // Read after a newer event, stamped before it: time stands still…
+        assert_eq!(clock.tick(ms(-1)), ms(0));
+        // …and goes on with the next event's own time, not 1 ms ahead of it.
+        assert_eq!(clock.tick(ms(2)), ms(2));
+        // A busy stream out of order by up to 5 ms for a minute ends a minute on.
+        for i in 0..60_000 {
+            let jitter = [0, -5, 3, -2][i % 4];
+            clock.tick(ms(2 + i as i64 + jitter));
+        }
+        assert_eq!(clock.tick(ms(60_010)), ms(60_010));
+        // A step back of a second or more is the wall clock's: time stands still at it.
+        assert_eq!(clock.tick(ms(59_000)), ms(60_010));
+        assert_eq!(clock.tick(ms(59_010)), ms(60_020));
     }
 
     #[test]

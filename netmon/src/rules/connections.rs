@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use super::{
     matchers::{Allow, Cidr, ProcessResolver, any_cidr},
     rule::{
-        Build, Hit, Rule, RuleSection, RuleSpec, check_count, check_window, push_sample, sample_of,
-        upgrade_window, who,
+        Build, Hit, MAX_SAMPLES, Rule, RuleSection, RuleSpec, check_count, check_window,
+        pid_condition, push_sample, sample_of, upgrade_window, who,
     },
 };
 use crate::{
@@ -53,7 +53,17 @@ pub trait ActiveConnections {
     fn samples(&self, pid: u32) -> Vec<FlowSample>;
 }
 
-type FlowKey = (Proto, Endpoint, Endpoint);
+/// A connection as the table keys it: protocol, then each end's address and port
+/// (small and cheap to hash: the table sees every connect, accept and close).
+type FlowKey = (Proto, IpAddr, u16, IpAddr, u16);
+
+/// One process's active connections.
+#[derive(Default)]
+struct Held {
+    active: usize,
+    /// Its latest connections, oldest first (at most `MAX_SAMPLES`).
+    recent: VecDeque<FlowSample>,
+}
 
 /// Minimal accounting from connect/accept/close events. Bounded: past `MAX_FLOWS`
 /// (flows whose close was lost) it starts over rather than grow without end.
@@ -61,15 +71,13 @@ type FlowKey = (Proto, Endpoint, Endpoint);
 pub struct ConnTable {
     /// The pid of each active connection.
     flows: foldhash::HashMap<FlowKey, u32>,
-    per_pid: foldhash::HashMap<u32, usize>,
-    recent: foldhash::HashMap<u32, Vec<FlowSample>>,
+    per_pid: foldhash::HashMap<u32, Held>,
 }
 
 const MAX_FLOWS: usize = 1 << 20;
 
 fn key_of(proto: Proto, src: &Endpoint, dst: &Endpoint) -> FlowKey {
-    let strip = |e: &Endpoint| Endpoint::new(e.ip, e.port);
-    (proto, strip(src), strip(dst))
+    (proto, src.ip, src.port, dst.ip, dst.port)
 }
 
 impl ActiveConnections for ConnTable {
@@ -84,12 +92,16 @@ impl ActiveConnections for ConnTable {
                     self.per_pid.clear();
                 }
                 let Some(sample) = sample_of(ev) else { return };
-                let key = key_of(c.proto, src, &c.dst);
-                if self.flows.insert(key, p.pid).is_none() {
-                    *self.per_pid.entry(p.pid).or_default() += 1;
+                let new = self
+                    .flows
+                    .insert(key_of(c.proto, src, &c.dst), p.pid)
+                    .is_none();
+                let held = self.per_pid.entry(p.pid).or_default();
+                held.active += usize::from(new);
+                if held.recent.len() >= MAX_SAMPLES {
+                    held.recent.pop_front();
                 }
-                let recent = self.recent.entry(p.pid).or_default();
-                push_sample(recent, sample);
+                held.recent.push_back(sample);
             }
             EventBody::Close(c) => {
                 let Some(src) = &c.conn.src else { return };
@@ -97,16 +109,17 @@ impl ActiveConnections for ConnTable {
                 // try both orientations.
                 let forward = key_of(c.conn.proto, src, &c.conn.dst);
                 let backward = key_of(c.conn.proto, &c.conn.dst, src);
-                for key in [forward, backward] {
-                    if let Some(pid) = self.flows.remove(&key) {
-                        if let Some(n) = self.per_pid.get_mut(&pid) {
-                            *n = n.saturating_sub(1);
-                            if *n == 0 {
-                                self.per_pid.remove(&pid);
-                                self.recent.remove(&pid);
-                            }
-                        }
-                        break;
+                let Some(pid) = self
+                    .flows
+                    .remove(&forward)
+                    .or_else(|| self.flows.remove(&backward))
+                else {
+                    return;
+                };
+                if let Some(held) = self.per_pid.get_mut(&pid) {
+                    held.active = held.active.saturating_sub(1);
+                    if held.active == 0 {
+                        self.per_pid.remove(&pid);
                     }
                 }
             }
@@ -115,11 +128,14 @@ impl ActiveConnections for ConnTable {
     }
 
     fn active(&self, pid: u32) -> usize {
-        self.per_pid.get(&pid).copied().unwrap_or(0)
+        self.per_pid.get(&pid).map_or(0, |h| h.active)
     }
 
     fn samples(&self, pid: u32) -> Vec<FlowSample> {
-        self.recent.get(&pid).cloned().unwrap_or_default()
+        self.per_pid
+            .get(&pid)
+            .map(|h| h.recent.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -228,9 +244,9 @@ impl Rule for HighConnectionCount {
         // fires on each of its accepts, nearly all held back by the cooldown. Only
         // what the cooldown needs now; `complete` describes the hits that alert.
         hits.push(Hit {
-            rule: self.name().into(),
+            rule: HIGH_CONNECTION_COUNT.name.into(),
             severity: self.severity,
-            condition: format!("pid={}", p.pid),
+            condition: pid_condition(p.pid),
             summary: String::new(),
             recommendation: String::new(),
             process: None,
@@ -430,7 +446,7 @@ impl Rule for ExternalConnections {
         hits.push(Hit {
             rule: EXTERNAL_CONNECTIONS.name.into(),
             severity: self.severity,
-            condition: format!("pid={}", p.pid),
+            condition: pid_condition(p.pid),
             summary: format!(
                 "{} talked to {unique} external addresses within {} s",
                 who(Some(p)),

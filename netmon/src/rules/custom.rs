@@ -134,7 +134,7 @@ impl Rule for CustomRule {
         let mut details = BTreeMap::new();
         details.insert("port".into(), json!(f.service_port));
         hits.push(Hit {
-            rule: c.name.clone(),
+            rule: c.name.clone().into(),
             severity: c.severity,
             condition: format!(
                 "pid={} remote={remote} port={} type={}",

@@ -137,7 +137,7 @@ impl Rule for UnusualListeners {
         details.insert("port".into(), json!(port));
         details.insert("address".into(), json!(c.dst.ip));
         hits.push(Hit {
-            rule: self.name().into(),
+            rule: UNUSUAL_LISTENERS.name.into(),
             severity: self.severity,
             condition: format!("pid={} port={port}", pid_of(process)),
             summary: format!(

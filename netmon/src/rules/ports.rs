@@ -156,7 +156,7 @@ impl Rule for SuspiciousPort {
         let mut details = BTreeMap::new();
         details.insert("port".into(), json!(port));
         hits.push(Hit {
-            rule: self.name().into(),
+            rule: SUSPICIOUS_PORT.name.into(),
             severity: self.severity,
             condition: format!("pid={} port={port} type={}", pid_of(process), f.kind),
             summary: format!("{} {what}, a port known from malware{note}", who(process)),
@@ -387,7 +387,7 @@ impl Rule for PortRisk {
         // A busy client of a risky service fires on each connection, nearly all held
         // back by the cooldown: `complete` describes only the hits that alert.
         hits.push(Hit {
-            rule: self.name().into(),
+            rule: PORT_RISK.name.into(),
             severity: self
                 .severity
                 .unwrap_or_else(|| severity_of_score(entry.score)),
