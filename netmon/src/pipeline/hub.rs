@@ -46,7 +46,7 @@ use tokio::sync::mpsc::{
 use crate::event::{ConsumerStats, Event, EventBody};
 
 /// The most events the pending batch holds before it is handed over.
-pub const BATCH: usize = 256;
+pub const BATCH: usize = 1024;
 
 /// Consecutive events and the sequence number of the first.
 #[derive(Default)]
