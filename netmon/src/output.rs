@@ -63,7 +63,7 @@ pub struct Sink {
 
 /// Bytes gathered before they are written; also what `pending` shrinks back to after
 /// a huge event (a 1 MiB command line).
-const WRITE_SIZE: usize = 64 * 1024;
+const WRITE_SIZE: usize = 256 * 1024;
 
 impl Sink {
     pub fn stdout(format: Format) -> Sink {
