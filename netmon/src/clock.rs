@@ -29,6 +29,13 @@ impl BootClock {
 
     /// Wall-clock time of a kernel monotonic timestamp.
     pub fn to_wall(&self, ktime_ns: u64) -> DateTime<Utc> {
+        // In i64 while it fits (until 2262): the i128 division below is a library
+        // call, once per event.
+        if let (Ok(k), Ok(offset)) = (i64::try_from(ktime_ns), i64::try_from(self.offset_ns))
+            && let Some(ns) = k.checked_add(offset)
+        {
+            return DateTime::from_timestamp_nanos(ns);
+        }
         let ns = ktime_ns as i128 + self.offset_ns;
         let secs = ns.div_euclid(1_000_000_000) as i64;
         let nanos = ns.rem_euclid(1_000_000_000) as u32;
@@ -61,6 +68,16 @@ mod tests {
         let t = clock.to_wall(1_500_000_001);
         assert_eq!(t.timestamp(), 1_700_000_001);
         assert_eq!(t.timestamp_subsec_nanos(), 500_000_001);
+    }
+
+    #[test]
+    fn beyond_i64_nanoseconds_it_still_converts() {
+        let clock = BootClock::from_offset_ns(i64::MAX as i128 + 1_000_000_000);
+        let t = clock.to_wall(0);
+        assert_eq!(t.timestamp(), i64::MAX / 1_000_000_000 + 1);
+        let near = BootClock::from_offset_ns(-1_500_000_000);
+        assert_eq!(near.to_wall(0).timestamp(), -2);
+        assert_eq!(near.to_wall(0).timestamp_subsec_nanos(), 500_000_000);
     }
 
     #[test]
