@@ -117,9 +117,46 @@ impl Item {
     }
 }
 
+/// A shared handle to one kept item. The pump keeps each batch of items in one
+/// allocation, and the ring, the logs and the clients hold handles into it: an `Arc` per
+/// item was an allocation and a free per event, most of what the API cost with nobody
+/// watching besides freeing the events themselves. A batch is freed when its last
+/// handle goes (at most one batch beyond the ring's capacity).
+#[derive(Clone)]
+pub struct ItemRef {
+    batch: Arc<Vec<Item>>,
+    index: usize,
+}
+
+impl ItemRef {
+    /// Handles to each of `items`, in order, sharing one allocation.
+    pub fn batch(items: Vec<Item>) -> impl Iterator<Item = ItemRef> {
+        let batch = Arc::new(items);
+        (0..batch.len()).map(move |index| ItemRef {
+            batch: batch.clone(),
+            index,
+        })
+    }
+
+    /// A handle to one item alone.
+    pub fn one(item: Item) -> ItemRef {
+        ItemRef {
+            batch: Arc::new(vec![item]),
+            index: 0,
+        }
+    }
+}
+
+impl std::ops::Deref for ItemRef {
+    type Target = Item;
+    fn deref(&self) -> &Item {
+        &self.batch[self.index]
+    }
+}
+
 /// A bounded FIFO of items, in increasing order of their numbers.
 pub struct Ring {
-    items: VecDeque<Arc<Item>>,
+    items: VecDeque<ItemRef>,
     cap: usize,
 }
 
@@ -135,7 +172,7 @@ impl Ring {
         }
     }
 
-    pub fn push(&mut self, item: Arc<Item>) {
+    pub fn push(&mut self, item: ItemRef) {
         if self.items.len() == self.cap {
             self.items.pop_front();
         }
@@ -155,7 +192,7 @@ impl Ring {
     /// Up to `max` items from id `from` on, into `out`; how many the reader missed
     /// because they left the ring already. (Gaps between the items are the reader's
     /// to see.)
-    pub fn read_from(&self, from: u64, max: usize, out: &mut Vec<Arc<Item>>) -> Missed {
+    pub fn read_from(&self, from: u64, max: usize, out: &mut Vec<ItemRef>) -> Missed {
         let Some(first) = self.first_id() else {
             return Missed(0);
         };
@@ -178,7 +215,7 @@ impl Ring {
     }
 
     /// Items from the newest back, for the recent buffers.
-    pub fn iter_rev(&self) -> impl Iterator<Item = &Arc<Item>> {
+    pub fn iter_rev(&self) -> impl Iterator<Item = &ItemRef> {
         self.items.iter().rev()
     }
 }
@@ -230,13 +267,14 @@ impl Pump {
     /// waiting clients woken once for all of them, not once per event (per event, the
     /// lock and the wake-up were most of what the API cost with nobody watching).
     pub fn push_all(&mut self, events: impl IntoIterator<Item = (u64, Arc<Event>)>) {
-        let items: Vec<Arc<Item>> = events
+        let items: Vec<Item> = events
             .into_iter()
-            .map(|(id, ev)| Arc::new(Item::new(id, ev)))
+            .map(|(id, ev)| Item::new(id, ev))
             .collect();
         let Some(last) = items.last().map(|i| i.id) else {
             return;
         };
+        let items: Vec<ItemRef> = ItemRef::batch(items).collect();
         if self.feed.host.get().is_none() {
             let _ = self.feed.host.set(items[0].event.host.to_string());
         }

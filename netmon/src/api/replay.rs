@@ -18,7 +18,7 @@ use std::{
 
 use rusqlite::Connection;
 
-use super::feed::{self, Item};
+use super::feed::{self, Item, ItemRef};
 
 /// Longest wait for the history writer to catch up with the ring.
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -39,7 +39,7 @@ pub struct History {
 /// What one step of replay gives the stream.
 pub enum Step {
     /// Events from the history (numbered, in order), and the id to go on from.
-    Events(Vec<Arc<Item>>, u64),
+    Events(Vec<ItemRef>, u64),
     /// These ids are not to be had: `lagged` with their count, go on after them.
     Missed(u64, u64),
     /// The writer is behind: ask again shortly.
@@ -121,10 +121,12 @@ impl History {
         }
         let full = rows.len() == max;
         let mut go_on = upto;
-        let items: Vec<Arc<Item>> = rows
-            .into_iter()
-            .map(|(seq, ev)| Arc::new(Item::new(seq, Arc::new(ev))))
-            .collect();
+        let items: Vec<ItemRef> = ItemRef::batch(
+            rows.into_iter()
+                .map(|(seq, ev)| Item::new(seq, Arc::new(ev)))
+                .collect(),
+        )
+        .collect();
         if full && let Some(last) = items.last() {
             go_on = last.id + 1;
         }

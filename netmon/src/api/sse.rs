@@ -12,7 +12,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     convert::Infallible,
-    sync::{Arc, atomic::Ordering},
+    sync::atomic::Ordering,
     time::Duration,
 };
 
@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use super::{
     AppState, Shared, bad_request, error,
-    feed::{self, Item, Missed},
+    feed::{self, ItemRef, Missed},
     filter::{self, Filter, Resume},
     last_event_id,
     replay::{self, History},
@@ -41,7 +41,7 @@ const CHUNK: usize = 256 * 1024;
 
 enum Out {
     Lagged(u64),
-    Item(Arc<Item>),
+    Item(ItemRef),
 }
 
 /// One client's place in the stream; counted in `streams` while it lives.
@@ -51,7 +51,7 @@ struct Client {
     next: u64,
     latest: watch::Receiver<u64>,
     pending: VecDeque<Out>,
-    batch: Vec<Arc<Item>>,
+    batch: Vec<ItemRef>,
     /// Where ids older than the ring are read from, when the agent keeps a history.
     history: Option<History>,
 }
@@ -297,6 +297,7 @@ fn take_slot(s: &Shared) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn events_render_as_sse_frames_back_to_back() {
@@ -304,7 +305,7 @@ mod tests {
             r#"{"ts":"2026-12-02T06:00:00Z","host":"h","type":"host_up","addr":"10.0.0.7","mac":null,"name":null,"reason":"icmp","last_seen":null}"#,
         )
         .unwrap();
-        let item = Arc::new(feed::Item::new(42, Arc::new(ev.clone())));
+        let item = ItemRef::one(feed::Item::new(42, Arc::new(ev.clone())));
         let mut buf = Vec::new();
         render(&mut buf, &Out::Item(item.clone()));
         render(&mut buf, &Out::Lagged(7));
