@@ -30,7 +30,7 @@ pub mod rule;
 pub use config::RulesConfig;
 pub use matchers::{NoResolver, ProcessResolver};
 pub use rule::{
-    FlowView, Hit, MAX_SAMPLES, Rule, RuleSection, RuleSpec, flow_view, pid_of, push_sample,
+    FlowView, Hit, Hits, MAX_SAMPLES, Rule, RuleSection, RuleSpec, flow_view, pid_of, push_sample,
     sample_of, who,
 };
 
@@ -111,9 +111,7 @@ fn quiet_until(t: DateTime<Utc>, secs: u64) -> DateTime<Utc> {
 /// All enabled rules, the cooldowns and the counters.
 pub struct Engine {
     rules: Vec<Box<dyn Rule>>,
-    cooldowns: foldhash::HashMap<String, Cooldown>,
-    /// The cooldown key of the hit being cooled (see [`Engine::cool`]).
-    key_scratch: String,
+    cooldowns: CooldownTable,
     resolver: Box<dyn ProcessResolver>,
     pub stats: RuleStats,
     hits: Vec<Hit>,
@@ -150,8 +148,7 @@ impl Engine {
         }
         Engine {
             rules,
-            cooldowns: Default::default(),
-            key_scratch: String::new(),
+            cooldowns: CooldownTable::default(),
             resolver,
             stats: RuleStats::default(),
             hits: Vec::new(),
@@ -180,7 +177,17 @@ impl Engine {
         let mut hits = std::mem::take(&mut self.hits);
         for i in 0..self.rules.len() {
             let first = hits.len();
-            self.rules[i].check(ev, now, self.resolver.as_mut(), &mut hits);
+            let mut asking = Asking {
+                table: &mut self.cooldowns,
+                now,
+                suppressed: &mut self.stats.suppressed,
+            };
+            self.rules[i].check(
+                ev,
+                now,
+                self.resolver.as_mut(),
+                &mut Hits::with_cooldowns(&mut hits, &mut asking),
+            );
             if hits.len() == first {
                 continue;
             }
@@ -203,27 +210,10 @@ impl Engine {
     /// Applies the condition's cooldown at rule time `ts`: the hit to alert with (its
     /// `hits` and `key` in [`Cooled`]), or `None` for a counted hit held back.
     fn cool(&mut self, ts: DateTime<Utc>, hit: Hit) -> Option<Cooled> {
-        // Built in a reused buffer: a busy server above a threshold hits on every
-        // event, nearly all held back, and the key is only kept when one alerts.
-        let mut key = std::mem::take(&mut self.key_scratch);
-        key.clear();
-        key.push_str(&hit.rule);
-        key.push(':');
-        key.push_str(&hit.condition);
-        let cooled = self.cool_key(ts, hit, &key);
-        self.key_scratch = key;
-        cooled
-    }
-
-    fn cool_key(&mut self, ts: DateTime<Utc>, hit: Hit, key: &str) -> Option<Cooled> {
-        if self.cooldowns.len() >= MAX_COOLDOWNS {
-            self.cooldowns
-                .retain(|_, c| ts < c.quiet_until || c.held > 0);
-            if self.cooldowns.len() >= MAX_COOLDOWNS {
-                self.cooldowns.clear();
-            }
-        }
-        let hits = match self.cooldowns.get_mut(key) {
+        let table = &mut self.cooldowns;
+        table.make_room(ts);
+        table.set_key(&hit.rule, &hit.condition);
+        let hits = match table.quiet.get_mut(table.key.as_str()) {
             Some(c) if ts < c.quiet_until => {
                 c.held += 1;
                 self.stats.suppressed += 1;
@@ -236,8 +226,8 @@ impl Engine {
                 hits
             }
             None => {
-                self.cooldowns.insert(
-                    key.to_owned(),
+                table.quiet.insert(
+                    table.key.clone(),
                     Cooldown {
                         quiet_until: quiet_until(ts, hit.cooldown_s),
                         held: 0,
@@ -246,6 +236,7 @@ impl Engine {
                 1
             }
         };
+        let key = table.key.clone();
         self.stats.alerts += 1;
         match self.stats.by_rule.get_mut(hit.rule.as_ref()) {
             Some(n) => *n += 1,
@@ -253,11 +244,59 @@ impl Engine {
                 self.stats.by_rule.insert(hit.rule.to_string(), 1);
             }
         }
-        Some(Cooled {
-            hit,
-            key: key.to_owned(),
-            hits,
-        })
+        Some(Cooled { hit, key, hits })
+    }
+}
+
+/// Every condition's cooldown, by key (`RULE:condition`).
+#[derive(Default)]
+struct CooldownTable {
+    quiet: foldhash::HashMap<String, Cooldown>,
+    /// The key being looked up, built in place: a busy server above a threshold hits
+    /// on every event, nearly all held back, and a key is only kept when one alerts.
+    key: String,
+}
+
+impl CooldownTable {
+    /// Makes `key` `rule:condition`, in the reused buffer.
+    fn set_key(&mut self, rule: &str, condition: &str) {
+        self.key.clear();
+        self.key.push_str(rule);
+        self.key.push(':');
+        self.key.push_str(condition);
+    }
+
+    /// Bounds the table: past [`MAX_COOLDOWNS`], forgets the conditions whose cooldown
+    /// ended with no hit held back (and everything if that is not enough).
+    fn make_room(&mut self, ts: DateTime<Utc>) {
+        if self.quiet.len() >= MAX_COOLDOWNS {
+            self.quiet.retain(|_, c| ts < c.quiet_until || c.held > 0);
+            if self.quiet.len() >= MAX_COOLDOWNS {
+                self.quiet.clear();
+            }
+        }
+    }
+}
+
+/// The cooldowns as a rule asks them at rule time `now` ([`Hits::held_back`]).
+struct Asking<'a> {
+    table: &'a mut CooldownTable,
+    now: DateTime<Utc>,
+    suppressed: &'a mut u64,
+}
+
+impl rule::Cooldowns for Asking<'_> {
+    fn hold(&mut self, rule: &str, condition: &str) -> bool {
+        let now = self.now;
+        self.table.set_key(rule, condition);
+        match self.table.quiet.get_mut(self.table.key.as_str()) {
+            Some(c) if now < c.quiet_until => {
+                c.held += 1;
+                *self.suppressed += 1;
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -442,6 +481,29 @@ mod tests {
         assert_eq!(sp.len(), 1);
         assert_eq!(sp[0].hits, 4, "three held back plus this one");
         assert!(engine.stats.suppressed >= 4);
+    }
+
+    #[test]
+    fn a_rule_that_asks_the_cooldown_first_counts_its_held_hits_the_same() {
+        // HIGH_CONNECTION_COUNT asks before it builds a hit (`Hits::held_back`): the
+        // alerts, their `hits` and `suppressed` must be what pushing every hit gave.
+        let cfg: RulesConfig =
+            toml::from_str("cooldown_s = 60\n[high_connection_count]\nthreshold = 3\n").unwrap();
+        let mut engine = Engine::new(&cfg, Box::new(NoResolver));
+        let open = |s: i64, port: u16| conn("connect", s, 9, ("10.0.0.1", port), ("10.0.0.2", 80));
+        let hcc = |got: Vec<Alert>| -> Vec<u64> {
+            got.iter()
+                .filter(|a| a.rule == "HIGH_CONNECTION_COUNT")
+                .map(|a| a.hits)
+                .collect()
+        };
+        // The third connection fires; the next five are held back.
+        let first: Vec<Event> = (0..8).map(|i| open(i, 40000 + i as u16)).collect();
+        assert_eq!(hcc(alerts(&mut engine, &first)), [1]);
+        assert_eq!(engine.stats.suppressed, 5);
+        // After the cooldown, the next alert says how many hits it stands for.
+        assert_eq!(hcc(alerts(&mut engine, &[open(70, 41000)])), [6]);
+        assert_eq!(engine.stats.alerts, 1 + 1);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     matchers::{Allow, Cidr, ProcessResolver, any_cidr},
     rule::{
-        Build, Hit, MAX_SAMPLES, Rule, RuleSection, RuleSpec, check_count, check_window,
+        Build, Hit, Hits, MAX_SAMPLES, Rule, RuleSection, RuleSpec, check_count, check_window,
         pid_condition, push_sample, sample_of, upgrade_window, who,
     },
 };
@@ -225,7 +225,7 @@ impl Rule for HighConnectionCount {
         ev: &Event,
         _now: DateTime<Utc>,
         resolver: &mut dyn ProcessResolver,
-        hits: &mut Vec<Hit>,
+        hits: &mut Hits<'_>,
     ) {
         self.table.observe(ev);
         let c = match &ev.body {
@@ -241,12 +241,18 @@ impl Rule for HighConnectionCount {
             return;
         }
         // A busy server holds more than the threshold for as long as it is busy: this
-        // fires on each of its accepts, nearly all held back by the cooldown. Only
-        // what the cooldown needs now; `complete` describes the hits that alert.
+        // fires on each of its accepts, nearly all held back by the cooldown. So the
+        // cooldown is asked first, and a hit that alerts carries only what the
+        // cooldown needs now; `complete` describes it.
+        let mut buf = [0; 14];
+        let condition = pid_condition(&mut buf, p.pid);
+        if hits.held_back(HIGH_CONNECTION_COUNT.name, condition) {
+            return;
+        }
         hits.push(Hit {
             rule: HIGH_CONNECTION_COUNT.name.into(),
             severity: self.severity,
-            condition: pid_condition(p.pid),
+            condition: condition.to_owned(),
             summary: String::new(),
             recommendation: String::new(),
             process: None,
@@ -390,7 +396,7 @@ impl Rule for ExternalConnections {
         ev: &Event,
         now: DateTime<Utc>,
         resolver: &mut dyn ProcessResolver,
-        hits: &mut Vec<Hit>,
+        hits: &mut Hits<'_>,
     ) {
         let c = match &ev.body {
             EventBody::Connect(c) | EventBody::Udp(c)
@@ -439,6 +445,11 @@ impl Rule for ExternalConnections {
         if unique < self.threshold {
             return;
         }
+        let mut buf = [0; 14];
+        let condition = pid_condition(&mut buf, p.pid);
+        if hits.held_back(EXTERNAL_CONNECTIONS.name, condition) {
+            return;
+        }
         let mut details = BTreeMap::new();
         details.insert("unique_external_ips".into(), json!(unique));
         details.insert("threshold".into(), json!(self.threshold));
@@ -446,7 +457,7 @@ impl Rule for ExternalConnections {
         hits.push(Hit {
             rule: EXTERNAL_CONNECTIONS.name.into(),
             severity: self.severity,
-            condition: pid_condition(p.pid),
+            condition: condition.to_owned(),
             summary: format!(
                 "{} talked to {unique} external addresses within {} s",
                 who(Some(p)),
@@ -474,7 +485,7 @@ mod tests {
         for e in events {
             // As the engine does: check, then complete the new hits (none held back).
             let first = hits.len();
-            rule.check(e, e.ts, &mut NoResolver, &mut hits);
+            rule.check(e, e.ts, &mut NoResolver, &mut Hits::new(&mut hits));
             for h in &mut hits[first..] {
                 rule.complete(e, h);
             }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     matchers::{Cidr, PortRange, ProcessResolver, any_cidr, any_port, process_matches},
-    rule::{Hit, Rule, flow_view, pid_of, sample_of, who},
+    rule::{Hit, Hits, Rule, flow_view, pid_of, sample_of, who},
 };
 use crate::event::{Direction, Event, Proto, Severity};
 
@@ -92,7 +92,7 @@ impl Rule for CustomRule {
         ev: &Event,
         _now: DateTime<Utc>,
         resolver: &mut dyn ProcessResolver,
-        hits: &mut Vec<Hit>,
+        hits: &mut Hits<'_>,
     ) {
         let Some(f) = flow_view(ev) else { return };
         let c = &self.cfg;
@@ -204,7 +204,7 @@ mod tests {
         let mut r = CustomRule::new(&rule(), 300);
         let mut hits = Vec::new();
         let ok = conn("connect", 0, 1, ("127.0.0.1", 40000), ("127.0.0.1", 23));
-        r.check(&ok, ok.ts, &mut NoResolver, &mut hits);
+        r.check(&ok, ok.ts, &mut NoResolver, &mut Hits::new(&mut hits));
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].severity, Severity::Critical);
         for bad in [
@@ -214,7 +214,7 @@ mod tests {
             conn("udp", 0, 1, ("127.0.0.1", 40000), ("127.0.0.1", 23)),
         ] {
             let mut hits = Vec::new();
-            r.check(&bad, bad.ts, &mut NoResolver, &mut hits);
+            r.check(&bad, bad.ts, &mut NoResolver, &mut Hits::new(&mut hits));
             assert!(hits.is_empty(), "{bad:?}");
         }
     }
@@ -227,15 +227,15 @@ mod tests {
         let mut r = CustomRule::new(&cfg, 300);
         let ev = conn("connect", 0, 1, ("127.0.0.1", 40000), ("127.0.0.1", 23));
         let mut hits = Vec::new();
-        r.check(&ev, ev.ts, &mut NoResolver, &mut hits);
+        r.check(&ev, ev.ts, &mut NoResolver, &mut Hits::new(&mut hits));
         assert!(hits.is_empty());
-        r.check(&ev, ev.ts, &mut Table, &mut hits);
+        r.check(&ev, ev.ts, &mut Table, &mut Hits::new(&mut hits));
         assert_eq!(hits.len(), 1);
         // Numeric uids match without a resolver.
         let mut cfg = rule();
         cfg.users = vec!["1000".into()];
         let mut r = CustomRule::new(&cfg, 300);
-        r.check(&ev, ev.ts, &mut NoResolver, &mut hits);
+        r.check(&ev, ev.ts, &mut NoResolver, &mut Hits::new(&mut hits));
         assert_eq!(hits.len(), 2);
     }
 }

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use super::{
     matchers::{Allow, ProcessResolver},
     rule::{
-        Build, Hit, Rule, RuleSection, RuleSpec, check_count, check_window, push_sample, sample_of,
-        upgrade_window, who,
+        Build, Hit, Hits, Rule, RuleSection, RuleSpec, check_count, check_window, push_sample,
+        sample_of, upgrade_window, who,
     },
 };
 use crate::{
@@ -279,7 +279,7 @@ impl Rule for DnsTunneling {
         ev: &Event,
         now: DateTime<Utc>,
         resolver: &mut dyn ProcessResolver,
-        hits: &mut Vec<Hit>,
+        hits: &mut Hits<'_>,
     ) {
         let EventBody::Dns(d) = &ev.body else { return };
         // A local client's query to a local server is seen on both sockets: count it once,
@@ -433,7 +433,7 @@ mod tests {
         let mut r = DnsTunneling::new(&DnsTunnelingConfig::default(), 300);
         let mut hits = Vec::new();
         for e in events {
-            r.check(e, e.ts, &mut NoResolver, &mut hits);
+            r.check(e, e.ts, &mut NoResolver, &mut Hits::new(&mut hits));
         }
         hits
     }

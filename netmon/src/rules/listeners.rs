@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     matchers::{Allow, PortRange, ProcessResolver, any_port},
-    rule::{Build, Hit, Rule, RuleSection, RuleSpec, pid_of, sample_of, who},
+    rule::{Build, Hit, Hits, Rule, RuleSection, RuleSpec, pid_of, sample_of, who},
 };
 use crate::event::{Event, EventBody, Severity};
 
@@ -117,7 +117,7 @@ impl Rule for UnusualListeners {
         ev: &Event,
         _now: DateTime<Utc>,
         resolver: &mut dyn ProcessResolver,
-        hits: &mut Vec<Hit>,
+        hits: &mut Hits<'_>,
     ) {
         let EventBody::Listen(c) = &ev.body else {
             return;
@@ -168,14 +168,14 @@ mod tests {
         let mut r = UnusualListeners::new(&UnusualListenersConfig::default(), 300);
         let mut hits = Vec::new();
         let ok = conn("listen", 0, 1, ("0.0.0.0", 0), ("0.0.0.0", 443));
-        r.check(&ok, ok.ts, &mut NoResolver, &mut hits);
+        r.check(&ok, ok.ts, &mut NoResolver, &mut Hits::new(&mut hits));
         assert!(hits.is_empty());
         let odd = conn("listen", 0, 1, ("0.0.0.0", 0), ("0.0.0.0", 48123));
-        r.check(&odd, odd.ts, &mut NoResolver, &mut hits);
+        r.check(&odd, odd.ts, &mut NoResolver, &mut Hits::new(&mut hits));
         assert_eq!(hits.len(), 1);
         // Connections are not listeners.
         let c = conn("connect", 0, 1, ("127.0.0.1", 40000), ("127.0.0.1", 48123));
-        r.check(&c, c.ts, &mut NoResolver, &mut hits);
+        r.check(&c, c.ts, &mut NoResolver, &mut Hits::new(&mut hits));
         assert_eq!(hits.len(), 1);
     }
 }

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{
     matchers::{Allow, PortRange, ProcessResolver, any_port},
-    rule::{Build, Hit, Rule, RuleSection, RuleSpec, flow_view, pid_of, sample_of, who},
+    rule::{Build, Hit, Hits, Rule, RuleSection, RuleSpec, flow_view, pid_of, sample_of, who},
 };
 use crate::event::{Event, Severity};
 
@@ -132,7 +132,7 @@ impl Rule for SuspiciousPort {
         ev: &Event,
         _now: DateTime<Utc>,
         resolver: &mut dyn ProcessResolver,
-        hits: &mut Vec<Hit>,
+        hits: &mut Hits<'_>,
     ) {
         let Some(f) = flow_view(ev) else { return };
         let mut port = f.service_port;
@@ -367,7 +367,7 @@ impl Rule for PortRisk {
         ev: &Event,
         _now: DateTime<Utc>,
         resolver: &mut dyn ProcessResolver,
-        hits: &mut Vec<Hit>,
+        hits: &mut Hits<'_>,
     ) {
         let Some(f) = flow_view(ev) else { return };
         if f.kind == "udp" && f.conn.dst.port == 0 {
@@ -443,7 +443,7 @@ mod tests {
     /// As the engine does: check, then complete each hit (none held back here).
     fn run(rule: &mut dyn Rule, ev: &Event) -> Vec<Hit> {
         let mut hits = Vec::new();
-        rule.check(ev, ev.ts, &mut NoResolver, &mut hits);
+        rule.check(ev, ev.ts, &mut NoResolver, &mut Hits::new(&mut hits));
         for h in &mut hits {
             rule.complete(ev, h);
         }

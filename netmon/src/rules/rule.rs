@@ -37,6 +37,51 @@ pub struct Hit {
     pub cooldown_s: u64,
 }
 
+/// Where a rule puts its hits, with the engine's cooldowns to ask first.
+pub struct Hits<'a> {
+    list: &'a mut Vec<Hit>,
+    cooldowns: Option<&'a mut dyn Cooldowns>,
+}
+
+/// The engine's cooldowns, as a rule asks them ([`Hits::held_back`]).
+pub trait Cooldowns {
+    /// Whether a hit of `rule` on `condition` now is held back by its cooldown; if so,
+    /// it is counted as held back, exactly as a pushed hit would have been.
+    fn hold(&mut self, rule: &str, condition: &str) -> bool;
+}
+
+impl<'a> Hits<'a> {
+    /// Hits into `list`, none held back before they are pushed (tests, one rule alone).
+    pub fn new(list: &'a mut Vec<Hit>) -> Hits<'a> {
+        Hits {
+            list,
+            cooldowns: None,
+        }
+    }
+
+    /// Hits into `list`, asking `cooldowns`.
+    pub fn with_cooldowns(list: &'a mut Vec<Hit>, cooldowns: &'a mut dyn Cooldowns) -> Hits<'a> {
+        Hits {
+            list,
+            cooldowns: Some(cooldowns),
+        }
+    }
+
+    pub fn push(&mut self, hit: Hit) {
+        self.list.push(hit);
+    }
+
+    /// Whether a hit of `rule` on `condition` would only be held back by its cooldown
+    /// (then it is counted, and the rule need not build it). A rule that may fire on
+    /// every event of a busy process asks this first: building a hit, only for the
+    /// cooldown to drop it, was most of what such a rule cost per event.
+    pub fn held_back(&mut self, rule: &str, condition: &str) -> bool {
+        self.cooldowns
+            .as_deref_mut()
+            .is_some_and(|c| c.hold(rule, condition))
+    }
+}
+
 /// A detection rule.
 pub trait Rule {
     fn name(&self) -> &str;
@@ -48,7 +93,7 @@ pub trait Rule {
         ev: &Event,
         now: DateTime<Utc>,
         resolver: &mut dyn ProcessResolver,
-        hits: &mut Vec<Hit>,
+        hits: &mut Hits<'_>,
     );
 
     /// Fills in a hit of this rule's that passed its cooldown and becomes an alert,
@@ -287,9 +332,10 @@ pub fn who(p: Option<&ProcessInfo>) -> String {
     }
 }
 
-/// `pid=42`: the condition of a rule that fires per process. Written without
-/// `format!`, whose machinery cost more than the rest of a held-back hit.
-pub fn pid_condition(pid: u32) -> String {
+/// `pid=42`: the condition of a rule that fires per process, written into `buf`
+/// (no allocation: such a rule asks the cooldown with it on every event).
+pub fn pid_condition(buf: &mut [u8; 14], pid: u32) -> &str {
+    buf[..4].copy_from_slice(b"pid=");
     let mut digits = [0u8; 10];
     let mut at = digits.len();
     let mut n = pid;
@@ -301,11 +347,10 @@ pub fn pid_condition(pid: u32) -> String {
             break;
         }
     }
-    let mut condition = String::with_capacity(4 + digits.len() - at);
-    condition.push_str("pid=");
-    // Only ASCII digits were written.
-    condition.extend(digits[at..].iter().map(|&d| d as char));
-    condition
+    let len = 4 + digits.len() - at;
+    buf[4..len].copy_from_slice(&digits[at..]);
+    // Only ASCII was written.
+    std::str::from_utf8(&buf[..len]).unwrap_or("pid=?")
 }
 
 pub fn pid_of(p: Option<&ProcessInfo>) -> String {
@@ -325,7 +370,10 @@ mod tests {
     #[test]
     fn pid_condition_is_what_format_writes() {
         for pid in [0, 7, 10, 42, 99_999, 4_194_304, u32::MAX] {
-            assert_eq!(super::pid_condition(pid), format!("pid={pid}"));
+            assert_eq!(
+                super::pid_condition(&mut [0; 14], pid),
+                format!("pid={pid}")
+            );
         }
     }
 }
