@@ -61,7 +61,7 @@ pub const NS_PER_S: u64 = 1_000_000_000;
 /// Identity of a flow: protocol, network namespace, local and remote endpoints.
 ///
 /// Addresses are kept as 16 bytes (IPv4 as v4-mapped IPv6) so a key is 44 bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowKey {
     local_ip: [u8; 16],
     remote_ip: [u8; 16],
@@ -108,6 +108,21 @@ impl FlowKey {
 
     pub fn remote(&self) -> SocketAddr {
         SocketAddr::new(ip_of(self.remote_ip), self.remote_port)
+    }
+}
+
+/// Four writes that hold every field: the derived `Hash` made eight calls into the
+/// hasher (each array with its length), and the table hashes a key per event.
+impl std::hash::Hash for FlowKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u128(u128::from_ne_bytes(self.local_ip));
+        state.write_u128(u128::from_ne_bytes(self.remote_ip));
+        state.write_u64(
+            u64::from(self.netns) << 32
+                | u64::from(self.local_port) << 16
+                | u64::from(self.remote_port),
+        );
+        state.write_u8(self.proto as u8);
     }
 }
 
