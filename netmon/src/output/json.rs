@@ -390,18 +390,27 @@ fn endpoint(out: &mut Vec<u8>, e: &Endpoint) {
 pub(crate) fn ip_digits(out: &mut Vec<u8>, ip: &IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
+            // Into a stack buffer, then one copy: a push per character checked the
+            // Vec's capacity each time.
+            let mut buf = [0u8; 15];
+            let mut len = 0;
             for (i, o) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    buf[len] = b'.';
+                    len += 1;
                 }
                 if o >= 100 {
-                    out.push(b'0' + o / 100);
+                    buf[len] = b'0' + o / 100;
+                    len += 1;
                 }
                 if o >= 10 {
-                    out.push(b'0' + o / 10 % 10);
+                    buf[len] = b'0' + o / 10 % 10;
+                    len += 1;
                 }
-                out.push(b'0' + o % 10);
+                buf[len] = b'0' + o % 10;
+                len += 1;
             }
+            out.extend_from_slice(&buf[..len]);
         }
         // std's Display, as serde's Serialize uses (no character in it needs escaping).
         IpAddr::V6(v6) => {
