@@ -45,7 +45,7 @@ use crate::event::{Alert, Event, EventBody, RuleStats};
 ///
 /// Events do not arrive in exact time order: the kernel's CPUs fill one ring buffer, so
 /// an event may be stamped microseconds before the one read ahead of it. An event older
-/// than the newest by less than [`STEP_BACK`] is such a straggler: the clock stands
+/// than the newest by less than [`STEP_BACK_NS`] is such a straggler: the clock stands
 /// still, and moves on when a newer event comes. (Counting each straggler's step back
 /// as a step of the wall clock made rule time run ahead by every reordering, several
 /// thousand a second on a busy server.) An event older by more is a step of the wall
@@ -60,8 +60,8 @@ pub struct RuleClock {
 }
 
 /// How far back an event must be stamped, from the newest, to be a step of the wall
-/// clock rather than a straggler.
-pub const STEP_BACK: TimeDelta = TimeDelta::seconds(1);
+/// clock rather than a straggler (ns: one second).
+pub const STEP_BACK_NS: i64 = 1_000_000_000;
 
 impl RuleClock {
     /// The rule time of an event stamped `ts`. In integer nanoseconds: chrono's date
@@ -74,7 +74,7 @@ impl RuleClock {
         let newest = match self.newest {
             None => t,
             Some(newest) if t >= newest => t,
-            Some(newest) if newest - t < STEP_BACK.num_nanoseconds().unwrap_or(0) => newest,
+            Some(newest) if newest - t < STEP_BACK_NS => newest,
             Some(newest) => {
                 // The wall clock stepped back: rule time stands still here.
                 self.offset = self.offset.saturating_add(newest - t);
@@ -211,14 +211,12 @@ impl Engine {
     /// `hits` and `key` in [`Cooled`]), or `None` for a counted hit held back.
     fn cool(&mut self, ts: DateTime<Utc>, hit: Hit) -> Option<Cooled> {
         let table = &mut self.cooldowns;
+        if table.hold(ts, &hit.rule, &hit.condition, &mut self.stats.suppressed) {
+            return None;
+        }
+        // It alerts (`hold` left the key in `table.key`).
         table.make_room(ts);
-        table.set_key(&hit.rule, &hit.condition);
         let hits = match table.quiet.get_mut(table.key.as_str()) {
-            Some(c) if ts < c.quiet_until => {
-                c.held += 1;
-                self.stats.suppressed += 1;
-                return None;
-            }
             Some(c) => {
                 let hits = c.held + 1;
                 c.held = 0;
@@ -266,6 +264,27 @@ impl CooldownTable {
         self.key.push_str(condition);
     }
 
+    /// Whether a hit of `rule` on `condition` at rule time `now` is held back by its
+    /// cooldown; if so, counts it (in the condition's `held` and in `suppressed`).
+    /// Leaves the condition's key in `key`.
+    fn hold(
+        &mut self,
+        now: DateTime<Utc>,
+        rule: &str,
+        condition: &str,
+        suppressed: &mut u64,
+    ) -> bool {
+        self.set_key(rule, condition);
+        match self.quiet.get_mut(self.key.as_str()) {
+            Some(c) if now < c.quiet_until => {
+                c.held += 1;
+                *suppressed += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Bounds the table: past [`MAX_COOLDOWNS`], forgets the conditions whose cooldown
     /// ended with no hit held back (and everything if that is not enough).
     fn make_room(&mut self, ts: DateTime<Utc>) {
@@ -287,16 +306,7 @@ struct Asking<'a> {
 
 impl rule::Cooldowns for Asking<'_> {
     fn hold(&mut self, rule: &str, condition: &str) -> bool {
-        let now = self.now;
-        self.table.set_key(rule, condition);
-        match self.table.quiet.get_mut(self.table.key.as_str()) {
-            Some(c) if now < c.quiet_until => {
-                c.held += 1;
-                *self.suppressed += 1;
-                true
-            }
-            _ => false,
-        }
+        self.table.hold(self.now, rule, condition, self.suppressed)
     }
 }
 
