@@ -12,10 +12,10 @@ use chrono::{DateTime, Utc};
 /// Events do not arrive in exact time order: the kernel's CPUs fill one ring buffer, so
 /// an event may be stamped microseconds before the one read ahead of it. An event older
 /// than the newest by less than [`STEP_BACK_NS`] is such a straggler: the clock stands
-/// still, and moves on when a newer event comes. (Counting each straggler's step back
-/// as a step of the wall clock made rule time run ahead by every reordering, several
-/// thousand a second on a busy server.) An event older by more is a step of the wall
-/// clock: time stands still at it, and moves on from it.
+/// still, and moves on when a newer event comes. (Counting a straggler's step back as
+/// a step of the wall clock made rule time run ahead by the size of each reordering.)
+/// An event older by more is a step of the wall clock: time stands still at it, and
+/// moves on from it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RuleClock {
     /// The newest event time since the wall clock last stepped back (ns since the
@@ -30,9 +30,9 @@ pub struct RuleClock {
 pub const STEP_BACK_NS: i64 = 1_000_000_000;
 
 impl RuleClock {
-    /// The rule time of an event stamped `ts`. In integer nanoseconds: chrono's date
-    /// arithmetic was most of what the rules cost per event. (A `ts` outside the
-    /// years 1677–2262, which nanoseconds cannot hold, is its own rule time.)
+    /// The rule time of an event stamped `ts`. In integer nanoseconds: two of chrono's
+    /// date additions per event cost more than most rules. (A `ts` outside the years
+    /// 1677–2262, which nanoseconds cannot hold, is its own rule time.)
     pub fn tick(&mut self, ts: DateTime<Utc>) -> DateTime<Utc> {
         let Some(t) = ts.timestamp_nanos_opt() else {
             return ts;
