@@ -335,21 +335,12 @@ pub fn who(p: Option<&ProcessInfo>) -> String {
 /// `pid=42`: the condition of a rule that fires per process, written into `buf`
 /// (no allocation: such a rule asks the cooldown with it on every event).
 pub fn pid_condition(buf: &mut [u8; 14], pid: u32) -> &str {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(pid).as_bytes();
+    let len = 4 + digits.len();
     buf[..4].copy_from_slice(b"pid=");
-    let mut digits = [0u8; 10];
-    let mut at = digits.len();
-    let mut n = pid;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let len = 4 + digits.len() - at;
-    buf[4..len].copy_from_slice(&digits[at..]);
-    // Only ASCII was written.
+    buf[4..len].copy_from_slice(digits);
+    // "pid=" and itoa's digits: ASCII.
     std::str::from_utf8(&buf[..len]).unwrap_or("pid=?")
 }
 
