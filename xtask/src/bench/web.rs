@@ -5,7 +5,10 @@
 //! off (`--no-history`: what this benchmark measured before the history was on by
 //! default), the same netmon with its history on (`--history FILE`, a fresh file each
 //! run: issue 13's "≤ 10% more with history on"), optionally a baseline netmon binary
-//! (`--baseline-netmon`, the before of a before/after), and the bpftrace peer.
+//! (`--baseline-netmon`, the before of a before/after), the bpftrace peer, and the
+//! floor: an empty bpftrace program on the tracepoint netmon's TCP events come from
+//! here, what any tracer of that hook pays before it does anything (the kernel builds
+//! the tracepoint's record and runs a program for every state change of every socket).
 //! Reported: requests/s kept (medians).
 //!
 //! Then one diagnostic run per tracer with the kernel's BPF run-time statistics on
@@ -51,6 +54,8 @@ enum Mode {
     History(PathBuf),
     Baseline(PathBuf),
     Bpftrace,
+    /// An empty program on `sock:inet_sock_set_state`: the floor of tracing that hook.
+    Floor,
 }
 
 impl Mode {
@@ -61,6 +66,7 @@ impl Mode {
             Mode::History(_) => "(b+h) netmon, history on".into(),
             Mode::Baseline(p) => format!("(b0) baseline netmon `{}`", p.display()),
             Mode::Bpftrace => "(c) bpftrace peer".into(),
+            Mode::Floor => "(f) floor: an empty program on the same tracepoint".into(),
         }
     }
 }
@@ -76,6 +82,7 @@ pub fn run(env: &Env, args: &WebArgs) -> Result<Section> {
         modes.push(Mode::Baseline(b.clone()));
     }
     modes.push(Mode::Bpftrace);
+    modes.push(Mode::Floor);
     let mut rates: Vec<(Mode, Vec<f64>)> = modes.iter().map(|m| (m.clone(), vec![])).collect();
     // The tracer's CPU (all threads) per event it wrote, each run: the medians compare
     // history on and off (a single run of each swung by a third on this machine).
@@ -87,15 +94,22 @@ pub fn run(env: &Env, args: &WebArgs) -> Result<Section> {
             let cpu_before = t.as_ref().map(|t| t.cpu_time()).transpose()?;
             let r = wrk(nginx.port, args.seconds, args.connections)?;
             let mut per_event = String::new();
-            if let (Some(t), Some(before)) = (t, cpu_before) {
-                // As in `diagnose`: the reader and the history finish their batches.
-                thread::sleep(Duration::from_millis(700));
-                let used = t.cpu_time()?.saturating_sub(before);
-                let output = t.output.clone();
-                t.stop()?;
-                let us = used.as_secs_f64() * 1e6 / written(mode, &output).max(1) as f64;
-                per_event = format!(", {us:.2} µs of CPU per event");
-                cpus.push(us);
+            match (t, cpu_before) {
+                // The floor writes nothing: no CPU per event to report.
+                (Some(t), _) if *mode == Mode::Floor => {
+                    t.stop()?;
+                }
+                (Some(t), Some(before)) => {
+                    // As in `diagnose`: the reader and the history finish their batches.
+                    thread::sleep(Duration::from_millis(700));
+                    let used = t.cpu_time()?.saturating_sub(before);
+                    let output = t.output.clone();
+                    t.stop()?;
+                    let us = used.as_secs_f64() * 1e6 / written(mode, &output).max(1) as f64;
+                    per_event = format!(", {us:.2} µs of CPU per event");
+                    cpus.push(us);
+                }
+                _ => {}
             }
             eprintln!(
                 "bench overhead (web): round {round}/{}: {}: {:.0} requests/s{per_event}",
@@ -145,8 +159,22 @@ fn start_tracer(env: &Env, args: &WebArgs, mode: &Mode, tag: &str) -> Result<Opt
             &env.bpftrace_script,
             &env.work.join(format!("{tag}-bpftrace.txt")),
         )?),
+        Mode::Floor => {
+            let script = env.work.join("floor.bt");
+            fs::write(&script, FLOOR_SCRIPT)
+                .with_context(|| format!("cannot write {}", script.display()))?;
+            Some(Tracer::bpftrace(
+                &script,
+                &env.work.join(format!("{tag}-floor.txt")),
+            )?)
+        }
     })
 }
+
+/// The floor's program: attached to every state change of every socket, it does
+/// nothing, so what it costs is the hook's own (the record the kernel builds, the
+/// program's dispatch).
+const FLOOR_SCRIPT: &str = "tracepoint:sock:inet_sock_set_state { }\n";
 
 /// One tracer's costs from a run with BPF statistics on.
 struct Diagnosis {
@@ -203,6 +231,7 @@ fn diagnose(env: &Env, args: &WebArgs, mode: &Mode, port: u16) -> Result<Diagnos
 fn written(mode: &Mode, output: &Path) -> u64 {
     let text = fs::read_to_string(output).unwrap_or_default();
     (match mode {
+        Mode::Floor => 0,
         Mode::Bpftrace => text
             .lines()
             .filter(|l| l.starts_with("connect ") || l.starts_with("accept "))
@@ -289,14 +318,23 @@ fn render(
     ]);
     for d in diags {
         let conns = d.requests.max(1) as f64;
-        let per_k = |n: u64| format!("{:.0}", n as f64 * 1000.0 / d.written.max(1) as f64);
+        // Per event and per 1,000 events: nothing to divide by for the floor.
+        let per_written = |x: f64, scale: f64, digits: usize| {
+            if d.written == 0 {
+                "–".to_string()
+            } else {
+                format!("{:.digits$}", x * scale / d.written as f64)
+            }
+        };
         t.row(&[
             d.mode.label(),
             format!("{:.0}", d.kernel_ns as f64 / conns),
             format!("{:.2}", d.cpu.as_secs_f64() * 1e6 / conns),
-            format!("{:.2}", d.cpu.as_secs_f64() * 1e6 / d.written.max(1) as f64),
-            per_k(d.switches),
-            d.syscalls.map(per_k).unwrap_or_else(|| "n/a".into()),
+            per_written(d.cpu.as_secs_f64(), 1e6, 2),
+            per_written(d.switches as f64, 1000.0, 0),
+            d.syscalls
+                .map(|n| per_written(n as f64, 1000.0, 0))
+                .unwrap_or_else(|| "n/a".into()),
         ]);
     }
     md.push_str(&t.render());
@@ -321,6 +359,20 @@ fn render(
             overhead(r_on) * 100.0,
             overhead(r_off) * 100.0,
             (c_on / c_off - 1.0) * 100.0
+        );
+    }
+    if let (Some(floor), Some(netmon)) = (
+        rate(|m| *m == Mode::Floor),
+        rate(|m| matches!(m, Mode::Netmon(_))),
+    ) {
+        let _ = writeln!(
+            md,
+            "\nThe floor (f) is what any tracer of `sock:inet_sock_set_state` pays before \
+             it does anything: it keeps {:.3} of the requests/s; netmon (b) keeps {:.3}, \
+             {:.3} of the floor's.",
+            floor / bare,
+            netmon / bare,
+            netmon / floor
         );
     }
     md
