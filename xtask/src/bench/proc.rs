@@ -6,10 +6,38 @@ use anyhow::{Context as _, Result, bail};
 
 /// `utime + stime` of the whole process (all threads), from `/proc/PID/stat`.
 pub fn cpu_time(pid: u32) -> Result<Duration> {
+    cpu_times(pid).map(|t| t.user + t.system)
+}
+
+/// A process's CPU time, split: its own code, and the kernel working for it (syscalls).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuTimes {
+    pub user: Duration,
+    pub system: Duration,
+}
+
+impl CpuTimes {
+    pub fn since(self, before: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user.saturating_sub(before.user),
+            system: self.system.saturating_sub(before.system),
+        }
+    }
+
+    pub fn total(self) -> Duration {
+        self.user + self.system
+    }
+}
+
+/// `utime` and `stime` of the whole process (all threads), from `/proc/PID/stat`.
+pub fn cpu_times(pid: u32) -> Result<CpuTimes> {
     let path = format!("/proc/{pid}/stat");
     let text = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    let ticks = stat_cpu_ticks(&text).with_context(|| format!("cannot parse {path}"))?;
-    Ok(ticks_to_duration(ticks))
+    let (user, system) = stat_cpu_ticks(&text).with_context(|| format!("cannot parse {path}"))?;
+    Ok(CpuTimes {
+        user: ticks_to_duration(user),
+        system: ticks_to_duration(system),
+    })
 }
 
 pub fn ticks_to_duration(ticks: u64) -> Duration {
@@ -18,8 +46,8 @@ pub fn ticks_to_duration(ticks: u64) -> Duration {
     Duration::from_nanos(ticks * 1_000_000_000 / hz)
 }
 
-/// `utime + stime` in clock ticks from the text of `/proc/PID/stat`.
-pub fn stat_cpu_ticks(stat: &str) -> Result<u64> {
+/// `utime` and `stime` in clock ticks from the text of `/proc/PID/stat`.
+pub fn stat_cpu_ticks(stat: &str) -> Result<(u64, u64)> {
     // `comm` (field 2) may hold spaces and parentheses: fields resume after the last ')'.
     let rest = stat
         .rsplit_once(')')
@@ -32,7 +60,7 @@ pub fn stat_cpu_ticks(stat: &str) -> Result<u64> {
     }
     let utime: u64 = fields[11].parse().context("utime")?;
     let stime: u64 = fields[12].parse().context("stime")?;
-    Ok(utime + stime)
+    Ok((utime, stime))
 }
 
 /// A `Key:   N kB` line of `/proc/PID/status`.
@@ -208,7 +236,7 @@ mod tests {
     fn reads_cpu_ticks_after_a_tricky_comm() {
         let stat =
             "1234 (a) b (c) S 1 1234 1234 0 -1 4194560 500 0 0 0 37 5 0 0 20 0 1 0 100 1000 10";
-        assert_eq!(stat_cpu_ticks(stat).unwrap(), 42);
+        assert_eq!(stat_cpu_ticks(stat).unwrap(), (37, 5));
         assert!(stat_cpu_ticks("1 (x) S 1").is_err());
     }
 

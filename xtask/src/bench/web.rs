@@ -181,7 +181,8 @@ struct Diagnosis {
     mode: Mode,
     requests: u64,
     kernel_ns: u64,
-    cpu: Duration,
+    /// The process's CPU: its own code, and the kernel serving its syscalls.
+    cpu: proc::CpuTimes,
     written: u64,
     switches: u64,
     syscalls: Option<u64>,
@@ -193,7 +194,7 @@ fn diagnose(env: &Env, args: &WebArgs, mode: &Mode, port: u16) -> Result<Diagnos
     let t = start_tracer(env, args, mode, "web-diag")?.expect("a tracer");
     let pid = t.pid();
     let before = proc::programs(pid);
-    let cpu_before = t.cpu_time()?;
+    let cpu_before = proc::cpu_times(pid)?;
     let switches_before = context_switches(pid);
     let perf = Perf::start(pid)?;
     let r = wrk(port, args.seconds, args.connections)?;
@@ -203,7 +204,7 @@ fn diagnose(env: &Env, args: &WebArgs, mode: &Mode, port: u16) -> Result<Diagnos
     let syscalls = perf.stop();
     let after = proc::programs(pid);
     let switches = context_switches(pid).saturating_sub(switches_before);
-    let cpu = t.cpu_time()?.saturating_sub(cpu_before);
+    let cpu = proc::cpu_times(pid)?.since(cpu_before);
     let output = t.output.clone();
     t.stop()?;
     drop(stats);
@@ -304,15 +305,17 @@ fn render(
         md,
         "\nOne more run per tracer with BPF run-time statistics on (they add two clock \
          reads per program run, so the runs above are made without them). Per TCP \
-         connection: the tracer's programs' time in the kernel, its process's CPU; per \
-         1,000 events (lines) it wrote: its threads' context switches (wake-ups) and \
-         syscalls.\n"
+         connection: the tracer's programs' time in the kernel, its process's CPU (and \
+         the part of it the kernel spent in the process's syscalls: for netmon mostly \
+         `write(2)` of its output into the page cache); per 1,000 events (lines) it \
+         wrote: its threads' context switches (wake-ups) and syscalls.\n"
     );
     let mut t = Table::new(&[
         "tracer",
         "kernel ns / connection",
         "process µs / connection",
         "process µs / event",
+        "of which its syscalls (stime) µs / event",
         "wake-ups / 1,000 events",
         "syscalls / 1,000 events",
     ]);
@@ -329,8 +332,9 @@ fn render(
         t.row(&[
             d.mode.label(),
             format!("{:.0}", d.kernel_ns as f64 / conns),
-            format!("{:.2}", d.cpu.as_secs_f64() * 1e6 / conns),
-            per_written(d.cpu.as_secs_f64(), 1e6, 2),
+            format!("{:.2}", d.cpu.total().as_secs_f64() * 1e6 / conns),
+            per_written(d.cpu.total().as_secs_f64(), 1e6, 2),
+            per_written(d.cpu.system.as_secs_f64(), 1e6, 2),
             per_written(d.switches as f64, 1000.0, 0),
             d.syscalls
                 .map(|n| per_written(n as f64, 1000.0, 0))
