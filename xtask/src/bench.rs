@@ -208,6 +208,8 @@ pub struct Env {
     /// `target/bench`: tracer outputs and the bpftrace script.
     pub work: PathBuf,
     pub bpftrace_script: PathBuf,
+    /// An empty program on the same tracepoint (`bench web`'s floor).
+    pub floor_script: PathBuf,
     pub bpftrace_version: String,
     pub machine: String,
     /// How this run was started, for the report.
@@ -458,6 +460,7 @@ fn prepare(args: &BenchArgs, live: bool) -> Result<Env> {
         (PathBuf::new(), PathBuf::new())
     };
     let bpftrace_script = work.join("peer.bt");
+    let floor_script = work.join("floor.bt");
     let mut bpftrace_version = String::new();
     if live && matches!(args.which, Which::Overhead | Which::Web | Which::All) {
         if !exec::on_path("bpftrace") {
@@ -465,6 +468,7 @@ fn prepare(args: &BenchArgs, live: bool) -> Result<Env> {
         }
         bpftrace_version = report::tool_version("bpftrace");
         write(&bpftrace_script, tracer::BPFTRACE_SCRIPT)?;
+        write(&floor_script, tracer::FLOOR_SCRIPT)?;
     }
     let command_line = format!(
         "cargo xtask {}",
@@ -477,6 +481,7 @@ fn prepare(args: &BenchArgs, live: bool) -> Result<Env> {
         storm,
         work,
         bpftrace_script,
+        floor_script,
         bpftrace_version,
         machine: report::machine(),
         command_line,

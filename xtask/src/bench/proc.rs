@@ -10,7 +10,7 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
 }
 
 /// A process's CPU time, split: its own code, and the kernel working for it (syscalls).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct CpuTimes {
     pub user: Duration,
     pub system: Duration,

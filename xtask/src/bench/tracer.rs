@@ -33,6 +33,11 @@ pub const BPFTRACE_SCRIPT: &str = r#"tracepoint:sock:inet_sock_set_state
 }
 "#;
 
+/// The floor of `bench web`: attached to every state change of every socket, it does
+/// nothing, so what it costs is the hook's own (the record the kernel builds, the
+/// program's dispatch).
+pub const FLOOR_SCRIPT: &str = "tracepoint:sock:inet_sock_set_state { }\n";
+
 /// How long a tracer may take to attach (bpftrace compiles with LLVM first; on a busy
 /// two-core machine that takes tens of seconds).
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(300);

@@ -159,22 +159,12 @@ fn start_tracer(env: &Env, args: &WebArgs, mode: &Mode, tag: &str) -> Result<Opt
             &env.bpftrace_script,
             &env.work.join(format!("{tag}-bpftrace.txt")),
         )?),
-        Mode::Floor => {
-            let script = env.work.join("floor.bt");
-            fs::write(&script, FLOOR_SCRIPT)
-                .with_context(|| format!("cannot write {}", script.display()))?;
-            Some(Tracer::bpftrace(
-                &script,
-                &env.work.join(format!("{tag}-floor.txt")),
-            )?)
-        }
+        Mode::Floor => Some(Tracer::bpftrace(
+            &env.floor_script,
+            &env.work.join(format!("{tag}-floor.txt")),
+        )?),
     })
 }
-
-/// The floor's program: attached to every state change of every socket, it does
-/// nothing, so what it costs is the hook's own (the record the kernel builds, the
-/// program's dispatch).
-const FLOOR_SCRIPT: &str = "tracepoint:sock:inet_sock_set_state { }\n";
 
 /// One tracer's costs from a run with BPF statistics on.
 struct Diagnosis {
