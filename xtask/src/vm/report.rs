@@ -115,6 +115,8 @@ pub struct Console {
     pub booted: Option<(Duration, String)>,
     pub runs: Vec<Run>,
     pub done: Option<Duration>,
+    /// The kernel's own words when it panicked (`Fatal exception in interrupt`), if it did.
+    pub panic: Option<String>,
 }
 
 pub fn read_console(lines: &[Line]) -> Console {
@@ -152,6 +154,9 @@ pub fn read_console(lines: &[Line]) -> Console {
             }
             Some(Marker::Done) => c.done = Some(line.at),
             None => {
+                if c.panic.is_none() {
+                    c.panic = kernel_panic(&line.text);
+                }
                 if let Some((i, _)) = current {
                     let run = &mut c.runs[i];
                     if let Some(s) = summary(&line.text) {
@@ -163,6 +168,13 @@ pub fn read_console(lines: &[Line]) -> Console {
         }
     }
     c
+}
+
+/// What the kernel said when it panicked, from its `Kernel panic - not syncing: …` line.
+fn kernel_panic(text: &str) -> Option<String> {
+    const PANIC: &str = "Kernel panic - not syncing:";
+    let (_, why) = text.split_once(PANIC)?;
+    Some(why.trim().to_owned())
 }
 
 /// The result of one kernel × backend: the suite's test counts, and what went wrong.
@@ -234,6 +246,8 @@ pub struct Row {
     pub tests: Option<Duration>,
     /// Why the VM as a whole failed (timeout, missing markers), if it did.
     pub problems: Vec<String>,
+    /// What happened on the way that did not fail it (a boot tried again).
+    pub notes: Vec<String>,
     /// One per backend, in the matrix's column order.
     pub cells: Vec<Cell>,
 }
@@ -288,6 +302,9 @@ pub fn render_matrix(backends: &[String], rows: &[Row]) -> String {
     for r in rows {
         for p in &r.problems {
             let _ = writeln!(out, "{}: {p}", r.kernel);
+        }
+        for n in &r.notes {
+            let _ = writeln!(out, "{}: note: {n}", r.kernel);
         }
         for (backend, c) in backends.iter().zip(&r.cells) {
             for p in &c.problems {
@@ -350,6 +367,23 @@ mod tests {
             })
         );
         assert_eq!(summary("running 3 tests"), None);
+    }
+
+    #[test]
+    fn reads_a_panic_before_init() {
+        // The console of a 6.12.118 boot under TCG (CI, 2026-12-07), shortened.
+        let c = read_console(&lines(
+            "\
+Booting from ROM..[    2.023085] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI
+[    2.027391]  start_secondary+0x11e/0x140
+[    2.028000] Kernel panic - not syncing: Fatal exception in interrupt
+[    5.429980] Kernel Offset: disabled",
+        ));
+        assert!(c.booted.is_none());
+        assert_eq!(c.panic.as_deref(), Some("Fatal exception in interrupt"));
+        let fine = read_console(&lines(CONSOLE));
+        assert!(fine.booted.is_some());
+        assert_eq!(fine.panic, None);
     }
 
     const CONSOLE: &str = "\
@@ -425,6 +459,7 @@ running 2 tests
                 boot: Some(Duration::from_millis(4200)),
                 tests: Some(Duration::from_secs(30)),
                 problems: vec![],
+                notes: vec![],
                 cells: vec![ok.clone(), bad],
             },
             Row {
@@ -433,6 +468,7 @@ running 2 tests
                 boot: None,
                 tests: None,
                 problems: vec!["timed out after 300 s".into()],
+                notes: vec!["boot 1 of 3: the kernel panicked before /init; booted again".into()],
                 cells: vec![ok.clone(), ok],
             },
         ];
@@ -443,6 +479,7 @@ kernel  release                boot  tests  auto    kprobe
 6.12    ?                      -     -      ok 2/2  ok 2/2
 5.10 kprobe: probe: exit 2
 6.12: timed out after 300 s
+6.12: note: boot 1 of 3: the kernel panicked before /init; booted again
 ";
         assert_eq!(text, expected);
     }
