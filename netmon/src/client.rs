@@ -109,8 +109,7 @@ pub fn tls_connector(ca_cert: Option<&Path>) -> anyhow::Result<TlsConnector> {
             );
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = ClientConfig::builder_with_provider(provider)
+    let mut cfg = ClientConfig::builder_with_provider(crate::api::tls::crypto_provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();

@@ -50,6 +50,17 @@ pub enum TlsError {
     },
 }
 
+/// The cryptography both ends of the API use: rustls's *ring* provider, which builds
+/// with nothing but cargo. rustls 0.23.48 deprecates it for lacking post-quantum key
+/// exchange, which only its aws-lc-rs provider has (a C library built with cmake). The
+/// API's TLS protects tokens and events in transit today; moving to aws-lc-rs is a
+/// decision for the API's TLS, not something a `cargo update` should force through
+/// a lint.
+#[allow(deprecated)]
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
 /// Reads both files and builds the server configuration (HTTP/1.1 only, as served).
 pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = read_certs(&files.cert)?;
@@ -57,8 +68,7 @@ pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         path: files.key.clone(),
         source,
     })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = ServerConfig::builder_with_provider(provider)
+    let mut cfg = ServerConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
         .map_err(|source| TlsError::Mismatch {
