@@ -119,6 +119,13 @@ pub struct Console {
     pub panic: Option<String>,
 }
 
+impl Console {
+    /// What the kernel said if it panicked before `/init` started: no test has run.
+    pub fn panicked_before_init(&self) -> Option<&str> {
+        self.panic.as_deref().filter(|_| self.booted.is_none())
+    }
+}
+
 pub fn read_console(lines: &[Line]) -> Console {
     let mut c = Console::default();
     let mut current: Option<(usize, Duration)> = None;
@@ -380,10 +387,19 @@ Booting from ROM..[    2.023085] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI
 [    5.429980] Kernel Offset: disabled",
         ));
         assert!(c.booted.is_none());
-        assert_eq!(c.panic.as_deref(), Some("Fatal exception in interrupt"));
+        assert_eq!(
+            c.panicked_before_init(),
+            Some("Fatal exception in interrupt")
+        );
         let fine = read_console(&lines(CONSOLE));
         assert!(fine.booted.is_some());
-        assert_eq!(fine.panic, None);
+        assert_eq!(fine.panicked_before_init(), None);
+        // A panic once /init runs is a failure of what ran, never booted again.
+        let later = read_console(&lines(&format!(
+            "{CONSOLE}[   40.1] Kernel panic - not syncing: softlockup: hung tasks\n"
+        )));
+        assert_eq!(later.panic.as_deref(), Some("softlockup: hung tasks"));
+        assert_eq!(later.panicked_before_init(), None);
     }
 
     const CONSOLE: &str = "\
