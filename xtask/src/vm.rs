@@ -523,7 +523,13 @@ fn boot_and_judge(plan: &Plan, k: &kernel::Kernel, image: &kernel::Cached) -> Re
             problems.push(format!("/init never started (no BOOTED marker){why}"));
         }
         (Some(_), None) if outcome.killed.is_none() => {
-            problems.push("/init stopped before the end (no DONE marker)".into());
+            let why = console
+                .panic
+                .as_ref()
+                .map_or(String::new(), |p| format!(": the kernel panicked ({p})"));
+            problems.push(format!(
+                "/init stopped before the end (no DONE marker){why}"
+            ));
         }
         _ => {}
     }
