@@ -17,21 +17,23 @@
 //!   (either protocol), and every eviction is counted.
 //! - **Memory**: a slab of compact entries (104 bytes) plus a key index that holds
 //!   slot numbers only (4-byte buckets: the key is the slot's, hashed again when the
-//!   index grows) and an idle-order index (16-byte entries): about 150 bytes per flow
-//!   with the maps' overhead; process context is shared (`Arc`), never copied per flow.
-//!   `tests::sizes_the_comments_state` keeps these figures true.
+//!   index grows) and the idle order, lists threaded through the slots (8 bytes each,
+//!   `idle.rs`): about 122 bytes per flow with the maps' overhead
+//!   (`tests/flow_memory.rs`); process context is shared (`Arc`), never copied per
+//!   flow. `tests::sizes_the_comments_state` keeps these figures true.
 //!
-//! Over 600 lines on purpose: about 580 of code for one data structure whose slab and
-//! two indexes must change together (split, its invariants would cross files), and
-//! its unit tests below.
+//! Over 600 lines on purpose: one data structure whose slab and key indexes must change
+//! together (split, its invariants would cross files). The idle order, which needs
+//! only slot numbers, is `idle.rs`; the tests are `tests.rs`.
 use std::{
-    collections::BTreeSet,
     hash::BuildHasher as _,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };
 
 use hashbrown::HashTable;
+
+use self::idle::IdleOrder;
 
 use crate::event::{Connection, Direction, Endpoint, Family, FlowStats, ProcessInfo, Proto};
 
@@ -311,8 +313,8 @@ pub struct FlowTable {
     /// `UDP_PEERS` map, which the slot's flow holds (4-byte buckets); the newest flow
     /// of a pair when several share it.
     udp_peers: HashTable<u32>,
-    /// Per protocol, slots ordered by last activity (oldest first).
-    idle: [BTreeSet<(u64, u32)>; 2],
+    /// Per protocol, slots by last activity (least recent first).
+    idle: IdleOrder<2>,
     stats: FlowStats,
     /// The seed of the `udp_peers` ids: fixed for the table's life, unknown outside it
     /// (remote ports are chosen by others; a known seed would let them collide ids).
@@ -342,7 +344,7 @@ impl FlowTable {
             index: HashTable::new(),
             key_seed: foldhash::fast::RandomState::default(),
             udp_peers: HashTable::new(),
-            idle: [BTreeSet::new(), BTreeSet::new()],
+            idle: IdleOrder::new(),
             stats: FlowStats {
                 cap: cfg.cap as u64,
                 ..FlowStats::default()
@@ -567,7 +569,7 @@ impl FlowTable {
             }
         };
         self.index_slot(slot);
-        self.idle[proto_index(open.key.proto)].insert((open.now_ns, slot));
+        self.idle.push_back(proto_index(open.key.proto), slot);
         self.index_peer(slot);
         self.stats.opened += 1;
         if open.existing {
@@ -649,8 +651,12 @@ impl FlowTable {
     pub fn expire_udp(&mut self, now_ns: u64, limit: usize) -> Vec<Flow> {
         let mut ended = Vec::new();
         while ended.len() < limit
-            && let Some(&(last, slot)) = self.idle[1].first()
+            && let Some(slot) = self.idle.front(1)
         {
+            let last = self.slots[slot as usize]
+                .as_ref()
+                .expect("idle slot")
+                .last_active_ns;
             if last.saturating_add(self.cfg.udp_idle_ns) > now_ns {
                 break;
             }
@@ -670,9 +676,12 @@ impl FlowTable {
 
     /// Drops the flow idle the longest, of either protocol.
     fn evict_oldest(&mut self) -> Option<Flow> {
-        let tcp = self.idle[0].first().copied();
-        let udp = self.idle[1].first().copied();
-        let (_, slot) = match (tcp, udp) {
+        let oldest = |proto| {
+            let slot = self.idle.front(proto)?;
+            let flow = self.slots[slot as usize].as_ref().expect("idle slot");
+            Some((flow.last_active_ns, slot))
+        };
+        let (_, slot) = match (oldest(0), oldest(1)) {
             (Some(t), Some(u)) => t.min(u),
             (Some(t), None) => t,
             (None, Some(u)) => u,
@@ -689,7 +698,7 @@ impl FlowTable {
             .key;
         self.unindex_slot(slot, &key);
         let flow = self.slots[slot as usize].take().expect("indexed slot");
-        self.idle[flow.proto_index()].remove(&(flow.last_active_ns, slot));
+        self.idle.remove(flow.proto_index(), slot);
         if flow.key.proto == Proto::Udp
             && let Some(p) = &flow.process
         {
@@ -701,11 +710,11 @@ impl FlowTable {
 
     fn reindex_idle(&mut self, proto: usize, slot: u32, old: u64, new: u64) {
         if old != new {
-            self.idle[proto].remove(&(old, slot));
-            self.idle[proto].insert((new, slot));
+            self.idle.touch(proto, slot);
         }
     }
 }
 
+mod idle;
 #[cfg(test)]
 mod tests;

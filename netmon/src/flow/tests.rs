@@ -8,7 +8,6 @@ fn sizes_the_comments_state() {
     assert_eq!(size_of::<FlowKey>(), 44);
     assert_eq!(size_of::<Packed>(), 32);
     assert_eq!(size_of::<Counters>(), 64);
-    assert_eq!(size_of::<(u64, u32)>(), 16);
     assert!(
         size_of::<Option<Flow>>() <= 104,
         "{}",
@@ -189,6 +188,26 @@ fn expiry_comes_in_batches_oldest_first() {
     assert_eq!(t.expire_udp(1000 * NS_PER_S, 4).len(), 2);
     assert!(t.expire_udp(1000 * NS_PER_S, 4).is_empty());
     assert_eq!(t.stats().udp_expired, 10);
+}
+
+#[test]
+fn a_peer_whose_datagram_is_reported_late_expires_after_the_flows_ahead_never_early() {
+    let mut t = table(10);
+    let late = udp("127.0.0.1:5000", "127.0.0.53:53");
+    let quiet = udp("127.0.0.1:5001", "127.0.0.1:443");
+    t.open(open(late, 10, 0));
+    t.open(open(quiet, 11, 100));
+    // Polled after `quiet` was seen: `late` sent its last datagram at 90 s.
+    assert!(t.observe_udp(10, addr("127.0.0.53:53"), 90 * NS_PER_S, 2, 18));
+    assert!(t.expire_udp(149 * NS_PER_S, 100).is_empty());
+    // Due at 150 s, behind `quiet` (due at 160 s) in netmon's order: it waits.
+    assert!(t.expire_udp(150 * NS_PER_S, 100).is_empty());
+    let ended: Vec<FlowKey> = t
+        .expire_udp(160 * NS_PER_S, 100)
+        .iter()
+        .map(|f| f.key)
+        .collect();
+    assert_eq!(ended, [quiet, late]);
 }
 
 #[test]
