@@ -109,9 +109,12 @@ fn a_hundred_thousand_flows_fit_in_the_memory_budget() {
         mib * 1024.0 * 1024.0 / FLOWS as f64,
         after as f64 / 1024.0
     );
+    // The table's share of netmon's 50 MB (47.7 MiB): `netmon run` idles at about
+    // 23 MiB (its code, the ring buffer's double mapping), and a burst's events in
+    // flight in the consumers' queues take a few MiB more.
     assert!(
-        mib < 40.0,
-        "100k flows take {mib:.1} MiB; the budget for the whole of netmon is 50 MB"
+        mib < 14.0,
+        "100k flows take {mib:.1} MiB of the table's 14 MiB share of netmon's 50 MB"
     );
     // One more evicts the oldest, and the table stays at its cap.
     let key = FlowKey::new(
