@@ -75,6 +75,10 @@ impl<const N: usize> IdleOrder<N> {
     /// Takes `slot` out of `list`.
     pub(super) fn remove(&mut self, list: usize, slot: u32) {
         let Link { prev, next } = self.links[slot as usize];
+        debug_assert!(
+            prev != NIL || self.lists[list].front == slot,
+            "slot {slot} is not in list {list}"
+        );
         match prev {
             NIL => self.lists[list].front = next,
             p => self.links[p as usize].next = next,
