@@ -14,7 +14,8 @@
 //!   rest in its `UDP_PEERS` map; [`FlowTable::observe_udp`] feeds those counters in,
 //!   and [`FlowTable::expire_udp`] ends UDP flows idle for longer than the timeout.
 //! - **Cap**: at most `cap` flows; opening one more evicts the flow idle the longest
-//!   (either protocol), and every eviction is counted.
+//!   (either protocol; in the order netmon saw activity, see `idle.rs`), and every
+//!   eviction is counted.
 //! - **Memory**: a slab of compact entries (104 bytes) plus a key index that holds
 //!   slot numbers only (4-byte buckets: the key is the slot's, hashed again when the
 //!   index grows) and the idle order, lists threaded through the slots (8 bytes each,
