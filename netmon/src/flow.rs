@@ -526,7 +526,9 @@ impl FlowTable {
             flow.last_active_ns = new_active;
             let pid = flow.process.as_ref().map(|p| p.pid);
             let proto = flow.proto_index();
-            self.reindex_idle(proto, slot, old_active, new_active);
+            if new_active != old_active {
+                self.idle.touch(proto, slot);
+            }
             if open.key.proto == Proto::Udp {
                 let remote = open.key.remote();
                 if let Some(old) = old_pid.filter(|&o| Some(o) != pid) {
@@ -609,10 +611,9 @@ impl FlowTable {
         // Payload, as for TCP: the 8-byte UDP header of each datagram comes out.
         c.bytes_sent = Some(bytes.saturating_sub(8 * datagrams));
         flow.counters = Packed::of(c);
-        let old = flow.last_active_ns;
-        if last_ns > old {
+        if last_ns > flow.last_active_ns {
             flow.last_active_ns = last_ns;
-            self.reindex_idle(1, slot, old, last_ns);
+            self.idle.touch(1, slot);
         }
         true
     }
@@ -637,10 +638,9 @@ impl FlowTable {
         flow.counters = counters;
         flow.state = state;
         if moved && now_ns > flow.last_active_ns {
-            let old = flow.last_active_ns;
             flow.last_active_ns = now_ns;
             let proto = flow.proto_index();
-            self.reindex_idle(proto, slot, old, now_ns);
+            self.idle.touch(proto, slot);
         }
         true
     }
@@ -707,12 +707,6 @@ impl FlowTable {
         }
         self.free.push(slot);
         flow
-    }
-
-    fn reindex_idle(&mut self, proto: usize, slot: u32, old: u64, new: u64) {
-        if old != new {
-            self.idle.touch(proto, slot);
-        }
     }
 }
 
